@@ -1,0 +1,533 @@
+//! `/v1/kv/...`: reads and writes, served on the shard leader or forwarded to it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::Full;
+use openraft::error::{ClientWriteError, RaftError};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::routing_json;
+use crate::node::Node;
+use crate::raft::network::send;
+use crate::raft::registry::Group;
+use crate::raft::{GroupId, Request as RaftRequest, Response as RaftResponse};
+use crate::shard::{read, KeyRecord, KvOp, KvResult, Precondition, ReadOutcome};
+
+pub const HOPS_HEADER: &str = "x-midasflow-hops";
+pub const NO_FORWARD_HEADER: &str = "x-no-forward";
+const KV_PREFIX: &str = "/v1/kv/";
+const HISTORY_SUFFIX: &str = "/history";
+/// How long to wait between looks for a leader while one is being elected.
+const LEADER_POLL_MS: u64 = 25;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Consistency {
+    Linearizable,
+    Stale,
+}
+
+#[derive(Debug)]
+enum KvCall {
+    Write(KvOp),
+    Read {
+        key: Vec<u8>,
+        consistency: Consistency,
+        version: Option<u64>,
+    },
+    History {
+        key: Vec<u8>,
+        consistency: Consistency,
+    },
+}
+
+impl KvCall {
+    fn key(&self) -> &[u8] {
+        match self {
+            KvCall::Write(op) => op.key(),
+            KvCall::Read { key, .. } | KvCall::History { key, .. } => key,
+        }
+    }
+
+    fn needs_leader(&self) -> bool {
+        match self {
+            KvCall::Write(_) => true,
+            KvCall::Read { consistency, .. } | KvCall::History { consistency, .. } => {
+                *consistency == Consistency::Linearizable
+            }
+        }
+    }
+}
+
+/// Strict percent-decoding: a `%` not followed by two hex digits is an error.
+pub fn percent_decode_strict(raw: &str) -> Result<Vec<u8>, ApiError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ApiError::bad_request(format!("malformed percent-encoding at byte {i} of the path")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn parse_version_header(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(&name) else { return Ok(None) };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request(format!("{name} is not ASCII")))?
+        .trim()
+        .trim_start_matches("W/")
+        .trim_matches('"');
+    text.parse::<u64>()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request(format!("{name} must be a version number, got {text:?}")))
+}
+
+fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let if_match = parse_version_header(headers, header::IF_MATCH)?;
+    let if_none_match = match headers.get(header::IF_NONE_MATCH) {
+        None => false,
+        Some(v) if v.as_bytes().trim_ascii() == b"*" => true,
+        Some(_) => return Err(ApiError::bad_request("If-None-Match supports only *")),
+    };
+    match (if_match, if_none_match) {
+        (Some(_), true) => Err(ApiError::bad_request("use If-Match or If-None-Match, not both")),
+        (Some(version), false) => Ok(Precondition::IfMatch(version)),
+        (None, true) => Ok(Precondition::IfAbsent),
+        (None, false) => Ok(Precondition::None),
+    }
+}
+
+fn parse_query(query: Option<&str>) -> Result<(Consistency, Option<u64>), ApiError> {
+    let mut consistency = Consistency::Linearizable;
+    let mut version = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "consistency" => {
+                consistency = match value {
+                    "linearizable" => Consistency::Linearizable,
+                    "stale" => Consistency::Stale,
+                    other => {
+                        return Err(ApiError::bad_request(format!(
+                            "consistency must be linearizable or stale, got {other:?}"
+                        )))
+                    }
+                }
+            }
+            "version" => {
+                version = Some(value.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!("version must be a positive number, got {value:?}"))
+                })?)
+            }
+            other => return Err(ApiError::bad_request(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    Ok((consistency, version))
+}
+
+/// Parses the call from method, path, query, headers and body, enforcing every limit.
+async fn parse_call(node: &Node, request: Request) -> Result<(KvCall, HeaderMap, Bytes), ApiError> {
+    let limits = &node.config.limits;
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let raw = path.strip_prefix(KV_PREFIX).unwrap_or("");
+    let (raw_key, history) = match raw.strip_suffix(HISTORY_SUFFIX) {
+        Some(k) if parts.method == Method::GET => (k, true),
+        _ => (raw, false),
+    };
+    // Percent-encoding at most triples a key; a longer raw path cannot be a legal key.
+    if raw_key.len() > limits.max_key_bytes * 3 {
+        return Err(ApiError::key_too_large(format!(
+            "key is over {} bytes",
+            limits.max_key_bytes
+        )));
+    }
+    let key = percent_decode_strict(raw_key)?;
+    if key.is_empty() {
+        return Err(ApiError::bad_request("key must not be empty"));
+    }
+    if key.len() > limits.max_key_bytes {
+        return Err(ApiError::key_too_large(format!(
+            "key is {} bytes; the limit is {}",
+            key.len(),
+            limits.max_key_bytes
+        )));
+    }
+    let (consistency, version) = parse_query(parts.uri.query())?;
+    let history_versions = node.config.history_versions;
+    let call = match parts.method {
+        Method::GET if history => KvCall::History { key, consistency },
+        Method::GET => {
+            if version == Some(0) {
+                return Err(ApiError::bad_request("version must be at least 1"));
+            }
+            KvCall::Read {
+                key,
+                consistency,
+                version,
+            }
+        }
+        Method::PUT => KvCall::Write(KvOp::Put {
+            key,
+            value: Vec::new(),
+            precondition: precondition(&parts.headers)?,
+            history_versions,
+        }),
+        Method::DELETE => KvCall::Write(KvOp::Delete {
+            key,
+            precondition: precondition(&parts.headers)?,
+            history_versions,
+        }),
+        _ => return Err(ApiError::method_not_allowed("use GET, PUT or DELETE on /v1/kv/{key}")),
+    };
+    let limit = limits.max_value_bytes;
+    let too_large = || ApiError::value_too_large(format!("value is over the {limit}-byte limit"));
+    if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
+        if length.to_str().ok().and_then(|l| l.parse::<usize>().ok()).is_some_and(|l| l > limit) {
+            return Err(too_large());
+        }
+    }
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    let call = match call {
+        KvCall::Write(KvOp::Put {
+            key,
+            precondition,
+            history_versions,
+            ..
+        }) => KvCall::Write(KvOp::Put {
+            key,
+            value: body.to_vec(),
+            precondition,
+            history_versions,
+        }),
+        other => other,
+    };
+    Ok((call, parts.headers, body))
+}
+
+pub async fn handle(State(node): State<Arc<Node>>, request: Request) -> Response {
+    let Ok(_permit) = node.inflight.try_acquire() else {
+        return ApiError::overloaded(format!(
+            "more than {} requests in flight on this node",
+            node.config.limits.max_inflight_requests
+        ))
+        .into_response();
+    };
+    let method = request.method().clone();
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let (call, headers, body) = match parse_call(&node, request).await {
+        Ok(parsed) => parsed,
+        Err(e) => return e.into_response(),
+    };
+    let forward = Forward {
+        method,
+        path_and_query,
+        headers,
+        body,
+    };
+    let timeout = Duration::from_millis(node.config.limits.request_timeout_ms);
+    match execute(&node, call, &forward, Instant::now() + timeout).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// What is needed to replay the request on another node.
+struct Forward {
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+enum Attempt {
+    Done(Response),
+    /// Ask this node instead.
+    Redirect(u64),
+    /// No leader known yet: wait and look again.
+    Wait,
+}
+
+async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: Instant) -> Result<Response, ApiError> {
+    let map = node.map();
+    let shard = map
+        .shard_for_key(call.key())
+        .ok_or_else(|| ApiError::unavailable("the cluster map is not bootstrapped yet"))?
+        .id;
+    let hops: u32 = forward
+        .headers
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let no_forward = forward.headers.get(NO_FORWARD_HEADER).is_some_and(|v| v.as_bytes() == b"1");
+    let mut proposed = false;
+    loop {
+        let attempt = match node.registry.get(shard) {
+            Some(group) if !call.needs_leader() => Attempt::Done(serve_local(node, &group, &call, false).await?),
+            Some(group) if group.is_leader() => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(remaining, serve_on_leader(node, &group, &call, &mut proposed)).await {
+                    Ok(result) => result?,
+                    Err(_) => break,
+                }
+            }
+            _ => match node.leader_hint(shard) {
+                Some(leader) if leader != node.config.node_id => Attempt::Redirect(leader),
+                _ if !call.needs_leader() => Attempt::Redirect(map.shards[&shard].replicas[0]),
+                _ => Attempt::Wait,
+            },
+        };
+        match attempt {
+            Attempt::Done(response) => return Ok(response),
+            Attempt::Redirect(target) if target != node.config.node_id => {
+                if no_forward {
+                    return Ok(misdirected(node));
+                }
+                if hops >= node.config.limits.max_forward_hops {
+                    return Err(ApiError::unavailable(format!(
+                        "gave up after {hops} forwarding hops; the shard's leadership is changing"
+                    )));
+                }
+                match forward_to(node, target, forward, hops + 1, deadline).await {
+                    Ok(response) => return Ok(response),
+                    Err(e) if matches!(call, KvCall::Write(_)) && !e.retryable_for_write => {
+                        return Err(ApiError::timeout(format!("forwarded write's outcome is unknown: {}", e.message)))
+                    }
+                    Err(e) => tracing::debug!(target, error = %e.message, "forward failed; retrying"),
+                }
+            }
+            Attempt::Redirect(_) | Attempt::Wait => {}
+        }
+        if Instant::now() + Duration::from_millis(LEADER_POLL_MS) >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+    }
+    if proposed {
+        Err(ApiError::timeout("the write was proposed but not confirmed in time; it may or may not have happened"))
+    } else {
+        Err(ApiError::unavailable(format!("shard {shard} has no reachable leader")))
+    }
+}
+
+/// On the (believed) leader: propose the write, or confirm leadership and read.
+async fn serve_on_leader(node: &Node, group: &Group, call: &KvCall, proposed: &mut bool) -> Result<Attempt, ApiError> {
+    match call {
+        KvCall::Write(op) => {
+            let started = Instant::now();
+            *proposed = true;
+            let result = group.raft.client_write(RaftRequest::Kv(op.clone())).await;
+            metrics::histogram!("midasflow_raft_proposal_duration_seconds", "node" => node.label())
+                .record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(written) => match written.data {
+                    RaftResponse::Kv(result) => Ok(Attempt::Done(write_response(op, group.id, result))),
+                    other => Err(ApiError::internal(format!("unexpected apply result {other:?}"))),
+                },
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    // Not appended here, so nothing was proposed: safe to send elsewhere.
+                    *proposed = false;
+                    Ok(f.leader_id.map_or(Attempt::Wait, Attempt::Redirect))
+                }
+                Err(e) => Err(ApiError::timeout(format!("write outcome unknown: {e}"))),
+            }
+        }
+        _ => match group.raft.ensure_linearizable().await {
+            Ok(_) => Ok(Attempt::Done(serve_local(node, group, call, true).await?)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Ok(f.leader_id.map_or(Attempt::Wait, Attempt::Redirect))
+            }
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_))) => Ok(Attempt::Wait),
+            Err(e) => Err(ApiError::unavailable(format!("cannot confirm leadership: {e}"))),
+        },
+    }
+}
+
+fn write_response(op: &KvOp, shard: GroupId, result: KvResult) -> Response {
+    let key = String::from_utf8_lossy(op.key()).into_owned();
+    match result {
+        KvResult::Written { version } => {
+            let mut response = axum::Json(json!({"key": key, "version": version, "shard": shard})).into_response();
+            set_version_headers(response.headers_mut(), version, shard);
+            response
+        }
+        KvResult::Deleted { version } => {
+            axum::Json(json!({"key": key, "version": version, "deleted": true, "shard": shard})).into_response()
+        }
+        KvResult::PreconditionFailed { current } => {
+            let mut response =
+                ApiError::precondition_failed(format!("the key's current version is {current}")).into_response();
+            response.headers_mut().insert("x-version", HeaderValue::from(current));
+            response
+        }
+        KvResult::NotFound => ApiError::not_found("key not found").into_response(),
+    }
+}
+
+fn set_version_headers(headers: &mut HeaderMap, version: u64, shard: GroupId) {
+    headers.insert("x-version", HeaderValue::from(version));
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        headers.insert(header::ETAG, etag);
+    }
+    headers.insert("x-shard", HeaderValue::from(shard));
+}
+
+/// Reads from this replica's applied state (after the leader check, for linearizable reads).
+async fn serve_local(_node: &Node, group: &Group, call: &KvCall, linearizable: bool) -> Result<Response, ApiError> {
+    let record: Option<KeyRecord> = group
+        .view
+        .get(call.key())
+        .map_err(|e| ApiError::internal(format!("reading the key: {e}")))?;
+    let applied = group.view.applied_index();
+    let mut response = match call {
+        KvCall::Read { version, .. } => match read(record.as_ref(), *version) {
+            ReadOutcome::Value { version, value } => {
+                let mut response = Response::new(Body::from(value.to_vec()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                set_version_headers(response.headers_mut(), version, group.id);
+                response
+            }
+            ReadOutcome::NotFound => ApiError::not_found("key not found").into_response(),
+            ReadOutcome::Gone => ApiError::gone(format!(
+                "version {} is no longer retained",
+                version.unwrap_or_default()
+            ))
+            .into_response(),
+        },
+        KvCall::History { key, .. } => match &record {
+            None => ApiError::not_found("key not found").into_response(),
+            Some(record) => {
+                let engine = base64::engine::general_purpose::STANDARD;
+                let versions: Vec<serde_json::Value> = record
+                    .versions
+                    .iter()
+                    .map(|v| json!({"version": v.version, "deleted": v.deleted, "value_base64": engine.encode(&v.value)}))
+                    .collect();
+                axum::Json(json!({"key": String::from_utf8_lossy(key), "versions": versions, "shard": group.id}))
+                    .into_response()
+            }
+        },
+        KvCall::Write(_) => return Err(ApiError::internal("write routed to the read path")),
+    };
+    if !linearizable {
+        response.headers_mut().insert("x-applied-index", HeaderValue::from(applied));
+    }
+    response.headers_mut().insert("x-shard", HeaderValue::from(group.id));
+    Ok(response)
+}
+
+/// 421 with the current map, for clients that asked not to be forwarded.
+fn misdirected(node: &Node) -> Response {
+    (StatusCode::MISDIRECTED_REQUEST, axum::Json(routing_json(node))).into_response()
+}
+
+struct ForwardError {
+    message: String,
+    /// True when the request certainly never reached a node that could have applied it.
+    retryable_for_write: bool,
+}
+
+/// Headers a forwarded request keeps; everything else is hop-by-hop or ours to set.
+const FORWARDED_HEADERS: [header::HeaderName; 3] = [header::IF_MATCH, header::IF_NONE_MATCH, header::CONTENT_TYPE];
+/// Response headers relayed back from the node that served a forwarded request.
+const RELAYED_HEADERS: [&str; 6] = ["x-version", "etag", "x-shard", "x-applied-index", "retry-after", "content-type"];
+
+async fn forward_to(node: &Node, target: u64, forward: &Forward, hops: u32, deadline: Instant) -> Result<Response, ForwardError> {
+    let addr = node.addr_of(target).ok_or_else(|| ForwardError {
+        message: format!("no address for node {target}"),
+        retryable_for_write: true,
+    })?;
+    let mut builder = hyper::Request::builder()
+        .method(forward.method.clone())
+        .uri(format!("http://{addr}{}", forward.path_and_query))
+        .header(HOPS_HEADER, hops);
+    for name in FORWARDED_HEADERS {
+        if let Some(value) = forward.headers.get(&name) {
+            builder = builder.header(name, value);
+        }
+    }
+    let request = builder.body(Full::new(forward.body.clone())).map_err(|e| ForwardError {
+        message: e.to_string(),
+        retryable_for_write: true,
+    })?;
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let response = send(node.registry.client(), request, remaining).await.map_err(|e| ForwardError {
+        retryable_for_write: matches!(e, crate::raft::network::TransportError::Connect { .. }),
+        message: e.to_string(),
+    })?;
+    metrics::counter!("midasflow_forwarded_requests_total", "node" => node.label()).increment(1);
+    let (parts, body) = response.into_parts();
+    let mut relayed = Response::new(Body::from(body));
+    *relayed.status_mut() = parts.status;
+    for name in RELAYED_HEADERS {
+        if let Some(value) = parts.headers.get(name) {
+            relayed.headers_mut().insert(name, value.clone());
+        }
+    }
+    Ok(relayed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_percent_decoding() {
+        assert_eq!(percent_decode_strict("a%2Fb%20c").unwrap(), b"a/b c");
+        assert_eq!(percent_decode_strict("%ff").unwrap(), vec![0xff]);
+        assert!(percent_decode_strict("%zz").is_err());
+        assert!(percent_decode_strict("abc%2").is_err());
+        assert!(percent_decode_strict("%").is_err());
+    }
+
+    #[test]
+    fn query_parsing() {
+        assert_eq!(parse_query(None).unwrap(), (Consistency::Linearizable, None));
+        assert_eq!(
+            parse_query(Some("consistency=stale&version=3")).unwrap(),
+            (Consistency::Stale, Some(3))
+        );
+        assert!(parse_query(Some("consistency=eventual")).is_err());
+        assert!(parse_query(Some("version=x")).is_err());
+    }
+
+    #[test]
+    fn preconditions_from_headers() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(precondition(&headers).unwrap(), Precondition::None);
+        headers.insert(header::IF_MATCH, HeaderValue::from_static("\"7\""));
+        assert_eq!(precondition(&headers).unwrap(), Precondition::IfMatch(7));
+        headers.insert(header::IF_MATCH, HeaderValue::from_static("seven"));
+        assert!(precondition(&headers).is_err());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert_eq!(precondition(&headers).unwrap(), Precondition::IfAbsent);
+    }
+}

@@ -1,0 +1,262 @@
+//! The public HTTP API (DESIGN §3) and the internal routes, on one router.
+
+pub mod client;
+pub mod error;
+pub mod internal;
+pub mod kv;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::{json, Value};
+
+use crate::node::Node;
+use crate::placement::{ShardInfo, PD_GROUP};
+use error::ApiError;
+
+pub const ROUTING_VERSION_HEADER: &str = "x-routing-version";
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once; later calls reuse it.
+pub fn install_metrics() -> &'static PrometheusHandle {
+    PROMETHEUS.get_or_init(|| {
+        let latency_buckets = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("midasflow_log_flush_batch_size".into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                )
+            })
+            .expect("valid buckets")
+            .install_recorder()
+            .expect("install the Prometheus recorder")
+    })
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    install_metrics();
+    Router::new()
+        .route("/v1/kv", any(empty_key))
+        .route("/v1/kv/", any(empty_key))
+        .route("/v1/kv/{*key}", any(kv::handle))
+        .route("/v1/routing", get(routing))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/shards", get(shards))
+        .route("/v1/shards/{id}", get(shard))
+        .route("/v1/stats", get(stats))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/internal/raft/{group}/{op}", post(internal::raft_rpc))
+        .route("/internal/pd/heartbeat", post(internal::pd_heartbeat))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(node.clone(), observe))
+        .with_state(node)
+}
+
+/// Adds `X-Routing-Version` to every response and records request metrics.
+async fn observe(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = request.method().as_str().to_string();
+    let mut response = next.run(request).await;
+    let version = node.map().routing_version;
+    response
+        .headers_mut()
+        .insert(ROUTING_VERSION_HEADER, HeaderValue::from(version));
+    if !route.starts_with("/internal/") {
+        let status = response.status().as_u16().to_string();
+        let label = node.label();
+        metrics::counter!("midasflow_http_requests_total", "node" => label.clone(), "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
+        metrics::histogram!("midasflow_http_request_duration_seconds", "node" => label, "route" => route, "method" => method)
+            .record(started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+async fn empty_key() -> ApiError {
+    ApiError::bad_request("key must not be empty: use /v1/kv/{key}")
+}
+
+async fn unknown_route(request: Request) -> ApiError {
+    ApiError::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::method_not_allowed(format!("{} is not allowed on {}", request.method(), request.uri().path()))
+}
+
+fn hex(value: u128) -> String {
+    format!("{value:#018x}")
+}
+
+fn shard_json(node: &Node, shard: &ShardInfo) -> Value {
+    let map = node.map();
+    let replicas: Vec<Value> = shard
+        .replicas
+        .iter()
+        .map(|id| json!({"node_id": id, "addr": map.node_addr(*id)}))
+        .collect();
+    json!({
+        "id": shard.id,
+        "range": {"start": hex(u128::from(shard.start)), "end": hex(shard.end_u128())},
+        "replicas": replicas,
+        "leader": node.leader_hint(shard.id),
+        "epoch": shard.epoch,
+    })
+}
+
+/// The routing table, as `/v1/routing` and 421 responses carry it.
+pub fn routing_json(node: &Node) -> Value {
+    let map = node.map();
+    let shards: Vec<Value> = map.shards.values().map(|s| shard_json(node, s)).collect();
+    json!({"routing_version": map.routing_version, "shards": shards})
+}
+
+async fn routing(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    axum::Json(routing_json(&node))
+}
+
+async fn cluster(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let map = node.map();
+    let view = node.cluster_view();
+    let nodes: Vec<Value> = map
+        .nodes
+        .values()
+        .map(|n| {
+            let shards = map.shards_on(n.id).count();
+            let leaders = view.leader_hints.values().filter(|l| **l == n.id).count();
+            json!({"id": n.id, "addr": n.addr, "state": node.node_state(n.id, n.state), "shards": shards, "leaders": leaders})
+        })
+        .collect();
+    let pd_leader = node
+        .registry
+        .get(PD_GROUP)
+        .and_then(|g| g.current_leader())
+        .or(view.pd_leader);
+    axum::Json(json!({
+        "node_id": node.config.node_id,
+        "pd_leader": pd_leader,
+        "pd_voters": node.pd_voters(),
+        "routing_version": map.routing_version,
+        "nodes": nodes,
+    }))
+}
+
+/// One shard as seen from this node: map facts plus, where a replica is local, its state.
+fn shard_detail(node: &Node, shard: &ShardInfo) -> Value {
+    let mut detail = shard_json(node, shard);
+    if let Some(group) = node.registry.get(shard.id) {
+        let metrics = group.raft.metrics().borrow().clone();
+        detail["local_replica"] = json!({
+            "state": format!("{:?}", metrics.state),
+            "term": metrics.current_term,
+            "last_log_index": metrics.last_log_index,
+            "applied_index": group.view.applied_index(),
+            "snapshot_index": metrics.snapshot.map(|s| s.index),
+            "snapshot_installs": group.view.snapshot_installs(),
+            "keys": group.view.live_keys(),
+            "bytes": group.view.live_bytes(),
+        });
+        detail["term"] = json!(metrics.current_term);
+        detail["applied_index"] = json!(group.view.applied_index());
+        detail["keys"] = json!(group.view.live_keys());
+        detail["bytes"] = json!(group.view.live_bytes());
+    }
+    detail
+}
+
+async fn shards(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let map = node.map();
+    let shards: Vec<Value> = map.shards.values().map(|s| shard_detail(&node, s)).collect();
+    axum::Json(json!({"routing_version": map.routing_version, "shards": shards}))
+}
+
+async fn shard(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("shard id must be a number, got {id:?}")))?;
+    let map = node.map();
+    let shard = map
+        .shards
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no shard {id}")))?;
+    Ok(axum::Json(shard_detail(&node, shard)))
+}
+
+async fn stats(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let map = node.map();
+    let mut shards = Vec::new();
+    let (mut keys, mut bytes) = (0u64, 0u64);
+    for group in node.registry.all().iter().filter(|g| g.id != PD_GROUP) {
+        keys += group.view.live_keys();
+        bytes += group.view.live_bytes();
+        shards.push(json!({"id": group.id, "keys": group.view.live_keys(), "bytes": group.view.live_bytes(), "leader_here": group.is_leader()}));
+    }
+    axum::Json(json!({
+        "node_id": node.config.node_id,
+        "routing_version": map.routing_version,
+        "node": {"replicas": shards.len(), "keys": keys, "bytes": bytes, "storage_bytes": node.registry.storage_bytes()},
+        "shards": shards,
+        "requests_in_flight": node.config.limits.max_inflight_requests - node.inflight.available_permits(),
+    }))
+}
+
+async fn livez() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    let draining = node.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let bootstrapped = node.map().is_bootstrapped();
+    let pd = node.pd_reachable();
+    let ready = !draining && bootstrapped && pd;
+    let body = axum::Json(json!({"ready": ready, "draining": draining, "map_bootstrapped": bootstrapped, "pd_reachable": pd}));
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, body).into_response()
+}
+
+async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let map = node.map();
+    let shards: Vec<Value> = map
+        .shards
+        .values()
+        .map(|s| {
+            let leader = node.leader_hint(s.id);
+            let local = node.registry.get(s.id);
+            json!({
+                "id": s.id,
+                "leader": leader,
+                "healthy": local.as_ref().map_or(leader.is_some(), |g| g.current_leader().is_some()),
+                "local_replica": local.is_some(),
+            })
+        })
+        .collect();
+    let healthy = shards.iter().all(|s| s["healthy"] == json!(true));
+    axum::Json(json!({"node_id": node.config.node_id, "healthy": healthy, "shards": shards}))
+}
+
+async fn metrics_text() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        install_metrics().render(),
+    )
+}

@@ -1,0 +1,471 @@
+//! The `midasflow` command line (DESIGN §4).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use base64::Engine;
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hyper::Method;
+use serde_json::Value;
+
+use crate::client::{encode_key_str, Client};
+use crate::node::{self, Limits, NodeConfig, RaftTimings, RunningNode};
+
+#[derive(Parser, Debug)]
+#[command(name = "midasflow", version, about = "A sharded, Raft-replicated key-value store")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a local cluster in this process on 127.0.0.1 (Ctrl-C stops it).
+    Demo(DemoArgs),
+    /// Run one node.
+    Server(Box<ServerArgs>),
+    /// Read and write keys.
+    Kv(KvArgs),
+    /// Inspect the cluster.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub nodes: u64,
+    /// Where the nodes keep their data (default: a new directory under the system temp dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Port of node 1; node N listens on base_port + N - 1.
+    #[arg(long, default_value_t = 7001)]
+    pub base_port: u16,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// Settings shared by `server` and `demo`.
+#[derive(Args, Debug, Clone)]
+pub struct Tuning {
+    /// Shards cut at bootstrap.
+    #[arg(long, env = "MIDASFLOW_INITIAL_SHARDS", default_value_t = crate::placement::DEFAULT_INITIAL_SHARDS)]
+    pub initial_shards: u32,
+    /// Versions retained per key for `?version=` and `/history`.
+    #[arg(long, env = "MIDASFLOW_HISTORY_VERSIONS", default_value_t = crate::shard::DEFAULT_HISTORY_VERSIONS,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub history_versions: u32,
+    /// Largest value accepted, in bytes.
+    #[arg(long, env = "MIDASFLOW_MAX_VALUE_BYTES", default_value_t = Limits::default().max_value_bytes)]
+    pub max_value_bytes: usize,
+    /// Requests a node works on at once before answering 429.
+    #[arg(long, env = "MIDASFLOW_MAX_INFLIGHT_REQUESTS", default_value_t = Limits::default().max_inflight_requests)]
+    pub max_inflight_requests: usize,
+    /// How long a request may take before 503 (no leader) or 504 (outcome unknown).
+    #[arg(long, env = "MIDASFLOW_REQUEST_TIMEOUT_MS", default_value_t = Limits::default().request_timeout_ms)]
+    pub request_timeout_ms: u64,
+    #[arg(long, env = "MIDASFLOW_HEARTBEAT_INTERVAL_MS", default_value_t = RaftTimings::default().heartbeat_interval_ms)]
+    pub heartbeat_interval_ms: u64,
+    #[arg(long, env = "MIDASFLOW_ELECTION_TIMEOUT_MIN_MS", default_value_t = RaftTimings::default().election_timeout_min_ms)]
+    pub election_timeout_min_ms: u64,
+    #[arg(long, env = "MIDASFLOW_ELECTION_TIMEOUT_MAX_MS", default_value_t = RaftTimings::default().election_timeout_max_ms)]
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    #[arg(long, env = "MIDASFLOW_SNAPSHOT_INTERVAL_ENTRIES", default_value_t = RaftTimings::default().snapshot_interval_entries)]
+    pub snapshot_interval_entries: u64,
+    /// Log entries kept behind a snapshot for slow followers.
+    #[arg(long, env = "MIDASFLOW_LOG_KEEP_ENTRIES", default_value_t = RaftTimings::default().log_keep_entries)]
+    pub log_keep_entries: u64,
+    /// Shared secret every internal request must carry.
+    #[arg(long, env = "MIDASFLOW_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// File holding the cluster secret (first line).
+    #[arg(long, env = "MIDASFLOW_CLUSTER_SECRET_FILE", conflicts_with = "cluster_secret")]
+    pub cluster_secret_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    #[arg(long, env = "MIDASFLOW_NODE_ID")]
+    pub node_id: u64,
+    /// Address for the public API and internal RPC.
+    #[arg(long, env = "MIDASFLOW_LISTEN")]
+    pub listen: String,
+    /// Address other nodes reach this one at (default: --listen).
+    #[arg(long, env = "MIDASFLOW_ADVERTISE")]
+    pub advertise: Option<String>,
+    #[arg(long, env = "MIDASFLOW_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Bootstrap members: `1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003`.
+    #[arg(long, env = "MIDASFLOW_INITIAL_CLUSTER", value_parser = parse_initial_cluster)]
+    pub initial_cluster: BTreeMap<u64, String>,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+#[derive(Args, Debug)]
+pub struct KvArgs {
+    #[command(subcommand)]
+    pub op: KvOpArgs,
+    /// A node's base URL.
+    #[arg(long, global = true, env = "MIDASFLOW_ENDPOINT", default_value = "http://127.0.0.1:7001")]
+    pub endpoint: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvOpArgs {
+    Put {
+        key: String,
+        value: String,
+        /// Write only if the current version is N (0 = absent).
+        #[arg(long)]
+        if_match: Option<u64>,
+        /// Write only if the key is absent.
+        #[arg(long)]
+        if_absent: bool,
+    },
+    Get {
+        key: String,
+        /// Serve from any replica, possibly behind.
+        #[arg(long)]
+        stale: bool,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    Delete {
+        key: String,
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    History {
+        key: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub op: ClusterOp,
+    #[arg(long, global = true, env = "MIDASFLOW_ENDPOINT", default_value = "http://127.0.0.1:7001")]
+    pub endpoint: String,
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterOp {
+    Status,
+    Shards,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut members = BTreeMap::new();
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not ID=ADDR"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("{id:?} is not a node id"))?;
+        if members.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("node {id} is named twice"));
+        }
+    }
+    if members.is_empty() {
+        return Err("the initial cluster is empty".into());
+    }
+    Ok(members)
+}
+
+impl Tuning {
+    fn apply(&self, config: &mut NodeConfig) -> Result<(), String> {
+        config.initial_shards = self.initial_shards;
+        config.history_versions = self.history_versions;
+        config.limits.max_value_bytes = self.max_value_bytes;
+        config.limits.max_inflight_requests = self.max_inflight_requests;
+        config.limits.request_timeout_ms = self.request_timeout_ms;
+        config.raft = RaftTimings {
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+            snapshot_interval_entries: self.snapshot_interval_entries,
+            log_keep_entries: self.log_keep_entries,
+            ..RaftTimings::default()
+        };
+        config.cluster_secret = match (&self.cluster_secret, &self.cluster_secret_file) {
+            (Some(secret), _) => Some(secret.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        Ok(())
+    }
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub async fn run_server(args: ServerArgs) -> Result<(), String> {
+    let mut config = NodeConfig::new(args.node_id, args.listen.clone(), args.data_dir, args.initial_cluster);
+    config.advertise = args.advertise.unwrap_or(args.listen);
+    args.tuning.apply(&mut config)?;
+    let running = node::start(config).await.map_err(|e| e.to_string())?;
+    println!("midasflow node {} serving on http://{}", args.node_id, running.local_addr);
+    wait_for_stop_signal().await;
+    tracing::info!("stopping");
+    running.shutdown().await;
+    Ok(())
+}
+
+pub async fn run_demo(args: DemoArgs) -> Result<(), String> {
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => tempfile::Builder::new()
+            .prefix("midasflow-demo-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep(),
+    };
+    let initial_cluster: BTreeMap<u64, String> = (1..=args.nodes)
+        .map(|id| (id, format!("127.0.0.1:{}", u64::from(args.base_port) + id - 1)))
+        .collect();
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for (id, addr) in &initial_cluster {
+        let mut config = NodeConfig::new(*id, addr.clone(), data_dir.join(format!("node{id}")), initial_cluster.clone());
+        args.tuning.apply(&mut config)?;
+        match node::start(config).await {
+            Ok(running) => nodes.push(running),
+            Err(e) => {
+                for started in nodes {
+                    started.shutdown().await;
+                }
+                return Err(format!("node {id}: {e} (is port {addr} free? try --base-port)"));
+            }
+        }
+    }
+    let first = &initial_cluster[&1];
+    println!("midasflow demo: {} nodes, data in {}", args.nodes, data_dir.display());
+    for (id, addr) in &initial_cluster {
+        println!("  node {id}: http://{addr}   (metrics: http://{addr}/metrics)");
+    }
+    println!();
+    println!("Try:");
+    println!("  curl -X PUT --data-binary 'hello' http://{first}/v1/kv/greeting");
+    println!("  curl -i http://{}/v1/kv/greeting", initial_cluster.values().last().unwrap());
+    println!("  curl http://{first}/v1/cluster");
+    println!();
+    println!("Ctrl-C stops the cluster.");
+    wait_for_stop_signal().await;
+    println!("stopping...");
+    for running in nodes {
+        running.shutdown().await;
+    }
+    println!("stopped; data kept in {}", data_dir.display());
+    Ok(())
+}
+
+fn print_reply(reply: &crate::client::Reply) -> Result<(), String> {
+    if reply.status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", reply.status, String::from_utf8_lossy(&reply.body)))
+    }
+}
+
+pub async fn run_kv(args: KvArgs) -> Result<(), String> {
+    let client = Client::new(&args.endpoint);
+    let fail = |e: crate::raft::network::TransportError| e.to_string();
+    match args.op {
+        KvOpArgs::Put {
+            key,
+            value,
+            if_match,
+            if_absent,
+        } => {
+            let mut headers = Vec::new();
+            if let Some(v) = if_match {
+                headers.push(("if-match", v.to_string()));
+            }
+            if if_absent {
+                headers.push(("if-none-match", "*".to_string()));
+            }
+            let path = format!("/v1/kv/{}", encode_key_str(&key));
+            let reply = client
+                .request(Method::PUT, &path, &headers, Bytes::from(value))
+                .await
+                .map_err(fail)?;
+            print_reply(&reply)?;
+            println!("{}", String::from_utf8_lossy(&reply.body));
+        }
+        KvOpArgs::Get { key, stale, version } => {
+            let mut query = Vec::new();
+            if stale {
+                query.push("consistency=stale".to_string());
+            }
+            if let Some(v) = version {
+                query.push(format!("version={v}"));
+            }
+            let path = format!("/v1/kv/{}?{}", encode_key_str(&key), query.join("&"));
+            let reply = client.get_path(&path).await.map_err(fail)?;
+            print_reply(&reply)?;
+            eprintln!("version {}", reply.header("x-version").unwrap_or("?"));
+            println!("{}", String::from_utf8_lossy(&reply.body));
+        }
+        KvOpArgs::Delete { key, if_match } => {
+            let headers: Vec<(&str, String)> = if_match.map(|v| ("if-match", v.to_string())).into_iter().collect();
+            let path = format!("/v1/kv/{}", encode_key_str(&key));
+            let reply = client
+                .request(Method::DELETE, &path, &headers, Bytes::new())
+                .await
+                .map_err(fail)?;
+            print_reply(&reply)?;
+            println!("{}", String::from_utf8_lossy(&reply.body));
+        }
+        KvOpArgs::History { key } => {
+            let reply = client
+                .get_path(&format!("/v1/kv/{}/history", encode_key_str(&key)))
+                .await
+                .map_err(fail)?;
+            print_reply(&reply)?;
+            let body: Value = serde_json::from_slice(&reply.body).map_err(|e| e.to_string())?;
+            let engine = base64::engine::general_purpose::STANDARD;
+            for v in body["versions"].as_array().into_iter().flatten() {
+                let value = engine.decode(v["value_base64"].as_str().unwrap_or("")).unwrap_or_default();
+                let shown = if v["deleted"] == Value::Bool(true) {
+                    "(deleted)".to_string()
+                } else {
+                    String::from_utf8_lossy(&value).into_owned()
+                };
+                println!("{:>8}  {shown}", v["version"]);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, c) in row.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
+    for row in rows {
+        println!("{}", line(row));
+    }
+}
+
+pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
+    let client = Client::new(&args.endpoint);
+    let path = match args.op {
+        ClusterOp::Status => "/v1/cluster",
+        ClusterOp::Shards => "/v1/shards",
+    };
+    let reply = client.get_path(path).await.map_err(|e| e.to_string())?;
+    print_reply(&reply)?;
+    let body: Value = serde_json::from_slice(&reply.body).map_err(|e| e.to_string())?;
+    if args.format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+        return Ok(());
+    }
+    match args.op {
+        ClusterOp::Status => {
+            println!(
+                "routing version {}   pd leader {}",
+                cell(&body["routing_version"]),
+                cell(&body["pd_leader"])
+            );
+            let rows = body["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|n| ["id", "addr", "state", "shards", "leaders"].iter().map(|k| cell(&n[*k])).collect())
+                .collect();
+            print_table(&["ID", "ADDR", "STATE", "SHARDS", "LEADERS"], rows);
+        }
+        ClusterOp::Shards => {
+            let rows = body["shards"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    let replicas: Vec<String> = s["replicas"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|r| cell(&r["node_id"]))
+                        .collect();
+                    vec![
+                        cell(&s["id"]),
+                        cell(&s["range"]["start"]),
+                        cell(&s["range"]["end"]),
+                        replicas.join(","),
+                        cell(&s["leader"]),
+                        cell(&s["epoch"]),
+                        cell(&s["applied_index"]),
+                        cell(&s["keys"]),
+                        cell(&s["bytes"]),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["ID", "START", "END", "REPLICAS", "LEADER", "EPOCH", "APPLIED", "KEYS", "BYTES"],
+                rows,
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parsing() {
+        let parsed = parse_initial_cluster("1=127.0.0.1:1,2=127.0.0.1:2").unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[&2], "127.0.0.1:2");
+        assert!(parse_initial_cluster("1=a,1=b").is_err());
+        assert!(parse_initial_cluster("x=a").is_err());
+        assert!(parse_initial_cluster("").is_err());
+    }
+}

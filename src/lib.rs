@@ -1,0 +1,13 @@
+//! midasflow: a sharded, Raft-replicated key-value store.
+//!
+//! See `docs/ARCHITECTURE.md` for the map of the code.
+
+pub mod api;
+pub mod cli;
+pub mod codec;
+pub mod node;
+pub mod placement;
+pub mod raft;
+pub mod shard;
+
+pub use api::client;

@@ -1,0 +1,565 @@
+//! A midasflow node: one sled database, the groups it hosts, the HTTP server, and the
+//! loops that keep it in step with the placement driver.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+
+use crate::placement::{pd_voters, ClusterMap, NodeId, NodeState, PdCommand, PD_GROUP};
+use crate::raft::log_store::FlushMode;
+use crate::raft::network::post_internal;
+use crate::raft::registry::{Registry, RegistryConfig};
+use crate::raft::state_machine::publish_map;
+use crate::raft::transport::{http_client, NetKind, NetListener};
+use crate::raft::{GroupId, Request};
+use crate::shard::DEFAULT_HISTORY_VERSIONS;
+
+/// How often a node reports to the PD leader and picks up map changes.
+pub const PD_HEARTBEAT_INTERVAL_MS: u64 = 400;
+/// A node not heard from for this long is `suspect`; for [`DOWN_AFTER_MS`], `down`.
+pub const SUSPECT_AFTER_MS: u64 = 2_000;
+pub const DOWN_AFTER_MS: u64 = 6_000;
+/// PD contact older than this makes `/readyz` fail.
+pub const PD_STALE_AFTER_MS: u64 = 5_000;
+
+/// Everything a node is configured with; the CLI fills it from flags and env vars.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub listen: String,
+    /// The address other nodes and clients use; defaults to `listen`.
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    pub initial_shards: u32,
+    pub history_versions: u32,
+    pub limits: Limits,
+    pub raft: RaftTimings,
+    pub cluster_secret: Option<String>,
+    pub net: NetKind,
+    pub flush_mode: FlushMode,
+    pub rng_seed: Option<u64>,
+}
+
+/// Named bounds on what a client may send or queue (DESIGN §3.3).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_inflight_requests: usize,
+    pub request_timeout_ms: u64,
+    pub max_forward_hops: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 4096,
+            max_value_bytes: 1 << 20,
+            max_inflight_requests: 4096,
+            request_timeout_ms: 5_000,
+            max_forward_hops: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RaftTimings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_interval_entries: u64,
+    pub log_keep_entries: u64,
+    pub snapshot_chunk_bytes: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            heartbeat_interval_ms: 150,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1_200,
+            snapshot_interval_entries: 10_000,
+            log_keep_entries: 1_000,
+            snapshot_chunk_bytes: 4 << 20,
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn new(node_id: NodeId, listen: String, data_dir: PathBuf, initial_cluster: BTreeMap<NodeId, String>) -> Self {
+        NodeConfig {
+            node_id,
+            advertise: listen.clone(),
+            listen,
+            data_dir,
+            initial_cluster,
+            initial_shards: crate::placement::DEFAULT_INITIAL_SHARDS,
+            history_versions: DEFAULT_HISTORY_VERSIONS,
+            limits: Limits::default(),
+            raft: RaftTimings::default(),
+            cluster_secret: None,
+            net: NetKind::Tokio,
+            flush_mode: FlushMode::Thread,
+            rng_seed: None,
+        }
+    }
+
+    fn raft_config(&self) -> Result<openraft::Config, String> {
+        let t = &self.raft;
+        openraft::Config {
+            cluster_name: "midasflow".into(),
+            heartbeat_interval: t.heartbeat_interval_ms,
+            election_timeout_min: t.election_timeout_min_ms,
+            election_timeout_max: t.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_interval_entries),
+            max_in_snapshot_log_to_keep: t.log_keep_entries,
+            snapshot_max_chunk_size: t.snapshot_chunk_bytes,
+            install_snapshot_timeout: 2_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// What a node reports to the PD leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: NodeId,
+    pub addr: String,
+    pub routing_version: u64,
+    /// (group, term) for every group this node leads.
+    pub leading: Vec<(GroupId, u64)>,
+}
+
+/// The PD leader's answer: the map if the node's is older, and what only the leader knows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub pd_leader: NodeId,
+    pub map: Option<ClusterMap>,
+    pub leader_hints: BTreeMap<GroupId, NodeId>,
+    /// Milliseconds since the PD leader last heard from each node.
+    pub last_seen_ms: BTreeMap<NodeId, u64>,
+}
+
+/// Liveness and leader hints, kept in memory by whichever node leads the PD.
+#[derive(Default)]
+struct PdLeaderState {
+    last_seen: BTreeMap<NodeId, Instant>,
+    leader_hints: BTreeMap<GroupId, (NodeId, u64)>,
+}
+
+/// This node's latest picture of the cluster beyond the map itself.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    pub pd_leader: Option<NodeId>,
+    pub leader_hints: BTreeMap<GroupId, NodeId>,
+    pub last_seen_ms: BTreeMap<NodeId, u64>,
+    pub last_pd_contact: Option<Instant>,
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub registry: Arc<Registry>,
+    pub map_rx: watch::Receiver<Arc<ClusterMap>>,
+    map_tx: watch::Sender<Arc<ClusterMap>>,
+    pd_state: std::sync::Mutex<PdLeaderState>,
+    view: RwLock<ClusterView>,
+    pub inflight: Semaphore,
+    pub draining: AtomicBool,
+    pub started: Instant,
+}
+
+impl Node {
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.map_rx.borrow().clone()
+    }
+
+    pub fn cluster_view(&self) -> ClusterView {
+        self.view.read().unwrap().clone()
+    }
+
+    pub fn label(&self) -> String {
+        self.config.node_id.to_string()
+    }
+
+    pub fn pd_voters(&self) -> Vec<NodeId> {
+        pd_voters(&self.config.initial_cluster)
+    }
+
+    /// The address of `node`, from the map or, before bootstrap, the initial cluster.
+    pub fn addr_of(&self, node: NodeId) -> Option<String> {
+        self.map()
+            .node_addr(node)
+            .map(str::to_string)
+            .or_else(|| self.config.initial_cluster.get(&node).cloned())
+    }
+
+    /// The node believed to lead `group`: the local replica's knowledge first, then the
+    /// PD's hints, then the shard's first replica.
+    pub fn leader_hint(&self, group: GroupId) -> Option<NodeId> {
+        if let Some(local) = self.registry.get(group) {
+            if let Some(leader) = local.current_leader() {
+                return Some(leader);
+            }
+        }
+        if let Some(hint) = self.view.read().unwrap().leader_hints.get(&group) {
+            return Some(*hint);
+        }
+        self.map().shards.get(&group).and_then(|s| s.replicas.first().copied())
+    }
+
+    /// A node's state as `/v1/cluster` shows it: stored state, refined by liveness.
+    pub fn node_state(&self, node: NodeId, stored: NodeState) -> &'static str {
+        match stored {
+            NodeState::Draining => return "draining",
+            NodeState::Removed => return "removed",
+            NodeState::Up => {}
+        }
+        if node == self.config.node_id {
+            return "up";
+        }
+        match self.view.read().unwrap().last_seen_ms.get(&node) {
+            Some(ms) if *ms < SUSPECT_AFTER_MS => "up",
+            Some(ms) if *ms < DOWN_AFTER_MS => "suspect",
+            Some(_) => "down",
+            None => "suspect",
+        }
+    }
+
+    pub fn pd_reachable(&self) -> bool {
+        let view = self.view.read().unwrap();
+        view.last_pd_contact
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(PD_STALE_AFTER_MS))
+    }
+
+    /// Handles a heartbeat on the PD leader; `None` if this node does not lead the PD.
+    pub fn handle_heartbeat(&self, hb: &Heartbeat) -> Option<HeartbeatReply> {
+        let pd = self.registry.get(PD_GROUP)?;
+        if !pd.is_leader() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut state = self.pd_state.lock().unwrap();
+        state.last_seen.insert(hb.node_id, now);
+        for (group, term) in &hb.leading {
+            let entry = state.leader_hints.entry(*group).or_insert((hb.node_id, *term));
+            if *term >= entry.1 {
+                *entry = (hb.node_id, *term);
+            }
+        }
+        let map = self.map();
+        Some(HeartbeatReply {
+            pd_leader: self.config.node_id,
+            map: (map.routing_version > hb.routing_version).then(|| (*map).clone()),
+            leader_hints: state.leader_hints.iter().map(|(g, (n, _))| (*g, *n)).collect(),
+            last_seen_ms: state
+                .last_seen
+                .iter()
+                .map(|(n, t)| (*n, now.duration_since(*t).as_millis() as u64))
+                .collect(),
+        })
+    }
+
+    fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            node_id: self.config.node_id,
+            addr: self.config.advertise.clone(),
+            routing_version: self.map().routing_version,
+            leading: self
+                .registry
+                .all()
+                .iter()
+                .filter(|g| g.is_leader())
+                .map(|g| (g.id, g.term()))
+                .collect(),
+        }
+    }
+
+    /// One round of reporting to the PD leader, trying the known leader first.
+    async fn sync_with_pd(&self) {
+        let hb = self.heartbeat();
+        let reply = match self.handle_heartbeat(&hb) {
+            Some(reply) => Some(reply),
+            None => {
+                let mut candidates: Vec<NodeId> = Vec::new();
+                if let Some(leader) = self.registry.get(PD_GROUP).and_then(|g| g.current_leader()) {
+                    candidates.push(leader);
+                }
+                if let Some(leader) = self.view.read().unwrap().pd_leader {
+                    candidates.push(leader);
+                }
+                candidates.extend(self.pd_voters());
+                candidates.dedup();
+                let mut reply = None;
+                for candidate in candidates {
+                    if candidate == self.config.node_id {
+                        continue;
+                    }
+                    let Some(addr) = self.addr_of(candidate) else { continue };
+                    let timeout = Duration::from_millis(PD_HEARTBEAT_INTERVAL_MS * 2);
+                    match post_internal::<Heartbeat, HeartbeatReply>(
+                        self.registry.client(),
+                        &addr,
+                        "/internal/pd/heartbeat",
+                        self.registry.secret(),
+                        &hb,
+                        timeout,
+                    )
+                    .await
+                    {
+                        Ok(r) => {
+                            reply = Some(r);
+                            break;
+                        }
+                        Err(e) => tracing::trace!(candidate, error = %e, "pd heartbeat failed"),
+                    }
+                }
+                reply
+            }
+        };
+        if let Some(reply) = reply {
+            if let Some(map) = &reply.map {
+                publish_map(&self.map_tx, map);
+            }
+            let mut view = self.view.write().unwrap();
+            view.pd_leader = Some(reply.pd_leader);
+            view.leader_hints = reply.leader_hints;
+            view.last_seen_ms = reply.last_seen_ms;
+            view.last_pd_contact = Some(Instant::now());
+        }
+    }
+
+    /// Creates the replicas the map assigns to this node (and removes ones it no longer does).
+    async fn reconcile(&self, map: &ClusterMap) {
+        if !map.is_bootstrapped() {
+            return;
+        }
+        let me = self.config.node_id;
+        for shard in map.shards_on(me) {
+            if self.registry.get(shard.id).is_some() || self.registry.is_tombstoned(shard.id) {
+                continue;
+            }
+            let members: BTreeMap<u64, BasicNode> = shard
+                .replicas
+                .iter()
+                .filter_map(|r| map.node_addr(*r).map(|a| (*r, BasicNode::new(a))))
+                .collect();
+            let designated = shard.replicas.first() == Some(&me);
+            if let Err(e) = self.registry.ensure(shard.id, designated.then_some(members)).await {
+                tracing::warn!(shard = shard.id, error = %e, "could not create replica");
+            }
+        }
+        for group in self.registry.all() {
+            let assigned = map.shards.get(&group.id).is_some_and(|s| s.replicas.contains(&me));
+            if group.id != PD_GROUP && !assigned {
+                tracing::info!(group = group.id, "map no longer assigns this replica; removing");
+                if let Err(e) = self.registry.remove(group.id).await {
+                    tracing::warn!(group = group.id, error = %e, "could not remove replica");
+                }
+            }
+        }
+    }
+
+    /// May this node create `group` on its first RPC?
+    pub fn may_host(&self, group: GroupId) -> bool {
+        if group == PD_GROUP {
+            return self.pd_voters().contains(&self.config.node_id);
+        }
+        self.map()
+            .shards
+            .get(&group)
+            .is_some_and(|s| s.replicas.contains(&self.config.node_id))
+    }
+
+    /// On a PD voter: proposes the bootstrap map once this node leads the PD.
+    async fn bootstrap_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let command = PdCommand::Bootstrap {
+            nodes: self.config.initial_cluster.iter().map(|(id, a)| (*id, a.clone())).collect(),
+            initial_shards: self.config.initial_shards,
+        };
+        loop {
+            if self.map().is_bootstrapped() || *stop.borrow() {
+                return;
+            }
+            if let Some(pd) = self.registry.get(PD_GROUP) {
+                if pd.is_leader() {
+                    match pd.raft.client_write(Request::Pd(command.clone())).await {
+                        Ok(resp) => tracing::info!(result = ?resp.data, "bootstrap proposed"),
+                        Err(e) => tracing::debug!(error = %e, "bootstrap proposal failed"),
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(PD_HEARTBEAT_INTERVAL_MS));
+        let label = self.label();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            self.sync_with_pd().await;
+            metrics::gauge!("midasflow_storage_size_bytes", "node" => label.clone()).set(self.registry.storage_bytes() as f64);
+        }
+    }
+
+    async fn reconcile_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut map_rx = self.map_rx.clone();
+        loop {
+            let map = map_rx.borrow_and_update().clone();
+            self.reconcile(&map).await;
+            tokio::select! {
+                changed = map_rx.changed() => if changed.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// A started node; dropping it does not stop it: call [`RunningNode::shutdown`].
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    pub local_addr: SocketAddr,
+    stop_tx: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("opening the database in {path}: {source}")]
+    Storage { path: String, source: sled::Error },
+    #[error("binding {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Registry(#[from] crate::raft::registry::RegistryError),
+}
+
+pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
+    if !config.initial_cluster.contains_key(&config.node_id) {
+        return Err(StartError::Config(format!(
+            "--initial-cluster does not name this node ({})",
+            config.node_id
+        )));
+    }
+    let raft_config = Arc::new(config.raft_config().map_err(StartError::Config)?);
+    let db_path = config.data_dir.join("db");
+    // No background flushing: durability comes only from the group-commit flusher, and a
+    // background thread would make simulations nondeterministic.
+    let db = sled::Config::new()
+        .path(&db_path)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|source| StartError::Storage {
+            path: db_path.display().to_string(),
+            source,
+        })?;
+    let (map_tx, map_rx) = watch::channel(Arc::new(ClusterMap::default()));
+    let client = http_client(config.net);
+    let registry = Arc::new(Registry::new(
+        db,
+        client,
+        RegistryConfig {
+            node_id: config.node_id,
+            raft_config,
+            flush_mode: config.flush_mode,
+            rng_seed: config.rng_seed,
+            secret: config.cluster_secret.clone(),
+        },
+        map_tx.clone(),
+    )?);
+    for group in registry.hosted_on_disk() {
+        if !registry.is_tombstoned(group) {
+            registry.ensure(group, None).await?;
+        }
+    }
+    let voters = pd_voters(&config.initial_cluster);
+    if voters.contains(&config.node_id) {
+        let members: BTreeMap<u64, BasicNode> = voters
+            .iter()
+            .map(|v| (*v, BasicNode::new(&config.initial_cluster[v])))
+            .collect();
+        let designated = voters.first() == Some(&config.node_id);
+        registry.ensure(PD_GROUP, designated.then_some(members)).await?;
+    }
+    let listener = NetListener::bind(config.net, &config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let local_addr = axum::serve::Listener::local_addr(&listener).map_err(|source| StartError::Bind {
+        addr: config.listen.clone(),
+        source,
+    })?;
+    let inflight = Semaphore::new(config.limits.max_inflight_requests);
+    let node = Arc::new(Node {
+        config,
+        registry,
+        map_rx,
+        map_tx,
+        pd_state: Default::default(),
+        view: Default::default(),
+        inflight,
+        draining: AtomicBool::new(false),
+        started: Instant::now(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let router = crate::api::router(node.clone());
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = server_stop.changed().await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "server stopped");
+        }
+    });
+    let mut loops = vec![
+        tokio::spawn(node.clone().heartbeat_loop(stop_rx.clone())),
+        tokio::spawn(node.clone().reconcile_loop(stop_rx.clone())),
+    ];
+    if voters.contains(&node.config.node_id) {
+        loops.push(tokio::spawn(node.clone().bootstrap_loop(stop_rx.clone())));
+    }
+    tracing::info!(node = node.config.node_id, addr = %local_addr, "node started");
+    Ok(RunningNode {
+        node,
+        local_addr,
+        stop_tx,
+        server,
+        loops,
+    })
+}
+
+impl RunningNode {
+    /// Stops serving, stops every group and flushes the database.
+    pub async fn shutdown(self) {
+        self.node.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop_tx.send(true);
+        for handle in self.loops {
+            let _ = handle.await;
+        }
+        // Open keep-alive connections can hold graceful shutdown; don't wait on them forever.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.server).await;
+        self.node.registry.shutdown().await;
+    }
+}

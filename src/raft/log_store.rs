@@ -1,0 +1,286 @@
+//! Raft log and vote storage in the node's one sled database, with group commit.
+//!
+//! Every group's entries live in the `raft_log` tree under `group ‖ index` (big-endian).
+//! An append is acknowledged to openraft only after a `db.flush()` that covers it, and one
+//! flush serves every group that appended meanwhile: the [`Flusher`] drains all waiting
+//! callbacks, fsyncs once and completes them all.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::time::Instant;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, RaftLogId, RaftLogReader, Vote};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{group_prefix, storage_io_error, Entry, GroupId, LogId, StorageError, TypeConfig};
+use crate::codec;
+
+/// Most flush requests waiting at once; appends beyond it wait for room.
+pub const FLUSH_QUEUE_CAPACITY: usize = 65_536;
+
+const META_VOTE: u8 = 1;
+const META_COMMITTED: u8 = 2;
+const META_PURGED: u8 = 3;
+
+enum FlushWaiter {
+    Log(LogFlushed<TypeConfig>),
+    Notify(oneshot::Sender<io::Result<()>>),
+}
+
+impl FlushWaiter {
+    fn complete(self, result: &io::Result<()>) {
+        let copy = || match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        };
+        match self {
+            FlushWaiter::Log(callback) => callback.log_io_completed(copy()),
+            FlushWaiter::Notify(tx) => {
+                let _ = tx.send(copy());
+            }
+        }
+    }
+}
+
+/// How the flusher runs: on its own OS thread in production, so a slow fsync never blocks
+/// tokio's workers; inline on the runtime under simulation, where a blocking flush on the
+/// single simulated thread keeps the run deterministic (DESIGN §5.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    Thread,
+    Inline,
+}
+
+/// Group commit for the node's sled database.
+#[derive(Clone)]
+pub struct Flusher {
+    tx: mpsc::Sender<FlushWaiter>,
+}
+
+impl Flusher {
+    pub fn start(db: sled::Db, mode: FlushMode, node_label: String) -> Self {
+        let (tx, mut rx) = mpsc::channel::<FlushWaiter>(FLUSH_QUEUE_CAPACITY);
+        let flush_batch = move |first: FlushWaiter, rx: &mut mpsc::Receiver<FlushWaiter>| {
+            let mut batch = vec![first];
+            while let Ok(next) = rx.try_recv() {
+                batch.push(next);
+            }
+            let started = Instant::now();
+            let result = db.flush().map(|_| ());
+            metrics::histogram!("midasflow_log_flush_duration_seconds", "node" => node_label.clone())
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("midasflow_log_flush_batch_size", "node" => node_label.clone()).record(batch.len() as f64);
+            metrics::counter!("midasflow_log_flushes_total", "node" => node_label.clone()).increment(1);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "sled flush failed");
+            }
+            let result = result.map_err(io::Error::other);
+            for waiter in batch {
+                waiter.complete(&result);
+            }
+        };
+        match mode {
+            FlushMode::Thread => {
+                std::thread::Builder::new()
+                    .name("midasflow-flusher".into())
+                    .spawn(move || {
+                        while let Some(first) = rx.blocking_recv() {
+                            flush_batch(first, &mut rx);
+                        }
+                    })
+                    .expect("spawn flusher thread");
+            }
+            FlushMode::Inline => {
+                tokio::spawn(async move {
+                    while let Some(first) = rx.recv().await {
+                        flush_batch(first, &mut rx);
+                    }
+                });
+            }
+        }
+        Flusher { tx }
+    }
+
+    /// Returns once everything written to the database before the call is durable.
+    pub async fn flush(&self) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(FlushWaiter::Notify(tx))
+            .await
+            .map_err(|_| io::Error::other("flusher stopped"))?;
+        rx.await.map_err(|_| io::Error::other("flusher stopped"))?
+    }
+
+    async fn flush_then(&self, callback: LogFlushed<TypeConfig>) -> io::Result<()> {
+        self.tx
+            .send(FlushWaiter::Log(callback))
+            .await
+            .map_err(|_| io::Error::other("flusher stopped"))
+    }
+}
+
+/// One group's view of the log tree.
+#[derive(Clone)]
+pub struct LogStore {
+    group: GroupId,
+    log: sled::Tree,
+    meta: sled::Tree,
+    flusher: Flusher,
+}
+
+fn entry_key(group: GroupId, index: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&group_prefix(group));
+    key[8..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn meta_key(group: GroupId, tag: u8) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[..8].copy_from_slice(&group_prefix(group));
+    key[8] = tag;
+    key
+}
+
+impl LogStore {
+    pub fn open(db: &sled::Db, group: GroupId, flusher: Flusher) -> sled::Result<Self> {
+        Ok(LogStore {
+            group,
+            log: db.open_tree("raft_log")?,
+            meta: db.open_tree("raft_meta")?,
+            flusher,
+        })
+    }
+
+    /// Removes every log entry and piece of Raft metadata the group has (replica removal).
+    pub fn destroy(db: &sled::Db, group: GroupId) -> sled::Result<()> {
+        for tree in ["raft_log", "raft_meta"] {
+            let tree = db.open_tree(tree)?;
+            for key in tree.scan_prefix(group_prefix(group)).keys() {
+                tree.remove(key?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, tag: u8) -> Result<Option<T>, StorageError> {
+        match self.meta.get(meta_key(self.group, tag)).map_err(storage_io_error)? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes).map_err(storage_io_error)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn write_meta<T: serde::Serialize>(&self, tag: u8, value: &T) -> Result<(), StorageError> {
+        let bytes = codec::encode(value).map_err(storage_io_error)?;
+        self.meta.insert(meta_key(self.group, tag), bytes).map_err(storage_io_error)?;
+        Ok(())
+    }
+
+    fn remove_range(&self, from: u64, to_inclusive: u64) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for key in self
+            .log
+            .range(entry_key(self.group, from)..=entry_key(self.group, to_inclusive))
+            .keys()
+        {
+            batch.remove(key.map_err(storage_io_error)?);
+        }
+        self.log.apply_batch(batch).map_err(storage_io_error)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Bound::Included(entry_key(self.group, i)),
+            Bound::Excluded(&i) => Bound::Excluded(entry_key(self.group, i)),
+            Bound::Unbounded => Bound::Included(entry_key(self.group, u64::MAX)),
+        };
+        let mut entries = Vec::new();
+        for item in self.log.range((Bound::Included(entry_key(self.group, start)), end)) {
+            let (_, bytes) = item.map_err(storage_io_error)?;
+            entries.push(codec::decode::<Entry>(&bytes).map_err(storage_io_error)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.read_meta(META_PURGED)?;
+        let last = self
+            .log
+            .scan_prefix(group_prefix(self.group))
+            .next_back()
+            .transpose()
+            .map_err(storage_io_error)?;
+        let last_log_id = match last {
+            Some((_, bytes)) => Some(*codec::decode::<Entry>(&bytes).map_err(storage_io_error)?.get_log_id()),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        self.write_meta(META_VOTE, vote)?;
+        // A vote must survive a crash before it is acted on, or a node could vote twice.
+        self.flusher.flush().await.map_err(storage_io_error)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        self.read_meta(META_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Durable with the next flush; only an optimisation for replay after restart.
+        self.write_meta(META_COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_meta::<Option<LogId>>(META_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = codec::encode(&entry).map_err(storage_io_error)?;
+            batch.insert(&entry_key(self.group, entry.log_id.index), bytes);
+        }
+        // Readable as soon as applied; durable (and acknowledged) after the group flush.
+        self.log.apply_batch(batch).map_err(storage_io_error)?;
+        self.flusher.flush_then(callback).await.map_err(storage_io_error)
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.remove_range(log_id.index, u64::MAX)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first, so a crash midway never leaves a hole unaccounted.
+        self.write_meta(META_PURGED, &log_id)?;
+        self.remove_range(0, log_id.index)
+    }
+}

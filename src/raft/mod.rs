@@ -1,0 +1,70 @@
+//! openraft plumbing shared by every group: the type config, sled log storage with group
+//! commit, the sled-backed state machine, the group-tagged HTTP network, the group
+//! registry and the seeded runtime.
+
+pub mod log_store;
+pub mod network;
+pub mod registry;
+pub mod runtime;
+pub mod state_machine;
+pub mod transport;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::placement::{PdCommand, PdResult};
+use crate::shard::{KvOp, KvResult};
+
+/// A Raft group: 0 is the placement driver, every other id is the shard of that id.
+pub type GroupId = u64;
+
+/// The application command carried by every group's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Kv(KvOp),
+    Pd(PdCommand),
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Kv(KvOp::Put { key, value, .. }) => write!(f, "put({}B key, {}B value)", key.len(), value.len()),
+            Request::Kv(KvOp::Delete { key, .. }) => write!(f, "delete({}B key)", key.len()),
+            Request::Pd(cmd) => write!(f, "pd({cmd:?})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Kv(KvResult),
+    Pd(PdResult),
+    /// Blank and membership entries, and commands sent to the wrong kind of group.
+    Empty,
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        AsyncRuntime = runtime::SeamRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<u64>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StorageError = openraft::StorageError<u64>;
+pub type StoredMembership = openraft::StoredMembership<u64, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, openraft::BasicNode>;
+
+/// Key prefix of everything a group stores in a shared tree: its id, big-endian, so one
+/// group's keys are contiguous and ordered.
+pub fn group_prefix(group: GroupId) -> [u8; 8] {
+    group.to_be_bytes()
+}
+
+/// Wraps a storage failure the way openraft reports it.
+pub fn storage_io_error(e: impl std::error::Error + 'static) -> StorageError {
+    openraft::StorageIOError::write(&e).into()
+}

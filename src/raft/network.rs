@@ -1,0 +1,189 @@
+//! The group-tagged Raft network over HTTP (DESIGN §3.5).
+//!
+//! openraft's `new_client` is not told the group, so each group gets its own factory
+//! carrying its id; all share the node's one pooled HTTP client. Every RPC is
+//! `POST /internal/raft/{group}/{append|vote|snapshot}` with a versioned bincode body,
+//! and every RPC has a timeout, because a partition drops bytes silently.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, StatusCode};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::transport::HttpClient;
+use super::{GroupId, TypeConfig};
+use crate::codec;
+
+/// Header carrying the cluster secret on internal requests.
+pub const SECRET_HEADER: &str = "x-midasflow-secret";
+/// Upper bound on any one Raft RPC, whatever openraft asks for.
+pub const MAX_RPC_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("connect to {addr}: {message}")]
+    Connect { addr: String, message: String },
+    #[error("request to {addr} timed out after {timeout_ms} ms")]
+    Timeout { addr: String, timeout_ms: u128 },
+    #[error("request to {addr}: {message}")]
+    Io { addr: String, message: String },
+    #[error("{addr} answered {status}: {body}")]
+    Status { addr: String, status: StatusCode, body: String },
+    #[error("bad response from {addr}: {message}")]
+    Decode { addr: String, message: String },
+}
+
+/// Sends one HTTP request through the node's pooled client, bounded by `timeout`.
+pub async fn send(
+    client: &HttpClient,
+    request: hyper::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<hyper::Response<Bytes>, TransportError> {
+    let addr = request.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+    let exchange = async {
+        let response = client.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                TransportError::Connect {
+                    addr: addr.clone(),
+                    message: e.to_string(),
+                }
+            } else {
+                TransportError::Io {
+                    addr: addr.clone(),
+                    message: e.to_string(),
+                }
+            }
+        })?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| TransportError::Io {
+            addr: addr.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(hyper::Response::from_parts(parts, body.to_bytes()))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| TransportError::Timeout {
+            addr: addr.clone(),
+            timeout_ms: timeout.as_millis(),
+        })?
+}
+
+/// POSTs a versioned bincode body to another node's internal route and decodes the answer.
+pub async fn post_internal<Req: Serialize, Resp: DeserializeOwned>(
+    client: &HttpClient,
+    addr: &str,
+    path: &str,
+    secret: Option<&str>,
+    body: &Req,
+    timeout: Duration,
+) -> Result<Resp, TransportError> {
+    let decode_error = |message: String| TransportError::Decode {
+        addr: addr.to_string(),
+        message,
+    };
+    let body = codec::encode(body).map_err(|e| decode_error(e.to_string()))?;
+    let mut builder = hyper::Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}{path}"))
+        .header(hyper::header::CONTENT_TYPE, "application/octet-stream");
+    if let Some(secret) = secret {
+        builder = builder.header(SECRET_HEADER, secret);
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| decode_error(e.to_string()))?;
+    let response = send(client, request, timeout).await?;
+    if response.status() != StatusCode::OK {
+        return Err(TransportError::Status {
+            addr: addr.to_string(),
+            status: response.status(),
+            body: String::from_utf8_lossy(response.body()).chars().take(200).collect(),
+        });
+    }
+    codec::decode(response.body()).map_err(|e| decode_error(e.to_string()))
+}
+
+/// Builds clients for one group.
+#[derive(Clone)]
+pub struct GroupNetworkFactory {
+    pub group: GroupId,
+    pub client: HttpClient,
+    pub secret: Option<String>,
+}
+
+pub struct GroupNetwork {
+    group: GroupId,
+    target: u64,
+    addr: String,
+    client: HttpClient,
+    secret: Option<String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
+    type Network = GroupNetwork;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
+        GroupNetwork {
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+            client: self.client.clone(),
+            secret: self.secret.clone(),
+        }
+    }
+}
+
+type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
+
+impl GroupNetwork {
+    async fn call<Req, Resp, E>(&self, op: &str, rpc: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let timeout = option.hard_ttl().min(Duration::from_millis(MAX_RPC_TIMEOUT_MS));
+        let path = format!("/internal/raft/{}/{op}", self.group);
+        let answer: Result<Result<Resp, RaftError<u64, E>>, TransportError> =
+            post_internal(&self.client, &self.addr, &path, self.secret.as_deref(), rpc, timeout).await;
+        match answer {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(e @ TransportError::Connect { .. }) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GroupNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
+        self.call("append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        self.call("snapshot", &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
+        self.call("vote", &rpc, &option).await
+    }
+}

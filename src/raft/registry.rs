@@ -1,0 +1,270 @@
+//! The groups a node hosts: creation (eager from the map, or lazily on a group's first
+//! RPC), recovery after restart, removal with tombstones, and RPC dispatch.
+//!
+//! Invariant: a replica exists only for a group the cluster map assigns to this node (or
+//! the PD group on a PD voter), and a removed group's tombstone keeps stale messages from
+//! resurrecting it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use openraft::{BasicNode, ServerState};
+use tokio::sync::watch;
+
+use super::log_store::{FlushMode, Flusher, LogStore};
+use super::network::GroupNetworkFactory;
+use super::runtime::{group_seed, seed_thread_rng};
+use super::state_machine::{GroupView, StateMachineStore};
+use super::transport::HttpClient;
+use super::{group_prefix, GroupId, Raft};
+use crate::codec;
+use crate::placement::{ClusterMap, PD_GROUP};
+
+/// One hosted replica.
+pub struct Group {
+    pub id: GroupId,
+    pub raft: Raft,
+    pub view: Arc<GroupView>,
+    is_leader: AtomicBool,
+    term: AtomicU64,
+}
+
+impl Group {
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.load(Ordering::Relaxed)
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Relaxed)
+    }
+
+    /// The leader this replica currently knows of.
+    pub fn current_leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+}
+
+/// Everything needed to create a group's Raft instance.
+pub struct RegistryConfig {
+    pub node_id: u64,
+    pub raft_config: Arc<openraft::Config>,
+    pub flush_mode: FlushMode,
+    /// Set under simulation: seeds each group's RNG from (seed, node, group).
+    pub rng_seed: Option<u64>,
+    pub secret: Option<String>,
+}
+
+pub struct Registry {
+    pub node_id: u64,
+    label: String,
+    db: sled::Db,
+    flusher: Flusher,
+    client: HttpClient,
+    config: RegistryConfig,
+    groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
+    /// Serializes creation and removal so a group is never built twice.
+    lifecycle: tokio::sync::Mutex<()>,
+    hosted: sled::Tree,
+    tombstones: sled::Tree,
+    map_tx: watch::Sender<Arc<ClusterMap>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("group {0} was removed from this node")]
+    Tombstoned(GroupId),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl Registry {
+    pub fn new(
+        db: sled::Db,
+        client: HttpClient,
+        config: RegistryConfig,
+        map_tx: watch::Sender<Arc<ClusterMap>>,
+    ) -> Result<Self, RegistryError> {
+        let storage = |e: sled::Error| RegistryError::Storage(e.to_string());
+        let label = config.node_id.to_string();
+        let flusher = Flusher::start(db.clone(), config.flush_mode, label.clone());
+        Ok(Registry {
+            node_id: config.node_id,
+            label,
+            hosted: db.open_tree("hosted_groups").map_err(storage)?,
+            tombstones: db.open_tree("tombstones").map_err(storage)?,
+            db,
+            flusher,
+            client,
+            config,
+            groups: RwLock::new(BTreeMap::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+            map_tx,
+        })
+    }
+
+    pub fn secret(&self) -> Option<&str> {
+        self.config.secret.as_deref()
+    }
+
+    pub fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    pub fn get(&self, group: GroupId) -> Option<Arc<Group>> {
+        self.groups.read().unwrap().get(&group).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Group>> {
+        self.groups.read().unwrap().values().cloned().collect()
+    }
+
+    pub fn is_tombstoned(&self, group: GroupId) -> bool {
+        self.tombstones.contains_key(group_prefix(group)).unwrap_or(true)
+    }
+
+    /// Groups this node hosted before a restart, to reopen from disk.
+    pub fn hosted_on_disk(&self) -> Vec<GroupId> {
+        self.hosted
+            .iter()
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter_map(|k| <[u8; 8]>::try_from(k.as_ref()).ok().map(u64::from_be_bytes))
+            .collect()
+    }
+
+    /// Returns the group, creating (or reopening) it if needed. When `initial_members` is
+    /// given and the group has never been initialized, this replica initializes it: only
+    /// one designated replica per group does, so bootstrap costs one election.
+    pub async fn ensure(
+        &self,
+        group: GroupId,
+        initial_members: Option<BTreeMap<u64, BasicNode>>,
+    ) -> Result<Arc<Group>, RegistryError> {
+        if let Some(existing) = self.get(group) {
+            return Ok(existing);
+        }
+        let _guard = self.lifecycle.lock().await;
+        if let Some(existing) = self.get(group) {
+            return Ok(existing);
+        }
+        if self.is_tombstoned(group) {
+            return Err(RegistryError::Tombstoned(group));
+        }
+        let storage = |e: openraft::StorageError<u64>| RegistryError::Storage(e.to_string());
+        let log_store = LogStore::open(&self.db, group, self.flusher.clone())
+            .map_err(|e| RegistryError::Storage(e.to_string()))?;
+        let map_tx = (group == PD_GROUP).then(|| self.map_tx.clone());
+        let state_machine =
+            StateMachineStore::open(&self.db, group, self.flusher.clone(), map_tx, self.label.clone()).map_err(storage)?;
+        let view = state_machine.view();
+        let network = GroupNetworkFactory {
+            group,
+            client: self.client.clone(),
+            secret: self.config.secret.clone(),
+        };
+        if let Some(seed) = self.config.rng_seed {
+            // openraft draws this group's election timeout inside Raft::new.
+            seed_thread_rng(group_seed(seed, self.node_id, group));
+        }
+        let raft = Raft::new(self.node_id, self.config.raft_config.clone(), network, log_store, state_machine)
+            .await
+            .map_err(|e| RegistryError::Raft(e.to_string()))?;
+        self.hosted
+            .insert(group_prefix(group), codec::encode(&group).unwrap_or_default())
+            .map_err(|e| RegistryError::Storage(e.to_string()))?;
+        if let Some(members) = initial_members {
+            let initialized = raft.is_initialized().await.map_err(|e| RegistryError::Raft(e.to_string()))?;
+            if !initialized {
+                if let Err(e) = raft.initialize(members).await {
+                    // NotAllowed means another path already initialized it: nothing to do.
+                    tracing::debug!(group, error = %e, "initialize skipped");
+                }
+            }
+        }
+        let created = Arc::new(Group {
+            id: group,
+            raft,
+            view,
+            is_leader: AtomicBool::new(false),
+            term: AtomicU64::new(0),
+        });
+        self.groups.write().unwrap().insert(group, created.clone());
+        self.spawn_monitor(created.clone());
+        metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone()).set(self.groups.read().unwrap().len() as f64);
+        tracing::info!(group, "replica started");
+        Ok(created)
+    }
+
+    /// Follows a group's metrics: leadership for routing, leader changes for /metrics.
+    fn spawn_monitor(&self, group: Arc<Group>) {
+        let label = self.label.clone();
+        let node_id = self.node_id;
+        let mut metrics_rx = group.raft.metrics();
+        tokio::spawn(async move {
+            let mut last_leader = None;
+            loop {
+                let (leader, term, leading) = {
+                    let m = metrics_rx.borrow_and_update();
+                    (m.current_leader, m.current_term, m.state == ServerState::Leader)
+                };
+                group.term.store(term, Ordering::Relaxed);
+                let was_leading = group.is_leader.swap(leading, Ordering::Relaxed);
+                if was_leading != leading {
+                    let delta = if leading { 1.0 } else { -1.0 };
+                    metrics::gauge!("midasflow_raft_leaders", "node" => label.clone()).increment(delta);
+                }
+                if leader != last_leader {
+                    if leader.is_some() {
+                        metrics::counter!("midasflow_raft_leader_changes_total", "node" => label.clone()).increment(1);
+                        tracing::debug!(group = group.id, node = node_id, ?leader, term, "leader changed");
+                    }
+                    last_leader = leader;
+                }
+                if metrics_rx.changed().await.is_err() {
+                    if group.is_leader.swap(false, Ordering::Relaxed) {
+                        metrics::gauge!("midasflow_raft_leaders", "node" => label.clone()).decrement(1.0);
+                    }
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Stops a replica, deletes its data and leaves a tombstone.
+    pub async fn remove(&self, group: GroupId) -> Result<(), RegistryError> {
+        let _guard = self.lifecycle.lock().await;
+        let storage = |e: sled::Error| RegistryError::Storage(e.to_string());
+        self.tombstones.insert(group_prefix(group), &[]).map_err(storage)?;
+        let removed = self.groups.write().unwrap().remove(&group);
+        if let Some(removed) = removed {
+            let _ = removed.raft.shutdown().await;
+        }
+        LogStore::destroy(&self.db, group).map_err(storage)?;
+        StateMachineStore::destroy(&self.db, group).map_err(storage)?;
+        self.hosted.remove(group_prefix(group)).map_err(storage)?;
+        self.flusher.flush().await.map_err(|e| RegistryError::Storage(e.to_string()))?;
+        metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone()).set(self.groups.read().unwrap().len() as f64);
+        Ok(())
+    }
+
+    /// Stops every replica (clean shutdown); data stays on disk.
+    pub async fn shutdown(&self) {
+        let groups: Vec<Arc<Group>> = std::mem::take(&mut *self.groups.write().unwrap()).into_values().collect();
+        for group in groups {
+            let _ = group.raft.shutdown().await;
+        }
+        let _ = self.flusher.flush().await;
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn storage_bytes(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}

@@ -1,0 +1,176 @@
+//! The network seam: one enum over tokio and turmoil sockets, so the identical node code
+//! runs on real TCP and under turmoil's simulated network (DESIGN §5.3).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Which network the node's sockets come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetKind {
+    Tokio,
+    Turmoil,
+}
+
+/// A connected stream from either network.
+pub enum NetStream {
+    Tokio(tokio::net::TcpStream),
+    Turmoil(turmoil::net::TcpStream),
+}
+
+impl NetStream {
+    pub async fn connect(kind: NetKind, addr: &str) -> io::Result<Self> {
+        match kind {
+            NetKind::Tokio => {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                // Without NODELAY, small Raft messages wait on Nagle and delayed ACKs.
+                stream.set_nodelay(true)?;
+                Ok(NetStream::Tokio(stream))
+            }
+            NetKind::Turmoil => Ok(NetStream::Turmoil(turmoil::net::TcpStream::connect(addr).await?)),
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            NetStream::Tokio($s) => $e,
+            NetStream::Turmoil($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for NetStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for NetStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+impl Connection for NetStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+/// A bound listener from either network; serves axum directly.
+pub enum NetListener {
+    Tokio(tokio::net::TcpListener),
+    Turmoil(turmoil::net::TcpListener),
+}
+
+impl NetListener {
+    pub async fn bind(kind: NetKind, addr: &str) -> io::Result<Self> {
+        Ok(match kind {
+            NetKind::Tokio => NetListener::Tokio(tokio::net::TcpListener::bind(addr).await?),
+            NetKind::Turmoil => NetListener::Turmoil(turmoil::net::TcpListener::bind(addr).await?),
+        })
+    }
+}
+
+impl axum::serve::Listener for NetListener {
+    type Io = NetStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let accepted = match self {
+                NetListener::Tokio(l) => tokio::net::TcpListener::accept(l).await.map(|(s, a)| {
+                    let _ = s.set_nodelay(true);
+                    (NetStream::Tokio(s), a)
+                }),
+                NetListener::Turmoil(l) => turmoil::net::TcpListener::accept(l).await.map(|(s, a)| (NetStream::Turmoil(s), a)),
+            };
+            match accepted {
+                Ok(pair) => return pair,
+                Err(e) => {
+                    // Running out of file descriptors must not spin the accept loop.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            NetListener::Tokio(l) => l.local_addr(),
+            NetListener::Turmoil(l) => l.local_addr(),
+        }
+    }
+}
+
+/// Connector for hyper-util's pooled client, dialing through the seam.
+#[derive(Clone)]
+pub struct Connector {
+    kind: NetKind,
+    connect_timeout: Duration,
+}
+
+impl tower::Service<Uri> for Connector {
+    type Response = TokioIo<NetStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let kind = self.kind;
+        let timeout = self.connect_timeout;
+        Box::pin(async move {
+            let authority = uri
+                .authority()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "uri without authority"))?
+                .to_string();
+            let stream = tokio::time::timeout(timeout, NetStream::connect(kind, &authority))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// The one pooled HTTP client a node uses for Raft RPCs, PD calls and forwarding.
+pub type HttpClient = Client<Connector, Full<Bytes>>;
+
+/// Idle pooled connections kept per peer; bounds sockets at many groups × peers.
+pub const POOL_MAX_IDLE_PER_HOST: usize = 32;
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+pub fn http_client(kind: NetKind) -> HttpClient {
+    // TokioTimer keeps the pool on tokio's (under turmoil: simulated) clock.
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .build(Connector {
+            kind,
+            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
+        })
+}

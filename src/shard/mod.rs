@@ -1,0 +1,351 @@
+//! The key-value state machine of one shard group (DESIGN §3.1).
+//!
+//! Everything here is pure: [`apply_op`] maps the key's current record and one command to
+//! the new record and the client-visible result. The sled-backed wrapper in
+//! `raft::state_machine` only loads and stores records around it.
+
+use serde::{Deserialize, Serialize};
+
+/// Default number of versions retained per key (`--history-versions`).
+pub const DEFAULT_HISTORY_VERSIONS: u32 = 8;
+
+/// One version of a key: a value or a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionEntry {
+    pub version: u64,
+    pub deleted: bool,
+    pub value: Vec<u8>,
+}
+
+/// Everything stored for one key: its retained versions, newest first, never empty.
+///
+/// The newest entry is always kept, tombstone or not, so the version counter survives
+/// deletes and history compaction: a re-created key continues counting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub versions: Vec<VersionEntry>,
+}
+
+impl KeyRecord {
+    pub fn latest(&self) -> &VersionEntry {
+        &self.versions[0]
+    }
+
+    /// The version a precondition compares against: 0 while the key is absent or deleted.
+    pub fn current_version(&self) -> u64 {
+        let latest = self.latest();
+        if latest.deleted {
+            0
+        } else {
+            latest.version
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        !self.latest().deleted
+    }
+
+    /// Bytes of the live value, 0 for a tombstone (what `/v1/shards` reports as `bytes`).
+    pub fn live_value_bytes(&self) -> u64 {
+        if self.is_live() {
+            self.latest().value.len() as u64
+        } else {
+            0
+        }
+    }
+}
+
+/// A write's condition (`If-Match` / `If-None-Match: *`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precondition {
+    None,
+    /// Current version must equal this; 0 means "absent".
+    IfMatch(u64),
+    /// The key must be absent (or deleted).
+    IfAbsent,
+}
+
+/// A command replicated through a shard's Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvOp {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        precondition: Precondition,
+        /// Stamped by the proposing leader so every replica retains the same history.
+        history_versions: u32,
+    },
+    Delete {
+        key: Vec<u8>,
+        precondition: Precondition,
+        history_versions: u32,
+    },
+}
+
+impl KvOp {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            KvOp::Put { key, .. } | KvOp::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// The outcome of one applied [`KvOp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvResult {
+    Written { version: u64 },
+    Deleted { version: u64 },
+    /// The precondition did not hold; `current` is the key's current version (0 = absent).
+    PreconditionFailed { current: u64 },
+    /// Delete of an absent key.
+    NotFound,
+}
+
+fn precondition_holds(precondition: Precondition, current_version: u64) -> bool {
+    match precondition {
+        Precondition::None => true,
+        Precondition::IfMatch(expected) => expected == current_version,
+        Precondition::IfAbsent => current_version == 0,
+    }
+}
+
+/// Applies one command to the key's current record.
+///
+/// Returns the record to store (`None` when nothing changes) and the client's result.
+pub fn apply_op(current: Option<&KeyRecord>, op: &KvOp) -> (Option<KeyRecord>, KvResult) {
+    let current_version = current.map_or(0, KeyRecord::current_version);
+    let last_version = current.map_or(0, |r| r.latest().version);
+    let (precondition, history_versions, entry) = match op {
+        KvOp::Put {
+            value,
+            precondition,
+            history_versions,
+            ..
+        } => (
+            *precondition,
+            *history_versions,
+            VersionEntry {
+                version: last_version + 1,
+                deleted: false,
+                value: value.clone(),
+            },
+        ),
+        KvOp::Delete {
+            precondition,
+            history_versions,
+            ..
+        } => (
+            *precondition,
+            *history_versions,
+            VersionEntry {
+                version: last_version + 1,
+                deleted: true,
+                value: Vec::new(),
+            },
+        ),
+    };
+    if !precondition_holds(precondition, current_version) {
+        return (
+            None,
+            KvResult::PreconditionFailed {
+                current: current_version,
+            },
+        );
+    }
+    if entry.deleted && current_version == 0 {
+        return (None, KvResult::NotFound);
+    }
+    let version = entry.version;
+    let result = if entry.deleted {
+        KvResult::Deleted { version }
+    } else {
+        KvResult::Written { version }
+    };
+    let mut versions = Vec::with_capacity(history_versions.max(1) as usize);
+    versions.push(entry);
+    if let Some(record) = current {
+        let keep_older = history_versions.max(1) as usize - 1;
+        versions.extend(record.versions.iter().take(keep_older).cloned());
+    }
+    (Some(KeyRecord { versions }), result)
+}
+
+/// What a read of a key (optionally at one version) finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome<'a> {
+    Value { version: u64, value: &'a [u8] },
+    /// Absent, deleted, or the asked-for version is a tombstone or not yet written.
+    NotFound,
+    /// The asked-for version existed but is no longer retained.
+    Gone,
+}
+
+pub fn read(record: Option<&KeyRecord>, at_version: Option<u64>) -> ReadOutcome<'_> {
+    let Some(record) = record else {
+        return ReadOutcome::NotFound;
+    };
+    let entry = match at_version {
+        None => record.latest(),
+        Some(wanted) => match record.versions.iter().find(|e| e.version == wanted) {
+            Some(entry) => entry,
+            None if wanted >= 1 && wanted < record.versions.last().unwrap().version => {
+                return ReadOutcome::Gone
+            }
+            None => return ReadOutcome::NotFound,
+        },
+    };
+    if entry.deleted {
+        ReadOutcome::NotFound
+    } else {
+        ReadOutcome::Value {
+            version: entry.version,
+            value: &entry.value,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn put(value: &str, precondition: Precondition) -> KvOp {
+        KvOp::Put {
+            key: b"k".to_vec(),
+            value: value.as_bytes().to_vec(),
+            precondition,
+            history_versions: 3,
+        }
+    }
+
+    fn delete(precondition: Precondition) -> KvOp {
+        KvOp::Delete {
+            key: b"k".to_vec(),
+            precondition,
+            history_versions: 3,
+        }
+    }
+
+    /// Runs ops in order from an absent key, returning each result and the final record.
+    fn run(ops: &[KvOp]) -> (Vec<KvResult>, Option<KeyRecord>) {
+        let mut record = None;
+        let mut results = Vec::new();
+        for op in ops {
+            let (next, result) = apply_op(record.as_ref(), op);
+            if let Some(next) = next {
+                record = Some(next);
+            }
+            results.push(result);
+        }
+        (results, record)
+    }
+
+    #[test]
+    fn table_of_versions_cas_and_tombstones() {
+        use KvResult::*;
+        use Precondition::*;
+        let cases: Vec<(&str, Vec<KvOp>, Vec<KvResult>)> = vec![
+            ("first write is version 1", vec![put("a", None)], vec![Written { version: 1 }]),
+            (
+                "every write increments",
+                vec![put("a", None), put("b", None)],
+                vec![Written { version: 1 }, Written { version: 2 }],
+            ),
+            (
+                "if-match current succeeds, stale fails",
+                vec![put("a", None), put("b", IfMatch(1)), put("c", IfMatch(1))],
+                vec![Written { version: 1 }, Written { version: 2 }, PreconditionFailed { current: 2 }],
+            ),
+            (
+                "if-match 0 means absent",
+                vec![put("a", IfMatch(0)), put("b", IfMatch(0))],
+                vec![Written { version: 1 }, PreconditionFailed { current: 1 }],
+            ),
+            (
+                "if-none-match creates once",
+                vec![put("a", IfAbsent), put("b", IfAbsent)],
+                vec![Written { version: 1 }, PreconditionFailed { current: 1 }],
+            ),
+            (
+                "delete is a tombstone version; re-create continues counting",
+                vec![put("a", None), delete(None), put("b", IfAbsent)],
+                vec![Written { version: 1 }, Deleted { version: 2 }, Written { version: 3 }],
+            ),
+            (
+                "deleted key matches 0, not its tombstone version",
+                vec![put("a", None), delete(None), put("b", IfMatch(2)), put("c", IfMatch(0))],
+                vec![
+                    Written { version: 1 },
+                    Deleted { version: 2 },
+                    PreconditionFailed { current: 0 },
+                    Written { version: 3 },
+                ],
+            ),
+            (
+                "delete of absent or deleted key is not found and uses no version",
+                vec![delete(None), put("a", None), delete(None), delete(None), put("b", None)],
+                vec![
+                    NotFound,
+                    Written { version: 1 },
+                    Deleted { version: 2 },
+                    NotFound,
+                    Written { version: 3 },
+                ],
+            ),
+            (
+                "conditional delete",
+                vec![put("a", None), delete(IfMatch(5)), delete(IfMatch(1))],
+                vec![Written { version: 1 }, PreconditionFailed { current: 1 }, Deleted { version: 2 }],
+            ),
+        ];
+        for (name, ops, expected) in cases {
+            let (results, _) = run(&ops);
+            assert_eq!(results, expected, "case: {name}");
+        }
+    }
+
+    #[test]
+    fn history_is_bounded_and_newest_first() {
+        let ops: Vec<KvOp> = (0..5).map(|i| put(&format!("v{i}"), Precondition::None)).collect();
+        let (_, record) = run(&ops);
+        let record = record.unwrap();
+        let versions: Vec<u64> = record.versions.iter().map(|e| e.version).collect();
+        assert_eq!(versions, vec![5, 4, 3]);
+        assert_eq!(read(Some(&record), Some(4)), ReadOutcome::Value { version: 4, value: b"v3" });
+        assert_eq!(read(Some(&record), Some(2)), ReadOutcome::Gone);
+        assert_eq!(read(Some(&record), Some(9)), ReadOutcome::NotFound);
+        assert_eq!(read(Some(&record), None), ReadOutcome::Value { version: 5, value: b"v4" });
+    }
+
+    #[test]
+    fn tombstone_survives_compaction_and_reads_as_not_found() {
+        let mut ops: Vec<KvOp> = vec![put("a", Precondition::None), delete(Precondition::None)];
+        let keep_one = |op: KvOp| match op {
+            KvOp::Delete { key, precondition, .. } => KvOp::Delete { key, precondition, history_versions: 1 },
+            other => other,
+        };
+        ops = ops.into_iter().map(keep_one).collect();
+        let (_, record) = run(&ops);
+        let record = record.unwrap();
+        assert_eq!(record.versions.len(), 1);
+        assert_eq!(record.latest().version, 2);
+        assert_eq!(read(Some(&record), None), ReadOutcome::NotFound);
+        assert_eq!(read(Some(&record), Some(1)), ReadOutcome::Gone);
+        assert_eq!(record.live_value_bytes(), 0);
+        assert_eq!(read(None, None), ReadOutcome::NotFound);
+    }
+
+    #[test]
+    fn encodings_round_trip() {
+        let (_, record) = run(&[put("a", Precondition::None), delete(Precondition::None)]);
+        let record = record.unwrap();
+        let bytes = codec::encode(&record).unwrap();
+        assert_eq!(codec::decode::<KeyRecord>(&bytes).unwrap(), record);
+        for op in [put("x", Precondition::IfMatch(3)), delete(Precondition::IfAbsent)] {
+            let bytes = codec::encode(&op).unwrap();
+            assert_eq!(codec::decode::<KvOp>(&bytes).unwrap(), op);
+        }
+        let result = KvResult::PreconditionFailed { current: 4 };
+        assert_eq!(codec::decode::<KvResult>(&codec::encode(&result).unwrap()).unwrap(), result);
+    }
+}
