@@ -109,7 +109,12 @@ pub struct KvArgs {
     #[command(subcommand)]
     pub op: KvOpArgs,
     /// A node's base URL.
-    #[arg(long, global = true, env = "MIDASFLOW_ENDPOINT", default_value = "http://127.0.0.1:7001")]
+    #[arg(
+        long,
+        global = true,
+        env = "MIDASFLOW_ENDPOINT",
+        default_value = "http://127.0.0.1:7001"
+    )]
     pub endpoint: String,
 }
 
@@ -147,7 +152,12 @@ pub enum KvOpArgs {
 pub struct ClusterArgs {
     #[command(subcommand)]
     pub op: ClusterOp,
-    #[arg(long, global = true, env = "MIDASFLOW_ENDPOINT", default_value = "http://127.0.0.1:7001")]
+    #[arg(
+        long,
+        global = true,
+        env = "MIDASFLOW_ENDPOINT",
+        default_value = "http://127.0.0.1:7001"
+    )]
     pub endpoint: String,
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -168,9 +178,7 @@ pub enum Format {
 fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, String> {
     let mut members = BTreeMap::new();
     for part in text.split(',').filter(|p| !p.trim().is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| format!("{part:?} is not ID=ADDR"))?;
+        let (id, addr) = part.split_once('=').ok_or_else(|| format!("{part:?} is not ID=ADDR"))?;
         let id: u64 = id.trim().parse().map_err(|_| format!("{id:?} is not a node id"))?;
         if members.insert(id, addr.trim().to_string()).is_some() {
             return Err(format!("node {id} is named twice"));
@@ -216,7 +224,8 @@ impl Tuning {
 async fn wait_for_stop_signal() {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -231,7 +240,10 @@ pub async fn run_server(args: ServerArgs) -> Result<(), String> {
     config.advertise = args.advertise.unwrap_or(args.listen);
     args.tuning.apply(&mut config)?;
     let running = node::start(config).await.map_err(|e| e.to_string())?;
-    println!("midasflow node {} serving on http://{}", args.node_id, running.local_addr);
+    println!(
+        "midasflow node {} serving on http://{}",
+        args.node_id, running.local_addr
+    );
     wait_for_stop_signal().await;
     tracing::info!("stopping");
     running.shutdown().await;
@@ -252,7 +264,12 @@ pub async fn run_demo(args: DemoArgs) -> Result<(), String> {
         .collect();
     let mut nodes: Vec<RunningNode> = Vec::new();
     for (id, addr) in &initial_cluster {
-        let mut config = NodeConfig::new(*id, addr.clone(), data_dir.join(format!("node{id}")), initial_cluster.clone());
+        let mut config = NodeConfig::new(
+            *id,
+            addr.clone(),
+            data_dir.join(format!("node{id}")),
+            initial_cluster.clone(),
+        );
         args.tuning.apply(&mut config)?;
         match node::start(config).await {
             Ok(running) => nodes.push(running),
@@ -272,7 +289,10 @@ pub async fn run_demo(args: DemoArgs) -> Result<(), String> {
     println!();
     println!("Try:");
     println!("  curl -X PUT --data-binary 'hello' http://{first}/v1/kv/greeting");
-    println!("  curl -i http://{}/v1/kv/greeting", initial_cluster.values().last().unwrap());
+    println!(
+        "  curl -i http://{}/v1/kv/greeting",
+        initial_cluster.values().last().unwrap()
+    );
     println!("  curl http://{first}/v1/cluster");
     println!();
     println!("Ctrl-C stops the cluster.");
@@ -351,7 +371,9 @@ pub async fn run_kv(args: KvArgs) -> Result<(), String> {
             let body: Value = serde_json::from_slice(&reply.body).map_err(|e| e.to_string())?;
             let engine = base64::engine::general_purpose::STANDARD;
             for v in body["versions"].as_array().into_iter().flatten() {
-                let value = engine.decode(v["value_base64"].as_str().unwrap_or("")).unwrap_or_default();
+                let value = engine
+                    .decode(v["value_base64"].as_str().unwrap_or(""))
+                    .unwrap_or_default();
                 let shown = if v["deleted"] == Value::Bool(true) {
                     "(deleted)".to_string()
                 } else {
@@ -417,7 +439,12 @@ pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|n| ["id", "addr", "state", "shards", "leaders"].iter().map(|k| cell(&n[*k])).collect())
+                .map(|n| {
+                    ["id", "addr", "state", "shards", "leaders"]
+                        .iter()
+                        .map(|k| cell(&n[*k]))
+                        .collect()
+                })
                 .collect();
             print_table(&["ID", "ADDR", "STATE", "SHARDS", "LEADERS"], rows);
         }
@@ -447,7 +474,9 @@ pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
                 })
                 .collect();
             print_table(
-                &["ID", "START", "END", "REPLICAS", "LEADER", "EPOCH", "APPLIED", "KEYS", "BYTES"],
+                &[
+                    "ID", "START", "END", "REPLICAS", "LEADER", "EPOCH", "APPLIED", "KEYS", "BYTES",
+                ],
                 rows,
             );
         }

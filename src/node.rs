@@ -27,6 +27,8 @@ pub const PD_HEARTBEAT_INTERVAL_MS: u64 = 400;
 /// A node not heard from for this long is `suspect`; for [`DOWN_AFTER_MS`], `down`.
 pub const SUSPECT_AFTER_MS: u64 = 2_000;
 pub const DOWN_AFTER_MS: u64 = 6_000;
+/// Most log entries in one append RPC (see `api::internal::MAX_INTERNAL_BODY_BYTES`).
+pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
 /// PD contact older than this makes `/readyz` fail.
 pub const PD_STALE_AFTER_MS: u64 = 5_000;
 
@@ -84,9 +86,12 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
-            heartbeat_interval_ms: 150,
-            election_timeout_min_ms: 600,
-            election_timeout_max_ms: 1_200,
+            // A follower of a healthy leader waits its lease (election_timeout_max) plus a
+            // random election timeout before campaigning: 0.9 to 1.2 s here, well inside
+            // the 3 s failover goal even with a second round.
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
             snapshot_interval_entries: 10_000,
             log_keep_entries: 1_000,
             snapshot_chunk_bytes: 4 << 20,
@@ -124,6 +129,9 @@ impl NodeConfig {
             max_in_snapshot_log_to_keep: t.log_keep_entries,
             snapshot_max_chunk_size: t.snapshot_chunk_bytes,
             install_snapshot_timeout: 2_000,
+            // Bounds one append RPC: this many entries of at most --max-value-bytes each
+            // stay under the internal body limit.
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         }
         .validate()
@@ -384,7 +392,12 @@ impl Node {
     /// On a PD voter: proposes the bootstrap map once this node leads the PD.
     async fn bootstrap_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let command = PdCommand::Bootstrap {
-            nodes: self.config.initial_cluster.iter().map(|(id, a)| (*id, a.clone())).collect(),
+            nodes: self
+                .config
+                .initial_cluster
+                .iter()
+                .map(|(id, a)| (*id, a.clone()))
+                .collect(),
             initial_shards: self.config.initial_shards,
         };
         loop {
@@ -415,7 +428,8 @@ impl Node {
                 _ = stop.changed() => return,
             }
             self.sync_with_pd().await;
-            metrics::gauge!("midasflow_storage_size_bytes", "node" => label.clone()).set(self.registry.storage_bytes() as f64);
+            metrics::gauge!("midasflow_storage_size_bytes", "node" => label.clone())
+                .set(self.registry.storage_bytes() as f64);
         }
     }
 

@@ -89,7 +89,9 @@ pub fn percent_decode_strict(raw: &str) -> Result<Vec<u8>, ApiError> {
 }
 
 fn parse_version_header(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<u64>, ApiError> {
-    let Some(value) = headers.get(&name) else { return Ok(None) };
+    let Some(value) = headers.get(&name) else {
+        return Ok(None);
+    };
     let text = value
         .to_str()
         .map_err(|_| ApiError::bad_request(format!("{name} is not ASCII")))?
@@ -134,9 +136,10 @@ fn parse_query(query: Option<&str>) -> Result<(Consistency, Option<u64>), ApiErr
                 }
             }
             "version" => {
-                version = Some(value.parse::<u64>().map_err(|_| {
-                    ApiError::bad_request(format!("version must be a positive number, got {value:?}"))
-                })?)
+                version =
+                    Some(value.parse::<u64>().map_err(|_| {
+                        ApiError::bad_request(format!("version must be a positive number, got {value:?}"))
+                    })?)
             }
             other => return Err(ApiError::bad_request(format!("unknown query parameter {other:?}"))),
         }
@@ -202,7 +205,12 @@ async fn parse_call(node: &Node, request: Request) -> Result<(KvCall, HeaderMap,
     let limit = limits.max_value_bytes;
     let too_large = || ApiError::value_too_large(format!("value is over the {limit}-byte limit"));
     if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
-        if length.to_str().ok().and_then(|l| l.parse::<usize>().ok()).is_some_and(|l| l > limit) {
+        if length
+            .to_str()
+            .ok()
+            .and_then(|l| l.parse::<usize>().ok())
+            .is_some_and(|l| l > limit)
+        {
             return Err(too_large());
         }
     }
@@ -283,7 +291,10 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let no_forward = forward.headers.get(NO_FORWARD_HEADER).is_some_and(|v| v.as_bytes() == b"1");
+    let no_forward = forward
+        .headers
+        .get(NO_FORWARD_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1");
     let mut proposed = false;
     loop {
         let attempt = match node.registry.get(shard) {
@@ -315,7 +326,10 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
                 match forward_to(node, target, forward, hops + 1, deadline).await {
                     Ok(response) => return Ok(response),
                     Err(e) if matches!(call, KvCall::Write(_)) && !e.retryable_for_write => {
-                        return Err(ApiError::timeout(format!("forwarded write's outcome is unknown: {}", e.message)))
+                        return Err(ApiError::timeout(format!(
+                            "forwarded write's outcome is unknown: {}",
+                            e.message
+                        )))
                     }
                     Err(e) => tracing::debug!(target, error = %e.message, "forward failed; retrying"),
                 }
@@ -328,7 +342,9 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
         tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
     }
     if proposed {
-        Err(ApiError::timeout("the write was proposed but not confirmed in time; it may or may not have happened"))
+        Err(ApiError::timeout(
+            "the write was proposed but not confirmed in time; it may or may not have happened",
+        ))
     } else {
         Err(ApiError::unavailable(format!("shard {shard} has no reachable leader")))
     }
@@ -415,11 +431,9 @@ async fn serve_local(_node: &Node, group: &Group, call: &KvCall, linearizable: b
                 response
             }
             ReadOutcome::NotFound => ApiError::not_found("key not found").into_response(),
-            ReadOutcome::Gone => ApiError::gone(format!(
-                "version {} is no longer retained",
-                version.unwrap_or_default()
-            ))
-            .into_response(),
+            ReadOutcome::Gone => {
+                ApiError::gone(format!("version {} is no longer retained", version.unwrap_or_default())).into_response()
+            }
         },
         KvCall::History { key, .. } => match &record {
             None => ApiError::not_found("key not found").into_response(),
@@ -437,7 +451,9 @@ async fn serve_local(_node: &Node, group: &Group, call: &KvCall, linearizable: b
         KvCall::Write(_) => return Err(ApiError::internal("write routed to the read path")),
     };
     if !linearizable {
-        response.headers_mut().insert("x-applied-index", HeaderValue::from(applied));
+        response
+            .headers_mut()
+            .insert("x-applied-index", HeaderValue::from(applied));
     }
     response.headers_mut().insert("x-shard", HeaderValue::from(group.id));
     Ok(response)
@@ -457,9 +473,22 @@ struct ForwardError {
 /// Headers a forwarded request keeps; everything else is hop-by-hop or ours to set.
 const FORWARDED_HEADERS: [header::HeaderName; 3] = [header::IF_MATCH, header::IF_NONE_MATCH, header::CONTENT_TYPE];
 /// Response headers relayed back from the node that served a forwarded request.
-const RELAYED_HEADERS: [&str; 6] = ["x-version", "etag", "x-shard", "x-applied-index", "retry-after", "content-type"];
+const RELAYED_HEADERS: [&str; 6] = [
+    "x-version",
+    "etag",
+    "x-shard",
+    "x-applied-index",
+    "retry-after",
+    "content-type",
+];
 
-async fn forward_to(node: &Node, target: u64, forward: &Forward, hops: u32, deadline: Instant) -> Result<Response, ForwardError> {
+async fn forward_to(
+    node: &Node,
+    target: u64,
+    forward: &Forward,
+    hops: u32,
+    deadline: Instant,
+) -> Result<Response, ForwardError> {
     let addr = node.addr_of(target).ok_or_else(|| ForwardError {
         message: format!("no address for node {target}"),
         retryable_for_write: true,
@@ -473,15 +502,19 @@ async fn forward_to(node: &Node, target: u64, forward: &Forward, hops: u32, dead
             builder = builder.header(name, value);
         }
     }
-    let request = builder.body(Full::new(forward.body.clone())).map_err(|e| ForwardError {
-        message: e.to_string(),
-        retryable_for_write: true,
-    })?;
+    let request = builder
+        .body(Full::new(forward.body.clone()))
+        .map_err(|e| ForwardError {
+            message: e.to_string(),
+            retryable_for_write: true,
+        })?;
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let response = send(node.registry.client(), request, remaining).await.map_err(|e| ForwardError {
-        retryable_for_write: matches!(e, crate::raft::network::TransportError::Connect { .. }),
-        message: e.to_string(),
-    })?;
+    let response = send(node.registry.client(), request, remaining)
+        .await
+        .map_err(|e| ForwardError {
+            retryable_for_write: matches!(e, crate::raft::network::TransportError::Connect { .. }),
+            message: e.to_string(),
+        })?;
     metrics::counter!("midasflow_forwarded_requests_total", "node" => node.label()).increment(1);
     let (parts, body) = response.into_parts();
     let mut relayed = Response::new(Body::from(body));

@@ -101,7 +101,11 @@ async fn unknown_route(request: Request) -> ApiError {
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {
-    ApiError::method_not_allowed(format!("{} is not allowed on {}", request.method(), request.uri().path()))
+    ApiError::method_not_allowed(format!(
+        "{} is not allowed on {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 fn hex(value: u128) -> String {
@@ -229,8 +233,13 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     let bootstrapped = node.map().is_bootstrapped();
     let pd = node.pd_reachable();
     let ready = !draining && bootstrapped && pd;
-    let body = axum::Json(json!({"ready": ready, "draining": draining, "map_bootstrapped": bootstrapped, "pd_reachable": pd}));
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body =
+        axum::Json(json!({"ready": ready, "draining": draining, "map_bootstrapped": bootstrapped, "pd_reachable": pd}));
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, body).into_response()
 }
 

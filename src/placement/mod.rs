@@ -115,8 +115,11 @@ impl ClusterMap {
         if self.shards.is_empty() {
             return Ok(());
         }
-        let mut ranges: Vec<(u128, u128, ShardId)> =
-            self.shards.values().map(|s| (u128::from(s.start), s.end_u128(), s.id)).collect();
+        let mut ranges: Vec<(u128, u128, ShardId)> = self
+            .shards
+            .values()
+            .map(|s| (u128::from(s.start), s.end_u128(), s.id))
+            .collect();
         ranges.sort();
         let mut expected_start = 0u128;
         for (start, end, id) in ranges {
@@ -232,7 +235,15 @@ mod tests {
     #[test]
     fn every_hash_maps_to_exactly_one_shard() {
         let map = bootstrap(3, 8);
-        for hash in [0, 1, u64::MAX / 8 - 1, u64::MAX / 8, u64::MAX / 2, u64::MAX - 1, u64::MAX] {
+        for hash in [
+            0,
+            1,
+            u64::MAX / 8 - 1,
+            u64::MAX / 8,
+            u64::MAX / 2,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
             let owners = map.shards.values().filter(|s| s.contains(hash)).count();
             assert_eq!(owners, 1, "hash {hash:#x}");
         }

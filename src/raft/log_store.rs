@@ -71,7 +71,8 @@ impl Flusher {
             let result = db.flush().map(|_| ());
             metrics::histogram!("midasflow_log_flush_duration_seconds", "node" => node_label.clone())
                 .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("midasflow_log_flush_batch_size", "node" => node_label.clone()).record(batch.len() as f64);
+            metrics::histogram!("midasflow_log_flush_batch_size", "node" => node_label.clone())
+                .record(batch.len() as f64);
             metrics::counter!("midasflow_log_flushes_total", "node" => node_label.clone()).increment(1);
             if let Err(e) = &result {
                 tracing::error!(error = %e, "sled flush failed");
@@ -174,7 +175,9 @@ impl LogStore {
 
     fn write_meta<T: serde::Serialize>(&self, tag: u8, value: &T) -> Result<(), StorageError> {
         let bytes = codec::encode(value).map_err(storage_io_error)?;
-        self.meta.insert(meta_key(self.group, tag), bytes).map_err(storage_io_error)?;
+        self.meta
+            .insert(meta_key(self.group, tag), bytes)
+            .map_err(storage_io_error)?;
         Ok(())
     }
 

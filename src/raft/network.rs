@@ -38,7 +38,11 @@ pub enum TransportError {
     #[error("request to {addr}: {message}")]
     Io { addr: String, message: String },
     #[error("{addr} answered {status}: {body}")]
-    Status { addr: String, status: StatusCode, body: String },
+    Status {
+        addr: String,
+        status: StatusCode,
+        body: String,
+    },
     #[error("bad response from {addr}: {message}")]
     Decode { addr: String, message: String },
 }
@@ -183,7 +187,11 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         self.call("snapshot", &rpc, &option).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
         self.call("vote", &rpc, &option).await
     }
 }

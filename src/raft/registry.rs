@@ -158,11 +158,11 @@ impl Registry {
             return Err(RegistryError::Tombstoned(group));
         }
         let storage = |e: openraft::StorageError<u64>| RegistryError::Storage(e.to_string());
-        let log_store = LogStore::open(&self.db, group, self.flusher.clone())
-            .map_err(|e| RegistryError::Storage(e.to_string()))?;
+        let log_store =
+            LogStore::open(&self.db, group, self.flusher.clone()).map_err(|e| RegistryError::Storage(e.to_string()))?;
         let map_tx = (group == PD_GROUP).then(|| self.map_tx.clone());
-        let state_machine =
-            StateMachineStore::open(&self.db, group, self.flusher.clone(), map_tx, self.label.clone()).map_err(storage)?;
+        let state_machine = StateMachineStore::open(&self.db, group, self.flusher.clone(), map_tx, self.label.clone())
+            .map_err(storage)?;
         let view = state_machine.view();
         let network = GroupNetworkFactory {
             group,
@@ -173,14 +173,23 @@ impl Registry {
             // openraft draws this group's election timeout inside Raft::new.
             seed_thread_rng(group_seed(seed, self.node_id, group));
         }
-        let raft = Raft::new(self.node_id, self.config.raft_config.clone(), network, log_store, state_machine)
-            .await
-            .map_err(|e| RegistryError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            self.node_id,
+            self.config.raft_config.clone(),
+            network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| RegistryError::Raft(e.to_string()))?;
         self.hosted
             .insert(group_prefix(group), codec::encode(&group).unwrap_or_default())
             .map_err(|e| RegistryError::Storage(e.to_string()))?;
         if let Some(members) = initial_members {
-            let initialized = raft.is_initialized().await.map_err(|e| RegistryError::Raft(e.to_string()))?;
+            let initialized = raft
+                .is_initialized()
+                .await
+                .map_err(|e| RegistryError::Raft(e.to_string()))?;
             if !initialized {
                 if let Err(e) = raft.initialize(members).await {
                     // NotAllowed means another path already initialized it: nothing to do.
@@ -197,7 +206,8 @@ impl Registry {
         });
         self.groups.write().unwrap().insert(group, created.clone());
         self.spawn_monitor(created.clone());
-        metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone()).set(self.groups.read().unwrap().len() as f64);
+        metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone())
+            .set(self.groups.read().unwrap().len() as f64);
         tracing::info!(group, "replica started");
         Ok(created)
     }
@@ -249,14 +259,20 @@ impl Registry {
         LogStore::destroy(&self.db, group).map_err(storage)?;
         StateMachineStore::destroy(&self.db, group).map_err(storage)?;
         self.hosted.remove(group_prefix(group)).map_err(storage)?;
-        self.flusher.flush().await.map_err(|e| RegistryError::Storage(e.to_string()))?;
-        metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone()).set(self.groups.read().unwrap().len() as f64);
+        self.flusher
+            .flush()
+            .await
+            .map_err(|e| RegistryError::Storage(e.to_string()))?;
+        metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone())
+            .set(self.groups.read().unwrap().len() as f64);
         Ok(())
     }
 
     /// Stops every replica (clean shutdown); data stays on disk.
     pub async fn shutdown(&self) {
-        let groups: Vec<Arc<Group>> = std::mem::take(&mut *self.groups.write().unwrap()).into_values().collect();
+        let groups: Vec<Arc<Group>> = std::mem::take(&mut *self.groups.write().unwrap())
+            .into_values()
+            .collect();
         for group in groups {
             let _ = group.raft.shutdown().await;
         }

@@ -84,7 +84,11 @@ pub struct GroupView {
 impl GroupView {
     /// The key's record as of this replica's applied state.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyRecord>, StorageError> {
-        match self.sm.get(tagged(self.group, TAG_RECORD, key)).map_err(storage_io_error)? {
+        match self
+            .sm
+            .get(tagged(self.group, TAG_RECORD, key))
+            .map_err(storage_io_error)?
+        {
             Some(bytes) => Ok(Some(codec::decode(&bytes).map_err(storage_io_error)?)),
             None => Ok(None),
         }
@@ -144,10 +148,12 @@ impl StateMachineStore {
         };
         let pd_map = match &map_tx {
             None => None,
-            Some(_) => Some(match sm.get(tagged(group, TAG_PD_MAP, &[])).map_err(storage_io_error)? {
-                Some(bytes) => codec::decode(&bytes).map_err(storage_io_error)?,
-                None => ClusterMap::default(),
-            }),
+            Some(_) => Some(
+                match sm.get(tagged(group, TAG_PD_MAP, &[])).map_err(storage_io_error)? {
+                    Some(bytes) => codec::decode(&bytes).map_err(storage_io_error)?,
+                    None => ClusterMap::default(),
+                },
+            ),
         };
         let view = Arc::new(GroupView {
             group,
@@ -298,7 +304,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             batch.insert(tagged(self.group, TAG_RECORD, key), bytes);
         }
         if let (true, Some(map)) = (map_changed, &self.pd_map) {
-            batch.insert(tagged(self.group, TAG_PD_MAP, &[]), codec::encode(map).map_err(storage_io_error)?);
+            batch.insert(
+                tagged(self.group, TAG_PD_MAP, &[]),
+                codec::encode(map).map_err(storage_io_error)?,
+            );
         }
         batch.insert(
             tagged(self.group, TAG_META, &[]),
@@ -336,7 +345,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let payload: SnapshotPayload = codec::decode(&data).map_err(storage_io_error)?;
         let mut batch = sled::Batch::default();
@@ -354,7 +367,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             codec::encode(&new_meta).map_err(storage_io_error)?,
         );
         if let (Some(_), Some(map)) = (&self.pd_map, &payload.pd_map) {
-            batch.insert(tagged(self.group, TAG_PD_MAP, &[]), codec::encode(map).map_err(storage_io_error)?);
+            batch.insert(
+                tagged(self.group, TAG_PD_MAP, &[]),
+                codec::encode(map).map_err(storage_io_error)?,
+            );
         }
         self.sm.apply_batch(batch).map_err(storage_io_error)?;
         let stored = StoredSnapshot {
@@ -362,7 +378,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             data,
         };
         self.snapshots
-            .insert(group_prefix(self.group), codec::encode(&stored).map_err(storage_io_error)?)
+            .insert(
+                group_prefix(self.group),
+                codec::encode(&stored).map_err(storage_io_error)?,
+            )
             .map_err(storage_io_error)?;
         self.flusher.flush().await.map_err(storage_io_error)?;
         self.meta = new_meta;

@@ -102,7 +102,9 @@ impl axum::serve::Listener for NetListener {
                     let _ = s.set_nodelay(true);
                     (NetStream::Tokio(s), a)
                 }),
-                NetListener::Turmoil(l) => turmoil::net::TcpListener::accept(l).await.map(|(s, a)| (NetStream::Turmoil(s), a)),
+                NetListener::Turmoil(l) => turmoil::net::TcpListener::accept(l)
+                    .await
+                    .map(|(s, a)| (NetStream::Turmoil(s), a)),
             };
             match accepted {
                 Ok(pair) => return pair,

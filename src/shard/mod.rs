@@ -93,10 +93,16 @@ impl KvOp {
 /// The outcome of one applied [`KvOp`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvResult {
-    Written { version: u64 },
-    Deleted { version: u64 },
+    Written {
+        version: u64,
+    },
+    Deleted {
+        version: u64,
+    },
     /// The precondition did not hold; `current` is the key's current version (0 = absent).
-    PreconditionFailed { current: u64 },
+    PreconditionFailed {
+        current: u64,
+    },
     /// Delete of an absent key.
     NotFound,
 }
@@ -173,7 +179,10 @@ pub fn apply_op(current: Option<&KeyRecord>, op: &KvOp) -> (Option<KeyRecord>, K
 /// What a read of a key (optionally at one version) finds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadOutcome<'a> {
-    Value { version: u64, value: &'a [u8] },
+    Value {
+        version: u64,
+        value: &'a [u8],
+    },
     /// Absent, deleted, or the asked-for version is a tombstone or not yet written.
     NotFound,
     /// The asked-for version existed but is no longer retained.
@@ -188,9 +197,7 @@ pub fn read(record: Option<&KeyRecord>, at_version: Option<u64>) -> ReadOutcome<
         None => record.latest(),
         Some(wanted) => match record.versions.iter().find(|e| e.version == wanted) {
             Some(entry) => entry,
-            None if wanted >= 1 && wanted < record.versions.last().unwrap().version => {
-                return ReadOutcome::Gone
-            }
+            None if wanted >= 1 && wanted < record.versions.last().unwrap().version => return ReadOutcome::Gone,
             None => return ReadOutcome::NotFound,
         },
     };
@@ -245,7 +252,11 @@ mod tests {
         use KvResult::*;
         use Precondition::*;
         let cases: Vec<(&str, Vec<KvOp>, Vec<KvResult>)> = vec![
-            ("first write is version 1", vec![put("a", None)], vec![Written { version: 1 }]),
+            (
+                "first write is version 1",
+                vec![put("a", None)],
+                vec![Written { version: 1 }],
+            ),
             (
                 "every write increments",
                 vec![put("a", None), put("b", None)],
@@ -254,7 +265,11 @@ mod tests {
             (
                 "if-match current succeeds, stale fails",
                 vec![put("a", None), put("b", IfMatch(1)), put("c", IfMatch(1))],
-                vec![Written { version: 1 }, Written { version: 2 }, PreconditionFailed { current: 2 }],
+                vec![
+                    Written { version: 1 },
+                    Written { version: 2 },
+                    PreconditionFailed { current: 2 },
+                ],
             ),
             (
                 "if-match 0 means absent",
@@ -295,7 +310,11 @@ mod tests {
             (
                 "conditional delete",
                 vec![put("a", None), delete(IfMatch(5)), delete(IfMatch(1))],
-                vec![Written { version: 1 }, PreconditionFailed { current: 1 }, Deleted { version: 2 }],
+                vec![
+                    Written { version: 1 },
+                    PreconditionFailed { current: 1 },
+                    Deleted { version: 2 },
+                ],
             ),
         ];
         for (name, ops, expected) in cases {
@@ -311,17 +330,33 @@ mod tests {
         let record = record.unwrap();
         let versions: Vec<u64> = record.versions.iter().map(|e| e.version).collect();
         assert_eq!(versions, vec![5, 4, 3]);
-        assert_eq!(read(Some(&record), Some(4)), ReadOutcome::Value { version: 4, value: b"v3" });
+        assert_eq!(
+            read(Some(&record), Some(4)),
+            ReadOutcome::Value {
+                version: 4,
+                value: b"v3"
+            }
+        );
         assert_eq!(read(Some(&record), Some(2)), ReadOutcome::Gone);
         assert_eq!(read(Some(&record), Some(9)), ReadOutcome::NotFound);
-        assert_eq!(read(Some(&record), None), ReadOutcome::Value { version: 5, value: b"v4" });
+        assert_eq!(
+            read(Some(&record), None),
+            ReadOutcome::Value {
+                version: 5,
+                value: b"v4"
+            }
+        );
     }
 
     #[test]
     fn tombstone_survives_compaction_and_reads_as_not_found() {
         let mut ops: Vec<KvOp> = vec![put("a", Precondition::None), delete(Precondition::None)];
         let keep_one = |op: KvOp| match op {
-            KvOp::Delete { key, precondition, .. } => KvOp::Delete { key, precondition, history_versions: 1 },
+            KvOp::Delete { key, precondition, .. } => KvOp::Delete {
+                key,
+                precondition,
+                history_versions: 1,
+            },
             other => other,
         };
         ops = ops.into_iter().map(keep_one).collect();
@@ -346,6 +381,9 @@ mod tests {
             assert_eq!(codec::decode::<KvOp>(&bytes).unwrap(), op);
         }
         let result = KvResult::PreconditionFailed { current: 4 };
-        assert_eq!(codec::decode::<KvResult>(&codec::encode(&result).unwrap()).unwrap(), result);
+        assert_eq!(
+            codec::decode::<KvResult>(&codec::encode(&result).unwrap()).unwrap(),
+            result
+        );
     }
 }

@@ -1,0 +1,204 @@
+//! Crashes: leader failover, catch-up by snapshot after a restart, whole-cluster kill -9.
+//! Every write acknowledged before a crash must be read back after it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use midasflow::client::Client;
+use serde_json::Value;
+
+use crate::harness::{get, put, serial, wait_until, Cluster};
+
+/// Writes `count` keys with `prefix` through the given nodes, `parallel` at a time; returns
+/// the acknowledged ones.
+async fn write_keys(
+    cluster: &Cluster,
+    nodes: &[u64],
+    prefix: &str,
+    count: usize,
+    parallel: usize,
+) -> BTreeMap<String, String> {
+    let mut acked = BTreeMap::new();
+    for chunk_start in (0..count).step_by(parallel) {
+        let batch = (chunk_start..(chunk_start + parallel).min(count)).map(|i| {
+            let client = cluster.client(nodes[i % nodes.len()]);
+            let key = format!("{prefix}-{i}");
+            let value = format!("{prefix}-value-{i}");
+            async move {
+                let reply = put(client, &key, value.as_bytes(), &[]).await;
+                (key, value, reply.status)
+            }
+        });
+        for (key, value, status) in futures::future::join_all(batch).await {
+            assert_eq!(status, 200, "write of {key} on a healthy cluster");
+            acked.insert(key, value);
+        }
+    }
+    acked
+}
+
+async fn assert_all_readable(cluster: &Cluster, node: u64, acked: &BTreeMap<String, String>, query: &str) {
+    for (key, value) in acked {
+        let read = get(cluster.client(node), key, query).await;
+        assert_eq!(
+            read.status, 200,
+            "acknowledged key {key} must be readable via node {node}"
+        );
+        assert_eq!(read.body.as_ref(), value.as_bytes(), "acknowledged value of {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_shard_leader_fails_over_within_three_seconds() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(3, &[]).await;
+    let acked = write_keys(&cluster, &[1, 2, 3], "before", 120, 12).await;
+    let probe = put(cluster.client(1), "failover-probe", b"0", &[]).await;
+    let shard = probe.header("x-shard").unwrap().to_string();
+    let detail = cluster.json(1, &format!("/v1/shards/{shard}")).await;
+    let leader = detail["leader"].as_u64().expect("shard has a leader");
+    let survivor = *cluster.live_nodes().iter().find(|n| **n != leader).unwrap();
+
+    cluster.kill(leader);
+    let killed_at = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let reply = put(
+            cluster.client(survivor),
+            "failover-probe",
+            format!("after-{attempt}").as_bytes(),
+            &[],
+        )
+        .await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "no write succeeded 10 s after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failover = killed_at.elapsed();
+    println!(
+        "failover: shard {shard} leader (node {leader}) killed; writes resumed after {failover:?} ({attempt} attempts)"
+    );
+    assert!(
+        failover < Duration::from_secs(3),
+        "writes resumed after {failover:?}, over 3 s"
+    );
+
+    for node in cluster.live_nodes() {
+        assert_all_readable(&cluster, node, &acked, "").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_catches_up_by_snapshot_and_serves_the_leaders_data() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(3, &["--snapshot-interval-entries", "100", "--log-keep-entries", "10"]).await;
+    let mut acked = write_keys(&cluster, &[1, 2, 3], "early", 60, 12).await;
+    cluster.kill(3);
+    acked.extend(write_keys(&cluster, &[1, 2], "while-down", 1_200, 16).await);
+    cluster.restart(3);
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+
+    // Converged: node 3's replica of every shard has applied what the leader has.
+    wait_until("node 3 to catch up on every shard", Duration::from_secs(30), || async {
+        let mine = cluster.json(3, "/v1/shards").await;
+        for shard in mine["shards"].as_array().unwrap() {
+            let Some(leader) = shard["leader"].as_u64() else {
+                return false;
+            };
+            let theirs = cluster.json(leader, &format!("/v1/shards/{}", shard["id"])).await;
+            if shard["local_replica"]["applied_index"] != theirs["local_replica"]["applied_index"] {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let shards = cluster.json(3, "/v1/shards").await;
+    let installs: u64 = shards["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["local_replica"]["snapshot_installs"].as_u64().unwrap_or(0))
+        .sum();
+    println!("node 3 installed {installs} snapshots while catching up");
+    assert!(
+        installs >= 1,
+        "the restart must have been served by at least one snapshot install"
+    );
+
+    assert_all_readable(&cluster, 3, &acked, "?consistency=stale").await;
+    for (key, _) in acked.iter().step_by(50) {
+        let stale = get(cluster.client(3), key, "?consistency=stale").await;
+        let leader = get(cluster.client(1), key, "").await;
+        assert_eq!(stale.body, leader.body);
+        assert_eq!(stale.header("x-version"), leader.header("x-version"));
+    }
+    let stats: Value = cluster.json(3, "/v1/stats").await;
+    assert_eq!(
+        stats["node"]["keys"].as_u64(),
+        Some(acked.len() as u64),
+        "node 3 holds every key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_every_node_mid_load_loses_no_acknowledged_write() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(3, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..6u64 {
+        let client = Client::new(&format!("http://{}", cluster.addrs[&(w % 3 + 1)]));
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = BTreeMap::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("load-{w}-{i}");
+                let value = format!("v-{w}-{i}");
+                let path = format!("/v1/kv/{key}");
+                let reply = client
+                    .request(hyper::Method::PUT, &path, &[], bytes::Bytes::from(value.clone()))
+                    .await;
+                if matches!(&reply, Ok(r) if r.status == 200) {
+                    acked.insert(key, value);
+                }
+                i += 1;
+            }
+            acked
+        }));
+    }
+    let progress = cluster.client(1);
+    wait_until("some writes to be acknowledged", Duration::from_secs(20), || async {
+        let stats = progress.get_path("/v1/stats").await;
+        stats.is_ok_and(|r| {
+            let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            v["node"]["keys"].as_u64().unwrap_or(0) >= 300
+        })
+    })
+    .await;
+    for node in cluster.live_nodes() {
+        cluster.kill(node);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = BTreeMap::new();
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    println!("{} writes acknowledged before every node was killed", acked.len());
+    assert!(acked.len() >= 100, "the load was running when the nodes died");
+
+    for node in 1..=3 {
+        cluster.restart(node);
+    }
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    assert_all_readable(&cluster, 2, &acked, "").await;
+}

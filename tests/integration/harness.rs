@@ -1,0 +1,192 @@
+//! Starts, kills and restarts node processes; waits on conditions with deadlines.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Method;
+use midasflow::client::{encode_key_str, Client, Reply};
+use serde_json::Value;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Holds the cluster-test lock (an async lock: it does not poison, so a failed test does
+/// not wedge the others).
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub addrs: BTreeMap<u64, String>,
+    extra_args: Vec<String>,
+    children: BTreeMap<u64, Child>,
+    clients: BTreeMap<u64, Client>,
+}
+
+fn free_ports(count: usize) -> Vec<u16> {
+    // Hold every listener until all are chosen so no port is picked twice.
+    let listeners: Vec<TcpListener> = (0..count).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+impl Cluster {
+    /// Starts `nodes` server processes with `extra_args` and waits until every shard has a leader.
+    pub async fn start(nodes: u64, extra_args: &[&str]) -> Cluster {
+        let ports = free_ports(nodes as usize);
+        let addrs: BTreeMap<u64, String> = (1..=nodes)
+            .zip(ports)
+            .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
+            .collect();
+        let clients = addrs
+            .iter()
+            .map(|(id, addr)| (*id, Client::new(&format!("http://{addr}"))))
+            .collect();
+        let mut cluster = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            addrs,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            children: BTreeMap::new(),
+            clients,
+        };
+        for id in 1..=nodes {
+            cluster.spawn(id);
+        }
+        cluster.wait_healthy(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let initial: Vec<String> = self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect();
+        std::fs::create_dir_all(self.data_dir(id)).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node{id}.log")))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_midasflow"))
+            .arg("server")
+            .args(["--node-id", &id.to_string()])
+            .args(["--listen", &self.addrs[&id]])
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "warn,openraft=error")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start midasflow server");
+        self.children.insert(id, child);
+    }
+
+    /// SIGKILL: no shutdown path runs, exactly like a crash.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.children.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        assert!(!self.children.contains_key(&id), "node {id} is still running");
+        self.spawn(id);
+    }
+
+    pub fn live_nodes(&self) -> Vec<u64> {
+        self.children.keys().copied().collect()
+    }
+
+    pub fn client(&self, id: u64) -> &Client {
+        &self.clients[&id]
+    }
+
+    /// Waits until every live node is ready and sees a leader for every shard.
+    pub async fn wait_healthy(&self, timeout: Duration) {
+        let nodes = self.live_nodes();
+        wait_until(
+            "every live node ready with a leader for every shard",
+            timeout,
+            || async {
+                for id in &nodes {
+                    match self.client(*id).get_path("/health").await {
+                        Ok(reply) if reply.status == 200 => {
+                            let body: Value = serde_json::from_slice(&reply.body).unwrap();
+                            if body["healthy"] != Value::Bool(true)
+                                || body["shards"].as_array().is_none_or(|s| s.is_empty())
+                            {
+                                return false;
+                            }
+                        }
+                        _ => return false,
+                    }
+                    match self.client(*id).get_path("/readyz").await {
+                        Ok(reply) if reply.status == 200 => {}
+                        _ => return false,
+                    }
+                }
+                true
+            },
+        )
+        .await;
+    }
+
+    pub async fn json(&self, id: u64, path: &str) -> Value {
+        let reply = self.client(id).get_path(path).await.expect("request");
+        assert_eq!(reply.status, 200, "{path}: {}", String::from_utf8_lossy(&reply.body));
+        serde_json::from_slice(&reply.body).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in self.live_nodes() {
+            self.kill(id);
+        }
+    }
+}
+
+pub async fn put(client: &Client, key: &str, value: &[u8], headers: &[(&str, String)]) -> Reply {
+    let path = format!("/v1/kv/{}", encode_key_str(key));
+    client
+        .request(Method::PUT, &path, headers, Bytes::copy_from_slice(value))
+        .await
+        .expect("PUT reaches the node")
+}
+
+pub async fn get(client: &Client, key: &str, query: &str) -> Reply {
+    let path = format!("/v1/kv/{}{query}", encode_key_str(key));
+    client.get_path(&path).await.expect("GET reaches the node")
+}
+
+pub fn version_of(reply: &Reply) -> u64 {
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    body["version"].as_u64().expect("version in body")
+}
+
+/// Polls `condition` until it holds, panicking with `what` at the deadline.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
