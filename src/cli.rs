@@ -29,6 +29,8 @@ pub enum Command {
     Kv(KvArgs),
     /// Inspect the cluster.
     Cluster(ClusterArgs),
+    /// Closed-loop load against a running cluster.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]

@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the map of the code.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod codec;
 pub mod node;

@@ -20,6 +20,7 @@ fn main() {
             Command::Server(args) => cli::run_server(*args).await,
             Command::Kv(args) => cli::run_kv(args).await,
             Command::Cluster(args) => cli::run_cluster(args).await,
+            Command::Bench(args) => midasflow::bench::run(args).await,
         }
     });
     if let Err(message) = result {

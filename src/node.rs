@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -185,6 +185,16 @@ pub struct Node {
     pub inflight: Semaphore,
     pub draining: AtomicBool,
     pub started: Instant,
+    pub requests: RequestCounts,
+}
+
+/// Public-API request counts since start, for `/v1/stats`.
+#[derive(Default)]
+pub struct RequestCounts {
+    pub kv_reads: AtomicU64,
+    pub kv_writes: AtomicU64,
+    pub client_errors: AtomicU64,
+    pub server_errors: AtomicU64,
 }
 
 impl Node {
@@ -535,6 +545,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         inflight,
         draining: AtomicBool::new(false),
         started: Instant::now(),
+        requests: RequestCounts::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let router = crate::api::router(node.clone());

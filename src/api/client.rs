@@ -79,3 +79,186 @@ impl Client {
         self.request(Method::GET, path, &[], Bytes::new()).await
     }
 }
+
+/// One shard's routing entry, parsed from `/v1/routing`.
+#[derive(Debug, Clone)]
+struct Route {
+    start: u128,
+    end: u128,
+    leader_addr: Option<String>,
+}
+
+/// The cached routing table of a [`SmartClient`].
+#[derive(Debug, Clone, Default)]
+pub struct RoutingTable {
+    pub version: u64,
+    routes: Vec<Route>,
+}
+
+fn parse_hex(value: &serde_json::Value) -> Option<u128> {
+    u128::from_str_radix(value.as_str()?.trim_start_matches("0x"), 16).ok()
+}
+
+impl RoutingTable {
+    /// Parses the JSON of `/v1/routing` (or of a 421 answer).
+    pub fn from_json(body: &serde_json::Value) -> Option<Self> {
+        let mut routes = Vec::new();
+        for shard in body["shards"].as_array()? {
+            let leader = shard["leader"].as_u64();
+            let leader_addr = shard["replicas"].as_array().and_then(|replicas| {
+                replicas
+                    .iter()
+                    .find(|r| r["node_id"].as_u64() == leader)
+                    .and_then(|r| r["addr"].as_str().map(str::to_string))
+            });
+            routes.push(Route {
+                start: parse_hex(&shard["range"]["start"])?,
+                end: parse_hex(&shard["range"]["end"])?,
+                leader_addr,
+            });
+        }
+        Some(RoutingTable {
+            version: body["routing_version"].as_u64()?,
+            routes,
+        })
+    }
+
+    /// The leader's address for `key`, if the table knows one.
+    pub fn leader_for(&self, key: &[u8]) -> Option<&str> {
+        let hash = u128::from(crate::placement::key_hash(key));
+        self.routes
+            .iter()
+            .find(|r| r.start <= hash && hash < r.end)
+            .and_then(|r| r.leader_addr.as_deref())
+    }
+}
+
+/// A client that caches the routing table and sends each request to its shard's leader
+/// (DESIGN §3.4), refreshing when a node answers 421 or shows a newer routing version.
+pub struct SmartClient {
+    http: HttpClient,
+    seeds: Vec<String>,
+    table: std::sync::RwLock<RoutingTable>,
+    timeout: Duration,
+}
+
+impl SmartClient {
+    /// `seeds` are node addresses (`host:port`) used to fetch the routing table.
+    pub async fn connect(seeds: Vec<String>) -> Result<Self, TransportError> {
+        let client = SmartClient {
+            http: http_client(NetKind::Tokio),
+            seeds,
+            table: Default::default(),
+            timeout: Duration::from_secs(10),
+        };
+        client.refresh().await?;
+        Ok(client)
+    }
+
+    pub fn routing_version(&self) -> u64 {
+        self.table.read().unwrap().version
+    }
+
+    /// Fetches `/v1/routing` from the first seed that answers.
+    pub async fn refresh(&self) -> Result<(), TransportError> {
+        let mut last_error = None;
+        for seed in &self.seeds {
+            let request = hyper::Request::get(format!("http://{seed}/v1/routing"))
+                .body(Full::new(Bytes::new()))
+                .expect("static request");
+            match send(&self.http, request, self.timeout).await {
+                Ok(reply) if reply.status() == StatusCode::OK => {
+                    if let Some(table) = serde_json::from_slice(reply.body())
+                        .ok()
+                        .and_then(|v| RoutingTable::from_json(&v))
+                    {
+                        self.install(table);
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or(TransportError::Decode {
+            addr: self.seeds.join(","),
+            message: "no seed returned a routing table".into(),
+        }))
+    }
+
+    fn install(&self, table: RoutingTable) {
+        let mut current = self.table.write().unwrap();
+        if table.version >= current.version {
+            *current = table;
+        }
+    }
+
+    /// Sends a request for `key` to its leader; `path_and_query` starts with `/v1/kv/`.
+    pub async fn request(
+        &self,
+        method: Method,
+        key: &[u8],
+        path_and_query: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Reply, TransportError> {
+        const ATTEMPTS: usize = 3;
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            let target = self
+                .table
+                .read()
+                .unwrap()
+                .leader_for(key)
+                .map(str::to_string)
+                .unwrap_or_else(|| self.seeds[attempt % self.seeds.len()].clone());
+            let mut builder = hyper::Request::builder()
+                .method(method.clone())
+                .uri(format!("http://{target}{path_and_query}"))
+                .header("x-no-forward", "1");
+            for (name, value) in headers {
+                builder = builder.header(*name, value);
+            }
+            let request = builder
+                .body(Full::new(body.clone()))
+                .map_err(|e| TransportError::Decode {
+                    addr: target.clone(),
+                    message: e.to_string(),
+                })?;
+            match send(&self.http, request, self.timeout).await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    let reply = Reply {
+                        status: parts.status,
+                        headers: parts.headers,
+                        body,
+                    };
+                    if reply.status == StatusCode::MISDIRECTED_REQUEST {
+                        if let Some(table) = serde_json::from_slice(&reply.body)
+                            .ok()
+                            .and_then(|v| RoutingTable::from_json(&v))
+                        {
+                            self.install(table);
+                        }
+                        last = Some(Ok(reply));
+                        continue;
+                    }
+                    let seen: u64 = reply
+                        .header("x-routing-version")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if seen > self.routing_version() {
+                        let _ = self.refresh().await;
+                    }
+                    return Ok(reply);
+                }
+                Err(e @ TransportError::Connect { .. }) => {
+                    let _ = self.refresh().await;
+                    last = Some(Err(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        last.expect("at least one attempt")
+    }
+}

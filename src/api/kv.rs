@@ -1,7 +1,9 @@
 //! `/v1/kv/...`: reads and writes, served on the shard leader or forwarded to it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};

@@ -5,8 +5,9 @@ pub mod error;
 pub mod internal;
 pub mod kv;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -83,7 +84,22 @@ async fn observe(State(node): State<Arc<Node>>, request: Request, next: Next) ->
         .headers_mut()
         .insert(ROUTING_VERSION_HEADER, HeaderValue::from(version));
     if !route.starts_with("/internal/") {
-        let status = response.status().as_u16().to_string();
+        let counts = &node.requests;
+        let status = response.status();
+        if route.starts_with("/v1/kv/") {
+            let counter = if method == "GET" {
+                &counts.kv_reads
+            } else {
+                &counts.kv_writes
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        if status.is_client_error() {
+            counts.client_errors.fetch_add(1, Ordering::Relaxed);
+        } else if status.is_server_error() {
+            counts.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let status = status.as_u16().to_string();
         let label = node.label();
         metrics::counter!("midasflow_http_requests_total", "node" => label.clone(), "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
         metrics::histogram!("midasflow_http_request_duration_seconds", "node" => label, "route" => route, "method" => method)
@@ -220,7 +236,14 @@ async fn stats(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "routing_version": map.routing_version,
         "node": {"replicas": shards.len(), "keys": keys, "bytes": bytes, "storage_bytes": node.registry.storage_bytes()},
         "shards": shards,
-        "requests_in_flight": node.config.limits.max_inflight_requests - node.inflight.available_permits(),
+        "uptime_seconds": node.started.elapsed().as_secs(),
+        "requests": {
+            "kv_reads": node.requests.kv_reads.load(Ordering::Relaxed),
+            "kv_writes": node.requests.kv_writes.load(Ordering::Relaxed),
+            "client_errors": node.requests.client_errors.load(Ordering::Relaxed),
+            "server_errors": node.requests.server_errors.load(Ordering::Relaxed),
+            "in_flight": node.config.limits.max_inflight_requests - node.inflight.available_permits(),
+        },
     }))
 }
 
