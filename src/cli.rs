@@ -106,18 +106,25 @@ pub struct ServerArgs {
     pub tuning: Tuning,
 }
 
+/// The node a CLI command talks to.
 #[derive(Args, Debug)]
-pub struct KvArgs {
-    #[command(subcommand)]
-    pub op: KvOpArgs,
+pub struct Endpoint {
     /// A node's base URL.
     #[arg(
-        long,
+        long = "endpoint",
         global = true,
         env = "MIDASFLOW_ENDPOINT",
         default_value = "http://127.0.0.1:7001"
     )]
-    pub endpoint: String,
+    pub url: String,
+}
+
+#[derive(Args, Debug)]
+pub struct KvArgs {
+    #[command(subcommand)]
+    pub op: KvOpArgs,
+    #[command(flatten)]
+    pub endpoint: Endpoint,
 }
 
 #[derive(Subcommand, Debug)]
@@ -154,13 +161,8 @@ pub enum KvOpArgs {
 pub struct ClusterArgs {
     #[command(subcommand)]
     pub op: ClusterOp,
-    #[arg(
-        long,
-        global = true,
-        env = "MIDASFLOW_ENDPOINT",
-        default_value = "http://127.0.0.1:7001"
-    )]
-    pub endpoint: String,
+    #[command(flatten)]
+    pub endpoint: Endpoint,
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -316,7 +318,7 @@ fn print_reply(reply: &crate::client::Reply) -> Result<(), String> {
 }
 
 pub async fn run_kv(args: KvArgs) -> Result<(), String> {
-    let client = Client::new(&args.endpoint);
+    let client = Client::new(&args.endpoint.url);
     let fail = |e: crate::raft::network::TransportError| e.to_string();
     match args.op {
         KvOpArgs::Put {
@@ -418,7 +420,7 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
 }
 
 pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
-    let client = Client::new(&args.endpoint);
+    let client = Client::new(&args.endpoint.url);
     let path = match args.op {
         ClusterOp::Status => "/v1/cluster",
         ClusterOp::Shards => "/v1/shards",
