@@ -31,6 +31,8 @@ pub enum Command {
     Cluster(ClusterArgs),
     /// Closed-loop load against a running cluster.
     Bench(crate::bench::BenchArgs),
+    /// Deterministic fault simulations of whole clusters, by seed.
+    Sim(crate::sim_cli::SimArgs),
 }
 
 #[derive(Args, Debug)]

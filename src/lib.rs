@@ -10,5 +10,8 @@ pub mod node;
 pub mod placement;
 pub mod raft;
 pub mod shard;
+pub mod sim_cli;
+#[path = "../simulation/mod.rs"]
+pub mod simulation;
 
 pub use api::client;

@@ -5,11 +5,24 @@ use tracing_subscriber::EnvFilter;
 fn main() {
     let cli = Cli::parse();
     // openraft warns on routine election races; keep the default output to our own events.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=error"));
+    // A simulation's nodes fail on purpose all the time: it reports through its checkers.
+    let default_filter = match cli.command {
+        Command::Sim(_) => "off",
+        _ => "info,openraft=error",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Command::Sim(args) = cli.command {
+        // turmoil runs its own runtimes; the simulation needs none of ours.
+        if let Err(message) = midasflow::sim_cli::run(args) {
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -21,6 +34,7 @@ fn main() {
             Command::Kv(args) => cli::run_kv(args).await,
             Command::Cluster(args) => cli::run_cluster(args).await,
             Command::Bench(args) => midasflow::bench::run(args).await,
+            Command::Sim(_) => unreachable!("handled above"),
         }
     });
     if let Err(message) = result {

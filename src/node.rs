@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::placement::{pd_voters, ClusterMap, NodeId, NodeState, PdCommand, PD_GROUP};
 use crate::raft::log_store::FlushMode;
 use crate::raft::network::post_internal;
+use crate::raft::probe::{NodeEvent, Observer, Probe};
 use crate::raft::registry::{Registry, RegistryConfig};
 use crate::raft::state_machine::publish_map;
 use crate::raft::transport::{http_client, NetKind, NetListener};
@@ -49,6 +50,24 @@ pub struct NodeConfig {
     pub net: NetKind,
     pub flush_mode: FlushMode,
     pub rng_seed: Option<u64>,
+    /// Watches the node from outside (simulation checkers); `None` in production.
+    pub observer: Option<Arc<dyn Observer>>,
+    /// A deliberate bug for proving the simulation's checkers can fail. Honoured only in
+    /// debug builds (`cfg!(debug_assertions)`); no CLI flag of `server` or `demo` sets it.
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// Bugs the simulation plants to show its checkers catch them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Serve linearizable reads from any replica's applied state, without a leader check.
+    FollowerReads,
+}
+
+impl std::fmt::Debug for dyn Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 /// Named bounds on what a client may send or queue (DESIGN §3.3).
@@ -115,7 +134,18 @@ impl NodeConfig {
             net: NetKind::Tokio,
             flush_mode: FlushMode::Thread,
             rng_seed: None,
+            observer: None,
+            planted_bug: None,
         }
+    }
+
+    pub fn probe(&self) -> Probe {
+        Probe::new(self.node_id, self.observer.clone())
+    }
+
+    /// Whether `bug` is planted; always false in release builds.
+    pub fn has_planted_bug(&self, bug: PlantedBug) -> bool {
+        cfg!(debug_assertions) && self.planted_bug == Some(bug)
     }
 
     fn raft_config(&self) -> Result<openraft::Config, String> {
@@ -447,6 +477,10 @@ impl Node {
         let mut map_rx = self.map_rx.clone();
         loop {
             let map = map_rx.borrow_and_update().clone();
+            self.config.probe().emit(|| NodeEvent::MapInstalled {
+                routing_version: map.routing_version,
+                tiling: map.check_tiling(),
+            });
             self.reconcile(&map).await;
             tokio::select! {
                 changed = map_rx.changed() => if changed.is_err() { return },
@@ -507,6 +541,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             flush_mode: config.flush_mode,
             rng_seed: config.rng_seed,
             secret: config.cluster_secret.clone(),
+            probe: config.probe(),
         },
         map_tx.clone(),
     )?);

@@ -42,10 +42,15 @@ pub struct Client {
 impl Client {
     /// `endpoint` is a node's base URL, e.g. `http://127.0.0.1:7001`.
     pub fn new(endpoint: &str) -> Self {
+        Self::with_network(endpoint, NetKind::Tokio, Duration::from_secs(10))
+    }
+
+    /// A client on a given network (turmoil's, in simulations) with a per-request timeout.
+    pub fn with_network(endpoint: &str, net: NetKind, timeout: Duration) -> Self {
         Client {
-            http: http_client(NetKind::Tokio),
+            http: http_client(net),
             endpoint: endpoint.trim_end_matches('/').to_string(),
-            timeout: Duration::from_secs(10),
+            timeout,
         }
     }
 

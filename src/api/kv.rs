@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::routing_json;
-use crate::node::Node;
+use crate::node::{Node, PlantedBug};
 use crate::raft::network::send;
 use crate::raft::registry::Group;
 use crate::raft::{GroupId, Request as RaftRequest, Response as RaftResponse};
@@ -301,6 +301,9 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
     loop {
         let attempt = match node.registry.get(shard) {
             Some(group) if !call.needs_leader() => Attempt::Done(serve_local(node, &group, &call, false).await?),
+            Some(group) if node.config.has_planted_bug(PlantedBug::FollowerReads) && !matches!(call, KvCall::Write(_)) => {
+                Attempt::Done(serve_local(node, &group, &call, true).await?)
+            }
             Some(group) if group.is_leader() => {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(remaining, serve_on_leader(node, &group, &call, &mut proposed)).await {

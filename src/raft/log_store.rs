@@ -14,6 +14,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogId, RaftLogReader, Vote};
 use tokio::sync::{mpsc, oneshot};
 
+use super::probe::{NodeEvent, Probe};
 use super::{group_prefix, storage_io_error, Entry, GroupId, LogId, StorageError, TypeConfig};
 use crate::codec;
 
@@ -129,6 +130,7 @@ pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
     flusher: Flusher,
+    probe: Probe,
 }
 
 fn entry_key(group: GroupId, index: u64) -> [u8; 16] {
@@ -146,9 +148,10 @@ fn meta_key(group: GroupId, tag: u8) -> [u8; 9] {
 }
 
 impl LogStore {
-    pub fn open(db: &sled::Db, group: GroupId, flusher: Flusher) -> sled::Result<Self> {
+    pub fn open(db: &sled::Db, group: GroupId, flusher: Flusher, probe: Probe) -> sled::Result<Self> {
         Ok(LogStore {
             group,
+            probe,
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
             flusher,
@@ -255,11 +258,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Durable with the next flush; only an optimisation for replay after restart.
+        if let Some(committed) = committed {
+            self.probe.emit(|| NodeEvent::Committed {
+                group: self.group,
+                index: committed.index,
+            });
+        }
         self.write_meta(META_COMMITTED, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(META_COMMITTED)?.flatten())
+        let committed = self.read_meta::<Option<LogId>>(META_COMMITTED)?.flatten();
+        if let Some(committed) = committed {
+            self.probe.emit(|| NodeEvent::Committed {
+                group: self.group,
+                index: committed.index,
+            });
+        }
+        Ok(committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>

@@ -8,6 +8,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod probe;
 pub mod registry;
 pub mod runtime;
 pub mod state_machine;

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::log_store::{FlushMode, Flusher, LogStore};
 use super::network::GroupNetworkFactory;
+use super::probe::{NodeEvent, Probe};
 use super::runtime::{group_seed, seed_thread_rng};
 use super::state_machine::{GroupView, StateMachineStore};
 use super::transport::HttpClient;
@@ -53,6 +54,7 @@ pub struct RegistryConfig {
     /// Set under simulation: seeds each group's RNG from (seed, node, group).
     pub rng_seed: Option<u64>,
     pub secret: Option<String>,
+    pub probe: Probe,
 }
 
 pub struct Registry {
@@ -159,10 +161,17 @@ impl Registry {
         }
         let storage = |e: openraft::StorageError<u64>| RegistryError::Storage(e.to_string());
         let log_store =
-            LogStore::open(&self.db, group, self.flusher.clone()).map_err(|e| RegistryError::Storage(e.to_string()))?;
+            LogStore::open(&self.db, group, self.flusher.clone(), self.config.probe.clone()).map_err(|e| RegistryError::Storage(e.to_string()))?;
         let map_tx = (group == PD_GROUP).then(|| self.map_tx.clone());
-        let state_machine = StateMachineStore::open(&self.db, group, self.flusher.clone(), map_tx, self.label.clone())
-            .map_err(storage)?;
+        let state_machine = StateMachineStore::open(
+            &self.db,
+            group,
+            self.flusher.clone(),
+            map_tx,
+            self.label.clone(),
+            self.config.probe.clone(),
+        )
+        .map_err(storage)?;
         let view = state_machine.view();
         let network = GroupNetworkFactory {
             group,
@@ -216,6 +225,7 @@ impl Registry {
     fn spawn_monitor(&self, group: Arc<Group>) {
         let label = self.label.clone();
         let node_id = self.node_id;
+        let probe = self.config.probe.clone();
         let mut metrics_rx = group.raft.metrics();
         tokio::spawn(async move {
             let mut last_leader = None;
@@ -224,11 +234,19 @@ impl Registry {
                     let m = metrics_rx.borrow_and_update();
                     (m.current_leader, m.current_term, m.state == ServerState::Leader)
                 };
-                group.term.store(term, Ordering::Relaxed);
+                let changed = group.term.swap(term, Ordering::Relaxed) != term || leader != last_leader;
                 let was_leading = group.is_leader.swap(leading, Ordering::Relaxed);
                 if was_leading != leading {
                     let delta = if leading { 1.0 } else { -1.0 };
                     metrics::gauge!("midasflow_raft_leaders", "node" => label.clone()).increment(delta);
+                }
+                if changed || was_leading != leading {
+                    probe.emit(|| NodeEvent::Leadership {
+                        group: group.id,
+                        term,
+                        leader,
+                        leading,
+                    });
                 }
                 if leader != last_leader {
                     if leader.is_some() {

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::log_store::Flusher;
+use super::probe::{NodeEvent, Probe};
 use super::{
     group_prefix, storage_io_error, Entry, GroupId, LogId, Request, Response, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
@@ -129,6 +130,7 @@ pub struct StateMachineStore {
     map_tx: Option<watch::Sender<Arc<ClusterMap>>>,
     view: Arc<GroupView>,
     node_label: String,
+    probe: Probe,
 }
 
 impl StateMachineStore {
@@ -139,6 +141,7 @@ impl StateMachineStore {
         flusher: Flusher,
         map_tx: Option<watch::Sender<Arc<ClusterMap>>>,
         node_label: String,
+        probe: Probe,
     ) -> Result<Self, StorageError> {
         let sm = db.open_tree("sm").map_err(storage_io_error)?;
         let snapshots = db.open_tree("snapshots").map_err(storage_io_error)?;
@@ -177,6 +180,7 @@ impl StateMachineStore {
             map_tx,
             view,
             node_label,
+            probe,
         })
     }
 
@@ -315,6 +319,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         );
         self.sm.apply_batch(batch).map_err(storage_io_error)?;
         self.view.publish(&self.meta);
+        if let Some(applied) = self.meta.last_applied {
+            self.probe.emit(|| NodeEvent::Applied {
+                group: self.group,
+                index: applied.index,
+            });
+        }
         if let (true, Some(map), Some(tx)) = (map_changed, &self.pd_map, &self.map_tx) {
             publish_map(tx, map);
         }

@@ -1,0 +1,559 @@
+//! Deterministic simulations of whole clusters under turmoil (see `docs/simulation.md`).
+//!
+//! Every host runs the real node (`node::start`), with turmoil's network and clock in
+//! place of the real ones, sled in a per-host directory that survives crashes, and the
+//! flusher inline on the host's runtime. Client hosts issue reads, writes, CAS and deletes
+//! through random nodes and record what they were told; the checkers then decide whether
+//! the history is linearizable and whether any acknowledged write was lost. Everything
+//! random derives from one `u64` seed.
+
+pub mod checker;
+pub mod nemesis;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::Method;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::client::{encode_key_str, Client};
+use crate::node::{self, NodeConfig, PlantedBug};
+use crate::raft::log_store::FlushMode;
+use crate::raft::probe::{NodeEvent, Observer};
+use crate::raft::transport::NetKind;
+use crate::shard::Precondition;
+use checker::{Op, OpKind, Outcome, Verdict};
+use nemesis::{Fault, Scenario, Scheduled};
+
+/// Phases, in simulated milliseconds: clients start after the warm-up, faults run until
+/// `FAULTS_END_MS`, then everything heals; ops invoked after `LIVENESS_FROM_MS` must all
+/// succeed; clients stop at `QUIET_END_MS`, then one client reads every key.
+pub const WARMUP_MS: u64 = 3_000;
+pub const FAULTS_END_MS: u64 = 25_000;
+pub const LIVENESS_FROM_MS: u64 = FAULTS_END_MS + 8_000;
+pub const QUIET_END_MS: u64 = LIVENESS_FROM_MS + 5_000;
+/// The whole run, final reads included, must end by then.
+pub const SIM_LIMIT_MS: u64 = QUIET_END_MS + 30_000;
+/// Per-request timeout of the simulated clients; the nodes' own request timeout is shorter.
+pub const CLIENT_TIMEOUT_MS: u64 = 4_000;
+pub const NODE_REQUEST_TIMEOUT_MS: u64 = 3_000;
+/// Message latency between hosts outside a delay fault.
+pub const BASE_MAX_LATENCY_MS: u64 = 5;
+pub const KEYS: usize = 10;
+const PORT: u16 = 7000;
+
+#[derive(Debug, Clone)]
+pub struct SimSettings {
+    pub seed: u64,
+    pub nodes: u64,
+    pub clients: u64,
+    pub scenario: Scenario,
+    pub planted_bug: Option<PlantedBug>,
+    /// Keep the full semantic trace in the report (for replaying one seed).
+    pub keep_trace: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimReport {
+    pub seed: u64,
+    pub scenario: Scenario,
+    pub nodes: u64,
+    pub faults: Vec<Scheduled>,
+    pub ops: usize,
+    pub ops_checked: usize,
+    pub indeterminate: usize,
+    pub violations: Vec<String>,
+    pub sim_time_ms: u64,
+    pub wall_time_ms: u64,
+    pub trace_hash: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<String>,
+}
+
+fn now_ns() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// What every host and client shares: history, trace and the invariant checkers' state.
+#[derive(Default)]
+struct Shared {
+    history: Vec<Op>,
+    final_reads: BTreeMap<String, Outcome>,
+    trace: Vec<String>,
+    violations: Vec<String>,
+    /// (group, term) → the node that led it.
+    leaders: BTreeMap<(u64, u64), u64>,
+    /// group → (term, node) of the newest leader seen.
+    newest_leader: BTreeMap<u64, (u64, u64)>,
+    /// (node, group) → the last index that node was told is committed.
+    committed: BTreeMap<(u64, u64), u64>,
+    /// node → the newest routing version it installed.
+    routing: BTreeMap<u64, u64>,
+}
+
+impl Shared {
+    fn record(&mut self, line: String) {
+        self.trace.push(format!("{:>9.3} {line}", now_ns() as f64 / 1e6));
+    }
+}
+
+struct SimObserver(Arc<Mutex<Shared>>);
+
+impl Observer for SimObserver {
+    fn observe(&self, node: u64, event: NodeEvent) {
+        let mut s = self.0.lock().unwrap();
+        s.record(format!("n{node} {event:?}"));
+        match event {
+            NodeEvent::Leadership {
+                group,
+                term,
+                leading: true,
+                ..
+            } => {
+                if let Some(other) = s.leaders.insert((group, term), node) {
+                    if other != node {
+                        s.violations
+                            .push(format!("two leaders in group {group} term {term}: n{other} and n{node}"));
+                    }
+                }
+                let newest = s.newest_leader.entry(group).or_insert((term, node));
+                if term >= newest.0 {
+                    *newest = (term, node);
+                }
+            }
+            NodeEvent::Leadership { .. } => {}
+            NodeEvent::Committed { group, index } => {
+                s.committed.insert((node, group), index);
+            }
+            NodeEvent::Applied { group, index } => {
+                let committed = s.committed.get(&(node, group)).copied().unwrap_or(0);
+                if index > committed {
+                    s.violations.push(format!(
+                        "n{node} applied index {index} of group {group} beyond its committed index {committed}"
+                    ));
+                }
+            }
+            NodeEvent::MapInstalled {
+                routing_version,
+                tiling,
+            } => {
+                if let Err(e) = tiling {
+                    s.violations.push(format!("n{node} installed a map that does not tile the ring: {e}"));
+                }
+                // Version 0 is the empty map a restarted non-PD node starts from.
+                if routing_version > 0 {
+                    let last = s.routing.insert(node, routing_version).unwrap_or(0);
+                    if routing_version < last {
+                        s.violations.push(format!(
+                            "n{node} routing version went back from {last} to {routing_version}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn host_name(node: u64) -> String {
+    format!("n{node}")
+}
+
+fn client_name(client: u64) -> String {
+    format!("c{client}")
+}
+
+/// Sends one op and turns the answer into a definite outcome, or `None` if it is unknown.
+async fn perform(client: &Client, key: &str, kind: &OpKind) -> Option<Outcome> {
+    let path = format!("/v1/kv/{}", encode_key_str(key));
+    let condition = |p: &Precondition| match p {
+        Precondition::None => vec![],
+        Precondition::IfMatch(v) => vec![("if-match", v.to_string())],
+        Precondition::IfAbsent => vec![("if-none-match", "*".to_string())],
+    };
+    let (method, headers, body) = match kind {
+        OpKind::Get => (Method::GET, vec![], Bytes::new()),
+        OpKind::Put { value, precondition } => (Method::PUT, condition(precondition), Bytes::from(value.clone())),
+        OpKind::Delete { precondition } => (Method::DELETE, condition(precondition), Bytes::new()),
+    };
+    let reply = client.request(method, &path, &headers, body).await.ok()?;
+    let header_version = || reply.header("x-version").and_then(|v| v.parse::<u64>().ok());
+    let body_version = || {
+        serde_json::from_slice::<Value>(&reply.body)
+            .ok()
+            .and_then(|v| v["version"].as_u64())
+    };
+    match (kind, reply.status.as_u16()) {
+        (OpKind::Get, 200) => Some(Outcome::Value {
+            version: header_version()?,
+            value: String::from_utf8_lossy(&reply.body).into_owned(),
+        }),
+        (_, 404) => Some(Outcome::NotFound),
+        (_, 412) => Some(Outcome::PreconditionFailed {
+            current: header_version()?,
+        }),
+        (OpKind::Put { .. }, 200) => Some(Outcome::Written {
+            version: body_version()?,
+        }),
+        (OpKind::Delete { .. }, 200) => Some(Outcome::Deleted {
+            version: body_version()?,
+        }),
+        _ => None,
+    }
+}
+
+async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) -> turmoil::Result {
+    let mut rng = SmallRng::seed_from_u64(settings.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let clients: Vec<Client> = (1..=settings.nodes)
+        .map(|n| {
+            Client::with_network(
+                &format!("http://{}:{PORT}", host_name(n)),
+                NetKind::Turmoil,
+                Duration::from_millis(CLIENT_TIMEOUT_MS),
+            )
+        })
+        .collect();
+    let keys: Vec<String> = (0..KEYS).map(|k| format!("k{k}")).collect();
+    let mut last_seen: BTreeMap<String, u64> = BTreeMap::new();
+    tokio::time::sleep(Duration::from_millis(WARMUP_MS)).await;
+    let mut written = 0u64;
+    while now_ns() < QUIET_END_MS * 1_000_000 {
+        let key = keys[rng.gen_range(0..keys.len())].clone();
+        let known = last_seen.get(&key).copied().unwrap_or(0);
+        let guess = if rng.gen_bool(0.7) { known } else { rng.gen_range(0..known + 2) };
+        let kind = match rng.gen_range(0..100) {
+            0..40 => OpKind::Get,
+            40..65 => OpKind::Put {
+                value: format!("c{id}-{written}"),
+                precondition: Precondition::None,
+            },
+            65..80 => OpKind::Put {
+                value: format!("c{id}-{written}"),
+                precondition: Precondition::IfMatch(guess),
+            },
+            80..85 => OpKind::Put {
+                value: format!("c{id}-{written}"),
+                precondition: Precondition::IfAbsent,
+            },
+            85..95 => OpKind::Delete {
+                precondition: Precondition::None,
+            },
+            _ => OpKind::Delete {
+                precondition: Precondition::IfMatch(guess),
+            },
+        };
+        if matches!(kind, OpKind::Put { .. }) {
+            written += 1;
+        }
+        let target = rng.gen_range(0..clients.len());
+        let invoked_ns = now_ns();
+        let outcome = perform(&clients[target], &key, &kind).await;
+        let completed_ns = now_ns();
+        match &outcome {
+            Some(Outcome::Value { version, .. } | Outcome::Written { version }) => {
+                last_seen.insert(key.clone(), *version);
+            }
+            Some(Outcome::PreconditionFailed { current }) => {
+                last_seen.insert(key.clone(), *current);
+            }
+            Some(Outcome::NotFound | Outcome::Deleted { .. }) => {
+                last_seen.insert(key.clone(), 0);
+            }
+            None => {}
+        }
+        let mut s = shared.lock().unwrap();
+        s.record(format!("c{id} n{} {key} {kind:?} -> {outcome:?}", target + 1));
+        if outcome.is_none() && invoked_ns >= LIVENESS_FROM_MS * 1_000_000 {
+            s.violations.push(format!(
+                "liveness: c{id}'s {kind:?} on {key} via n{} failed {:.1} s after heal",
+                target + 1,
+                (invoked_ns / 1_000_000 - FAULTS_END_MS) as f64 / 1000.0
+            ));
+        }
+        let definite = outcome.is_some();
+        s.history.push(Op {
+            client: id,
+            key,
+            kind,
+            invoked_ns,
+            completed_ns: definite.then_some(completed_ns),
+            outcome,
+        });
+    }
+    if id == 1 {
+        // Every acknowledged write must be visible to a linearizable read after heal.
+        for key in &keys {
+            let mut attempt = 0u64;
+            loop {
+                let invoked_ns = now_ns();
+                let via = &clients[(attempt as usize) % clients.len()];
+                if let Some(outcome) = perform(via, key, &OpKind::Get).await {
+                    let mut s = shared.lock().unwrap();
+                    s.record(format!("final {key} -> {outcome:?}"));
+                    s.final_reads.insert(key.clone(), outcome.clone());
+                    s.history.push(Op {
+                        client: id,
+                        key: key.clone(),
+                        kind: OpKind::Get,
+                        invoked_ns,
+                        completed_ns: Some(now_ns()),
+                        outcome: Some(outcome),
+                    });
+                    break;
+                }
+                attempt += 1;
+                if now_ns() > (SIM_LIMIT_MS - 5_000) * 1_000_000 {
+                    shared
+                        .lock()
+                        .unwrap()
+                        .violations
+                        .push(format!("liveness: the final read of {key} never succeeded"));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts or ends one fault on the simulation.
+struct Nemesis {
+    nodes: u64,
+    clients: u64,
+    /// Pairs cut by the active fault, to repair at its end.
+    cut: Vec<(String, String)>,
+    crashed: Vec<u64>,
+    flapping: Option<(u64, u64, u64, bool)>, // (node, period, next toggle ms, cut now)
+}
+
+impl Nemesis {
+    fn others(&self, nodes: &[u64]) -> Vec<u64> {
+        (1..=self.nodes).filter(|n| !nodes.contains(n)).collect()
+    }
+
+    fn cut_between(&mut self, sim: &mut turmoil::Sim<'_>, a: &[String], b: &[String]) {
+        for x in a {
+            for y in b {
+                sim.partition(x.as_str(), y.as_str());
+                self.cut.push((x.clone(), y.clone()));
+            }
+        }
+    }
+
+    fn names(nodes: &[u64]) -> Vec<String> {
+        nodes.iter().map(|n| host_name(*n)).collect()
+    }
+
+    fn start(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault, shared: &Mutex<Shared>, now_ms: u64) {
+        match fault {
+            Fault::IsolateLeader => {
+                let leader = {
+                    let s = shared.lock().unwrap();
+                    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+                    for (_, node) in s.newest_leader.values() {
+                        *counts.entry(*node).or_default() += 1;
+                    }
+                    counts.into_iter().max_by_key(|(n, c)| (*c, u64::MAX - n)).map_or(1, |(n, _)| n)
+                };
+                shared.lock().unwrap().record(format!("nemesis isolates leader n{leader}"));
+                let others = Self::names(&self.others(&[leader]));
+                self.cut_between(sim, &Self::names(&[leader]), &others);
+            }
+            Fault::MinorityPartition { nodes } => {
+                let others = Self::names(&self.others(nodes));
+                self.cut_between(sim, &Self::names(nodes), &others);
+            }
+            Fault::MajorityPartition { nodes } => {
+                let majority = Self::names(&self.others(nodes));
+                self.cut_between(sim, &Self::names(nodes), &majority);
+                let clients: Vec<String> = (1..=self.clients).map(client_name).collect();
+                self.cut_between(sim, &clients, &majority);
+            }
+            Fault::OneWayDrop { from, to } => {
+                sim.partition_oneway(host_name(*from).as_str(), host_name(*to).as_str());
+            }
+            Fault::Hold { a, b } => sim.hold(host_name(*a).as_str(), host_name(*b).as_str()),
+            Fault::Flapping { node, period_ms } => {
+                let others = Self::names(&self.others(&[*node]));
+                self.cut_between(sim, &Self::names(&[*node]), &others);
+                self.flapping = Some((*node, *period_ms, now_ms + period_ms, true));
+            }
+            Fault::Crash { nodes } => {
+                for node in nodes {
+                    sim.crash(host_name(*node).as_str());
+                    self.crashed.push(*node);
+                }
+            }
+            Fault::Delay { max_latency_ms } => sim.set_max_message_latency(Duration::from_millis(*max_latency_ms)),
+            Fault::Loss { fail_rate_percent } => sim.set_fail_rate(*fail_rate_percent as f64 / 100.0),
+        }
+    }
+
+    /// Toggles a flapping partition when its period is up.
+    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, now_ms: u64) {
+        if let Some((node, period, next, cut)) = self.flapping {
+            if now_ms >= next {
+                if cut {
+                    self.repair(sim);
+                } else {
+                    let others = Self::names(&self.others(&[node]));
+                    self.cut_between(sim, &Self::names(&[node]), &others);
+                }
+                self.flapping = Some((node, period, now_ms + period, !cut));
+            }
+        }
+    }
+
+    fn repair(&mut self, sim: &mut turmoil::Sim<'_>) {
+        for (a, b) in self.cut.drain(..) {
+            sim.repair(a.as_str(), b.as_str());
+        }
+    }
+
+    fn stop(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault) {
+        self.repair(sim);
+        self.flapping = None;
+        match fault {
+            Fault::OneWayDrop { from, to } => sim.repair_oneway(host_name(*from).as_str(), host_name(*to).as_str()),
+            Fault::Hold { a, b } => sim.release(host_name(*a).as_str(), host_name(*b).as_str()),
+            Fault::Crash { .. } => {
+                for node in self.crashed.drain(..) {
+                    sim.bounce(host_name(node).as_str());
+                }
+            }
+            Fault::Delay { .. } => sim.set_max_message_latency(Duration::from_millis(BASE_MAX_LATENCY_MS)),
+            Fault::Loss { .. } => sim.set_fail_rate(0.0),
+            _ => {}
+        }
+    }
+}
+
+/// Runs one seeded simulation and checks it.
+pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
+    let wall = std::time::Instant::now();
+    let data = tempfile::Builder::new()
+        .prefix("midasflow-sim-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let mut nemesis_rng = SmallRng::seed_from_u64(settings.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xFA17);
+    let faults = nemesis::schedule(
+        &mut nemesis_rng,
+        settings.scenario,
+        settings.nodes,
+        WARMUP_MS + 1_000,
+        FAULTS_END_MS,
+    );
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(settings.seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        .simulation_duration(Duration::from_millis(SIM_LIMIT_MS))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(BASE_MAX_LATENCY_MS))
+        .tcp_capacity(4096)
+        .build();
+    let initial_cluster: BTreeMap<u64, String> =
+        (1..=settings.nodes).map(|n| (n, format!("{}:{PORT}", host_name(n)))).collect();
+    let observer: Arc<dyn Observer> = Arc::new(SimObserver(shared.clone()));
+    for id in 1..=settings.nodes {
+        let mut config = NodeConfig::new(
+            id,
+            format!("0.0.0.0:{PORT}"),
+            data.path().join(host_name(id)),
+            initial_cluster.clone(),
+        );
+        config.advertise = initial_cluster[&id].clone();
+        config.initial_shards = 3;
+        config.net = NetKind::Turmoil;
+        config.flush_mode = FlushMode::Inline;
+        config.rng_seed = Some(settings.seed);
+        config.observer = Some(observer.clone());
+        config.planted_bug = settings.planted_bug;
+        config.limits.request_timeout_ms = NODE_REQUEST_TIMEOUT_MS;
+        sim.host(host_name(id).as_str(), move || {
+            let config = config.clone();
+            async move {
+                let _running = node::start(config).await.map_err(|e| e.to_string())?;
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+    }
+    for id in 1..=settings.clients {
+        sim.client(
+            client_name(id).as_str(),
+            run_client(id, settings.clone(), shared.clone()),
+        );
+    }
+    let mut nemesis = Nemesis {
+        nodes: settings.nodes,
+        clients: settings.clients,
+        cut: Vec::new(),
+        crashed: Vec::new(),
+        flapping: None,
+    };
+    let mut next = 0;
+    let mut active: Option<(u64, Fault)> = None;
+    loop {
+        let now_ms = sim.elapsed().as_millis() as u64;
+        if let Some((end, fault)) = &active {
+            if now_ms >= *end {
+                shared.lock().unwrap().record(format!("nemesis stop {fault:?}"));
+                nemesis.stop(&mut sim, fault);
+                active = None;
+            }
+        }
+        if active.is_none() && next < faults.len() && faults[next].start_ms <= now_ms {
+            let scheduled = &faults[next];
+            shared.lock().unwrap().record(format!("nemesis start {:?}", scheduled.fault));
+            nemesis.start(&mut sim, &scheduled.fault, &shared, now_ms);
+            active = Some((now_ms + scheduled.duration_ms, scheduled.fault.clone()));
+            next += 1;
+        }
+        nemesis.tick(&mut sim, now_ms);
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => return Err(format!("seed {}: simulation error: {e}", settings.seed)),
+        }
+    }
+    let sim_time_ms = sim.elapsed().as_millis() as u64;
+    drop(sim);
+    let mut s = shared.lock().unwrap();
+    let mut violations = std::mem::take(&mut s.violations);
+    for (key, verdict) in checker::check_history(&s.history) {
+        match verdict {
+            Verdict::Violation(why) => violations.push(format!("not linearizable: key {key}: {why}")),
+            Verdict::Unknown(why) => violations.push(format!("linearizability not decided: key {key}: {why}")),
+            Verdict::Linearizable => {}
+        }
+    }
+    for lost in checker::lost_writes(&s.history, &s.final_reads) {
+        violations.push(format!("lost acknowledged write: {lost}"));
+    }
+    let trace_hash = xxhash_rust::xxh3::xxh3_64(s.trace.join("\n").as_bytes());
+    let indeterminate = s.history.iter().filter(|o| o.outcome.is_none()).count();
+    Ok(SimReport {
+        seed: settings.seed,
+        scenario: settings.scenario,
+        nodes: settings.nodes,
+        faults,
+        ops: s.history.len(),
+        ops_checked: s.history.len() - indeterminate,
+        indeterminate,
+        violations,
+        sim_time_ms,
+        wall_time_ms: wall.elapsed().as_millis() as u64,
+        trace_hash,
+        trace: if settings.keep_trace {
+            std::mem::take(&mut s.trace)
+        } else {
+            Vec::new()
+        },
+    })
+}

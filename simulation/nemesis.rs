@@ -1,0 +1,160 @@
+//! Faults drawn from the seed: what breaks, when, for how long.
+
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Which family of faults a run draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+pub enum Scenario {
+    /// Leader isolation, minority and majority partitions, one-way drops, holds, flapping.
+    Partitions,
+    /// Crash and restart of one node, and of a majority.
+    Crashes,
+    /// Message delay and loss.
+    Network,
+    /// All of the above.
+    Mixed,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [Scenario::Partitions, Scenario::Crashes, Scenario::Network, Scenario::Mixed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Partitions => "partitions",
+            Scenario::Crashes => "crashes",
+            Scenario::Network => "network",
+            Scenario::Mixed => "mixed",
+        }
+    }
+}
+
+/// One fault, in terms of node ids (hosts `n{id}`) and the client hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fault {
+    /// Cut the node leading the most groups off from the other nodes (chosen when it starts).
+    IsolateLeader,
+    /// Cut `nodes` (a minority) off from the rest.
+    MinorityPartition { nodes: Vec<u64> },
+    /// Cut `nodes` (a minority) off from the rest, and the clients off from the majority:
+    /// the clients' side has no quorum.
+    MajorityPartition { nodes: Vec<u64> },
+    /// Drop everything `from` sends to `to`.
+    OneWayDrop { from: u64, to: u64 },
+    /// Hold messages between `a` and `b`, then deliver them late.
+    Hold { a: u64, b: u64 },
+    /// Partition `node` from the others on and off every `period_ms`.
+    Flapping { node: u64, period_ms: u64 },
+    Crash { nodes: Vec<u64> },
+    Delay { max_latency_ms: u64 },
+    Loss { fail_rate_percent: u64 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Scheduled {
+    pub start_ms: u64,
+    pub duration_ms: u64,
+    pub fault: Fault,
+}
+
+/// Draws the fault schedule for `[first_ms, end_ms)`: one fault at a time, with gaps.
+pub fn schedule(rng: &mut SmallRng, scenario: Scenario, nodes: u64, first_ms: u64, end_ms: u64) -> Vec<Scheduled> {
+    let ids: Vec<u64> = (1..=nodes).collect();
+    let minority = (nodes as usize - 1) / 2;
+    let majority_crash = nodes as usize / 2 + 1;
+    let mut faults = Vec::new();
+    let mut at = first_ms;
+    loop {
+        let duration_ms = rng.gen_range(1_500..5_000);
+        if at + duration_ms > end_ms {
+            break;
+        }
+        let pick = |rng: &mut SmallRng, count: usize| -> Vec<u64> {
+            let mut chosen: Vec<u64> = ids.choose_multiple(rng, count).copied().collect();
+            chosen.sort_unstable();
+            chosen
+        };
+        let partitions = |rng: &mut SmallRng| match rng.gen_range(0..6) {
+            0 => Fault::IsolateLeader,
+            1 => Fault::MinorityPartition {
+                nodes: pick(rng, minority),
+            },
+            2 => Fault::MajorityPartition {
+                nodes: pick(rng, minority),
+            },
+            3 => {
+                let pair = pick(rng, 2);
+                Fault::OneWayDrop {
+                    from: pair[0],
+                    to: pair[1],
+                }
+            }
+            4 => {
+                let pair = pick(rng, 2);
+                Fault::Hold { a: pair[0], b: pair[1] }
+            }
+            _ => Fault::Flapping {
+                node: pick(rng, 1)[0],
+                period_ms: rng.gen_range(200..800),
+            },
+        };
+        let crashes = |rng: &mut SmallRng| {
+            let count = if rng.gen_bool(0.5) { 1 } else { majority_crash };
+            Fault::Crash {
+                nodes: pick(rng, count),
+            }
+        };
+        let network = |rng: &mut SmallRng| {
+            if rng.gen_bool(0.5) {
+                Fault::Delay {
+                    max_latency_ms: rng.gen_range(50..400),
+                }
+            } else {
+                Fault::Loss {
+                    fail_rate_percent: rng.gen_range(1..10),
+                }
+            }
+        };
+        let fault = match scenario {
+            Scenario::Partitions => partitions(rng),
+            Scenario::Crashes => crashes(rng),
+            Scenario::Network => network(rng),
+            Scenario::Mixed => match rng.gen_range(0..3) {
+                0 => partitions(rng),
+                1 => crashes(rng),
+                _ => network(rng),
+            },
+        };
+        faults.push(Scheduled {
+            start_ms: at,
+            duration_ms,
+            fault,
+        });
+        at += duration_ms + rng.gen_range(500..2_500);
+    }
+    faults
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn schedules_are_seeded_and_stay_in_the_window() {
+        for scenario in Scenario::ALL {
+            let a = schedule(&mut SmallRng::seed_from_u64(5), scenario, 5, 3_000, 30_000);
+            let b = schedule(&mut SmallRng::seed_from_u64(5), scenario, 5, 3_000, 30_000);
+            assert_eq!(format!("{a:?}"), format!("{b:?}"));
+            assert!(!a.is_empty());
+            for s in &a {
+                assert!(s.start_ms >= 3_000 && s.start_ms + s.duration_ms <= 30_000);
+                if let Fault::Crash { nodes } = &s.fault {
+                    assert!(nodes.len() == 1 || nodes.len() == 3);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! A seam for watching a node from outside: the simulation's invariant checkers and its
+//! semantic trace subscribe here. With no observer attached, emitting costs one branch.
+
+use std::sync::Arc;
+
+use super::GroupId;
+
+/// Something a node did that a checker may want to see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A group's replica saw a new term, leader or role.
+    Leadership {
+        group: GroupId,
+        term: u64,
+        leader: Option<u64>,
+        leading: bool,
+    },
+    /// openraft told the log store this index is committed.
+    Committed { group: GroupId, index: u64 },
+    /// The state machine applied entries up to this index.
+    Applied { group: GroupId, index: u64 },
+    /// The node installed a cluster map; `tiling` is the map's own tiling check.
+    MapInstalled { routing_version: u64, tiling: Result<(), String> },
+}
+
+pub trait Observer: Send + Sync {
+    fn observe(&self, node: u64, event: NodeEvent);
+}
+
+/// A node's handle on its (optional) observer.
+#[derive(Clone, Default)]
+pub struct Probe {
+    node: u64,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+impl Probe {
+    pub fn new(node: u64, observer: Option<Arc<dyn Observer>>) -> Self {
+        Probe { node, observer }
+    }
+
+    pub fn emit(&self, event: impl FnOnce() -> NodeEvent) {
+        if let Some(observer) = &self.observer {
+            observer.observe(self.node, event());
+        }
+    }
+}
