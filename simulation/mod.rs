@@ -45,6 +45,8 @@ pub const NODE_REQUEST_TIMEOUT_MS: u64 = 3_000;
 /// Message latency between hosts outside a delay fault.
 pub const BASE_MAX_LATENCY_MS: u64 = 5;
 pub const KEYS: usize = 10;
+/// A client waits a random time in this range (ms) between operations.
+pub const THINK_MS: (u64, u64) = (5, 30);
 const PORT: u16 = 7000;
 
 #[derive(Debug, Clone)]
@@ -283,6 +285,10 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
             completed_ns: definite.then_some(completed_ns),
             outcome,
         });
+        drop(s);
+        // Think time keeps histories a size the checker searches quickly, and lets faults
+        // land between operations as well as during them.
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(THINK_MS.0..THINK_MS.1))).await;
     }
     if id == 1 {
         // Every acknowledged write must be visible to a linearizable read after heal.

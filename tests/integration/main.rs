@@ -8,3 +8,4 @@ mod bad_input;
 mod durability;
 mod harness;
 mod kv;
+mod simulation;
