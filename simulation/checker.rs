@@ -254,7 +254,13 @@ mod tests {
             op(1, put("a"), 0, Some(10), Some(Outcome::Written { version: 1 })),
             op(1, OpKind::Get, 20, Some(30), value(1, "a")),
             op(1, cas("b", 1), 40, Some(50), Some(Outcome::Written { version: 2 })),
-            op(1, cas("c", 1), 60, Some(70), Some(Outcome::PreconditionFailed { current: 2 })),
+            op(
+                1,
+                cas("c", 1),
+                60,
+                Some(70),
+                Some(Outcome::PreconditionFailed { current: 2 }),
+            ),
             op(
                 1,
                 OpKind::Delete {
@@ -326,9 +332,21 @@ mod tests {
     fn lost_acknowledged_write_is_reported() {
         let h = vec![op(1, put("a"), 0, Some(10), Some(Outcome::Written { version: 3 }))];
         let mut finals = BTreeMap::new();
-        finals.insert("k".to_string(), Outcome::Value { version: 2, value: "x".into() });
+        finals.insert(
+            "k".to_string(),
+            Outcome::Value {
+                version: 2,
+                value: "x".into(),
+            },
+        );
         assert_eq!(lost_writes(&h, &finals).len(), 1);
-        finals.insert("k".to_string(), Outcome::Value { version: 3, value: "a".into() });
+        finals.insert(
+            "k".to_string(),
+            Outcome::Value {
+                version: 3,
+                value: "a".into(),
+            },
+        );
         assert!(lost_writes(&h, &finals).is_empty());
     }
 }

@@ -119,8 +119,9 @@ impl Observer for SimObserver {
             } => {
                 if let Some(other) = s.leaders.insert((group, term), node) {
                     if other != node {
-                        s.violations
-                            .push(format!("two leaders in group {group} term {term}: n{other} and n{node}"));
+                        s.violations.push(format!(
+                            "two leaders in group {group} term {term}: n{other} and n{node}"
+                        ));
                     }
                 }
                 let newest = s.newest_leader.entry(group).or_insert((term, node));
@@ -145,7 +146,8 @@ impl Observer for SimObserver {
                 tiling,
             } => {
                 if let Err(e) = tiling {
-                    s.violations.push(format!("n{node} installed a map that does not tile the ring: {e}"));
+                    s.violations
+                        .push(format!("n{node} installed a map that does not tile the ring: {e}"));
                 }
                 // Version 0 is the empty map a restarted non-PD node starts from.
                 if routing_version > 0 {
@@ -208,6 +210,23 @@ async fn perform(client: &Client, key: &str, kind: &OpKind) -> Option<Outcome> {
     }
 }
 
+/// Adds a client op to the trace and history, flagging failures in the quiet phase.
+fn record_op(shared: &Mutex<Shared>, op: Op, via: u64) {
+    let mut s = shared.lock().unwrap();
+    s.record(format!(
+        "c{} n{via} {} {:?} -> {:?}",
+        op.client, op.key, op.kind, op.outcome
+    ));
+    if op.outcome.is_none() && op.invoked_ns >= LIVENESS_FROM_MS * 1_000_000 {
+        let after_heal_s = (op.invoked_ns / 1_000_000 - FAULTS_END_MS) as f64 / 1000.0;
+        s.violations.push(format!(
+            "liveness: c{}'s {:?} on {} via n{via} failed {after_heal_s:.1} s after heal",
+            op.client, op.kind, op.key
+        ));
+    }
+    s.history.push(op);
+}
+
 async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) -> turmoil::Result {
     let mut rng = SmallRng::seed_from_u64(settings.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let clients: Vec<Client> = (1..=settings.nodes)
@@ -226,7 +245,11 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
     while now_ns() < QUIET_END_MS * 1_000_000 {
         let key = keys[rng.gen_range(0..keys.len())].clone();
         let known = last_seen.get(&key).copied().unwrap_or(0);
-        let guess = if rng.gen_bool(0.7) { known } else { rng.gen_range(0..known + 2) };
+        let guess = if rng.gen_bool(0.7) {
+            known
+        } else {
+            rng.gen_range(0..known + 2)
+        };
         let kind = match rng.gen_range(0..100) {
             0..40 => OpKind::Get,
             40..65 => OpKind::Put {
@@ -267,25 +290,15 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
             }
             None => {}
         }
-        let mut s = shared.lock().unwrap();
-        s.record(format!("c{id} n{} {key} {kind:?} -> {outcome:?}", target + 1));
-        if outcome.is_none() && invoked_ns >= LIVENESS_FROM_MS * 1_000_000 {
-            s.violations.push(format!(
-                "liveness: c{id}'s {kind:?} on {key} via n{} failed {:.1} s after heal",
-                target + 1,
-                (invoked_ns / 1_000_000 - FAULTS_END_MS) as f64 / 1000.0
-            ));
-        }
-        let definite = outcome.is_some();
-        s.history.push(Op {
+        let op = Op {
             client: id,
             key,
             kind,
             invoked_ns,
-            completed_ns: definite.then_some(completed_ns),
+            completed_ns: outcome.is_some().then_some(completed_ns),
             outcome,
-        });
-        drop(s);
+        };
+        record_op(&shared, op, target as u64 + 1);
         // Think time keeps histories a size the checker searches quickly, and lets faults
         // land between operations as well as during them.
         tokio::time::sleep(Duration::from_millis(rng.gen_range(THINK_MS.0..THINK_MS.1))).await;
@@ -364,9 +377,15 @@ impl Nemesis {
                     for (_, node) in s.newest_leader.values() {
                         *counts.entry(*node).or_default() += 1;
                     }
-                    counts.into_iter().max_by_key(|(n, c)| (*c, u64::MAX - n)).map_or(1, |(n, _)| n)
+                    counts
+                        .into_iter()
+                        .max_by_key(|(n, c)| (*c, u64::MAX - n))
+                        .map_or(1, |(n, _)| n)
                 };
-                shared.lock().unwrap().record(format!("nemesis isolates leader n{leader}"));
+                shared
+                    .lock()
+                    .unwrap()
+                    .record(format!("nemesis isolates leader n{leader}"));
                 let others = Self::names(&self.others(&[leader]));
                 self.cut_between(sim, &Self::names(&[leader]), &others);
             }
@@ -463,8 +482,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         .max_message_latency(Duration::from_millis(BASE_MAX_LATENCY_MS))
         .tcp_capacity(4096)
         .build();
-    let initial_cluster: BTreeMap<u64, String> =
-        (1..=settings.nodes).map(|n| (n, format!("{}:{PORT}", host_name(n)))).collect();
+    let initial_cluster: BTreeMap<u64, String> = (1..=settings.nodes)
+        .map(|n| (n, format!("{}:{PORT}", host_name(n))))
+        .collect();
     let observer: Arc<dyn Observer> = Arc::new(SimObserver(shared.clone()));
     for id in 1..=settings.nodes {
         let mut config = NodeConfig::new(
@@ -516,7 +536,10 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         }
         if active.is_none() && next < faults.len() && faults[next].start_ms <= now_ms {
             let scheduled = &faults[next];
-            shared.lock().unwrap().record(format!("nemesis start {:?}", scheduled.fault));
+            shared
+                .lock()
+                .unwrap()
+                .record(format!("nemesis start {:?}", scheduled.fault));
             nemesis.start(&mut sim, &scheduled.fault, &shared, now_ms);
             active = Some((now_ms + scheduled.duration_ms, scheduled.fault.clone()));
             next += 1;

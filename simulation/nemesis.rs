@@ -19,7 +19,12 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [Scenario::Partitions, Scenario::Crashes, Scenario::Network, Scenario::Mixed];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Partitions,
+        Scenario::Crashes,
+        Scenario::Network,
+        Scenario::Mixed,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -37,19 +42,38 @@ pub enum Fault {
     /// Cut the node leading the most groups off from the other nodes (chosen when it starts).
     IsolateLeader,
     /// Cut `nodes` (a minority) off from the rest.
-    MinorityPartition { nodes: Vec<u64> },
+    MinorityPartition {
+        nodes: Vec<u64>,
+    },
     /// Cut `nodes` (a minority) off from the rest, and the clients off from the majority:
     /// the clients' side has no quorum.
-    MajorityPartition { nodes: Vec<u64> },
+    MajorityPartition {
+        nodes: Vec<u64>,
+    },
     /// Drop everything `from` sends to `to`.
-    OneWayDrop { from: u64, to: u64 },
+    OneWayDrop {
+        from: u64,
+        to: u64,
+    },
     /// Hold messages between `a` and `b`, then deliver them late.
-    Hold { a: u64, b: u64 },
+    Hold {
+        a: u64,
+        b: u64,
+    },
     /// Partition `node` from the others on and off every `period_ms`.
-    Flapping { node: u64, period_ms: u64 },
-    Crash { nodes: Vec<u64> },
-    Delay { max_latency_ms: u64 },
-    Loss { fail_rate_percent: u64 },
+    Flapping {
+        node: u64,
+        period_ms: u64,
+    },
+    Crash {
+        nodes: Vec<u64>,
+    },
+    Delay {
+        max_latency_ms: u64,
+    },
+    Loss {
+        fail_rate_percent: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

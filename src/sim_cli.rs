@@ -67,7 +67,10 @@ fn replay_command(args: &SimArgs, seed: u64, scenario: Scenario) -> String {
         args.clients
     );
     if let Some(bug) = args.planted_bug {
-        cmd.push_str(&format!(" --planted-bug {}", bug.to_possible_value().unwrap().get_name()));
+        cmd.push_str(&format!(
+            " --planted-bug {}",
+            bug.to_possible_value().unwrap().get_name()
+        ));
     }
     cmd
 }
@@ -113,7 +116,10 @@ fn run_one(args: &SimArgs, seed: u64) -> Result<(), String> {
             report.trace_hash
         );
         for fault in &report.faults {
-            println!("  fault at {:>6} ms for {:>5} ms: {:?}", fault.start_ms, fault.duration_ms, fault.fault);
+            println!(
+                "  fault at {:>6} ms for {:>5} ms: {:?}",
+                fault.start_ms, fault.duration_ms, fault.fault
+            );
         }
         for violation in &report.violations {
             println!("  VIOLATION: {violation}");
@@ -122,7 +128,10 @@ fn run_one(args: &SimArgs, seed: u64) -> Result<(), String> {
     if report.violations.is_empty() {
         Ok(())
     } else {
-        Err(format!("seed {seed} failed; replay: {}", replay_command(args, seed, scenario)))
+        Err(format!(
+            "seed {seed} failed; replay: {}",
+            replay_command(args, seed, scenario)
+        ))
     }
 }
 
@@ -139,8 +148,20 @@ struct Row {
 fn run_child(args: &SimArgs, seed: u64, scenario: Scenario) -> Result<SimReport, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
-    cmd.args(["sim", "--json", "--seed", &seed.to_string(), "--scenario", scenario.name()])
-        .args(["--nodes", &args.nodes.to_string(), "--clients", &args.clients.to_string()]);
+    cmd.args([
+        "sim",
+        "--json",
+        "--seed",
+        &seed.to_string(),
+        "--scenario",
+        scenario.name(),
+    ])
+    .args([
+        "--nodes",
+        &args.nodes.to_string(),
+        "--clients",
+        &args.clients.to_string(),
+    ]);
     if let Some(bug) = args.planted_bug {
         cmd.args(["--planted-bug", bug.to_possible_value().unwrap().get_name()]);
     }
@@ -176,7 +197,10 @@ fn run_many(args: &SimArgs, seeds: Range<u64>) -> Result<(), String> {
                     scope.spawn(move || (scenario, seed, run_child(args, seed, scenario)))
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("sim child thread")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("sim child thread"))
+                .collect()
         });
         for (scenario, seed, result) in results {
             done += 1;
@@ -190,18 +214,22 @@ fn run_many(args: &SimArgs, seeds: Range<u64>) -> Result<(), String> {
                     if !report.violations.is_empty() {
                         row.violations += report.violations.len();
                         row.failed_seeds.push(seed);
-                        failures.push(format!(
+                        let failure = format!(
                             "seed {seed} ({}): {}\n    replay: {}",
                             scenario.name(),
                             report.violations[0],
                             replay_command(args, seed, scenario)
-                        ));
+                        );
+                        eprintln!("\nFAILED {failure}");
+                        failures.push(failure);
                     }
                 }
                 Err(e) => {
                     row.violations += 1;
                     row.failed_seeds.push(seed);
-                    failures.push(format!("{e}\n    replay: {}", replay_command(args, seed, scenario)));
+                    let failure = format!("{e}\n    replay: {}", replay_command(args, seed, scenario));
+                    eprintln!("\nFAILED {failure}");
+                    failures.push(failure);
                 }
             }
             eprint!(

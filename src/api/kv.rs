@@ -301,7 +301,9 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
     loop {
         let attempt = match node.registry.get(shard) {
             Some(group) if !call.needs_leader() => Attempt::Done(serve_local(node, &group, &call, false).await?),
-            Some(group) if node.config.has_planted_bug(PlantedBug::FollowerReads) && !matches!(call, KvCall::Write(_)) => {
+            Some(group)
+                if node.config.has_planted_bug(PlantedBug::FollowerReads) && !matches!(call, KvCall::Write(_)) =>
+            {
                 Attempt::Done(serve_local(node, &group, &call, true).await?)
             }
             Some(group) if group.is_leader() => {

@@ -20,7 +20,10 @@ pub enum NodeEvent {
     /// The state machine applied entries up to this index.
     Applied { group: GroupId, index: u64 },
     /// The node installed a cluster map; `tiling` is the map's own tiling check.
-    MapInstalled { routing_version: u64, tiling: Result<(), String> },
+    MapInstalled {
+        routing_version: u64,
+        tiling: Result<(), String>,
+    },
 }
 
 pub trait Observer: Send + Sync {

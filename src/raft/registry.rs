@@ -160,8 +160,8 @@ impl Registry {
             return Err(RegistryError::Tombstoned(group));
         }
         let storage = |e: openraft::StorageError<u64>| RegistryError::Storage(e.to_string());
-        let log_store =
-            LogStore::open(&self.db, group, self.flusher.clone(), self.config.probe.clone()).map_err(|e| RegistryError::Storage(e.to_string()))?;
+        let log_store = LogStore::open(&self.db, group, self.flusher.clone(), self.config.probe.clone())
+            .map_err(|e| RegistryError::Storage(e.to_string()))?;
         let map_tx = (group == PD_GROUP).then(|| self.map_tx.clone());
         let state_machine = StateMachineStore::open(
             &self.db,

@@ -24,7 +24,10 @@ fn sim(args: &[&str]) -> (bool, String) {
 
 fn report(args: &[&str]) -> Value {
     let (_, text) = sim(args);
-    let line = text.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no report in: {text}"));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no report in: {text}"));
     serde_json::from_str(line).unwrap()
 }
 
@@ -49,7 +52,10 @@ async fn one_seed_replays_identically() {
     let first = report(&args);
     let second = report(&args);
     assert!(first["ops"].as_u64().unwrap() > 500, "the run did real work: {first}");
-    assert_eq!(first["trace_hash"], second["trace_hash"], "same seed, same semantic trace");
+    assert_eq!(
+        first["trace_hash"], second["trace_hash"],
+        "same seed, same semantic trace"
+    );
     assert_eq!(first["ops"], second["ops"]);
     assert_eq!(first["faults"], second["faults"]);
     let other = report(&["--seed", "12", "--scenario", "mixed", "--json"]);
@@ -61,9 +67,20 @@ async fn planted_follower_reads_bug_is_caught_within_five_seeds() {
     let _serial = serial().await;
     let caught = (0..5).find(|seed| {
         let seed = seed.to_string();
-        let report = report(&["--seed", &seed, "--scenario", "partitions", "--json", "--planted-bug", "follower-reads"]);
+        let report = report(&[
+            "--seed",
+            &seed,
+            "--scenario",
+            "partitions",
+            "--json",
+            "--planted-bug",
+            "follower-reads",
+        ]);
         report["violations"].as_array().is_some_and(|v| !v.is_empty())
     });
     println!("planted follower-reads bug caught at seed {caught:?}");
-    assert!(caught.is_some(), "the checkers missed a planted linearizability bug in 5 seeds");
+    assert!(
+        caught.is_some(),
+        "the checkers missed a planted linearizability bug in 5 seeds"
+    );
 }
