@@ -96,6 +96,8 @@ struct Shared {
     committed: BTreeMap<(u64, u64), u64>,
     /// node → the newest routing version it installed.
     routing: BTreeMap<u64, u64>,
+    /// (node, group) → the leader that replica knows of now.
+    known_leader: BTreeMap<(u64, u64), Option<u64>>,
 }
 
 impl Shared {
@@ -110,6 +112,9 @@ impl Observer for SimObserver {
     fn observe(&self, node: u64, event: NodeEvent) {
         let mut s = self.0.lock().unwrap();
         s.record(format!("n{node} {event:?}"));
+        if let NodeEvent::Leadership { group, leader, .. } = &event {
+            s.known_leader.insert((node, *group), *leader);
+        }
         match event {
             NodeEvent::Leadership {
                 group,
@@ -555,6 +560,12 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
     drop(sim);
     let mut s = shared.lock().unwrap();
     let mut violations = std::mem::take(&mut s.violations);
+    // Liveness: at the end of the quiet phase every replica of every group knows a leader.
+    for ((node, group), leader) in &s.known_leader {
+        if leader.is_none() {
+            violations.push(format!("liveness: n{node}'s replica of group {group} has no leader at the end"));
+        }
+    }
     for (key, verdict) in checker::check_history(&s.history) {
         match verdict {
             Verdict::Violation(why) => violations.push(format!("not linearizable: key {key}: {why}")),

@@ -187,7 +187,11 @@ fn run_many(args: &SimArgs, seeds: Range<u64>) -> Result<(), String> {
     let started = std::time::Instant::now();
     let mut rows: BTreeMap<&'static str, Row> = BTreeMap::new();
     let mut failures = Vec::new();
-    let mut done = 0;
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} simulations, {elapsed} elapsed, eta {eta}  {msg}")
+            .expect("valid template"),
+    );
     for chunk in jobs.chunks(args.jobs.max(1)) {
         let results: Vec<(Scenario, u64, Result<SimReport, String>)> = std::thread::scope(|scope| {
             let handles: Vec<_> = chunk
@@ -203,7 +207,7 @@ fn run_many(args: &SimArgs, seeds: Range<u64>) -> Result<(), String> {
                 .collect()
         });
         for (scenario, seed, result) in results {
-            done += 1;
+            bar.inc(1);
             let row = rows.entry(scenario.name()).or_default();
             row.seeds += 1;
             match result {
@@ -220,7 +224,7 @@ fn run_many(args: &SimArgs, seeds: Range<u64>) -> Result<(), String> {
                             report.violations[0],
                             replay_command(args, seed, scenario)
                         );
-                        eprintln!("\nFAILED {failure}");
+                        bar.println(format!("FAILED {failure}"));
                         failures.push(failure);
                     }
                 }
@@ -228,18 +232,15 @@ fn run_many(args: &SimArgs, seeds: Range<u64>) -> Result<(), String> {
                     row.violations += 1;
                     row.failed_seeds.push(seed);
                     let failure = format!("{e}\n    replay: {}", replay_command(args, seed, scenario));
-                    eprintln!("\nFAILED {failure}");
+                    bar.println(format!("FAILED {failure}"));
                     failures.push(failure);
                 }
             }
-            eprint!(
-                "\r[{done}/{total}] {:.0} s elapsed, {} failing",
-                started.elapsed().as_secs_f64(),
-                failures.len()
-            );
+            bar.set_message(format!("{} failing", failures.len()));
         }
     }
-    eprintln!();
+    bar.finish();
+    eprintln!("{total} simulations in {:.0} s", started.elapsed().as_secs_f64());
     println!(
         "{:<11} {:>6} {:>11} {:>10} {:>10} {:>10}  failed seeds",
         "scenario", "seeds", "ops checked", "violations", "sim time", "wall time"
