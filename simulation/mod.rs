@@ -563,7 +563,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
     // Liveness: at the end of the quiet phase every replica of every group knows a leader.
     for ((node, group), leader) in &s.known_leader {
         if leader.is_none() {
-            violations.push(format!("liveness: n{node}'s replica of group {group} has no leader at the end"));
+            violations.push(format!(
+                "liveness: n{node}'s replica of group {group} has no leader at the end"
+            ));
         }
     }
     for (key, verdict) in checker::check_history(&s.history) {

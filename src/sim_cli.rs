@@ -189,8 +189,10 @@ fn run_many(args: &SimArgs, seeds: Range<u64>) -> Result<(), String> {
     let mut failures = Vec::new();
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} simulations, {elapsed} elapsed, eta {eta}  {msg}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} simulations, {elapsed} elapsed, eta {eta}  {msg}",
+        )
+        .expect("valid template"),
     );
     for chunk in jobs.chunks(args.jobs.max(1)) {
         let results: Vec<(Scenario, u64, Result<SimReport, String>)> = std::thread::scope(|scope| {
