@@ -372,7 +372,11 @@ async fn serve_on_leader(node: &Node, group: &Group, call: &KvCall, proposed: &m
                     other => Err(ApiError::internal(format!("unexpected apply result {other:?}"))),
                 },
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    // Not appended here, so nothing was proposed: safe to send elsewhere.
+                    // openraft answers this either before appending, or after a new leader's
+                    // log truncated the entry here. With at most 3 voters the truncating
+                    // leader and this node are a majority holding a newer term at that
+                    // index, so no future leader can commit the lost entry: either way the
+                    // write did not and will not happen, and may be sent elsewhere.
                     *proposed = false;
                     Ok(f.leader_id.map_or(Attempt::Wait, Attempt::Redirect))
                 }
