@@ -19,7 +19,6 @@ use super::runtime::{group_seed, seed_thread_rng};
 use super::state_machine::{GroupView, StateMachineStore};
 use super::transport::HttpClient;
 use super::{group_prefix, GroupId, Raft};
-use crate::codec;
 use crate::placement::{ClusterMap, PD_GROUP};
 
 /// One hosted replica.
@@ -191,8 +190,9 @@ impl Registry {
         )
         .await
         .map_err(|e| RegistryError::Raft(e.to_string()))?;
+        // The key is the record; the value carries nothing.
         self.hosted
-            .insert(group_prefix(group), codec::encode(&group).unwrap_or_default())
+            .insert(group_prefix(group), &[])
             .map_err(|e| RegistryError::Storage(e.to_string()))?;
         if let Some(members) = initial_members {
             let initialized = raft
