@@ -135,3 +135,58 @@ async fn compare_and_set_races_have_exactly_one_winner() {
     let old = get(cluster.client(1), "counter", "?version=1").await;
     assert_eq!(old.status, 410, "version 1 was compacted away");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_client_routes_to_leaders_and_nodes_answer_421_when_asked_not_to_forward() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3, &[]).await;
+
+    // A node that does not lead the key's shard answers 421 with the map.
+    let probe = put(cluster.client(1), "routed", b"v0", &[]).await;
+    let shard = probe.header("x-shard").unwrap().to_string();
+    let leader = cluster.json(1, &format!("/v1/shards/{shard}")).await["leader"]
+        .as_u64()
+        .unwrap();
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    let misdirected = put(
+        cluster.client(follower),
+        "routed",
+        b"v1",
+        &[("x-no-forward", "1".into())],
+    )
+    .await;
+    assert_eq!(misdirected.status, 421);
+    let map: serde_json::Value = serde_json::from_slice(&misdirected.body).unwrap();
+    assert!(map["routing_version"].as_u64().unwrap() >= 1);
+    assert_eq!(map["shards"].as_array().unwrap().len(), 8);
+    assert_eq!(
+        get(cluster.client(leader), "routed", "").await.body.as_ref(),
+        b"v0",
+        "the 421 wrote nothing"
+    );
+
+    // The smart client sends X-No-Forward: 1 to the leader it has cached, so success means
+    // it reached each shard's leader directly.
+    let seeds: Vec<String> = cluster.addrs.values().cloned().collect();
+    let smart = midasflow::client::SmartClient::connect(seeds).await.unwrap();
+    for i in 0..40 {
+        let key = format!("smart-{i}");
+        let path = format!("/v1/kv/{key}");
+        let reply = smart
+            .request(
+                hyper::Method::PUT,
+                key.as_bytes(),
+                &path,
+                &[],
+                bytes::Bytes::from(key.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        let read = smart
+            .request(hyper::Method::GET, key.as_bytes(), &path, &[], bytes::Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(read.body.as_ref(), key.as_bytes());
+    }
+}
