@@ -347,7 +347,9 @@ impl Node {
                     candidates.push(leader);
                 }
                 candidates.extend(self.pd_voters());
-                candidates.dedup();
+                // Known leaders first, then every voter, each tried once.
+                let mut tried = std::collections::BTreeSet::new();
+                candidates.retain(|c| tried.insert(*c));
                 let mut reply = None;
                 for candidate in candidates {
                     if candidate == self.config.node_id {
