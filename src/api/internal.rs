@@ -31,9 +31,9 @@ fn check_secret(node: &Node, request: &Request) -> Result<(), ApiError> {
 }
 
 async fn body_bytes(request: Request) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(request.into_body(), MAX_INTERNAL_BODY_BYTES)
+    super::read_body(request.into_body(), MAX_INTERNAL_BODY_BYTES)
         .await
-        .map_err(|_| ApiError::value_too_large("internal request body over the limit"))
+        .ok_or_else(|| ApiError::value_too_large("internal request body over the limit"))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -53,6 +53,7 @@ pub async fn raft_rpc(
     request: Request,
 ) -> Result<Response, ApiError> {
     check_secret(&node, &request)?;
+    let body = body_bytes(request).await?;
     let group = match node.registry.get(group) {
         Some(g) => g,
         None if node.may_host(group) => node.registry.ensure(group, None).await.map_err(|e| match e {
@@ -61,7 +62,6 @@ pub async fn raft_rpc(
         })?,
         None => return Err(ApiError::not_found(format!("group {group} is not hosted here"))),
     };
-    let body = body_bytes(request).await?;
     Ok(match op.as_str() {
         "append" => {
             let rpc: AppendEntriesRequest<TypeConfig> = decode(&body)?;

@@ -150,9 +150,14 @@ fn parse_query(query: Option<&str>) -> Result<(Consistency, Option<u64>), ApiErr
 }
 
 /// Parses the call from method, path, query, headers and body, enforcing every limit.
+/// The body is read first, so an error never answers a client that is still sending.
 async fn parse_call(node: &Node, request: Request) -> Result<(KvCall, HeaderMap, Bytes), ApiError> {
     let limits = &node.config.limits;
     let (parts, body) = request.into_parts();
+    let limit = limits.max_value_bytes;
+    let body = super::read_body(body, limit)
+        .await
+        .ok_or_else(|| ApiError::value_too_large(format!("value is over the {limit}-byte limit")))?;
     let path = parts.uri.path();
     let raw = path.strip_prefix(KV_PREFIX).unwrap_or("");
     let (raw_key, history) = match raw.strip_suffix(HISTORY_SUFFIX) {
@@ -204,19 +209,6 @@ async fn parse_call(node: &Node, request: Request) -> Result<(KvCall, HeaderMap,
         }),
         _ => return Err(ApiError::method_not_allowed("use GET, PUT or DELETE on /v1/kv/{key}")),
     };
-    let limit = limits.max_value_bytes;
-    let too_large = || ApiError::value_too_large(format!("value is over the {limit}-byte limit"));
-    if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
-        if length
-            .to_str()
-            .ok()
-            .and_then(|l| l.parse::<usize>().ok())
-            .is_some_and(|l| l > limit)
-        {
-            return Err(too_large());
-        }
-    }
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
     let call = match call {
         KvCall::Write(KvOp::Put {
             key,
@@ -236,6 +228,7 @@ async fn parse_call(node: &Node, request: Request) -> Result<(KvCall, HeaderMap,
 
 pub async fn handle(State(node): State<Arc<Node>>, request: Request) -> Response {
     let Ok(_permit) = node.inflight.try_acquire() else {
+        super::read_body(request.into_body(), 0).await;
         return ApiError::overloaded(format!(
             "more than {} requests in flight on this node",
             node.config.limits.max_inflight_requests

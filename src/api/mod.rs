@@ -108,15 +108,49 @@ async fn observe(State(node): State<Arc<Node>>, request: Request, next: Next) ->
     response
 }
 
-async fn empty_key() -> ApiError {
+/// Most bytes of an unwanted request body read and dropped before answering an error.
+/// Answering while the client is still sending makes the server close with unread data,
+/// and the TCP reset that follows can destroy the error response before the client reads
+/// it; past this bound the connection is closed anyway.
+pub const MAX_DRAIN_BYTES: usize = 8 << 20;
+
+/// A request body as bytes if it is at most `limit` long; otherwise `None`, after reading
+/// (and dropping) up to [`MAX_DRAIN_BYTES`] more of it.
+pub async fn read_body(body: axum::body::Body, limit: usize) -> Option<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut collected = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return None };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > limit + MAX_DRAIN_BYTES {
+                return None;
+            }
+            if seen <= limit {
+                collected.extend_from_slice(&data);
+            }
+        }
+    }
+    (seen <= limit).then(|| collected.freeze())
+}
+
+async fn empty_key(request: Request) -> ApiError {
+    read_body(request.into_body(), 0).await;
     ApiError::bad_request("key must not be empty: use /v1/kv/{key}")
 }
 
 async fn unknown_route(request: Request) -> ApiError {
-    ApiError::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
+    let error = ApiError::not_found(format!("no route for {} {}", request.method(), request.uri().path()));
+    read_body(request.into_body(), 0).await;
+    error
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {
+    let (parts, body) = request.into_parts();
+    let request = Request::from_parts(parts, axum::body::Body::empty());
+    read_body(body, 0).await;
     ApiError::method_not_allowed(format!(
         "{} is not allowed on {}",
         request.method(),

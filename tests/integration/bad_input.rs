@@ -54,6 +54,18 @@ async fn bad_input_gets_documented_errors_and_the_node_keeps_serving() {
             "value_too_large",
         ),
         (
+            "value far over the limit",
+            raw(Method::PUT, "/v1/kv/big".into(), vec![], vec![7u8; 3 << 20]).await,
+            413,
+            "value_too_large",
+        ),
+        (
+            "body on an unknown route",
+            raw(Method::POST, "/v1/nothing".into(), vec![], vec![1u8; 256 << 10]).await,
+            404,
+            "not_found",
+        ),
+        (
             "unknown route",
             raw(Method::GET, "/v2/nothing".into(), vec![], vec![]).await,
             404,
