@@ -151,6 +151,17 @@ impl Drop for Cluster {
         for id in self.live_nodes() {
             self.kill(id);
         }
+        // The logs go with the temp dir: show their ends when a test fails.
+        if std::thread::panicking() {
+            for id in self.addrs.keys() {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("--- node {id} log (last 40 lines) ---");
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
     }
 }
 
