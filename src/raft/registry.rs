@@ -8,6 +8,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rand::Rng;
 
 use openraft::{BasicNode, ServerState};
 use tokio::sync::watch;
@@ -15,7 +18,7 @@ use tokio::sync::watch;
 use super::log_store::{FlushMode, Flusher, LogStore};
 use super::network::GroupNetworkFactory;
 use super::probe::{NodeEvent, Probe};
-use super::runtime::{group_seed, seed_thread_rng};
+use super::runtime::{group_seed, seed_thread_rng, SeamRng};
 use super::state_machine::{GroupView, StateMachineStore};
 use super::transport::HttpClient;
 use super::{group_prefix, GroupId, Raft};
@@ -221,18 +224,29 @@ impl Registry {
         Ok(created)
     }
 
-    /// Follows a group's metrics: leadership for routing, leader changes for /metrics.
+    /// Follows a group's metrics: leadership for routing, leader changes for /metrics, and
+    /// the election nudge.
+    ///
+    /// Why the nudge: openraft 0.9 draws a replica's election timeout once, in `Raft::new`,
+    /// and checks it on a tick of 1.5 heartbeats, so the effective timeouts fall into a few
+    /// tick-sized buckets. Two candidates in the same bucket can split the vote round after
+    /// round (seen: 5-6 s with no leader). A voter that has had no leader for
+    /// `election_timeout_max` plus a random part of it starts an election itself, which
+    /// breaks the lockstep. A normal election finishes well before that.
     fn spawn_monitor(&self, group: Arc<Group>) {
         let label = self.label.clone();
         let node_id = self.node_id;
         let probe = self.config.probe.clone();
+        let stall_ms = self.config.raft_config.election_timeout_max;
         let mut metrics_rx = group.raft.metrics();
         tokio::spawn(async move {
             let mut last_leader = None;
+            let mut nudge_at: Option<tokio::time::Instant> = None;
             loop {
-                let (leader, term, leading) = {
+                let (leader, term, leading, voter) = {
                     let m = metrics_rx.borrow_and_update();
-                    (m.current_leader, m.current_term, m.state == ServerState::Leader)
+                    let voter = m.membership_config.membership().voter_ids().any(|v| v == node_id);
+                    (m.current_leader, m.current_term, m.state == ServerState::Leader, voter)
                 };
                 let changed = group.term.swap(term, Ordering::Relaxed) != term || leader != last_leader;
                 let was_leading = group.is_leader.swap(leading, Ordering::Relaxed);
@@ -255,7 +269,28 @@ impl Registry {
                     }
                     last_leader = leader;
                 }
-                if metrics_rx.changed().await.is_err() {
+                nudge_at = match (leader, voter, nudge_at) {
+                    (None, true, None) => {
+                        let jitter_ms = SeamRng.gen_range(0..stall_ms.max(1));
+                        Some(tokio::time::Instant::now() + Duration::from_millis(stall_ms + jitter_ms))
+                    }
+                    (None, true, pending) => pending,
+                    _ => None,
+                };
+                let stopped = match nudge_at {
+                    None => metrics_rx.changed().await.is_err(),
+                    Some(at) => tokio::select! {
+                        changed = metrics_rx.changed() => changed.is_err(),
+                        _ = tokio::time::sleep_until(at) => {
+                            tracing::debug!(group = group.id, node = node_id, term, "no leader for a while; starting an election");
+                            metrics::counter!("midasflow_raft_election_nudges_total", "node" => label.clone()).increment(1);
+                            let _ = group.raft.trigger().elect().await;
+                            nudge_at = None;
+                            false
+                        }
+                    },
+                };
+                if stopped {
                     if group.is_leader.swap(false, Ordering::Relaxed) {
                         metrics::gauge!("midasflow_raft_leaders", "node" => label.clone()).decrement(1.0);
                     }

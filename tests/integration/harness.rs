@@ -80,7 +80,10 @@ impl Cluster {
             .arg(self.data_dir(id))
             .args(["--initial-cluster", &initial.join(",")])
             .args(&self.extra_args)
-            .env("RUST_LOG", "warn,openraft=error")
+            .env(
+                "RUST_LOG",
+                std::env::var("MIDASFLOW_TEST_LOG").unwrap_or_else(|_| "warn,openraft=error".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -156,8 +159,12 @@ impl Drop for Cluster {
             for id in self.addrs.keys() {
                 let log = std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
-                eprintln!("--- node {id} log (last 40 lines) ---");
-                for line in &lines[lines.len().saturating_sub(40)..] {
+                let tail: usize = std::env::var("MIDASFLOW_TEST_LOG_TAIL")
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(40);
+                eprintln!("--- node {id} log (last {tail} lines) ---");
+                for line in &lines[lines.len().saturating_sub(tail)..] {
                     eprintln!("{line}");
                 }
             }
