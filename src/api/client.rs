@@ -128,6 +128,11 @@ impl RoutingTable {
         })
     }
 
+    /// Parses a response body that should hold a routing table.
+    fn from_body(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice(body).ok().and_then(|v| Self::from_json(&v))
+    }
+
     /// The leader's address for `key`, if the table knows one.
     pub fn leader_for(&self, key: &[u8]) -> Option<&str> {
         let hash = u128::from(crate::placement::key_hash(key));
@@ -173,10 +178,7 @@ impl SmartClient {
                 .expect("static request");
             match send(&self.http, request, self.timeout).await {
                 Ok(reply) if reply.status() == StatusCode::OK => {
-                    if let Some(table) = serde_json::from_slice(reply.body())
-                        .ok()
-                        .and_then(|v| RoutingTable::from_json(&v))
-                    {
+                    if let Some(table) = RoutingTable::from_body(reply.body()) {
                         self.install(table);
                         return Ok(());
                     }
@@ -239,10 +241,7 @@ impl SmartClient {
                         body,
                     };
                     if reply.status == StatusCode::MISDIRECTED_REQUEST {
-                        if let Some(table) = serde_json::from_slice(&reply.body)
-                            .ok()
-                            .and_then(|v| RoutingTable::from_json(&v))
-                        {
+                        if let Some(table) = RoutingTable::from_body(&reply.body) {
                             self.install(table);
                         }
                         last = Some(Ok(reply));

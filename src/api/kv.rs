@@ -293,11 +293,11 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
     let mut proposed = false;
     loop {
         let attempt = match node.registry.get(shard) {
-            Some(group) if !call.needs_leader() => Attempt::Done(serve_local(node, &group, &call, false).await?),
+            Some(group) if !call.needs_leader() => Attempt::Done(serve_local(&group, &call, false).await?),
             Some(group)
                 if node.config.has_planted_bug(PlantedBug::FollowerReads) && !matches!(call, KvCall::Write(_)) =>
             {
-                Attempt::Done(serve_local(node, &group, &call, true).await?)
+                Attempt::Done(serve_local(&group, &call, true).await?)
             }
             Some(group) if group.is_leader() => {
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -377,7 +377,7 @@ async fn serve_on_leader(node: &Node, group: &Group, call: &KvCall, proposed: &m
             }
         }
         _ => match group.raft.ensure_linearizable().await {
-            Ok(_) => Ok(Attempt::Done(serve_local(node, group, call, true).await?)),
+            Ok(_) => Ok(Attempt::Done(serve_local(group, call, true).await?)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 Ok(f.leader_id.map_or(Attempt::Wait, Attempt::Redirect))
             }
@@ -417,7 +417,7 @@ fn set_version_headers(headers: &mut HeaderMap, version: u64, shard: GroupId) {
 }
 
 /// Reads from this replica's applied state (after the leader check, for linearizable reads).
-async fn serve_local(_node: &Node, group: &Group, call: &KvCall, linearizable: bool) -> Result<Response, ApiError> {
+async fn serve_local(group: &Group, call: &KvCall, linearizable: bool) -> Result<Response, ApiError> {
     let record: Option<KeyRecord> = group
         .view
         .get(call.key())

@@ -148,14 +148,13 @@ async fn unknown_route(request: Request) -> ApiError {
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {
-    let (parts, body) = request.into_parts();
-    let request = Request::from_parts(parts, axum::body::Body::empty());
-    read_body(body, 0).await;
-    ApiError::method_not_allowed(format!(
+    let error = ApiError::method_not_allowed(format!(
         "{} is not allowed on {}",
         request.method(),
         request.uri().path()
-    ))
+    ));
+    read_body(request.into_body(), 0).await;
+    error
 }
 
 fn hex(value: u128) -> String {

@@ -184,6 +184,16 @@ impl LogStore {
         Ok(())
     }
 
+    /// Tells the observer what openraft now considers committed (saved, or reloaded).
+    fn report_committed(&self, committed: Option<LogId>) {
+        if let Some(committed) = committed {
+            self.probe.emit(|| NodeEvent::Committed {
+                group: self.group,
+                index: committed.index,
+            });
+        }
+    }
+
     fn remove_range(&self, from: u64, to_inclusive: u64) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         for key in self
@@ -258,23 +268,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Durable with the next flush; only an optimisation for replay after restart.
-        if let Some(committed) = committed {
-            self.probe.emit(|| NodeEvent::Committed {
-                group: self.group,
-                index: committed.index,
-            });
-        }
+        self.report_committed(committed);
         self.write_meta(META_COMMITTED, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         let committed = self.read_meta::<Option<LogId>>(META_COMMITTED)?.flatten();
-        if let Some(committed) = committed {
-            self.probe.emit(|| NodeEvent::Committed {
-                group: self.group,
-                index: committed.index,
-            });
-        }
+        self.report_committed(committed);
         Ok(committed)
     }
 
