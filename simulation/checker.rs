@@ -24,11 +24,22 @@ pub enum OpKind {
 /// What the client was told. `None` in [`Op::outcome`] means indeterminate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Outcome {
-    Written { version: u64 },
-    Deleted { version: u64 },
-    PreconditionFailed { current: u64 },
+    Written {
+        version: u64,
+    },
+    Deleted {
+        version: u64,
+    },
+    PreconditionFailed {
+        current: u64,
+    },
     NotFound,
-    Value { version: u64, value: String },
+    Value {
+        version: u64,
+        value: String,
+    },
+    /// The store answered 503 to a write: a promise that it never takes effect.
+    NotApplied,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,10 +136,12 @@ pub enum Verdict {
 
 /// Checks one key's operations.
 pub fn check_key(ops: &[Op]) -> Verdict {
-    // Failed reads have no effect and tell nothing: leave them out.
+    // Failed reads have no effect and tell nothing: leave them out. So are writes answered
+    // 503: they must never take effect, so a history where one did has no linearization.
     let ops: Vec<&Op> = ops
         .iter()
         .filter(|op| !(op.kind == OpKind::Get && op.outcome.is_none()))
+        .filter(|op| op.outcome != Some(Outcome::NotApplied))
         .collect();
     let n = ops.len();
     let words = n.div_ceil(64).max(1);
@@ -186,6 +199,30 @@ pub fn check_history(ops: &[Op]) -> BTreeMap<String, Verdict> {
         .into_iter()
         .map(|(key, ops)| (key.to_string(), check_key(&ops)))
         .filter(|(_, verdict)| *verdict != Verdict::Linearizable)
+        .collect()
+}
+
+/// Writes answered 503 whose value a read later saw: the store said "not applied" and
+/// applied it anyway. (Values are unique per write, so a read names its writer.)
+pub fn rejected_writes_applied(ops: &[Op]) -> Vec<String> {
+    let rejected: BTreeMap<(&str, &str), &Op> = ops
+        .iter()
+        .filter(|op| op.outcome == Some(Outcome::NotApplied))
+        .filter_map(|op| match &op.kind {
+            OpKind::Put { value, .. } => Some(((op.key.as_str(), value.as_str()), op)),
+            _ => None,
+        })
+        .collect();
+    ops.iter()
+        .filter_map(|op| match &op.outcome {
+            Some(Outcome::Value { value, version }) => rejected.get(&(op.key.as_str(), value.as_str())).map(|w| {
+                format!(
+                    "key {}: c{}'s write of {value:?} was answered 503 but read at version {version}",
+                    op.key, w.client
+                )
+            }),
+            _ => None,
+        })
         .collect()
 }
 

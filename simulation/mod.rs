@@ -211,6 +211,8 @@ async fn perform(client: &Client, key: &str, kind: &OpKind) -> Option<Outcome> {
         (OpKind::Delete { .. }, 200) => Some(Outcome::Deleted {
             version: body_version()?,
         }),
+        // The contract: 503 means the write did not and will not happen.
+        (OpKind::Put { .. } | OpKind::Delete { .. }, 503) => Some(Outcome::NotApplied),
         _ => None,
     }
 }
@@ -293,7 +295,7 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
             Some(Outcome::NotFound | Outcome::Deleted { .. }) => {
                 last_seen.insert(key.clone(), 0);
             }
-            None => {}
+            Some(Outcome::NotApplied) | None => {}
         }
         let op = Op {
             client: id,
@@ -577,6 +579,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
     }
     for lost in checker::lost_writes(&s.history, &s.final_reads) {
         violations.push(format!("lost acknowledged write: {lost}"));
+    }
+    for applied in checker::rejected_writes_applied(&s.history) {
+        violations.push(format!("rejected write applied: {applied}"));
     }
     let trace_hash = xxhash_rust::xxh3::xxh3_64(s.trace.join("\n").as_bytes());
     let indeterminate = s.history.iter().filter(|o| o.outcome.is_none()).count();

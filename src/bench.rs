@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    /// With --ca-cert, nodes are reached over https.
+    #[command(flatten)]
+    pub security: crate::cli::ClientSecurity,
 }
 
 /// A 16-byte key, as DESIGN §6 specifies.
@@ -87,16 +90,18 @@ impl Target {
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), String> {
+    let auth = args.security.auth()?;
+    let scheme = if auth.tls.is_some() { "https" } else { "http" };
     let target = Arc::new(match args.routing {
         Routing::Leader => Target::Smart(
-            SmartClient::connect(args.endpoints.clone())
+            SmartClient::connect_with(args.endpoints.clone(), auth)
                 .await
                 .map_err(|e| e.to_string())?,
         ),
         Routing::Any => Target::RoundRobin(
             args.endpoints
                 .iter()
-                .map(|e| Client::new(&format!("http://{e}")))
+                .map(|e| Client::with_auth(&format!("{scheme}://{e}"), auth.clone()))
                 .collect(),
         ),
     });

@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use hyper::Method;
 use serde_json::Value;
 
-use crate::client::{encode_key_str, Client};
+use crate::client::{encode_key_str, Client, ClientAuth};
 use crate::node::{self, Limits, NodeConfig, RaftTimings, RunningNode};
+use crate::security::{is_loopback, NodeTls};
 
 #[derive(Parser, Debug)]
 #[command(name = "midasflow", version, about = "A sharded, Raft-replicated key-value store")]
@@ -33,6 +34,34 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Deterministic fault simulations of whole clusters, by seed.
     Sim(crate::sim_cli::SimArgs),
+    /// Make TLS certificates for a cluster.
+    Cert(CertArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CertArgs {
+    #[command(subcommand)]
+    pub op: CertOp,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertOp {
+    /// A new certificate authority: `ca.crt` and `ca.key` in --certs-dir.
+    CreateCa {
+        #[arg(long, default_value = "certs")]
+        certs_dir: PathBuf,
+    },
+    /// A node certificate (`node.crt`, `node.key`, plus a copy of `ca.crt`) in --out-dir,
+    /// signed by the CA in --ca-dir, for every --host the node is reached at.
+    CreateNode {
+        #[arg(long, default_value = "certs")]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// A DNS name or IP address of the node (repeat for several).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -58,7 +87,7 @@ pub struct Tuning {
     pub initial_shards: u32,
     /// Versions retained per key for `?version=` and `/history`.
     #[arg(long, env = "MIDASFLOW_HISTORY_VERSIONS", default_value_t = crate::shard::DEFAULT_HISTORY_VERSIONS,
-          value_parser = clap::value_parser!(u32).range(1..=1024))]
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::shard::MAX_HISTORY_VERSIONS)))]
     pub history_versions: u32,
     /// Largest value accepted, in bytes.
     #[arg(long, env = "MIDASFLOW_MAX_VALUE_BYTES", default_value_t = Limits::default().max_value_bytes)]
@@ -81,12 +110,91 @@ pub struct Tuning {
     /// Log entries kept behind a snapshot for slow followers.
     #[arg(long, env = "MIDASFLOW_LOG_KEEP_ENTRIES", default_value_t = RaftTimings::default().log_keep_entries)]
     pub log_keep_entries: u64,
-    /// Shared secret every internal request must carry.
+    /// Shared secret every internal request must carry (at least 16 bytes).
     #[arg(long, env = "MIDASFLOW_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
-    /// File holding the cluster secret (first line).
+    /// File holding the cluster secret (first line, at least 16 bytes).
     #[arg(long, env = "MIDASFLOW_CLUSTER_SECRET_FILE", conflicts_with = "cluster_secret")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Bearer tokens the public API requires, one per line (probes and /metrics stay open).
+    #[arg(long, env = "MIDASFLOW_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Internal requests worked on at once before answering 429.
+    #[arg(long, env = "MIDASFLOW_MAX_INFLIGHT_INTERNAL", default_value_t = Limits::default().max_inflight_internal)]
+    pub max_inflight_internal: usize,
+    /// Open connections served at once; more are closed at accept.
+    #[arg(long, env = "MIDASFLOW_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// A connection must send a whole request head within this time.
+    #[arg(long, env = "MIDASFLOW_HEADER_READ_TIMEOUT_MS", default_value_t = Limits::default().header_read_timeout_ms)]
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive whole within this time (408 otherwise).
+    #[arg(long, env = "MIDASFLOW_BODY_READ_TIMEOUT_MS", default_value_t = Limits::default().body_read_timeout_ms)]
+    pub body_read_timeout_ms: u64,
+}
+
+/// How a server secures its listener.
+#[derive(Args, Debug, Clone)]
+pub struct ServerSecurity {
+    /// Directory with `ca.crt`, `node.crt` and `node.key` (see `midasflow cert`): TLS for
+    /// the API and internal RPC, and mutual TLS between nodes.
+    #[arg(long, env = "MIDASFLOW_CERTS_DIR")]
+    pub certs_dir: Option<PathBuf>,
+    /// Run without TLS. Allowed only on a loopback listen address unless
+    /// --insecure-allow-remote is also given.
+    #[arg(long, env = "MIDASFLOW_INSECURE", conflicts_with = "certs_dir")]
+    pub insecure: bool,
+    /// Allow --insecure on a non-loopback address (anyone who reaches the port can read,
+    /// write and join the cluster's Raft groups unless a cluster secret is set).
+    #[arg(long, env = "MIDASFLOW_INSECURE_ALLOW_REMOTE", requires = "insecure")]
+    pub insecure_allow_remote: bool,
+}
+
+impl ServerSecurity {
+    /// TLS settings, or the reason the server must not start as configured.
+    fn tls(&self, listen: &str) -> Result<Option<NodeTls>, String> {
+        match (&self.certs_dir, self.insecure) {
+            (Some(dir), _) => NodeTls::load(dir).map(Some).map_err(|e| e.to_string()),
+            (None, false) => Err("refusing to start without TLS: give --certs-dir DIR (make one with \
+                 `midasflow cert create-ca` and `midasflow cert create-node`), or --insecure to run \
+                 in the clear on a loopback address"
+                .into()),
+            (None, true) if !is_loopback(listen) && !self.insecure_allow_remote => Err(format!(
+                "--insecure on {listen}, which is not a loopback address: anyone who reaches it could \
+                 read and write every key. Use --certs-dir, or add --insecure-allow-remote to accept that"
+            )),
+            (None, true) => Ok(None),
+        }
+    }
+}
+
+/// How the CLI reaches a node: `https` endpoints need --ca-cert; --token for API tokens.
+#[derive(Args, Debug, Clone)]
+pub struct ClientSecurity {
+    /// CA certificate to verify `https` endpoints with.
+    #[arg(long, global = true, env = "MIDASFLOW_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// File holding the API token to send (first line).
+    #[arg(long, global = true, env = "MIDASFLOW_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ClientSecurity {
+    pub fn auth(&self) -> Result<ClientAuth, String> {
+        let tls = match &self.ca_cert {
+            Some(path) => Some(crate::security::client_config(path).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let token = match &self.token_file {
+            Some(path) => Some(
+                crate::security::read_token_file(path)
+                    .map_err(|e| e.to_string())?
+                    .swap_remove(0),
+            ),
+            None => None,
+        };
+        Ok(ClientAuth { tls, token })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -105,6 +213,8 @@ pub struct ServerArgs {
     #[arg(long, env = "MIDASFLOW_INITIAL_CLUSTER", value_parser = parse_initial_cluster)]
     pub initial_cluster: BTreeMap<u64, String>,
     #[command(flatten)]
+    pub security: ServerSecurity,
+    #[command(flatten)]
     pub tuning: Tuning,
 }
 
@@ -119,6 +229,8 @@ pub struct Endpoint {
         default_value = "http://127.0.0.1:7001"
     )]
     pub url: String,
+    #[command(flatten)]
+    pub security: ClientSecurity,
 }
 
 #[derive(Args, Debug)]
@@ -203,6 +315,10 @@ impl Tuning {
         config.limits.max_value_bytes = self.max_value_bytes;
         config.limits.max_inflight_requests = self.max_inflight_requests;
         config.limits.request_timeout_ms = self.request_timeout_ms;
+        config.limits.max_inflight_internal = self.max_inflight_internal;
+        config.limits.max_connections = self.max_connections;
+        config.limits.header_read_timeout_ms = self.header_read_timeout_ms;
+        config.limits.body_read_timeout_ms = self.body_read_timeout_ms;
         config.raft = RaftTimings {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             election_timeout_min_ms: self.election_timeout_min_ms,
@@ -213,15 +329,12 @@ impl Tuning {
         };
         config.cluster_secret = match (&self.cluster_secret, &self.cluster_secret_file) {
             (Some(secret), _) => Some(secret.clone()),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("reading {}: {e}", path.display()))?
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string(),
-            ),
+            (None, Some(path)) => Some(crate::security::read_secret_file(path).map_err(|e| e.to_string())?),
             (None, None) => None,
+        };
+        config.api_tokens = match &self.api_token_file {
+            Some(path) => Some(crate::security::read_token_file(path).map_err(|e| e.to_string())?),
+            None => None,
         };
         Ok(())
     }
@@ -243,11 +356,16 @@ async fn wait_for_stop_signal() {
 
 pub async fn run_server(args: ServerArgs) -> Result<(), String> {
     let mut config = NodeConfig::new(args.node_id, args.listen.clone(), args.data_dir, args.initial_cluster);
+    config.tls = args.security.tls(&args.listen)?;
     config.advertise = args.advertise.unwrap_or(args.listen);
     args.tuning.apply(&mut config)?;
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    if config.tls.is_none() {
+        tracing::warn!("running insecure (--insecure): no TLS, and no client certificates between nodes");
+    }
     let running = node::start(config).await.map_err(|e| e.to_string())?;
     println!(
-        "midasflow node {} serving on http://{}",
+        "midasflow node {} serving on {scheme}://{}",
         args.node_id, running.local_addr
     );
     wait_for_stop_signal().await;
@@ -289,6 +407,7 @@ pub async fn run_demo(args: DemoArgs) -> Result<(), String> {
     }
     let first = &initial_cluster[&1];
     println!("midasflow demo: {} nodes, data in {}", args.nodes, data_dir.display());
+    println!("  insecure on purpose: plain HTTP on 127.0.0.1 only, no TLS, no tokens (see docs/security.md)");
     for (id, addr) in &initial_cluster {
         println!("  node {id}: http://{addr}   (metrics: http://{addr}/metrics)");
     }
@@ -320,7 +439,7 @@ fn print_reply(reply: &crate::client::Reply) -> Result<(), String> {
 }
 
 pub async fn run_kv(args: KvArgs) -> Result<(), String> {
-    let client = Client::new(&args.endpoint.url);
+    let client = Client::with_auth(&args.endpoint.url, args.endpoint.security.auth()?);
     let fail = |e: crate::raft::network::TransportError| e.to_string();
     match args.op {
         KvOpArgs::Put {
@@ -422,7 +541,7 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
 }
 
 pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
-    let client = Client::new(&args.endpoint.url);
+    let client = Client::with_auth(&args.endpoint.url, args.endpoint.security.auth()?);
     let path = match args.op {
         ClusterOp::Status => "/v1/cluster",
         ClusterOp::Shards => "/v1/shards",
@@ -486,6 +605,18 @@ pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
                 rows,
             );
         }
+    }
+    Ok(())
+}
+
+pub fn run_cert(args: CertArgs) -> Result<(), String> {
+    let written = match args.op {
+        CertOp::CreateCa { certs_dir } => crate::security::create_ca(&certs_dir),
+        CertOp::CreateNode { ca_dir, out_dir, hosts } => crate::security::create_node_cert(&ca_dir, &out_dir, &hosts),
+    }
+    .map_err(|e| e.to_string())?;
+    for path in written {
+        println!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -22,30 +22,56 @@ pub enum CodecError {
     Encode(#[from] bincode::error::EncodeError),
     #[error("{0} trailing bytes after the value")]
     Trailing(usize),
+    #[error("{0} bytes is too large to decode")]
+    TooLarge(usize),
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// How many bytes of claims bincode may make per input byte. Every claim it makes on the
+/// serde path belongs to bytes the input really holds, at most 8 claimed per byte read (a
+/// one-byte varint read as a `u64` or a length), so a limit of 8 × the input never rejects
+/// a valid encoding. Without a limit, bincode allocates a `String`'s claimed length before
+/// reading it: a 12-byte body could ask for terabytes and abort the process.
+pub const CLAIMS_PER_INPUT_BYTE: usize = 8;
+
+/// bincode's limit is a const generic: decoding picks the smallest of these buckets that
+/// holds 8 × the input, so an allocation is bounded by a small multiple of the input size
+/// (which each route bounds in turn).
+fn decode_limited<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    use bincode::config::standard;
+    use bincode::serde::decode_from_slice;
+    let claims = body.len().saturating_mul(CLAIMS_PER_INPUT_BYTE);
+    let (value, used) = if claims <= 1 << 16 {
+        decode_from_slice(body, standard().with_limit::<{ 1 << 16 }>())?
+    } else if claims <= 1 << 22 {
+        decode_from_slice(body, standard().with_limit::<{ 1 << 22 }>())?
+    } else if claims <= 1 << 28 {
+        decode_from_slice(body, standard().with_limit::<{ 1 << 28 }>())?
+    } else if claims <= 1 << 34 {
+        decode_from_slice(body, standard().with_limit::<{ 1 << 34 }>())?
+    } else {
+        return Err(CodecError::TooLarge(body.len()));
+    };
+    if used != body.len() {
+        return Err(CodecError::Trailing(body.len() - used));
+    }
+    Ok(value)
 }
 
 /// Encodes `value` behind the format version byte.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![FORMAT_V1];
-    bincode::serde::encode_into_std_write(value, &mut out, config())?;
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())?;
     Ok(out)
 }
 
 /// Decodes bytes written by [`encode`], checking the format byte and that nothing trails.
+/// Safe on untrusted bytes: nothing it allocates exceeds a small multiple of `bytes.len()`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&format, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     if format != FORMAT_V1 {
         return Err(CodecError::UnknownFormat(format));
     }
-    let (value, used) = bincode::serde::decode_from_slice(body, config())?;
-    if used != body.len() {
-        return Err(CodecError::Trailing(body.len() - used));
-    }
-    Ok(value)
+    decode_limited(body)
 }
 
 #[cfg(test)]
@@ -69,5 +95,42 @@ mod tests {
         assert!(matches!(decode::<u64>(&bytes), Err(CodecError::Trailing(1))));
         bytes[0] = 9;
         assert!(matches!(decode::<u64>(&bytes), Err(CodecError::UnknownFormat(9))));
+    }
+
+    /// The remote-abort finding: a length prefix claiming 2^40 bytes for a string. Before
+    /// the limit, bincode allocated the claimed length up front and the process aborted.
+    #[test]
+    fn huge_length_prefix_is_an_error_not_an_allocation() {
+        // 253 marks a varint whose value follows as a little-endian u64.
+        let mut bytes = vec![FORMAT_V1, 253];
+        bytes.extend_from_slice(&(1u64 << 40).to_le_bytes()[..]);
+        assert!(decode::<String>(&bytes).is_err());
+        assert!(decode::<(u64, String)>(&[FORMAT_V1, 1, 253, 0, 0, 0, 0, 0, 1, 0, 0]).is_err());
+        assert!(decode::<Vec<Vec<u8>>>(&bytes).is_err());
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic any decoder, and a valid value always round-trips
+        /// under the limit.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let mut framed = vec![FORMAT_V1];
+            framed.extend_from_slice(&bytes);
+            let _ = decode::<String>(&framed);
+            let _ = decode::<Vec<(Vec<u8>, Vec<u8>)>>(&framed);
+            let _ = decode::<crate::node::Heartbeat>(&framed);
+            let _ = decode::<crate::raft::Entry>(&framed);
+            let _ = decode::<openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig>>(&framed);
+            let _ = decode::<openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig>>(&framed);
+            let _ = decode::<openraft::raft::VoteRequest<u64>>(&framed);
+            let _ = decode::<crate::shard::KeyRecord>(&framed);
+        }
+
+        #[test]
+        fn values_round_trip(key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), n in proptest::prelude::any::<u64>()) {
+            let value = (n, key.clone(), String::from_utf8_lossy(&key).into_owned());
+            let back: (u64, Vec<u8>, String) = decode(&encode(&value).unwrap()).unwrap();
+            proptest::prop_assert_eq!(back, value);
+        }
     }
 }

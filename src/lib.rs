@@ -9,6 +9,7 @@ pub mod codec;
 pub mod node;
 pub mod placement;
 pub mod raft;
+pub mod security;
 pub mod shard;
 pub mod sim_cli;
 #[path = "../simulation/mod.rs"]

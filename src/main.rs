@@ -34,6 +34,7 @@ fn main() {
             Command::Kv(args) => cli::run_kv(args).await,
             Command::Cluster(args) => cli::run_cluster(args).await,
             Command::Bench(args) => midasflow::bench::run(args).await,
+            Command::Cert(args) => cli::run_cert(args),
             Command::Sim(_) => unreachable!("handled above"),
         }
     });

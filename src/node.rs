@@ -21,6 +21,7 @@ use crate::raft::registry::{Registry, RegistryConfig};
 use crate::raft::state_machine::publish_map;
 use crate::raft::transport::{http_client, NetKind, NetListener};
 use crate::raft::{GroupId, Request};
+use crate::security::NodeTls;
 use crate::shard::DEFAULT_HISTORY_VERSIONS;
 
 /// How often a node reports to the PD leader and picks up map changes.
@@ -28,8 +29,6 @@ pub const PD_HEARTBEAT_INTERVAL_MS: u64 = 400;
 /// A node not heard from for this long is `suspect`; for [`DOWN_AFTER_MS`], `down`.
 pub const SUSPECT_AFTER_MS: u64 = 2_000;
 pub const DOWN_AFTER_MS: u64 = 6_000;
-/// Most log entries in one append RPC (see `api::internal::MAX_INTERNAL_BODY_BYTES`).
-pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
 /// PD contact older than this makes `/readyz` fail.
 pub const PD_STALE_AFTER_MS: u64 = 5_000;
 
@@ -47,6 +46,11 @@ pub struct NodeConfig {
     pub limits: Limits,
     pub raft: RaftTimings,
     pub cluster_secret: Option<String>,
+    /// TLS for the public API and internal RPC (mutual between nodes); `None` runs in the
+    /// clear, which the CLI allows only with `--insecure`.
+    pub tls: Option<NodeTls>,
+    /// Bearer tokens the public API requires; `None` leaves it open.
+    pub api_tokens: Option<Vec<String>>,
     pub net: NetKind,
     pub flush_mode: FlushMode,
     pub rng_seed: Option<u64>,
@@ -62,6 +66,9 @@ pub struct NodeConfig {
 pub enum PlantedBug {
     /// Serve linearizable reads from any replica's applied state, without a leader check.
     FollowerReads,
+    /// Propose a write again when its first proposal is not confirmed quickly or meets a
+    /// leader change: the "retry after a possible proposal" bug (a write applied twice).
+    ReproposeWrites,
 }
 
 impl std::fmt::Debug for dyn Observer {
@@ -70,25 +77,113 @@ impl std::fmt::Debug for dyn Observer {
     }
 }
 
-/// Named bounds on what a client may send or queue (DESIGN §3.3).
+/// Named bounds on what a client or a peer may send or queue (documented in docs/API.md).
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// Public key requests worked on at once (after their bodies are read); more get 429.
     pub max_inflight_requests: usize,
+    /// Internal requests (Raft RPCs, PD heartbeats) worked on at once; more get 429. Kept
+    /// apart from the public limit so clients cannot starve replication, nor it them.
+    pub max_inflight_internal: usize,
+    /// Open connections a node serves at once; further connections are closed at accept.
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head this long after it opened or
+    /// after its last response is closed (slow-header clients).
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive whole within this time (slow-body clients); else 408.
+    pub body_read_timeout_ms: u64,
+    /// A TLS handshake must finish within this time.
+    pub tls_handshake_timeout_ms: u64,
     pub request_timeout_ms: u64,
     pub max_forward_hops: u32,
 }
 
+/// The largest `--max-value-bytes` a node accepts: every append RPC must hold at least one
+/// full-size entry within [`MAX_APPEND_BODY_BYTES`].
+pub const MAX_VALUE_BYTES_CEILING: usize = 32 << 20;
+/// Largest key, in bytes (DESIGN §3: 1 to 4096).
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Bytes one log entry may take beyond its key and value (framing, log id, op fields).
+pub const ENTRY_OVERHEAD_BYTES: usize = 1024;
+/// The byte budget of one append RPC: the entries per append are derived from it and the
+/// value limit, so a full append always fits the internal body limit.
+pub const MAX_APPEND_BODY_BYTES: usize = 64 << 20;
+/// Most log entries in one append RPC, when values are small.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
+/// Body limits of the internal routes that carry no log entries.
+pub const MAX_VOTE_BODY_BYTES: usize = 4 << 10;
+pub const MAX_HEARTBEAT_BODY_BYTES: usize = 1 << 20;
+/// Framing around a snapshot chunk's data (meta, membership, ids).
+pub const SNAPSHOT_FRAMING_BYTES: usize = 1 << 20;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_key_bytes: 4096,
+            max_key_bytes: MAX_KEY_BYTES,
             max_value_bytes: 1 << 20,
             max_inflight_requests: 4096,
+            max_inflight_internal: 4096,
+            max_connections: 4096,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            tls_handshake_timeout_ms: 10_000,
             request_timeout_ms: 5_000,
             max_forward_hops: 3,
         }
+    }
+}
+
+impl Limits {
+    /// The largest log entry a client write can produce.
+    pub fn max_entry_bytes(&self) -> usize {
+        self.max_value_bytes + self.max_key_bytes + ENTRY_OVERHEAD_BYTES
+    }
+
+    /// Entries per append RPC: as many full-size entries as fit the append budget, at
+    /// most [`MAX_PAYLOAD_ENTRIES`], at least one.
+    pub fn max_payload_entries(&self) -> u64 {
+        ((MAX_APPEND_BODY_BYTES / self.max_entry_bytes()) as u64).clamp(1, MAX_PAYLOAD_ENTRIES)
+    }
+
+    /// The body limit of an append RPC: a full append of full-size entries always fits, so
+    /// a group never stalls on a 413 from its own followers.
+    pub fn max_append_body_bytes(&self) -> usize {
+        self.max_payload_entries() as usize * self.max_entry_bytes() + ENTRY_OVERHEAD_BYTES
+    }
+
+    /// Checks the limits at start-up, with a message naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_value_bytes > MAX_VALUE_BYTES_CEILING {
+            return Err(format!(
+                "--max-value-bytes {} is over the ceiling of {MAX_VALUE_BYTES_CEILING} bytes",
+                self.max_value_bytes
+            ));
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > MAX_KEY_BYTES {
+            return Err(format!("the key limit must be 1 to {MAX_KEY_BYTES} bytes"));
+        }
+        for (value, flag) in [
+            (self.max_inflight_requests, "--max-inflight-requests"),
+            (self.max_inflight_internal, "--max-inflight-internal"),
+            (self.max_connections, "--max-connections"),
+        ] {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        for (value, flag) in [
+            (self.request_timeout_ms, "--request-timeout-ms"),
+            (self.header_read_timeout_ms, "--header-read-timeout-ms"),
+            (self.body_read_timeout_ms, "--body-read-timeout-ms"),
+            (self.tls_handshake_timeout_ms, "--tls-handshake-timeout-ms"),
+        ] {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -131,12 +226,42 @@ impl NodeConfig {
             limits: Limits::default(),
             raft: RaftTimings::default(),
             cluster_secret: None,
+            tls: None,
+            api_tokens: None,
             net: NetKind::Tokio,
             flush_mode: FlushMode::Thread,
             rng_seed: None,
             observer: None,
             planted_bug: None,
         }
+    }
+
+    /// Checks every setting that could make the node misbehave later, with a message
+    /// naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        self.limits.validate()?;
+        if let Some(secret) = &self.cluster_secret {
+            crate::security::check_secret(secret)?;
+        }
+        if self.api_tokens.as_ref().is_some_and(|t| t.is_empty()) {
+            return Err("the API token list is empty".into());
+        }
+        if !(1..=crate::shard::MAX_HISTORY_VERSIONS).contains(&self.history_versions) {
+            return Err(format!(
+                "--history-versions must be 1 to {}",
+                crate::shard::MAX_HISTORY_VERSIONS
+            ));
+        }
+        PdCommand::Bootstrap {
+            nodes: self.initial_cluster.iter().map(|(i, a)| (*i, a.clone())).collect(),
+            initial_shards: self.initial_shards,
+        }
+        .validate()
+        .map_err(|e| format!("--initial-shards / --initial-cluster: {e}"))?;
+        if self.raft.snapshot_chunk_bytes == 0 || self.raft.snapshot_chunk_bytes > 64 << 20 {
+            return Err("the snapshot chunk size must be 1 byte to 64 MiB".into());
+        }
+        Ok(())
     }
 
     pub fn probe(&self) -> Probe {
@@ -160,8 +285,8 @@ impl NodeConfig {
             snapshot_max_chunk_size: t.snapshot_chunk_bytes,
             install_snapshot_timeout: 2_000,
             // Bounds one append RPC: this many entries of at most --max-value-bytes each
-            // stay under the internal body limit.
-            max_payload_entries: MAX_PAYLOAD_ENTRIES,
+            // stay under the append body limit (`Limits::max_append_body_bytes`).
+            max_payload_entries: self.limits.max_payload_entries(),
             ..Default::default()
         }
         .validate()
@@ -177,6 +302,20 @@ pub struct Heartbeat {
     pub routing_version: u64,
     /// (group, term) for every group this node leads.
     pub leading: Vec<(GroupId, u64)>,
+}
+
+impl Heartbeat {
+    /// Bounds what a peer's heartbeat may claim.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::placement::{MAX_INITIAL_SHARDS, MAX_NODE_ADDR_BYTES};
+        if self.addr.is_empty() || self.addr.len() > MAX_NODE_ADDR_BYTES {
+            return Err(format!("a node address must be 1 to {MAX_NODE_ADDR_BYTES} bytes"));
+        }
+        if self.leading.len() > MAX_INITIAL_SHARDS as usize + 1 {
+            return Err(format!("a heartbeat leading {} groups", self.leading.len()));
+        }
+        Ok(())
+    }
 }
 
 /// The PD leader's answer: the map if the node's is older, and what only the leader knows.
@@ -213,6 +352,9 @@ pub struct Node {
     pd_state: std::sync::Mutex<PdLeaderState>,
     view: RwLock<ClusterView>,
     pub inflight: Semaphore,
+    /// Internal requests in progress (Raft RPCs, heartbeats), apart from the public API's.
+    pub internal_inflight: Semaphore,
+    pub snapshot_receives: crate::api::internal::SnapshotReceives,
     pub draining: AtomicBool,
     pub started: Instant,
     pub requests: RequestCounts,
@@ -290,14 +432,33 @@ impl Node {
             .is_some_and(|t| t.elapsed() < Duration::from_millis(PD_STALE_AFTER_MS))
     }
 
-    /// Handles a heartbeat on the PD leader; `None` if this node does not lead the PD.
-    pub fn handle_heartbeat(&self, hb: &Heartbeat) -> Option<HeartbeatReply> {
-        let pd = self.registry.get(PD_GROUP)?;
+    /// Whether `node` may report to the PD: a member of the map, or (before bootstrap)
+    /// of the initial cluster.
+    fn is_member(&self, map: &ClusterMap, node: NodeId) -> bool {
+        if map.is_bootstrapped() {
+            map.nodes.contains_key(&node)
+        } else {
+            self.config.initial_cluster.contains_key(&node)
+        }
+    }
+
+    /// Handles a heartbeat on the PD leader: `Ok(None)` if this node does not lead the
+    /// PD, an error for a sender that is not a member.
+    pub fn handle_heartbeat(&self, hb: &Heartbeat) -> Result<Option<HeartbeatReply>, String> {
+        let Some(pd) = self.registry.get(PD_GROUP) else {
+            return Ok(None);
+        };
         if !pd.is_leader() {
-            return None;
+            return Ok(None);
+        }
+        let map = self.map();
+        if !self.is_member(&map, hb.node_id) {
+            return Err(format!("node {} is not a member of this cluster", hb.node_id));
         }
         let now = Instant::now();
         let mut state = self.pd_state.lock().unwrap();
+        // Liveness is kept for members only, so the table stays as small as the cluster.
+        state.last_seen.retain(|n, _| self.is_member(&map, *n));
         state.last_seen.insert(hb.node_id, now);
         for (group, term) in &hb.leading {
             let entry = state.leader_hints.entry(*group).or_insert((hb.node_id, *term));
@@ -305,8 +466,10 @@ impl Node {
                 *entry = (hb.node_id, *term);
             }
         }
-        let map = self.map();
-        Some(HeartbeatReply {
+        state
+            .leader_hints
+            .retain(|g, _| *g == PD_GROUP || map.shards.contains_key(g) || !map.is_bootstrapped());
+        Ok(Some(HeartbeatReply {
             pd_leader: self.config.node_id,
             map: (map.routing_version > hb.routing_version).then(|| (*map).clone()),
             leader_hints: state.leader_hints.iter().map(|(g, (n, _))| (*g, *n)).collect(),
@@ -315,7 +478,7 @@ impl Node {
                 .iter()
                 .map(|(n, t)| (*n, now.duration_since(*t).as_millis() as u64))
                 .collect(),
-        })
+        }))
     }
 
     fn heartbeat(&self) -> Heartbeat {
@@ -337,8 +500,12 @@ impl Node {
     async fn sync_with_pd(&self) {
         let hb = self.heartbeat();
         let reply = match self.handle_heartbeat(&hb) {
-            Some(reply) => Some(reply),
-            None => {
+            Ok(Some(reply)) => Some(reply),
+            Err(e) => {
+                tracing::warn!(error = %e, "this node's own heartbeat was refused");
+                None
+            }
+            Ok(None) => {
                 let mut candidates: Vec<NodeId> = Vec::new();
                 if let Some(leader) = self.registry.get(PD_GROUP).and_then(|g| g.current_leader()) {
                     candidates.push(leader);
@@ -520,6 +687,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             config.node_id
         )));
     }
+    config.validate().map_err(StartError::Config)?;
     let raft_config = Arc::new(config.raft_config().map_err(StartError::Config)?);
     let db_path = config.data_dir.join("db");
     // No background flushing: durability comes only from the group-commit flusher, and a
@@ -533,7 +701,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             source,
         })?;
     let (map_tx, map_rx) = watch::channel(Arc::new(ClusterMap::default()));
-    let client = http_client(config.net);
+    let client = http_client(config.net, config.tls.as_ref().map(|t| t.client.clone()));
     let registry = Arc::new(Registry::new(
         db,
         client,
@@ -547,7 +715,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         },
         map_tx.clone(),
     )?);
-    for group in registry.hosted_on_disk() {
+    for group in registry.hosted_on_disk()? {
         if !registry.is_tombstoned(group) {
             registry.ensure(group, None).await?;
         }
@@ -572,6 +740,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         source,
     })?;
     let inflight = Semaphore::new(config.limits.max_inflight_requests);
+    let internal_inflight = Semaphore::new(config.limits.max_inflight_internal);
     let node = Arc::new(Node {
         config,
         registry,
@@ -580,21 +749,22 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         pd_state: Default::default(),
         view: Default::default(),
         inflight,
+        internal_inflight,
+        snapshot_receives: Default::default(),
         draining: AtomicBool::new(false),
         started: Instant::now(),
         requests: RequestCounts::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let router = crate::api::router(node.clone());
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = server_stop.changed().await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "server stopped");
-        }
-    });
+    let server = tokio::spawn(crate::api::server::serve(
+        listener,
+        router,
+        node.config.tls.as_ref().map(|t| t.server.clone()),
+        node.config.limits.clone(),
+        node.label(),
+        stop_rx.clone(),
+    ));
     let mut loops = vec![
         tokio::spawn(node.clone().heartbeat_loop(stop_rx.clone())),
         tokio::spawn(node.clone().reconcile_loop(stop_rx.clone())),

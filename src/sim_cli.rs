@@ -18,6 +18,8 @@ use crate::simulation::{self, SimReport, SimSettings};
 pub enum BugArg {
     /// Serve linearizable reads from any replica without a leader check.
     FollowerReads,
+    /// Propose a write again when it is not confirmed quickly (applies it twice).
+    ReproposeWrites,
 }
 
 #[derive(Args, Debug)]
@@ -93,7 +95,10 @@ fn run_one(args: &SimArgs, seed: u64) -> Result<(), String> {
         nodes: args.nodes,
         clients: args.clients,
         scenario,
-        planted_bug: args.planted_bug.map(|BugArg::FollowerReads| PlantedBug::FollowerReads),
+        planted_bug: args.planted_bug.map(|bug| match bug {
+            BugArg::FollowerReads => PlantedBug::FollowerReads,
+            BugArg::ReproposeWrites => PlantedBug::ReproposeWrites,
+        }),
         keep_trace: args.trace,
     };
     let report = simulation::run(&settings)?;

@@ -1,5 +1,6 @@
 //! A small HTTP client for the public API, used by the CLI (`midasflow kv`, `cluster`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,24 +34,53 @@ impl Reply {
     }
 }
 
+/// How a client proves itself and checks the node: TLS trust (for `https` endpoints) and
+/// an API token.
+#[derive(Clone, Default)]
+pub struct ClientAuth {
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub token: Option<String>,
+}
+
+impl ClientAuth {
+    fn add_token(&self, builder: hyper::http::request::Builder) -> hyper::http::request::Builder {
+        match &self.token {
+            Some(token) => builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}")),
+            None => builder,
+        }
+    }
+}
+
 pub struct Client {
     http: HttpClient,
     endpoint: String,
     timeout: Duration,
+    auth: ClientAuth,
 }
 
 impl Client {
     /// `endpoint` is a node's base URL, e.g. `http://127.0.0.1:7001`.
     pub fn new(endpoint: &str) -> Self {
-        Self::with_network(endpoint, NetKind::Tokio, Duration::from_secs(10))
+        Self::with_auth(endpoint, ClientAuth::default())
+    }
+
+    /// A client for an `https` endpoint or a node that needs a token.
+    pub fn with_auth(endpoint: &str, auth: ClientAuth) -> Self {
+        Client {
+            http: http_client(NetKind::Tokio, auth.tls.clone()),
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            timeout: Duration::from_secs(10),
+            auth,
+        }
     }
 
     /// A client on a given network (turmoil's, in simulations) with a per-request timeout.
     pub fn with_network(endpoint: &str, net: NetKind, timeout: Duration) -> Self {
         Client {
-            http: http_client(net),
+            http: http_client(net, None),
             endpoint: endpoint.trim_end_matches('/').to_string(),
             timeout,
+            auth: ClientAuth::default(),
         }
     }
 
@@ -61,9 +91,11 @@ impl Client {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> Result<Reply, TransportError> {
-        let mut builder = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.endpoint));
+        let mut builder = self.auth.add_token(
+            hyper::Request::builder()
+                .method(method)
+                .uri(format!("{}{path}", self.endpoint)),
+        );
         for (name, value) in headers {
             builder = builder.header(*name, value);
         }
@@ -150,16 +182,23 @@ pub struct SmartClient {
     seeds: Vec<String>,
     table: std::sync::RwLock<RoutingTable>,
     timeout: Duration,
+    auth: ClientAuth,
 }
 
 impl SmartClient {
     /// `seeds` are node addresses (`host:port`) used to fetch the routing table.
     pub async fn connect(seeds: Vec<String>) -> Result<Self, TransportError> {
+        Self::connect_with(seeds, ClientAuth::default()).await
+    }
+
+    /// As [`SmartClient::connect`]; with `auth.tls`, nodes are reached over `https`.
+    pub async fn connect_with(seeds: Vec<String>, auth: ClientAuth) -> Result<Self, TransportError> {
         let client = SmartClient {
-            http: http_client(NetKind::Tokio),
+            http: http_client(NetKind::Tokio, auth.tls.clone()),
             seeds,
             table: Default::default(),
             timeout: Duration::from_secs(10),
+            auth,
         };
         client.refresh().await?;
         Ok(client)
@@ -173,9 +212,14 @@ impl SmartClient {
     pub async fn refresh(&self) -> Result<(), TransportError> {
         let mut last_error = None;
         for seed in &self.seeds {
-            let request = hyper::Request::get(format!("http://{seed}/v1/routing"))
+            let request = self
+                .auth
+                .add_token(hyper::Request::get(self.http.url(seed, "/v1/routing")))
                 .body(Full::new(Bytes::new()))
-                .expect("static request");
+                .map_err(|e| TransportError::Decode {
+                    addr: seed.clone(),
+                    message: e.to_string(),
+                })?;
             match send(&self.http, request, self.timeout).await {
                 Ok(reply) if reply.status() == StatusCode::OK => {
                     if let Some(table) = RoutingTable::from_body(reply.body()) {
@@ -219,10 +263,12 @@ impl SmartClient {
                 .leader_for(key)
                 .map(str::to_string)
                 .unwrap_or_else(|| self.seeds[attempt % self.seeds.len()].clone());
-            let mut builder = hyper::Request::builder()
-                .method(method.clone())
-                .uri(format!("http://{target}{path_and_query}"))
-                .header("x-no-forward", "1");
+            let mut builder = self.auth.add_token(
+                hyper::Request::builder()
+                    .method(method.clone())
+                    .uri(self.http.url(&target, path_and_query))
+                    .header("x-no-forward", "1"),
+            );
             for (name, value) in headers {
                 builder = builder.header(*name, value);
             }

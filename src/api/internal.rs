@@ -1,43 +1,102 @@
 //! Internal routes: Raft RPCs for every group, and the PD heartbeat (DESIGN §3.5).
+//!
+//! Everything here comes from the network, so each request is, in order: authenticated
+//! (a verified client certificate under TLS, the cluster secret when one is set), read
+//! within its route's body limit and the body timeout, admitted under the internal
+//! concurrency limit, decoded with bounded allocation, and checked by `raft::validate`
+//! before openraft sees it.
 
+use std::collections::BTreeMap;
+use std::io::Cursor;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest};
+use openraft::storage::Snapshot;
+use openraft::Vote;
 use serde::Serialize;
+use tokio::time::Instant;
 
 use super::error::ApiError;
+use super::server::PeerInfo;
 use crate::codec;
-use crate::node::{Heartbeat, Node};
+use crate::node::{Heartbeat, Node, MAX_HEARTBEAT_BODY_BYTES, MAX_VOTE_BODY_BYTES, SNAPSHOT_FRAMING_BYTES};
 use crate::raft::network::SECRET_HEADER;
-use crate::raft::registry::RegistryError;
-use crate::raft::{GroupId, TypeConfig};
+use crate::raft::registry::{Group, RegistryError};
+use crate::raft::state_machine::check_snapshot_data;
+use crate::raft::validate::{self, Local};
+use crate::raft::{GroupId, SnapshotMeta, TypeConfig};
+use crate::security::credential_matches;
 
-/// Largest internal request body: an append of `MAX_PAYLOAD_ENTRIES` full-size values, or a
-/// snapshot chunk, with room for framing.
-pub const MAX_INTERNAL_BODY_BYTES: usize = 96 << 20;
+/// Largest snapshot a node assembles from chunks.
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+/// Snapshots being received at once (one per group at most); another must wait.
+pub const MAX_SNAPSHOT_RECEIVES: usize = 4;
+/// A snapshot receive with no chunk for this long may be dropped to make room.
+pub const SNAPSHOT_RECEIVE_IDLE_MS: u64 = 30_000;
 
-fn check_secret(node: &Node, request: &Request) -> Result<(), ApiError> {
-    match &node.config.cluster_secret {
-        None => Ok(()),
-        Some(secret) => match request.headers().get(SECRET_HEADER) {
-            Some(given) if given.as_bytes() == secret.as_bytes() => Ok(()),
-            _ => Err(ApiError::unauthorized("missing or wrong cluster secret")),
-        },
-    }
+/// A snapshot arriving in chunks, assembled here so it is checked whole before openraft
+/// installs it (openraft would write a chunk at any offset it is told: a huge allocation).
+pub struct SnapshotReceive {
+    snapshot_id: String,
+    data: Vec<u8>,
+    updated: Instant,
 }
 
-async fn body_bytes(request: Request) -> Result<bytes::Bytes, ApiError> {
-    super::read_body(request.into_body(), MAX_INTERNAL_BODY_BYTES)
-        .await
-        .ok_or_else(|| ApiError::value_too_large("internal request body over the limit"))
+/// Snapshot receives in progress, by group.
+#[derive(Default)]
+pub struct SnapshotReceives(std::sync::Mutex<BTreeMap<GroupId, SnapshotReceive>>);
+
+fn authorize(node: &Node, request: &Request) -> Result<(), ApiError> {
+    if node.config.tls.is_some() {
+        let verified = request
+            .extensions()
+            .get::<PeerInfo>()
+            .is_some_and(|p| p.client_cert_verified);
+        if !verified {
+            return Err(ApiError::unauthorized(
+                "internal routes need a client certificate signed by the cluster CA",
+            ));
+        }
+    }
+    if let Some(secret) = &node.config.cluster_secret {
+        let given = request.headers().get(SECRET_HEADER).map_or(&[][..], |v| v.as_bytes());
+        if !credential_matches(given, secret.as_bytes()) {
+            return Err(ApiError::unauthorized("missing or wrong cluster secret"));
+        }
+    }
+    Ok(())
+}
+
+/// Authenticates, reads the body within `limit` bytes, and admits the request.
+async fn admit(
+    node: &Node,
+    request: Request,
+    limit: usize,
+) -> Result<(bytes::Bytes, tokio::sync::SemaphorePermit<'_>), ApiError> {
+    let authorized = authorize(node, &request);
+    let body = super::read_body_within(request.into_body(), limit, node.config.limits.body_read_timeout_ms).await;
+    authorized?;
+    let body = body?;
+    let permit = node.internal_inflight.try_acquire().map_err(|_| {
+        ApiError::overloaded(format!(
+            "more than {} internal requests in flight on this node",
+            node.config.limits.max_inflight_internal
+        ))
+    })?;
+    Ok((body, permit))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     codec::decode(bytes).map_err(|e| ApiError::bad_request(format!("undecodable body: {e}")))
+}
+
+fn refused(e: validate::Invalid) -> ApiError {
+    ApiError::bad_request(format!("refused: {e}"))
 }
 
 fn encoded<T: Serialize>(value: &T) -> Response {
@@ -47,43 +106,166 @@ fn encoded<T: Serialize>(value: &T) -> Response {
     }
 }
 
-pub async fn raft_rpc(
-    State(node): State<Arc<Node>>,
-    Path((group, op)): Path<(GroupId, String)>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    check_secret(&node, &request)?;
-    let body = body_bytes(request).await?;
-    let group = match node.registry.get(group) {
-        Some(g) => g,
+fn local(node: &Node, group: Option<&Group>) -> Local {
+    Local {
+        node_id: node.config.node_id,
+        vote: group.map_or_else(Vote::default, |g| g.raft.metrics().borrow().vote),
+        max_entries: node.config.limits.max_payload_entries(),
+        max_key_bytes: node.config.limits.max_key_bytes,
+        max_value_bytes: node.config.limits.max_value_bytes,
+    }
+}
+
+/// The group's replica, created on its first RPC if the map assigns it here.
+async fn hosted_group(node: &Node, group: GroupId) -> Result<Arc<Group>, ApiError> {
+    match node.registry.get(group) {
+        Some(g) => Ok(g),
         None if node.may_host(group) => node.registry.ensure(group, None).await.map_err(|e| match e {
             RegistryError::Tombstoned(_) => ApiError::not_found(e.to_string()),
             other => ApiError::unavailable(other.to_string()),
-        })?,
-        None => return Err(ApiError::not_found(format!("group {group} is not hosted here"))),
+        }),
+        None => Err(ApiError::not_found(format!("group {group} is not hosted here"))),
+    }
+}
+
+pub async fn raft_rpc(
+    State(node): State<Arc<Node>>,
+    Path((group_id, op)): Path<(GroupId, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let limit = match op.as_str() {
+        "append" => node.config.limits.max_append_body_bytes(),
+        "vote" => MAX_VOTE_BODY_BYTES,
+        "snapshot" => node.config.raft.snapshot_chunk_bytes as usize + SNAPSHOT_FRAMING_BYTES,
+        _ => 0,
     };
-    Ok(match op.as_str() {
+    let (body, _permit) = admit(&node, request, limit).await?;
+    let existing = node.registry.get(group_id);
+    match op.as_str() {
         "append" => {
             let rpc: AppendEntriesRequest<TypeConfig> = decode(&body)?;
-            encoded(&group.raft.append_entries(rpc).await)
+            validate::check_append(&rpc, &local(&node, existing.as_deref())).map_err(refused)?;
+            let group = hosted_group(&node, group_id).await?;
+            Ok(encoded(&group.raft.append_entries(rpc).await))
         }
         "vote" => {
             let rpc: VoteRequest<u64> = decode(&body)?;
-            encoded(&group.raft.vote(rpc).await)
+            validate::check_vote_request(&rpc, &local(&node, existing.as_deref())).map_err(refused)?;
+            let group = hosted_group(&node, group_id).await?;
+            Ok(encoded(&group.raft.vote(rpc).await))
         }
         "snapshot" => {
             let rpc: InstallSnapshotRequest<TypeConfig> = decode(&body)?;
-            encoded(&group.raft.install_snapshot(rpc).await)
+            validate::check_snapshot_meta(&rpc.vote, &rpc.meta, &local(&node, existing.as_deref())).map_err(refused)?;
+            let group = hosted_group(&node, group_id).await?;
+            install_snapshot_chunk(&node, &group, rpc).await
         }
-        other => return Err(ApiError::not_found(format!("unknown raft operation {other:?}"))),
-    })
+        other => Err(ApiError::not_found(format!("unknown raft operation {other:?}"))),
+    }
+}
+
+/// Adds one chunk to the group's receive; on the last, checks the whole snapshot and
+/// hands it to openraft in one piece.
+async fn install_snapshot_chunk(
+    node: &Node,
+    group: &Group,
+    rpc: InstallSnapshotRequest<TypeConfig>,
+) -> Result<Response, ApiError> {
+    let InstallSnapshotRequest {
+        vote,
+        meta,
+        offset,
+        data,
+        done,
+    } = rpc;
+    let end = offset.saturating_add(data.len() as u64);
+    if end > MAX_SNAPSHOT_BYTES {
+        return Err(ApiError::value_too_large(format!(
+            "a snapshot over {MAX_SNAPSHOT_BYTES} bytes"
+        )));
+    }
+    let assembled = node.snapshot_receives.add_chunk(group.id, &meta, offset, data, done)?;
+    let Some(data) = assembled else {
+        let vote = group.raft.metrics().borrow().vote;
+        return Ok(encoded(&Ok::<
+            _,
+            openraft::error::RaftError<u64, openraft::error::InstallSnapshotError>,
+        >(InstallSnapshotResponse { vote })));
+    };
+    check_snapshot_data(&data, group.id == crate::placement::PD_GROUP)
+        .map_err(|e| ApiError::bad_request(format!("refused snapshot: {e}")))?;
+    let snapshot = Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(data)),
+    };
+    let result = group
+        .raft
+        .install_full_snapshot(vote, snapshot)
+        .await
+        .map(|r| InstallSnapshotResponse { vote: r.vote })
+        .map_err(openraft::error::RaftError::<u64, openraft::error::InstallSnapshotError>::Fatal);
+    Ok(encoded(&result))
+}
+
+impl SnapshotReceives {
+    /// Adds a chunk; returns the whole snapshot once the last chunk is in.
+    fn add_chunk(
+        &self,
+        group: GroupId,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: Vec<u8>,
+        done: bool,
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        let mut receives = self.0.lock().unwrap();
+        let now = Instant::now();
+        if offset == 0 {
+            if !receives.contains_key(&group) && receives.len() >= MAX_SNAPSHOT_RECEIVES {
+                let idle = Duration::from_millis(SNAPSHOT_RECEIVE_IDLE_MS);
+                receives.retain(|_, r| now.duration_since(r.updated) < idle);
+                if receives.len() >= MAX_SNAPSHOT_RECEIVES {
+                    return Err(ApiError::overloaded(format!(
+                        "{MAX_SNAPSHOT_RECEIVES} snapshots are being received already"
+                    )));
+                }
+            }
+            receives.insert(
+                group,
+                SnapshotReceive {
+                    snapshot_id: meta.snapshot_id.clone(),
+                    data: Vec::new(),
+                    updated: now,
+                },
+            );
+        }
+        let receive = receives
+            .get_mut(&group)
+            .filter(|r| r.snapshot_id == meta.snapshot_id)
+            .ok_or_else(|| ApiError::bad_request("a snapshot chunk past offset 0 of a snapshot not being received"))?;
+        // A retransmitted chunk may start before the end; never after it (a hole).
+        if offset > receive.data.len() as u64 {
+            return Err(ApiError::bad_request(format!(
+                "snapshot chunk at offset {offset}, but {} bytes were received",
+                receive.data.len()
+            )));
+        }
+        receive.data.truncate(offset as usize);
+        receive.data.extend_from_slice(&data);
+        receive.updated = now;
+        if !done {
+            return Ok(None);
+        }
+        Ok(receives.remove(&group).map(|r| r.data))
+    }
 }
 
 pub async fn pd_heartbeat(State(node): State<Arc<Node>>, request: Request) -> Result<Response, ApiError> {
-    check_secret(&node, &request)?;
-    let hb: Heartbeat = decode(&body_bytes(request).await?)?;
+    let (body, _permit) = admit(&node, request, MAX_HEARTBEAT_BODY_BYTES).await?;
+    let hb: Heartbeat = decode(&body)?;
+    hb.validate().map_err(ApiError::bad_request)?;
     match node.handle_heartbeat(&hb) {
-        Some(reply) => Ok(encoded(&reply)),
-        None => Err(ApiError::unavailable("this node does not lead the placement driver")),
+        Ok(Some(reply)) => Ok(encoded(&reply)),
+        Ok(None) => Err(ApiError::unavailable("this node does not lead the placement driver")),
+        Err(e) => Err(ApiError::bad_request(e)),
     }
 }

@@ -29,6 +29,8 @@ const KV_PREFIX: &str = "/v1/kv/";
 const HISTORY_SUFFIX: &str = "/history";
 /// How long to wait between looks for a leader while one is being elected.
 const LEADER_POLL_MS: u64 = 25;
+/// Under the planted re-propose bug, a proposal not confirmed this fast is proposed again.
+const PLANTED_REPROPOSE_AFTER_MS: u64 = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Consistency {
@@ -155,9 +157,7 @@ async fn parse_call(node: &Node, request: Request) -> Result<(KvCall, HeaderMap,
     let limits = &node.config.limits;
     let (parts, body) = request.into_parts();
     let limit = limits.max_value_bytes;
-    let body = super::read_body(body, limit)
-        .await
-        .ok_or_else(|| ApiError::value_too_large(format!("value is over the {limit}-byte limit")))?;
+    let body = super::read_body_within(body, limit, limits.body_read_timeout_ms).await?;
     let path = parts.uri.path();
     let raw = path.strip_prefix(KV_PREFIX).unwrap_or("");
     let (raw_key, history) = match raw.strip_suffix(HISTORY_SUFFIX) {
@@ -227,23 +227,24 @@ async fn parse_call(node: &Node, request: Request) -> Result<(KvCall, HeaderMap,
 }
 
 pub async fn handle(State(node): State<Arc<Node>>, request: Request) -> Response {
-    let Ok(_permit) = node.inflight.try_acquire() else {
-        super::read_body(request.into_body(), 0).await;
-        return ApiError::overloaded(format!(
-            "more than {} requests in flight on this node",
-            node.config.limits.max_inflight_requests
-        ))
-        .into_response();
-    };
     let method = request.method().clone();
     let path_and_query = request
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
+    // The body is read (bounded in size and time) before a permit is taken: a client that
+    // sends slowly holds only its own connection, never a slot other clients need.
     let (call, headers, body) = match parse_call(&node, request).await {
         Ok(parsed) => parsed,
         Err(e) => return e.into_response(),
+    };
+    let Ok(_permit) = node.inflight.try_acquire() else {
+        return ApiError::overloaded(format!(
+            "more than {} requests in flight on this node",
+            node.config.limits.max_inflight_requests
+        ))
+        .into_response();
     };
     let forward = Forward {
         method,
@@ -351,12 +352,29 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
 }
 
 /// On the (believed) leader: propose the write, or confirm leadership and read.
+///
+/// A write is proposed at most once. Once `client_write` was called, the entry may be in
+/// the log of other replicas whatever openraft answers, and with more than 3 voters or a
+/// joint configuration it can still commit after this node lost leadership; proposing it
+/// again could apply it twice (or make a CAS report 412 for its own success). So every
+/// outcome but a confirmed result is "unknown" (504).
 async fn serve_on_leader(node: &Node, group: &Group, call: &KvCall, proposed: &mut bool) -> Result<Attempt, ApiError> {
     match call {
         KvCall::Write(op) => {
             let started = Instant::now();
             *proposed = true;
-            let result = group.raft.client_write(RaftRequest::Kv(op.clone())).await;
+            let write = group.raft.client_write(RaftRequest::Kv(op.clone()));
+            let result = if node.config.has_planted_bug(PlantedBug::ReproposeWrites) {
+                match tokio::time::timeout(Duration::from_millis(PLANTED_REPROPOSE_AFTER_MS), write).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        *proposed = false;
+                        return Ok(Attempt::Wait);
+                    }
+                }
+            } else {
+                write.await
+            };
             metrics::histogram!("midasflow_raft_proposal_duration_seconds", "node" => node.label())
                 .record(started.elapsed().as_secs_f64());
             match result {
@@ -364,15 +382,16 @@ async fn serve_on_leader(node: &Node, group: &Group, call: &KvCall, proposed: &m
                     RaftResponse::Kv(result) => Ok(Attempt::Done(write_response(op, group.id, result))),
                     other => Err(ApiError::internal(format!("unexpected apply result {other:?}"))),
                 },
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    // openraft answers this either before appending, or after a new leader's
-                    // log truncated the entry here. With at most 3 voters the truncating
-                    // leader and this node are a majority holding a newer term at that
-                    // index, so no future leader can commit the lost entry: either way the
-                    // write did not and will not happen, and may be sent elsewhere.
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
+                    if node.config.has_planted_bug(PlantedBug::ReproposeWrites) =>
+                {
                     *proposed = false;
                     Ok(f.leader_id.map_or(Attempt::Wait, Attempt::Redirect))
                 }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ApiError::timeout(format!(
+                    "leadership moved to {:?} while the write was proposed; it may or may not have happened",
+                    f.leader_id
+                ))),
                 Err(e) => Err(ApiError::timeout(format!("write outcome unknown: {e}"))),
             }
         }
@@ -418,11 +437,13 @@ fn set_version_headers(headers: &mut HeaderMap, version: u64, shard: GroupId) {
 
 /// Reads from this replica's applied state (after the leader check, for linearizable reads).
 async fn serve_local(group: &Group, call: &KvCall, linearizable: bool) -> Result<Response, ApiError> {
+    // The applied index first: the record read after it reflects at least that index, so
+    // `X-Applied-Index` never claims more than what was read.
+    let applied = group.view.applied_index();
     let record: Option<KeyRecord> = group
         .view
         .get(call.key())
         .map_err(|e| ApiError::internal(format!("reading the key: {e}")))?;
-    let applied = group.view.applied_index();
     let mut response = match call {
         KvCall::Read { version, .. } => match read(record.as_ref(), *version) {
             ReadOutcome::Value { version, value } => {
@@ -475,7 +496,12 @@ struct ForwardError {
 }
 
 /// Headers a forwarded request keeps; everything else is hop-by-hop or ours to set.
-const FORWARDED_HEADERS: [header::HeaderName; 3] = [header::IF_MATCH, header::IF_NONE_MATCH, header::CONTENT_TYPE];
+const FORWARDED_HEADERS: [header::HeaderName; 4] = [
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::CONTENT_TYPE,
+    header::AUTHORIZATION,
+];
 /// Response headers relayed back from the node that served a forwarded request.
 const RELAYED_HEADERS: [&str; 6] = [
     "x-version",
@@ -499,7 +525,7 @@ async fn forward_to(
     })?;
     let mut builder = hyper::Request::builder()
         .method(forward.method.clone())
-        .uri(format!("http://{addr}{}", forward.path_and_query))
+        .uri(node.registry.client().url(&addr, &forward.path_and_query))
         .header(HOPS_HEADER, hops);
     for name in FORWARDED_HEADERS {
         if let Some(value) = forward.headers.get(&name) {

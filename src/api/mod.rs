@@ -4,6 +4,7 @@ pub mod client;
 pub mod error;
 pub mod internal;
 pub mod kv;
+pub mod server;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -65,8 +66,46 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/internal/pd/heartbeat", post(internal::pd_heartbeat))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(node.clone(), observe))
+        // A panic in a handler answers 500 and the node lives on.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(node)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    metrics::counter!("midasflow_http_handler_panics_total").increment(1);
+    ApiError::internal("the request handler panicked; see the node's log").into_response()
+}
+
+/// Routes open without an API token: probes and metrics, as operators expect them.
+const OPEN_ROUTES: [&str; 4] = ["/livez", "/readyz", "/health", "/metrics"];
+
+/// With `--api-token-file`, public routes need `Authorization: Bearer <token>` (401
+/// otherwise). Internal routes have their own checks (certificate, secret).
+async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let Some(tokens) = &node.config.api_tokens else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path();
+    if OPEN_ROUTES.contains(&path) || path.starts_with("/internal/") {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(<[u8]>::trim_ascii);
+    if presented.is_some_and(|t| crate::security::token_matches(t, tokens)) {
+        return next.run(request).await;
+    }
+    read_body(request.into_body(), 0).await;
+    let mut response =
+        ApiError::unauthorized("this node needs an API token: Authorization: Bearer <token>").into_response();
+    response
+        .headers_mut()
+        .insert(axum::http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 /// Adds `X-Routing-Version` to every response and records request metrics.
@@ -134,6 +173,20 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Option<bytes::By
         }
     }
     (seen <= limit).then(|| collected.freeze())
+}
+
+/// [`read_body`] bounded in time too: a body that has not arrived whole within
+/// `timeout_ms` gets 408, one over `limit` gets 413.
+pub async fn read_body_within(body: axum::body::Body, limit: usize, timeout_ms: u64) -> Result<bytes::Bytes, ApiError> {
+    match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), read_body(body, limit)).await {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(ApiError::value_too_large(format!(
+            "the request body is over the {limit}-byte limit"
+        ))),
+        Err(_) => Err(ApiError::request_timeout(format!(
+            "the request body did not arrive within {timeout_ms} ms"
+        ))),
+    }
 }
 
 async fn empty_key(request: Request) -> ApiError {

@@ -16,6 +16,11 @@ pub type ShardId = u64;
 pub const PD_GROUP: u64 = 0;
 /// Default number of shards cut at bootstrap (`--initial-shards`).
 pub const DEFAULT_INITIAL_SHARDS: u32 = 8;
+/// Bounds on a bootstrap command (`--initial-shards`, `--initial-cluster`), checked at
+/// start-up and on every command a peer sends.
+pub const MAX_INITIAL_SHARDS: u32 = 65_536;
+pub const MAX_NODES: usize = 1_024;
+pub const MAX_NODE_ADDR_BYTES: usize = 256;
 /// Replicas per shard, and the most PD voters.
 pub const REPLICATION_FACTOR: usize = 3;
 
@@ -78,6 +83,31 @@ pub enum PdCommand {
         nodes: Vec<(NodeId, String)>,
         initial_shards: u32,
     },
+}
+
+impl PdCommand {
+    /// Checks the bounds a node's own CLI enforces, for commands arriving from peers.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            PdCommand::Bootstrap { nodes, initial_shards } => {
+                if !(1..=MAX_INITIAL_SHARDS).contains(initial_shards) {
+                    return Err(format!(
+                        "initial_shards {initial_shards} is outside 1..={MAX_INITIAL_SHARDS}"
+                    ));
+                }
+                if nodes.is_empty() || nodes.len() > MAX_NODES {
+                    return Err(format!("{} nodes; a cluster has 1 to {MAX_NODES}", nodes.len()));
+                }
+                if nodes
+                    .iter()
+                    .any(|(_, addr)| addr.is_empty() || addr.len() > MAX_NODE_ADDR_BYTES)
+                {
+                    return Err(format!("a node address is empty or over {MAX_NODE_ADDR_BYTES} bytes"));
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

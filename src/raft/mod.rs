@@ -13,6 +13,7 @@ pub mod registry;
 pub mod runtime;
 pub mod state_machine;
 pub mod transport;
+pub mod validate;
 
 use std::io::Cursor;
 

@@ -99,7 +99,7 @@ pub async fn post_internal<Req: Serialize, Resp: DeserializeOwned>(
     let body = codec::encode(body).map_err(|e| decode_error(e.to_string()))?;
     let mut builder = hyper::Request::builder()
         .method(Method::POST)
-        .uri(format!("http://{addr}{path}"))
+        .uri(client.url(addr, path))
         .header(hyper::header::CONTENT_TYPE, "application/octet-stream");
     if let Some(secret) = secret {
         builder = builder.header(SECRET_HEADER, secret);

@@ -133,13 +133,18 @@ impl Registry {
         self.tombstones.contains_key(group_prefix(group)).unwrap_or(true)
     }
 
-    /// Groups this node hosted before a restart, to reopen from disk.
-    pub fn hosted_on_disk(&self) -> Vec<GroupId> {
+    /// Groups this node hosted before a restart, to reopen from disk. A record it cannot
+    /// read is an error: skipping it would silently drop a replica.
+    pub fn hosted_on_disk(&self) -> Result<Vec<GroupId>, RegistryError> {
         self.hosted
             .iter()
             .keys()
-            .filter_map(|k| k.ok())
-            .filter_map(|k| <[u8; 8]>::try_from(k.as_ref()).ok().map(u64::from_be_bytes))
+            .map(|k| {
+                let k = k.map_err(|e| RegistryError::Storage(e.to_string()))?;
+                <[u8; 8]>::try_from(k.as_ref())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| RegistryError::Storage(format!("a hosted-group record of {} bytes", k.len())))
+            })
             .collect()
     }
 

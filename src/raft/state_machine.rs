@@ -72,6 +72,13 @@ pub fn publish_map(tx: &watch::Sender<Arc<ClusterMap>>, map: &ClusterMap) {
     });
 }
 
+/// Decodes a stored or received record, refusing any shape apply never writes.
+fn decode_record(bytes: &[u8]) -> Result<KeyRecord, StorageError> {
+    let record: KeyRecord = codec::decode(bytes).map_err(storage_io_error)?;
+    record.validate().map_err(storage_io_error)?;
+    Ok(record)
+}
+
 /// What the rest of the node may read of a group's state without going through Raft.
 pub struct GroupView {
     pub group: GroupId,
@@ -90,7 +97,7 @@ impl GroupView {
             .get(tagged(self.group, TAG_RECORD, key))
             .map_err(storage_io_error)?
         {
-            Some(bytes) => Ok(Some(codec::decode(&bytes).map_err(storage_io_error)?)),
+            Some(bytes) => Ok(Some(decode_record(&bytes)?)),
             None => Ok(None),
         }
     }
@@ -207,6 +214,8 @@ impl StateMachineStore {
         let mut records = Vec::new();
         for item in self.sm.scan_prefix(&prefix) {
             let (key, value) = item.map_err(storage_io_error)?;
+            // A record this node cannot read must fail the build, not travel to followers.
+            decode_record(&value)?;
             records.push((key[prefix.len()..].to_vec(), value.to_vec()));
         }
         Ok(SnapshotPayload {
@@ -217,20 +226,72 @@ impl StateMachineStore {
     }
 }
 
+/// Why a received snapshot was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BadSnapshot {
+    #[error("undecodable: {0}")]
+    Decode(#[from] codec::CodecError),
+    #[error("record {index}: {why}")]
+    Record { index: usize, why: String },
+    #[error("record {0}: keys are not strictly increasing")]
+    KeyOrder(usize),
+    #[error("the placement map does not tile the ring: {0}")]
+    Map(String),
+}
+
+/// Checks every record of a peer's snapshot (and the PD map, on the PD group); returns the
+/// live key and byte counts recomputed from the records, never taken from the sender.
+fn validate_snapshot(payload: &SnapshotPayload, is_pd: bool) -> Result<(u64, u64), BadSnapshot> {
+    let (mut keys, mut bytes) = (0u64, 0u64);
+    for (index, (key, encoded)) in payload.records.iter().enumerate() {
+        if key.is_empty() {
+            return Err(BadSnapshot::Record {
+                index,
+                why: "empty key".into(),
+            });
+        }
+        if index > 0 && payload.records[index - 1].0 >= *key {
+            return Err(BadSnapshot::KeyOrder(index));
+        }
+        let record = decode_record(encoded).map_err(|e| BadSnapshot::Record {
+            index,
+            why: e.to_string(),
+        })?;
+        keys += u64::from(record.is_live());
+        bytes += record.live_value_bytes();
+    }
+    if let (true, Some(map)) = (is_pd, &payload.pd_map) {
+        if map.is_bootstrapped() {
+            map.check_tiling().map_err(BadSnapshot::Map)?;
+        }
+    }
+    Ok((keys, bytes))
+}
+
+/// Checks a whole snapshot a peer sent, before anything is installed.
+pub fn check_snapshot_data(data: &[u8], is_pd: bool) -> Result<(), BadSnapshot> {
+    let payload: SnapshotPayload = codec::decode(data)?;
+    validate_snapshot(&payload, is_pd).map(|_| ())
+}
+
 pub struct SnapshotBuilder {
     group: GroupId,
     snapshots: sled::Tree,
     flusher: Flusher,
-    payload: SnapshotPayload,
+    /// The state copied between applies, or why it could not be read. A snapshot built
+    /// from part of the state would let openraft purge the log and ship the hole to
+    /// followers, so a failed read fails the build.
+    payload: Result<SnapshotPayload, StorageError>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let data = codec::encode(&self.payload).map_err(storage_io_error)?;
-        let last = self.payload.meta.last_applied;
+        let payload = self.payload.as_ref().map_err(Clone::clone)?;
+        let data = codec::encode(payload).map_err(storage_io_error)?;
+        let last = payload.meta.last_applied;
         let meta = SnapshotMeta {
             last_log_id: last,
-            last_membership: self.payload.meta.membership.clone(),
+            last_membership: payload.meta.membership.clone(),
             snapshot_id: match last {
                 Some(l) => format!("{}-{}-{}", self.group, l.leader_id.term, l.index),
                 None => format!("{}-empty", self.group),
@@ -335,14 +396,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Copied here, between applies, so the snapshot is one consistent applied state.
-        let payload = self.snapshot_payload().unwrap_or_else(|e| {
-            tracing::error!(group = self.group, error = %e, "reading state for snapshot failed");
-            SnapshotPayload {
-                meta: self.meta.clone(),
-                pd_map: self.pd_map.clone(),
-                records: Vec::new(),
-            }
-        });
+        let payload = self.snapshot_payload();
+        if let Err(e) = &payload {
+            tracing::error!(group = self.group, error = %e, "reading state for a snapshot failed; the build fails");
+        }
         SnapshotBuilder {
             group: self.group,
             snapshots: self.snapshots.clone(),
@@ -361,7 +418,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
+        // A peer's snapshot is checked whole before anything local changes.
         let payload: SnapshotPayload = codec::decode(&data).map_err(storage_io_error)?;
+        let counts = validate_snapshot(&payload, self.pd_map.is_some()).map_err(storage_io_error)?;
         let mut batch = sled::Batch::default();
         for key in self.sm.scan_prefix(tagged(self.group, TAG_RECORD, &[])).keys() {
             batch.remove(key.map_err(storage_io_error)?);
@@ -372,6 +431,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut new_meta = payload.meta.clone();
         new_meta.last_applied = meta.last_log_id;
         new_meta.membership = meta.last_membership.clone();
+        (new_meta.live_keys, new_meta.live_bytes) = counts;
         batch.insert(
             tagged(self.group, TAG_META, &[]),
             codec::encode(&new_meta).map_err(storage_io_error)?,
@@ -418,5 +478,82 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::log_store::FlushMode;
+    use crate::shard::{KvOp, Precondition};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+
+    fn store(db: &sled::Db) -> StateMachineStore {
+        let flusher = Flusher::start(db.clone(), FlushMode::Inline, "t".into());
+        StateMachineStore::open(db, 7, flusher, None, "t".into(), Probe::new(1, None)).unwrap()
+    }
+
+    fn put(index: u64, key: &[u8]) -> super::Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(Request::Kv(KvOp::Put {
+                key: key.to_vec(),
+                value: b"v".to_vec(),
+                precondition: Precondition::None,
+                history_versions: 4,
+            })),
+        }
+    }
+
+    /// The silent-data-loss finding: a state read that failed used to produce a snapshot
+    /// with no records and the real applied index, which openraft then shipped and purged
+    /// the log behind. Now the build fails and nothing is stored.
+    #[tokio::test]
+    async fn a_snapshot_of_unreadable_state_fails_instead_of_shipping_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let mut sm = store(&db);
+        sm.apply(vec![put(1, b"a"), put(2, b"b")]).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        let good = builder.build_snapshot().await.unwrap();
+        check_snapshot_data(good.snapshot.get_ref(), false).unwrap();
+
+        db.open_tree("sm")
+            .unwrap()
+            .insert(tagged(7, TAG_RECORD, b"c"), b"\x01garbage".to_vec())
+            .unwrap();
+        db.open_tree("snapshots").unwrap().remove(group_prefix(7)).unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        assert!(builder.build_snapshot().await.is_err(), "a partial snapshot was built");
+        assert!(sm.get_current_snapshot().await.unwrap().is_none(), "nothing stored");
+    }
+
+    #[test]
+    fn received_snapshots_are_checked_record_by_record() {
+        let record = |versions: Vec<crate::shard::VersionEntry>| codec::encode(&KeyRecord { versions }).unwrap();
+        let live = crate::shard::VersionEntry {
+            version: 1,
+            deleted: false,
+            value: b"v".to_vec(),
+        };
+        let payload = |records: Vec<(Vec<u8>, Vec<u8>)>| {
+            codec::encode(&SnapshotPayload {
+                meta: SmMeta::default(),
+                pd_map: None,
+                records,
+            })
+            .unwrap()
+        };
+        assert!(check_snapshot_data(&payload(vec![(b"a".to_vec(), record(vec![live.clone()]))]), false).is_ok());
+        let empty_record = payload(vec![(b"a".to_vec(), record(vec![]))]);
+        assert!(check_snapshot_data(&empty_record, false).is_err());
+        let unordered = payload(vec![
+            (b"b".to_vec(), record(vec![live.clone()])),
+            (b"a".to_vec(), record(vec![live.clone()])),
+        ]);
+        assert!(check_snapshot_data(&unordered, false).is_err());
+        let empty_key = payload(vec![(Vec::new(), record(vec![live]))]);
+        assert!(check_snapshot_data(&empty_key, false).is_err());
+        assert!(check_snapshot_data(b"\x01\xff\xff", false).is_err());
     }
 }

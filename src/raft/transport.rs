@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,10 +24,12 @@ pub enum NetKind {
     Turmoil,
 }
 
-/// A connected stream from either network.
+/// A connected stream from either network, in the clear or inside TLS.
 pub enum NetStream {
     Tokio(tokio::net::TcpStream),
     Turmoil(turmoil::net::TcpStream),
+    TlsClient(Box<tokio_rustls::client::TlsStream<NetStream>>),
+    TlsServer(Box<tokio_rustls::server::TlsStream<NetStream>>),
 }
 
 impl NetStream {
@@ -48,6 +51,8 @@ macro_rules! delegate {
         match $self.get_mut() {
             NetStream::Tokio($s) => $e,
             NetStream::Turmoil($s) => $e,
+            NetStream::TlsClient($s) => $e,
+            NetStream::TlsServer($s) => $e,
         }
     };
 }
@@ -125,11 +130,13 @@ impl axum::serve::Listener for NetListener {
     }
 }
 
-/// Connector for hyper-util's pooled client, dialing through the seam.
+/// Connector for hyper-util's pooled client, dialing through the seam; `https` URIs go
+/// through TLS with the client's rustls configuration.
 #[derive(Clone)]
 pub struct Connector {
     kind: NetKind,
     connect_timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl tower::Service<Uri> for Connector {
@@ -144,12 +151,28 @@ impl tower::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let kind = self.kind;
         let timeout = self.connect_timeout;
+        let tls = self.tls.clone();
         Box::pin(async move {
             let authority = uri
                 .authority()
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "uri without authority"))?
-                .to_string();
-            let stream = tokio::time::timeout(timeout, NetStream::connect(kind, &authority))
+                .clone();
+            let https = uri.scheme_str() == Some("https");
+            let connect = async {
+                let stream = NetStream::connect(kind, authority.as_str()).await?;
+                if !https {
+                    return Ok::<_, io::Error>(stream);
+                }
+                let config = tls.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "https needs a CA certificate (--ca-cert)")
+                })?;
+                let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+                let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let stream = tokio_rustls::TlsConnector::from(config).connect(name, stream).await?;
+                Ok(NetStream::TlsClient(Box::new(stream)))
+            };
+            let stream = tokio::time::timeout(timeout, connect)
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
             Ok(TokioIo::new(stream))
@@ -157,16 +180,34 @@ impl tower::Service<Uri> for Connector {
     }
 }
 
-/// The one pooled HTTP client a node uses for Raft RPCs, PD calls and forwarding.
-pub type HttpClient = Client<Connector, Full<Bytes>>;
+/// The one pooled HTTP client a node uses for Raft RPCs, PD calls and forwarding, with
+/// the scheme its peers speak.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<Connector, Full<Bytes>>,
+    scheme: &'static str,
+}
+
+impl HttpClient {
+    /// `scheme://addr/path` for a peer's address.
+    pub fn url(&self, addr: &str, path: &str) -> String {
+        format!("{}://{addr}{path}", self.scheme)
+    }
+
+    pub fn request(&self, request: hyper::Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+        self.inner.request(request)
+    }
+}
 
 /// Idle pooled connections kept per peer; bounds sockets at many groups × peers.
 pub const POOL_MAX_IDLE_PER_HOST: usize = 32;
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
-pub fn http_client(kind: NetKind) -> HttpClient {
+/// A pooled client; with `tls`, peers are reached over `https` and verified with it.
+pub fn http_client(kind: NetKind, tls: Option<Arc<rustls::ClientConfig>>) -> HttpClient {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // TokioTimer keeps the pool on tokio's (under turmoil: simulated) clock.
-    Client::builder(TokioExecutor::new())
+    let inner = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(30))
@@ -174,5 +215,7 @@ pub fn http_client(kind: NetKind) -> HttpClient {
         .build(Connector {
             kind,
             connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
-        })
+            tls,
+        });
+    HttpClient { inner, scheme }
 }

@@ -8,6 +8,33 @@ use serde::{Deserialize, Serialize};
 
 /// Default number of versions retained per key (`--history-versions`).
 pub const DEFAULT_HISTORY_VERSIONS: u32 = 8;
+/// Most versions a key may retain (`--history-versions` is checked against it, and so is
+/// every command and record that arrives from a peer).
+pub const MAX_HISTORY_VERSIONS: u32 = 1024;
+
+/// Why a record or command from outside (a peer's log entry, a snapshot, the disk) is not
+/// something this state machine would ever have produced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidData {
+    #[error("a key record with no versions")]
+    EmptyRecord,
+    #[error("a key record with {0} versions (the most is {MAX_HISTORY_VERSIONS})")]
+    TooManyVersions(usize),
+    #[error("a key record whose versions are not strictly decreasing")]
+    VersionsOutOfOrder,
+    #[error("a tombstone carrying a value")]
+    TombstoneWithValue,
+    #[error("history_versions {0} is outside 1..={MAX_HISTORY_VERSIONS}")]
+    HistoryVersions(u32),
+    #[error("an empty key")]
+    EmptyKey,
+    #[error("a {actual}-byte {what}; the limit is {limit}")]
+    TooLarge {
+        what: &'static str,
+        actual: usize,
+        limit: usize,
+    },
+}
 
 /// One version of a key: a value or a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,8 +54,28 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// The newest version. Records are validated ([`KeyRecord::validate`]) wherever they
+    /// enter the node, so one always exists.
     pub fn latest(&self) -> &VersionEntry {
         &self.versions[0]
+    }
+
+    /// Checks the shape every record this state machine writes has: 1 to
+    /// [`MAX_HISTORY_VERSIONS`] versions, newest first, strictly decreasing, empty tombstones.
+    pub fn validate(&self) -> Result<(), InvalidData> {
+        if self.versions.is_empty() {
+            return Err(InvalidData::EmptyRecord);
+        }
+        if self.versions.len() > MAX_HISTORY_VERSIONS as usize {
+            return Err(InvalidData::TooManyVersions(self.versions.len()));
+        }
+        if self.versions.windows(2).any(|w| w[0].version <= w[1].version) {
+            return Err(InvalidData::VersionsOutOfOrder);
+        }
+        if self.versions.iter().any(|v| v.deleted && !v.value.is_empty()) {
+            return Err(InvalidData::TombstoneWithValue);
+        }
+        Ok(())
     }
 
     /// The version a precondition compares against: 0 while the key is absent or deleted.
@@ -87,6 +134,45 @@ impl KvOp {
         match self {
             KvOp::Put { key, .. } | KvOp::Delete { key, .. } => key,
         }
+    }
+
+    /// Checks a command from a peer against the limits a leader enforces when it accepts
+    /// one from a client, so a crafted log entry cannot make apply allocate or store more.
+    pub fn validate(&self, max_key_bytes: usize, max_value_bytes: usize) -> Result<(), InvalidData> {
+        let (key, history_versions) = match self {
+            KvOp::Put {
+                key,
+                value,
+                history_versions,
+                ..
+            } => {
+                if value.len() > max_value_bytes {
+                    return Err(InvalidData::TooLarge {
+                        what: "value",
+                        actual: value.len(),
+                        limit: max_value_bytes,
+                    });
+                }
+                (key, *history_versions)
+            }
+            KvOp::Delete {
+                key, history_versions, ..
+            } => (key, *history_versions),
+        };
+        if key.is_empty() {
+            return Err(InvalidData::EmptyKey);
+        }
+        if key.len() > max_key_bytes {
+            return Err(InvalidData::TooLarge {
+                what: "key",
+                actual: key.len(),
+                limit: max_key_bytes,
+            });
+        }
+        if !(1..=MAX_HISTORY_VERSIONS).contains(&history_versions) {
+            return Err(InvalidData::HistoryVersions(history_versions));
+        }
+        Ok(())
     }
 }
 
@@ -167,10 +253,12 @@ pub fn apply_op(current: Option<&KeyRecord>, op: &KvOp) -> (Option<KeyRecord>, K
     } else {
         KvResult::Written { version }
     };
-    let mut versions = Vec::with_capacity(history_versions.max(1) as usize);
+    let retain = history_versions.clamp(1, MAX_HISTORY_VERSIONS) as usize;
+    let keep_older = current.map_or(0, |r| r.versions.len()).min(retain - 1);
+    // Sized by what is really kept, never by the command's number alone.
+    let mut versions = Vec::with_capacity(1 + keep_older);
     versions.push(entry);
     if let Some(record) = current {
-        let keep_older = history_versions.max(1) as usize - 1;
         versions.extend(record.versions.iter().take(keep_older).cloned());
     }
     (Some(KeyRecord { versions }), result)
@@ -197,7 +285,9 @@ pub fn read(record: Option<&KeyRecord>, at_version: Option<u64>) -> ReadOutcome<
         None => record.latest(),
         Some(wanted) => match record.versions.iter().find(|e| e.version == wanted) {
             Some(entry) => entry,
-            None if wanted >= 1 && wanted < record.versions.last().unwrap().version => return ReadOutcome::Gone,
+            None if wanted >= 1 && record.versions.last().is_some_and(|oldest| wanted < oldest.version) => {
+                return ReadOutcome::Gone
+            }
             None => return ReadOutcome::NotFound,
         },
     };
@@ -385,5 +475,80 @@ mod tests {
             codec::decode::<KvResult>(&codec::encode(&result).unwrap()).unwrap(),
             result
         );
+    }
+
+    /// A crafted log entry asked apply for `u32::MAX` retained versions, and apply sized
+    /// its buffer by that number: an allocation of ~160 GiB aborted the node.
+    #[test]
+    fn history_versions_from_a_command_never_sizes_an_allocation() {
+        let op = KvOp::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            precondition: Precondition::None,
+            history_versions: u32::MAX,
+        };
+        let (record, result) = apply_op(None, &op);
+        assert_eq!(result, KvResult::Written { version: 1 });
+        assert_eq!(record.unwrap().versions.len(), 1);
+        assert_eq!(op.validate(4096, 1 << 20), Err(InvalidData::HistoryVersions(u32::MAX)));
+    }
+
+    #[test]
+    fn command_validation_enforces_the_client_limits() {
+        assert!(put("v", Precondition::None).validate(4096, 1).is_ok());
+        assert!(matches!(
+            put("vv", Precondition::None).validate(4096, 1),
+            Err(InvalidData::TooLarge { what: "value", .. })
+        ));
+        assert!(matches!(
+            put("v", Precondition::None).validate(0, 1),
+            Err(InvalidData::TooLarge { what: "key", .. })
+        ));
+        let empty_key = KvOp::Delete {
+            key: Vec::new(),
+            precondition: Precondition::None,
+            history_versions: 1,
+        };
+        assert_eq!(empty_key.validate(4096, 1), Err(InvalidData::EmptyKey));
+    }
+
+    /// A record with no versions made `latest()` panic; validation rejects every shape
+    /// apply never writes.
+    #[test]
+    fn record_validation_rejects_shapes_apply_never_writes() {
+        let version = |v: u64, deleted: bool, value: &[u8]| VersionEntry {
+            version: v,
+            deleted,
+            value: value.to_vec(),
+        };
+        let (_, good) = run(&[put("a", Precondition::None), put("b", Precondition::None)]);
+        assert_eq!(good.unwrap().validate(), Ok(()));
+        let cases = [
+            (KeyRecord { versions: vec![] }, InvalidData::EmptyRecord),
+            (
+                KeyRecord {
+                    versions: vec![version(1, false, b"a"), version(2, false, b"b")],
+                },
+                InvalidData::VersionsOutOfOrder,
+            ),
+            (
+                KeyRecord {
+                    versions: vec![version(2, true, b"x")],
+                },
+                InvalidData::TombstoneWithValue,
+            ),
+            (
+                KeyRecord {
+                    versions: (0..=u64::from(MAX_HISTORY_VERSIONS))
+                        .rev()
+                        .map(|v| version(v + 1, false, b""))
+                        .collect(),
+                },
+                InvalidData::TooManyVersions(MAX_HISTORY_VERSIONS as usize + 1),
+            ),
+        ];
+        for (record, expected) in cases {
+            assert_eq!(record.validate(), Err(expected));
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::Method;
-use midasflow::client::{encode_key_str, Client, Reply};
+use midasflow::client::{encode_key_str, Client, ClientAuth, Reply};
 use serde_json::Value;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -23,7 +23,8 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub addrs: BTreeMap<u64, String>,
-    extra_args: Vec<String>,
+    pub extra_args: Vec<String>,
+    per_node_args: BTreeMap<u64, Vec<String>>,
     children: BTreeMap<u64, Child>,
     clients: BTreeMap<u64, Client>,
 }
@@ -35,8 +36,23 @@ fn free_ports(count: usize) -> Vec<u16> {
 }
 
 impl Cluster {
-    /// Starts `nodes` server processes with `extra_args` and waits until every shard has a leader.
+    /// Starts `nodes` insecure (loopback) server processes with `extra_args` and waits
+    /// until every shard has a leader.
     pub async fn start(nodes: u64, extra_args: &[&str]) -> Cluster {
+        let mut args = vec!["--insecure"];
+        args.extend_from_slice(extra_args);
+        Self::start_with(nodes, &args, |_, _| Vec::new(), "http", ClientAuth::default()).await
+    }
+
+    /// Starts `nodes` processes; `per_node(dir, id)` adds arguments for one node (made
+    /// before it starts, e.g. its certificates), and the test talks `scheme` with `auth`.
+    pub async fn start_with(
+        nodes: u64,
+        extra_args: &[&str],
+        per_node: impl Fn(&std::path::Path, u64) -> Vec<String>,
+        scheme: &str,
+        auth: ClientAuth,
+    ) -> Cluster {
         let ports = free_ports(nodes as usize);
         let addrs: BTreeMap<u64, String> = (1..=nodes)
             .zip(ports)
@@ -44,35 +60,34 @@ impl Cluster {
             .collect();
         let clients = addrs
             .iter()
-            .map(|(id, addr)| (*id, Client::new(&format!("http://{addr}"))))
+            .map(|(id, addr)| (*id, Client::with_auth(&format!("{scheme}://{addr}"), auth.clone())))
             .collect();
         let mut cluster = Cluster {
             dir: tempfile::tempdir().unwrap(),
             addrs,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            per_node_args: BTreeMap::new(),
             children: BTreeMap::new(),
             clients,
         };
         for id in 1..=nodes {
+            let args = per_node(cluster.dir.path(), id);
+            cluster.per_node_args.insert(id, args);
             cluster.spawn(id);
         }
         cluster.wait_healthy(Duration::from_secs(30)).await;
         cluster
     }
 
-    fn data_dir(&self, id: u64) -> PathBuf {
+    pub fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("node{id}"))
     }
 
-    fn spawn(&mut self, id: u64) {
+    /// The command line node `id` runs with (to run it by hand in a test).
+    pub fn command(&self, id: u64) -> Command {
         let initial: Vec<String> = self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect();
-        std::fs::create_dir_all(self.data_dir(id)).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("node{id}.log")))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_midasflow"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_midasflow"));
+        command
             .arg("server")
             .args(["--node-id", &id.to_string()])
             .args(["--listen", &self.addrs[&id]])
@@ -80,6 +95,19 @@ impl Cluster {
             .arg(self.data_dir(id))
             .args(["--initial-cluster", &initial.join(",")])
             .args(&self.extra_args)
+            .args(self.per_node_args.get(&id).into_iter().flatten());
+        command
+    }
+
+    fn spawn(&mut self, id: u64) {
+        std::fs::create_dir_all(self.data_dir(id)).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node{id}.log")))
+            .unwrap();
+        let child = self
+            .command(id)
             .env(
                 "RUST_LOG",
                 std::env::var("MIDASFLOW_TEST_LOG").unwrap_or_else(|_| "warn,openraft=error".into()),

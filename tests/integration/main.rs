@@ -7,5 +7,7 @@
 mod bad_input;
 mod durability;
 mod harness;
+mod hostile;
 mod kv;
+mod security;
 mod simulation;
