@@ -68,13 +68,13 @@ pub struct BenchArgs {
     pub security: crate::cli::ClientSecurity,
 }
 
-/// A 16-byte key, as DESIGN §6 specifies.
+/// A 16-byte key, as the benchmark method specifies.
 fn key_of(index: u64) -> Vec<u8> {
     format!("k{index:015}").into_bytes()
 }
 
 enum Target {
-    Smart(SmartClient),
+    Smart(Box<SmartClient>),
     RoundRobin(Vec<Client>),
 }
 
@@ -93,11 +93,11 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let auth = args.security.auth()?;
     let scheme = if auth.tls.is_some() { "https" } else { "http" };
     let target = Arc::new(match args.routing {
-        Routing::Leader => Target::Smart(
+        Routing::Leader => Target::Smart(Box::new(
             SmartClient::connect_with(args.endpoints.clone(), auth)
                 .await
                 .map_err(|e| e.to_string())?,
-        ),
+        )),
         Routing::Any => Target::RoundRobin(
             args.endpoints
                 .iter()

@@ -1,4 +1,4 @@
-//! The `midasflow` command line (DESIGN §4).
+//! The `midasflow` command line (README.md).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

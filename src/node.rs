@@ -103,7 +103,7 @@ pub struct Limits {
 /// The largest `--max-value-bytes` a node accepts: every append RPC must hold at least one
 /// full-size entry within [`MAX_APPEND_BODY_BYTES`].
 pub const MAX_VALUE_BYTES_CEILING: usize = 32 << 20;
-/// Largest key, in bytes (DESIGN §3: 1 to 4096).
+/// Largest key, in bytes (1 to 4096).
 pub const MAX_KEY_BYTES: usize = 4096;
 /// Bytes one log entry may take beyond its key and value (framing, log id, op fields).
 pub const ENTRY_OVERHEAD_BYTES: usize = 1024;

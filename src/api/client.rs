@@ -176,7 +176,7 @@ impl RoutingTable {
 }
 
 /// A client that caches the routing table and sends each request to its shard's leader
-/// (DESIGN §3.4), refreshing when a node answers 421 or shows a newer routing version.
+/// (docs/API.md), refreshing when a node answers 421 or shows a newer routing version.
 pub struct SmartClient {
     http: HttpClient,
     seeds: Vec<String>,

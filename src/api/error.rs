@@ -1,4 +1,4 @@
-//! The JSON error contract (DESIGN §3.3): `{"error": {"code": "...", "message": "..."}}`.
+//! The JSON error contract (docs/API.md): `{"error": {"code": "...", "message": "..."}}`.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -1,4 +1,4 @@
-//! Internal routes: Raft RPCs for every group, and the PD heartbeat (DESIGN §3.5).
+//! Internal routes: Raft RPCs for every group, and the PD heartbeat (docs/ARCHITECTURE.md).
 //!
 //! Everything here comes from the network, so each request is, in order: authenticated
 //! (a verified client certificate under TLS, the cluster secret when one is set), read

@@ -1,4 +1,4 @@
-//! The public HTTP API (DESIGN §3) and the internal routes, on one router.
+//! The public HTTP API (docs/API.md) and the internal routes, on one router.
 
 pub mod client;
 pub mod error;

@@ -1,4 +1,4 @@
-//! The placement driver's state: the cluster map (DESIGN §1), and the pure function that
+//! The placement driver's state: the cluster map (docs/ARCHITECTURE.md), and the pure function that
 //! applies PD commands to it.
 //!
 //! Invariants: shard ranges tile the ring `[0, 2^64)` with no gap and no overlap; the

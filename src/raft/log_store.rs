@@ -47,7 +47,7 @@ impl FlushWaiter {
 
 /// How the flusher runs: on its own OS thread in production, so a slow fsync never blocks
 /// tokio's workers; inline on the runtime under simulation, where a blocking flush on the
-/// single simulated thread keeps the run deterministic (DESIGN §5.3).
+/// single simulated thread keeps the run deterministic (docs/simulation.md, Determinism).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushMode {
     Thread,

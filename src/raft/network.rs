@@ -1,4 +1,4 @@
-//! The group-tagged Raft network over HTTP (DESIGN §3.5).
+//! The group-tagged Raft network over HTTP (docs/ARCHITECTURE.md).
 //!
 //! openraft's `new_client` is not told the group, so each group gets its own factory
 //! carrying its id; all share the node's one pooled HTTP client. Every RPC is

@@ -1,5 +1,5 @@
 //! The network seam: one enum over tokio and turmoil sockets, so the identical node code
-//! runs on real TCP and under turmoil's simulated network (DESIGN §5.3).
+//! runs on real TCP and under turmoil's simulated network (docs/simulation.md, Determinism).
 
 use std::future::Future;
 use std::io;

@@ -1,4 +1,4 @@
-//! The key-value state machine of one shard group (DESIGN §3.1).
+//! The key-value state machine of one shard group (docs/API.md).
 //!
 //! Everything here is pure: [`apply_op`] maps the key's current record and one command to
 //! the new record and the client-visible result. The sled-backed wrapper in

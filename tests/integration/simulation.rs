@@ -1,5 +1,5 @@
 //! The turmoil simulations, run through `midasflow sim` so each simulation has its own
-//! process (DESIGN §5.3, point 6). They take the cluster-test lock too: they are
+//! process (docs/simulation.md, Determinism). They take the cluster-test lock too: they are
 //! deterministic whatever the load, but the timed cluster tests are not.
 
 use std::process::Command;
