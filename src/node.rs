@@ -795,3 +795,34 @@ impl RunningNode {
         self.node.registry.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stalled-group finding: 64 entries of a 2 MiB value did not fit the fixed 96 MiB
+    /// internal body limit, so a full append got 413 forever. Now entries per append are
+    /// derived from the value limit, and a full append always fits the append body limit.
+    #[test]
+    fn a_full_append_always_fits_its_body_limit() {
+        for max_value_bytes in [0, 1, 1 << 10, 1 << 20, 3 << 20, 16 << 20, MAX_VALUE_BYTES_CEILING] {
+            let limits = Limits {
+                max_value_bytes,
+                ..Limits::default()
+            };
+            assert!(limits.validate().is_ok());
+            let entries = limits.max_payload_entries();
+            assert!((1..=MAX_PAYLOAD_ENTRIES).contains(&entries));
+            assert!(entries as usize * limits.max_entry_bytes() <= limits.max_append_body_bytes());
+            assert!(
+                limits.max_append_body_bytes()
+                    <= MAX_APPEND_BODY_BYTES + limits.max_entry_bytes() + ENTRY_OVERHEAD_BYTES
+            );
+        }
+        let too_big = Limits {
+            max_value_bytes: MAX_VALUE_BYTES_CEILING + 1,
+            ..Limits::default()
+        };
+        assert!(too_big.validate().unwrap_err().contains("--max-value-bytes"));
+    }
+}

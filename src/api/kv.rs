@@ -593,4 +593,32 @@ mod tests {
         headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
         assert_eq!(precondition(&headers).unwrap(), Precondition::IfAbsent);
     }
+
+    proptest::proptest! {
+        /// The strict percent-decoder never panics, and decodes what `encode_key` wrote.
+        #[test]
+        fn percent_decoding_is_total_and_inverts_encoding(
+            raw in "[ -~]{0,64}",
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let _ = percent_decode_strict(&raw);
+            let encoded = crate::client::encode_key(&key);
+            proptest::prop_assert_eq!(percent_decode_strict(&encoded).unwrap(), key);
+        }
+
+        /// Header and query parsers answer Ok or a 400 for anything, never panic.
+        #[test]
+        fn header_and_query_parsers_never_panic(value in "[ -~]{0,40}", query in "[ -~]{0,80}") {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(header::IF_MATCH, v.clone());
+                let _ = precondition(&headers);
+                headers.insert(header::IF_NONE_MATCH, v);
+                let _ = precondition(&headers);
+            }
+            if let Err(e) = parse_query(Some(&query)) {
+                proptest::prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            }
+        }
+    }
 }
