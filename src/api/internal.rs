@@ -15,6 +15,7 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest};
 use openraft::storage::Snapshot;
 use openraft::Vote;
@@ -45,6 +46,12 @@ pub struct SnapshotReceive {
     snapshot_id: String,
     data: Vec<u8>,
     updated: Instant,
+}
+
+/// Why a chunk was not taken: an API error, or a position the leader should resume from.
+enum ChunkRefused {
+    Api(ApiError),
+    Mismatch(openraft::error::SnapshotMismatch),
 }
 
 /// Snapshot receives in progress, by group.
@@ -78,10 +85,14 @@ async fn admit(
     request: Request,
     limit: usize,
 ) -> Result<(bytes::Bytes, tokio::sync::SemaphorePermit<'_>), ApiError> {
-    let authorized = authorize(node, &request);
-    let body = super::read_body_within(request.into_body(), limit, node.config.limits.body_read_timeout_ms).await;
-    authorized?;
-    let body = body?;
+    let timeout_ms = node.config.limits.body_read_timeout_ms;
+    if let Err(e) = authorize(node, &request) {
+        // Nothing of a stranger's body is kept: drained (bounded in bytes and time) only so
+        // the 401 is not lost to a reset.
+        let _ = super::read_body_within(request.into_body(), 0, timeout_ms).await;
+        return Err(e);
+    }
+    let body = super::read_body_within(request.into_body(), limit, timeout_ms).await?;
     let permit = node.internal_inflight.try_acquire().map_err(|_| {
         ApiError::overloaded(format!(
             "more than {} internal requests in flight on this node",
@@ -184,7 +195,15 @@ async fn install_snapshot_chunk(
             "a snapshot over {MAX_SNAPSHOT_BYTES} bytes"
         )));
     }
-    let assembled = node.snapshot_receives.add_chunk(group.id, &meta, offset, data, done)?;
+    type SnapshotResult = Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>;
+    let assembled = match node.snapshot_receives.add_chunk(group.id, &meta, offset, data, done) {
+        Ok(assembled) => assembled,
+        Err(ChunkRefused::Api(e)) => return Err(e),
+        Err(ChunkRefused::Mismatch(mismatch)) => {
+            let answer: SnapshotResult = Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch)));
+            return Ok(encoded(&answer));
+        }
+    };
     let Some(data) = assembled else {
         let vote = group.raft.metrics().borrow().vote;
         return Ok(encoded(&Ok::<
@@ -203,7 +222,7 @@ async fn install_snapshot_chunk(
         .install_full_snapshot(vote, snapshot)
         .await
         .map(|r| InstallSnapshotResponse { vote: r.vote })
-        .map_err(openraft::error::RaftError::<u64, openraft::error::InstallSnapshotError>::Fatal);
+        .map_err(RaftError::<u64, InstallSnapshotError>::Fatal);
     Ok(encoded(&result))
 }
 
@@ -216,7 +235,7 @@ impl SnapshotReceives {
         offset: u64,
         data: Vec<u8>,
         done: bool,
-    ) -> Result<Option<Vec<u8>>, ApiError> {
+    ) -> Result<Option<Vec<u8>>, ChunkRefused> {
         let mut receives = self.0.lock().unwrap();
         let now = Instant::now();
         if offset == 0 {
@@ -224,9 +243,9 @@ impl SnapshotReceives {
                 let idle = Duration::from_millis(SNAPSHOT_RECEIVE_IDLE_MS);
                 receives.retain(|_, r| now.duration_since(r.updated) < idle);
                 if receives.len() >= MAX_SNAPSHOT_RECEIVES {
-                    return Err(ApiError::overloaded(format!(
+                    return Err(ChunkRefused::Api(ApiError::overloaded(format!(
                         "{MAX_SNAPSHOT_RECEIVES} snapshots are being received already"
-                    )));
+                    ))));
                 }
             }
             receives.insert(
@@ -238,17 +257,28 @@ impl SnapshotReceives {
                 },
             );
         }
+        // A chunk of a snapshot not being received (this node restarted, or dropped an idle
+        // receive), or one past a hole: tell the leader where to resume, as openraft does,
+        // so it restarts the stream at once instead of retrying the same chunk.
+        let received = receives
+            .get(&group)
+            .filter(|r| r.snapshot_id == meta.snapshot_id)
+            .map(|r| r.data.len() as u64);
+        if received.is_none_or(|received| offset > received) {
+            return Err(ChunkRefused::Mismatch(openraft::error::SnapshotMismatch {
+                expect: openraft::SnapshotSegmentId {
+                    id: meta.snapshot_id.clone(),
+                    offset: received.unwrap_or(0),
+                },
+                got: openraft::SnapshotSegmentId {
+                    id: meta.snapshot_id.clone(),
+                    offset,
+                },
+            }));
+        }
         let receive = receives
             .get_mut(&group)
-            .filter(|r| r.snapshot_id == meta.snapshot_id)
-            .ok_or_else(|| ApiError::bad_request("a snapshot chunk past offset 0 of a snapshot not being received"))?;
-        // A retransmitted chunk may start before the end; never after it (a hole).
-        if offset > receive.data.len() as u64 {
-            return Err(ApiError::bad_request(format!(
-                "snapshot chunk at offset {offset}, but {} bytes were received",
-                receive.data.len()
-            )));
-        }
+            .ok_or(ChunkRefused::Api(ApiError::internal("receive vanished")))?;
         receive.data.truncate(offset as usize);
         receive.data.extend_from_slice(&data);
         receive.updated = now;

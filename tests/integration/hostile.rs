@@ -113,9 +113,9 @@ fn raw_post(addr: &str, path: &str, headers: &str, body: &[u8]) -> u16 {
     );
     stream.write_all(head.as_bytes()).unwrap();
     let _ = stream.write_all(body);
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
@@ -258,11 +258,12 @@ async fn hostile_internal_requests_change_nothing_and_crash_nothing() {
             413,
         ),
         (
+            // Answered with openraft's SnapshotMismatch (the leader restarts at offset 0).
             "snapshot chunk past a hole",
             "/internal/raft/1/snapshot".into(),
             &with_secret,
             snapshot_chunk(4096, b"x".to_vec(), false),
-            400,
+            200,
         ),
         (
             "snapshot with an empty record",
