@@ -128,6 +128,9 @@ pub struct Tuning {
     /// A connection must send a whole request head within this time.
     #[arg(long, env = "MIDASFLOW_HEADER_READ_TIMEOUT_MS", default_value_t = Limits::default().header_read_timeout_ms)]
     pub header_read_timeout_ms: u64,
+    /// Request bodies held in memory at once, in bytes; more get 429.
+    #[arg(long, env = "MIDASFLOW_MAX_BUFFERED_BODY_BYTES", default_value_t = Limits::default().max_buffered_body_bytes)]
+    pub max_buffered_body_bytes: usize,
     /// A request body must arrive whole within this time (408 otherwise).
     #[arg(long, env = "MIDASFLOW_BODY_READ_TIMEOUT_MS", default_value_t = Limits::default().body_read_timeout_ms)]
     pub body_read_timeout_ms: u64,
@@ -319,6 +322,7 @@ impl Tuning {
         config.limits.max_connections = self.max_connections;
         config.limits.header_read_timeout_ms = self.header_read_timeout_ms;
         config.limits.body_read_timeout_ms = self.body_read_timeout_ms;
+        config.limits.max_buffered_body_bytes = self.max_buffered_body_bytes;
         config.raft = RaftTimings {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             election_timeout_min_ms: self.election_timeout_min_ms,

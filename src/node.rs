@@ -96,6 +96,9 @@ pub struct Limits {
     pub body_read_timeout_ms: u64,
     /// A TLS handshake must finish within this time.
     pub tls_handshake_timeout_ms: u64,
+    /// Request bodies held in memory at once, in bytes (each charged its declared length
+    /// or its route's limit before it is read); more get 429.
+    pub max_buffered_body_bytes: usize,
     pub request_timeout_ms: u64,
     pub max_forward_hops: u32,
 }
@@ -129,6 +132,7 @@ impl Default for Limits {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             tls_handshake_timeout_ms: 10_000,
+            max_buffered_body_bytes: 1 << 30,
             request_timeout_ms: 5_000,
             max_forward_hops: 3,
         }
@@ -159,6 +163,12 @@ impl Limits {
             return Err(format!(
                 "--max-value-bytes {} is over the ceiling of {MAX_VALUE_BYTES_CEILING} bytes",
                 self.max_value_bytes
+            ));
+        }
+        if self.max_buffered_body_bytes < self.max_append_body_bytes() {
+            return Err(format!(
+                "--max-buffered-body-bytes must hold at least one full append ({} bytes)",
+                self.max_append_body_bytes()
             ));
         }
         if self.max_key_bytes == 0 || self.max_key_bytes > MAX_KEY_BYTES {
@@ -355,6 +365,8 @@ pub struct Node {
     /// Internal requests in progress (Raft RPCs, heartbeats), apart from the public API's.
     pub internal_inflight: Semaphore,
     pub snapshot_receives: crate::api::internal::SnapshotReceives,
+    /// Bytes of request bodies held at once (`Limits::max_buffered_body_bytes`).
+    pub body_budget: crate::api::BodyBudget,
     pub draining: AtomicBool,
     pub started: Instant,
     pub requests: RequestCounts,
@@ -741,6 +753,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     })?;
     let inflight = Semaphore::new(config.limits.max_inflight_requests);
     let internal_inflight = Semaphore::new(config.limits.max_inflight_internal);
+    let node_body_budget = config.limits.max_buffered_body_bytes;
     let node = Arc::new(Node {
         config,
         registry,
@@ -751,6 +764,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         inflight,
         internal_inflight,
         snapshot_receives: Default::default(),
+        body_budget: crate::api::BodyBudget::new(node_body_budget),
         draining: AtomicBool::new(false),
         started: Instant::now(),
         requests: RequestCounts::default(),

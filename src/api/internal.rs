@@ -80,26 +80,36 @@ fn authorize(node: &Node, request: &Request) -> Result<(), ApiError> {
 }
 
 /// Authenticates, reads the body within `limit` bytes, and admits the request.
-async fn admit(
-    node: &Node,
-    request: Request,
-    limit: usize,
-) -> Result<(bytes::Bytes, tokio::sync::SemaphorePermit<'_>), ApiError> {
-    let timeout_ms = node.config.limits.body_read_timeout_ms;
+async fn admit(node: &Node, request: Request, limit: usize) -> Result<(bytes::Bytes, Admitted<'_>), ApiError> {
     if let Err(e) = authorize(node, &request) {
         // Nothing of a stranger's body is kept: drained (bounded in bytes and time) only so
         // the 401 is not lost to a reset.
-        let _ = super::read_body_within(request.into_body(), 0, timeout_ms).await;
+        super::drain(request.into_body()).await;
         return Err(e);
     }
-    let body = super::read_body_within(request.into_body(), limit, timeout_ms).await?;
+    let (body, budget) = node
+        .body_budget
+        .read(request.into_body(), limit, node.config.limits.body_read_timeout_ms)
+        .await?;
     let permit = node.internal_inflight.try_acquire().map_err(|_| {
         ApiError::overloaded(format!(
             "more than {} internal requests in flight on this node",
             node.config.limits.max_inflight_internal
         ))
     })?;
-    Ok((body, permit))
+    Ok((
+        body,
+        Admitted {
+            _request: permit,
+            _body: budget,
+        },
+    ))
+}
+
+/// The permits an admitted internal request holds until it is answered.
+struct Admitted<'a> {
+    _request: tokio::sync::SemaphorePermit<'a>,
+    _body: tokio::sync::SemaphorePermit<'a>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

@@ -153,11 +153,14 @@ fn parse_query(query: Option<&str>) -> Result<(Consistency, Option<u64>), ApiErr
 
 /// Parses the call from method, path, query, headers and body, enforcing every limit.
 /// The body is read first, so an error never answers a client that is still sending.
-async fn parse_call(node: &Node, request: Request) -> Result<(KvCall, HeaderMap, Bytes), ApiError> {
+async fn parse_call(
+    node: &Node,
+    request: Request,
+) -> Result<(KvCall, HeaderMap, Bytes, tokio::sync::SemaphorePermit<'_>), ApiError> {
     let limits = &node.config.limits;
     let (parts, body) = request.into_parts();
     let limit = limits.max_value_bytes;
-    let body = super::read_body_within(body, limit, limits.body_read_timeout_ms).await?;
+    let (body, budget) = node.body_budget.read(body, limit, limits.body_read_timeout_ms).await?;
     let path = parts.uri.path();
     let raw = path.strip_prefix(KV_PREFIX).unwrap_or("");
     let (raw_key, history) = match raw.strip_suffix(HISTORY_SUFFIX) {
@@ -223,7 +226,7 @@ async fn parse_call(node: &Node, request: Request) -> Result<(KvCall, HeaderMap,
         }),
         other => other,
     };
-    Ok((call, parts.headers, body))
+    Ok((call, parts.headers, body, budget))
 }
 
 pub async fn handle(State(node): State<Arc<Node>>, request: Request) -> Response {
@@ -235,7 +238,7 @@ pub async fn handle(State(node): State<Arc<Node>>, request: Request) -> Response
         .unwrap_or_default();
     // The body is read (bounded in size and time) before a permit is taken: a client that
     // sends slowly holds only its own connection, never a slot other clients need.
-    let (call, headers, body) = match parse_call(&node, request).await {
+    let (call, headers, body, _body_budget) = match parse_call(&node, request).await {
         Ok(parsed) => parsed,
         Err(e) => return e.into_response(),
     };

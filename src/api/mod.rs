@@ -99,7 +99,7 @@ async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Nex
     if presented.is_some_and(|t| crate::security::token_matches(t, tokens)) {
         return next.run(request).await;
     }
-    read_body(request.into_body(), 0).await;
+    drain(request.into_body()).await;
     let mut response =
         ApiError::unauthorized("this node needs an API token: Authorization: Bearer <token>").into_response();
     response
@@ -175,6 +175,55 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Option<bytes::By
     (seen <= limit).then(|| collected.freeze())
 }
 
+/// How long an unwanted body is drained before an error answer (nothing of it is kept).
+pub const DRAIN_TIMEOUT_MS: u64 = 5_000;
+
+/// Reads and drops an unwanted request body, bounded in bytes and time, so the error
+/// answered next is not lost to a TCP reset; a client still sending after that is cut off.
+pub async fn drain(body: axum::body::Body) {
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(DRAIN_TIMEOUT_MS), read_body(body, 0)).await;
+}
+
+/// Request bodies a node holds in memory at once, in bytes: every body is charged before
+/// it is read (its declared length, or the route's limit), so many large or slow bodies
+/// get 429 instead of exhausting the node's memory.
+pub struct BodyBudget {
+    kib: tokio::sync::Semaphore,
+    total_bytes: usize,
+}
+
+impl BodyBudget {
+    pub fn new(total_bytes: usize) -> Self {
+        BodyBudget {
+            kib: tokio::sync::Semaphore::new(total_bytes.div_ceil(1024)),
+            total_bytes,
+        }
+    }
+
+    /// Reads a body of at most `limit` bytes within `timeout_ms`, charging the budget for
+    /// as long as the returned permit lives.
+    pub async fn read(
+        &self,
+        body: axum::body::Body,
+        limit: usize,
+        timeout_ms: u64,
+    ) -> Result<(bytes::Bytes, tokio::sync::SemaphorePermit<'_>), ApiError> {
+        // hyper knows the length: 0 without a body, Content-Length, or none if chunked.
+        let declared = axum::body::HttpBody::size_hint(&body).exact();
+        let charge = declared.map_or(limit, |d| d.min(limit as u64) as usize);
+        let units = u32::try_from(charge.div_ceil(1024)).unwrap_or(u32::MAX);
+        let Ok(permit) = self.kib.try_acquire_many(units) else {
+            drain(body).await;
+            return Err(ApiError::overloaded(format!(
+                "request bodies on this node already hold {} bytes",
+                self.total_bytes
+            )));
+        };
+        let bytes = read_body_within(body, limit, timeout_ms).await?;
+        Ok((bytes, permit))
+    }
+}
+
 /// [`read_body`] bounded in time too: a body that has not arrived whole within
 /// `timeout_ms` gets 408, one over `limit` gets 413.
 pub async fn read_body_within(body: axum::body::Body, limit: usize, timeout_ms: u64) -> Result<bytes::Bytes, ApiError> {
@@ -190,13 +239,13 @@ pub async fn read_body_within(body: axum::body::Body, limit: usize, timeout_ms: 
 }
 
 async fn empty_key(request: Request) -> ApiError {
-    read_body(request.into_body(), 0).await;
+    drain(request.into_body()).await;
     ApiError::bad_request("key must not be empty: use /v1/kv/{key}")
 }
 
 async fn unknown_route(request: Request) -> ApiError {
     let error = ApiError::not_found(format!("no route for {} {}", request.method(), request.uri().path()));
-    read_body(request.into_body(), 0).await;
+    drain(request.into_body()).await;
     error
 }
 
@@ -206,7 +255,7 @@ async fn method_not_allowed(request: Request) -> ApiError {
         request.method(),
         request.uri().path()
     ));
-    read_body(request.into_body(), 0).await;
+    drain(request.into_body()).await;
     error
 }
 

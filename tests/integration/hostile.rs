@@ -466,3 +466,58 @@ async fn public_api_serves_while_internal_routes_are_flooded() {
         .unwrap();
     assert_eq!(reply.status, 200);
 }
+
+/// Bodies held in memory are bounded: stalled senders declaring large bodies use up the
+/// body budget and later bodies get 429 (not an out-of-memory node); once the stalled
+/// bodies time out, the budget is back and writes succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_request_bodies_are_bounded() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(
+        3,
+        &[
+            "--max-value-bytes",
+            "65536",
+            "--max-buffered-body-bytes",
+            "6000000",
+            "--body-read-timeout-ms",
+            "2000",
+        ],
+    )
+    .await;
+    let addr = cluster.addrs[&1].clone();
+    let mut stalled = Vec::new();
+    for i in 0..100 {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        let head = format!("PUT /v1/kv/big{i} HTTP/1.1\r\nhost: x\r\ncontent-length: 65536\r\n\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stalled.push(stream);
+    }
+    // 100 × 64 KiB is more than the 6 MB budget: the bodies that fit wait and time out
+    // (408); the rest are refused (429) without being charged.
+    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    for stream in &mut stalled {
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut head = [0u8; 12];
+        let status = match stream.read_exact(&mut head) {
+            Ok(()) => String::from_utf8_lossy(&head[9..12]).into_owned(),
+            Err(e) => e.kind().to_string(),
+        };
+        *statuses.entry(status).or_default() += 1;
+    }
+    let refused = statuses.get("429").copied().unwrap_or(0);
+    let timed_out = statuses.get("408").copied().unwrap_or(0);
+    assert!(refused >= 5, "over-budget bodies were not refused: {statuses:?}");
+    assert!(
+        timed_out >= 80,
+        "bodies within the budget should wait, then time out: {statuses:?}"
+    );
+    assert_eq!(refused + timed_out, 100, "{statuses:?}");
+    crate::harness::wait_until(
+        "the budget is back after the body timeout",
+        Duration::from_secs(15),
+        || async { put(cluster.client(1), "after-stall", b"v", &[]).await.status == 200 },
+    )
+    .await;
+    assert_eq!(cluster.client(1).get_path("/livez").await.unwrap().status, 200);
+}
