@@ -719,6 +719,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         client,
         RegistryConfig {
             node_id: config.node_id,
+            db_dir: db_path.clone(),
             raft_config,
             flush_mode: config.flush_mode,
             rng_seed: config.rng_seed,

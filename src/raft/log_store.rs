@@ -1,13 +1,18 @@
 //! Raft log and vote storage in the node's one sled database, with group commit.
 //!
 //! Every group's entries live in the `raft_log` tree under `group ‖ index` (big-endian).
-//! An append is acknowledged to openraft only after a `db.flush()` that covers it, and one
-//! flush serves every group that appended meanwhile: the [`Flusher`] drains all waiting
-//! callbacks, fsyncs once and completes them all.
+//! An append is acknowledged to openraft only after a flush that covers it is durable, and
+//! one flush serves every group that appended meanwhile: the [`Flusher`] drains all waiting
+//! callbacks, runs `db.flush()` then `fdatasync` once ([`DurableFiles`]), and completes
+//! them all. See `docs/durability.md`.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::fmt::Debug;
+use std::fs::File;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
 use tokio::time::Instant;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -45,6 +50,86 @@ impl FlushWaiter {
     }
 }
 
+/// Makes what sled wrote durable. sled 0.34's flush ends in `sync_file_range`, which
+/// writes neither the file's metadata (the size of an appended log) nor the disk's write
+/// cache: a power cut could lose acknowledged writes on every replica at once. So after
+/// each `db.flush()`, `fdatasync` its log file, and `fsync` every blob file sled created
+/// since (values too large for its log segments) and their directory.
+pub struct DurableFiles {
+    db_file: File,
+    blobs_dir: PathBuf,
+    synced_blobs: BTreeSet<OsString>,
+    /// A failed fsync may have dropped dirty pages the kernel will never write again, so
+    /// nothing after it can be trusted to be durable: every later flush fails too.
+    failed: bool,
+}
+
+/// `fsync` of a directory: makes the names created in it durable.
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+impl DurableFiles {
+    /// Opens sled's files in `db_dir` (after `sled::open`) and makes what exists durable:
+    /// sled writes its `conf` at creation without an fsync, and a lost `conf` makes it
+    /// open an empty database.
+    pub fn open(db_dir: &Path) -> io::Result<Self> {
+        let db_file = File::open(db_dir.join("db"))?;
+        File::open(db_dir.join("conf"))?.sync_all()?;
+        db_file.sync_all()?;
+        let mut files = DurableFiles {
+            db_file,
+            blobs_dir: db_dir.join("blobs"),
+            synced_blobs: BTreeSet::new(),
+            failed: false,
+        };
+        files.sync_new_blobs(true)?;
+        // The database directory, the data dir holding it, and the data dir's own entry
+        // (sled creates both if missing).
+        let mut dir = Some(db_dir);
+        for _ in 0..3 {
+            let Some(path) = dir.filter(|p| !p.as_os_str().is_empty()) else {
+                break;
+            };
+            sync_dir(path)?;
+            dir = path.parent();
+        }
+        Ok(files)
+    }
+
+    fn sync_new_blobs(&mut self, sync_dir_anyway: bool) -> io::Result<()> {
+        let mut present = BTreeSet::new();
+        let mut new = false;
+        if self.blobs_dir.exists() {
+            for entry in std::fs::read_dir(&self.blobs_dir)? {
+                let name = entry?.file_name();
+                if !self.synced_blobs.contains(&name) {
+                    File::open(self.blobs_dir.join(&name))?.sync_all()?;
+                    new = true;
+                }
+                present.insert(name);
+            }
+            if new || sync_dir_anyway {
+                sync_dir(&self.blobs_dir)?;
+            }
+        }
+        self.synced_blobs = present;
+        Ok(())
+    }
+
+    /// After `db.flush()`: everything it wrote is durable when this returns `Ok`.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other(
+                "an earlier fsync failed; nothing written since is known durable",
+            ));
+        }
+        let result = self.db_file.sync_data().and_then(|()| self.sync_new_blobs(false));
+        self.failed = result.is_err();
+        result
+    }
+}
+
 /// How the flusher runs: on its own OS thread in production, so a slow fsync never blocks
 /// tokio's workers; inline on the runtime under simulation, where a blocking flush on the
 /// single simulated thread keeps the run deterministic (docs/simulation.md, Determinism).
@@ -61,24 +146,30 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    pub fn start(db: sled::Db, mode: FlushMode, node_label: String) -> Self {
+    pub fn start(db: sled::Db, mut files: DurableFiles, mode: FlushMode, node_label: String) -> Self {
         let (tx, mut rx) = mpsc::channel::<FlushWaiter>(FLUSH_QUEUE_CAPACITY);
-        let flush_batch = move |first: FlushWaiter, rx: &mut mpsc::Receiver<FlushWaiter>| {
+        let mut flush_batch = move |first: FlushWaiter, rx: &mut mpsc::Receiver<FlushWaiter>| {
             let mut batch = vec![first];
             while let Ok(next) = rx.try_recv() {
                 batch.push(next);
             }
             let started = Instant::now();
-            let result = db.flush().map(|_| ());
+            let result = db.flush().map(|_| ()).map_err(io::Error::other).and_then(|()| {
+                let synced = Instant::now();
+                let result = files.sync();
+                metrics::histogram!("midasflow_log_fsync_duration_seconds", "node" => node_label.clone())
+                    .record(synced.elapsed().as_secs_f64());
+                result
+            });
+            // Only after the sync may anyone learn that the batch is durable.
             metrics::histogram!("midasflow_log_flush_duration_seconds", "node" => node_label.clone())
                 .record(started.elapsed().as_secs_f64());
             metrics::histogram!("midasflow_log_flush_batch_size", "node" => node_label.clone())
                 .record(batch.len() as f64);
             metrics::counter!("midasflow_log_flushes_total", "node" => node_label.clone()).increment(1);
             if let Err(e) = &result {
-                tracing::error!(error = %e, "sled flush failed");
+                tracing::error!(error = %e, "making the log durable failed; the replicas waiting on it stop");
             }
-            let result = result.map_err(io::Error::other);
             for waiter in batch {
                 waiter.complete(&result);
             }
@@ -262,8 +353,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.flusher.flush().await.map_err(storage_io_error)
     }
 
+    /// Read once, when the replica starts. The vote comes back uncommitted: openraft 0.9
+    /// resumes as leader, in the same term and without a new blank entry, a replica whose
+    /// saved vote is committed for itself. Its commit index (saved lazily) can then be
+    /// behind what it acknowledged before the crash, and it served linearizable reads that
+    /// missed acknowledged writes (found by the power-cut test). Uncommitted, the same vote
+    /// still refuses any other candidate of that term, and the replica starts as a follower:
+    /// whoever leads next commits an entry of a new term, and with it everything before.
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
-        self.read_meta(META_VOTE)
+        Ok(self.read_meta::<Vote<u64>>(META_VOTE)?.map(|vote| Vote {
+            leader_id: vote.leader_id,
+            committed: false,
+        }))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {

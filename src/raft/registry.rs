@@ -15,7 +15,7 @@ use rand::Rng;
 use openraft::{BasicNode, ServerState};
 use tokio::sync::watch;
 
-use super::log_store::{FlushMode, Flusher, LogStore};
+use super::log_store::{DurableFiles, FlushMode, Flusher, LogStore};
 use super::network::GroupNetworkFactory;
 use super::probe::{NodeEvent, Probe};
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
@@ -51,6 +51,8 @@ impl Group {
 /// Everything needed to create a group's Raft instance.
 pub struct RegistryConfig {
     pub node_id: u64,
+    /// sled's directory, whose files the flusher makes durable.
+    pub db_dir: std::path::PathBuf,
     pub raft_config: Arc<openraft::Config>,
     pub flush_mode: FlushMode,
     /// Set under simulation: seeds each group's RNG from (seed, node, group).
@@ -93,7 +95,9 @@ impl Registry {
     ) -> Result<Self, RegistryError> {
         let storage = |e: sled::Error| RegistryError::Storage(e.to_string());
         let label = config.node_id.to_string();
-        let flusher = Flusher::start(db.clone(), config.flush_mode, label.clone());
+        let files = DurableFiles::open(&config.db_dir)
+            .map_err(|e| RegistryError::Storage(format!("making {} durable: {e}", config.db_dir.display())))?;
+        let flusher = Flusher::start(db.clone(), files, config.flush_mode, label.clone());
         Ok(Registry {
             node_id: config.node_id,
             label,

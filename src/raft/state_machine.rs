@@ -488,8 +488,9 @@ mod tests {
     use crate::shard::{KvOp, Precondition};
     use openraft::{CommittedLeaderId, Entry, EntryPayload};
 
-    fn store(db: &sled::Db) -> StateMachineStore {
-        let flusher = Flusher::start(db.clone(), FlushMode::Inline, "t".into());
+    fn store(db: &sled::Db, dir: &std::path::Path) -> StateMachineStore {
+        let files = crate::raft::log_store::DurableFiles::open(dir).unwrap();
+        let flusher = Flusher::start(db.clone(), files, FlushMode::Inline, "t".into());
         StateMachineStore::open(db, 7, flusher, None, "t".into(), Probe::new(1, None)).unwrap()
     }
 
@@ -512,7 +513,7 @@ mod tests {
     async fn a_snapshot_of_unreadable_state_fails_instead_of_shipping_a_hole() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let mut sm = store(&db);
+        let mut sm = store(&db, dir.path());
         sm.apply(vec![put(1, b"a"), put(2, b"b")]).await.unwrap();
         let mut builder = sm.get_snapshot_builder().await;
         let good = builder.build_snapshot().await.unwrap();

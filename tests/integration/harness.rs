@@ -24,6 +24,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub addrs: BTreeMap<u64, String>,
     pub extra_args: Vec<String>,
+    /// Where the nodes' data dirs live (the temp dir unless a test mounts something).
+    data_root: PathBuf,
     per_node_args: BTreeMap<u64, Vec<String>>,
     children: BTreeMap<u64, Child>,
     clients: BTreeMap<u64, Client>,
@@ -39,13 +41,24 @@ impl Cluster {
     /// Starts `nodes` insecure (loopback) server processes with `extra_args` and waits
     /// until every shard has a leader.
     pub async fn start(nodes: u64, extra_args: &[&str]) -> Cluster {
-        let mut args = vec!["--insecure"];
-        args.extend_from_slice(extra_args);
-        Self::start_with(nodes, &args, |_, _| Vec::new(), "http", ClientAuth::default()).await
+        Self::start_on(nodes, extra_args, None).await
     }
 
-    /// Starts `nodes` processes; `per_node(dir, id)` adds arguments for one node (made
-    /// before it starts, e.g. its certificates), and the test talks `scheme` with `auth`.
+    /// As [`Cluster::start`], with the data dirs under `data_root` when given.
+    pub async fn start_on(nodes: u64, extra_args: &[&str], data_root: Option<PathBuf>) -> Cluster {
+        let mut args = vec!["--insecure"];
+        args.extend_from_slice(extra_args);
+        Self::start_full(
+            nodes,
+            &args,
+            |_, _| Vec::new(),
+            "http",
+            ClientAuth::default(),
+            data_root,
+        )
+        .await
+    }
+
     pub async fn start_with(
         nodes: u64,
         extra_args: &[&str],
@@ -53,6 +66,20 @@ impl Cluster {
         scheme: &str,
         auth: ClientAuth,
     ) -> Cluster {
+        Self::start_full(nodes, extra_args, per_node, scheme, auth, None).await
+    }
+
+    /// Starts `nodes` processes; `per_node(dir, id)` adds arguments for one node (made
+    /// before it starts, e.g. its certificates), and the test talks `scheme` with `auth`.
+    async fn start_full(
+        nodes: u64,
+        extra_args: &[&str],
+        per_node: impl Fn(&std::path::Path, u64) -> Vec<String>,
+        scheme: &str,
+        auth: ClientAuth,
+        data_root: Option<PathBuf>,
+    ) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(nodes as usize);
         let addrs: BTreeMap<u64, String> = (1..=nodes)
             .zip(ports)
@@ -63,7 +90,8 @@ impl Cluster {
             .map(|(id, addr)| (*id, Client::with_auth(&format!("{scheme}://{addr}"), auth.clone())))
             .collect();
         let mut cluster = Cluster {
-            dir: tempfile::tempdir().unwrap(),
+            data_root: data_root.unwrap_or_else(|| dir.path().to_path_buf()),
+            dir,
             addrs,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             per_node_args: BTreeMap::new(),
@@ -80,7 +108,7 @@ impl Cluster {
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
-        self.dir.path().join(format!("node{id}"))
+        self.data_root.join(format!("node{id}"))
     }
 
     /// The command line node `id` runs with (to run it by hand in a test).

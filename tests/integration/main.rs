@@ -9,5 +9,6 @@ mod durability;
 mod harness;
 mod hostile;
 mod kv;
+mod powercut_fs;
 mod security;
 mod simulation;
