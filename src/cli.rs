@@ -32,6 +32,8 @@ pub enum Command {
     Cluster(ClusterArgs),
     /// Closed-loop load against a running cluster.
     Bench(crate::bench::BenchArgs),
+    /// What a durable group commit costs on this disk, by mechanism.
+    BenchStorage(crate::bench_storage::StorageBenchArgs),
     /// Deterministic fault simulations of whole clusters, by seed.
     Sim(crate::sim_cli::SimArgs),
     /// Make TLS certificates for a cluster.

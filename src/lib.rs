@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_storage;
 pub mod cli;
 pub mod codec;
 pub mod node;

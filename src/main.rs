@@ -35,6 +35,7 @@ fn main() {
             Command::Cluster(args) => cli::run_cluster(args).await,
             Command::Bench(args) => midasflow::bench::run(args).await,
             Command::Cert(args) => cli::run_cert(args),
+            Command::BenchStorage(args) => midasflow::bench_storage::run(args),
             Command::Sim(_) => unreachable!("handled above"),
         }
     });
