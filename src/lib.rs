@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bench_storage;
 pub mod cli;
 pub mod codec;
+pub mod identity;
 pub mod node;
 pub mod placement;
 pub mod raft;

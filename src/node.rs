@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use crate::identity::{self, Identity, IdentityAnswer, IdentityQuery};
 use crate::placement::{pd_voters, ClusterMap, NodeId, NodeState, PdCommand, PD_GROUP};
 use crate::raft::log_store::FlushMode;
 use crate::raft::network::post_internal;
+use crate::raft::network::Credentials;
 use crate::raft::probe::{NodeEvent, Observer, Probe};
 use crate::raft::registry::{Registry, RegistryConfig};
 use crate::raft::state_machine::publish_map;
@@ -265,6 +267,7 @@ impl NodeConfig {
         PdCommand::Bootstrap {
             nodes: self.initial_cluster.iter().map(|(i, a)| (*i, a.clone())).collect(),
             initial_shards: self.initial_shards,
+            cluster_id: 1,
         }
         .validate()
         .map_err(|e| format!("--initial-shards / --initial-cluster: {e}"))?;
@@ -308,6 +311,9 @@ impl NodeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub node_id: NodeId,
+    /// The sender's data dir incarnation and the cluster it knows (none before bootstrap).
+    pub incarnation: u128,
+    pub cluster_id: Option<u128>,
     pub addr: String,
     pub routing_version: u64,
     /// (group, term) for every group this node leads.
@@ -340,9 +346,11 @@ pub struct HeartbeatReply {
 
 /// Liveness and leader hints, kept in memory by whichever node leads the PD.
 #[derive(Default)]
-struct PdLeaderState {
+pub struct PdLeaderState {
     last_seen: BTreeMap<NodeId, Instant>,
     leader_hints: BTreeMap<GroupId, (NodeId, u64)>,
+    /// Members whose registration is being proposed.
+    registering: std::collections::BTreeSet<NodeId>,
 }
 
 /// This node's latest picture of the cluster beyond the map itself.
@@ -359,7 +367,7 @@ pub struct Node {
     pub registry: Arc<Registry>,
     pub map_rx: watch::Receiver<Arc<ClusterMap>>,
     map_tx: watch::Sender<Arc<ClusterMap>>,
-    pd_state: std::sync::Mutex<PdLeaderState>,
+    pd_state: Arc<std::sync::Mutex<PdLeaderState>>,
     view: RwLock<ClusterView>,
     pub inflight: Semaphore,
     /// Internal requests in progress (Raft RPCs, heartbeats), apart from the public API's.
@@ -444,6 +452,10 @@ impl Node {
             .is_some_and(|t| t.elapsed() < Duration::from_millis(PD_STALE_AFTER_MS))
     }
 
+    fn pd_state_handle(&self) -> Arc<std::sync::Mutex<PdLeaderState>> {
+        self.pd_state.clone()
+    }
+
     /// Whether `node` may report to the PD: a member of the map, or (before bootstrap)
     /// of the initial cluster.
     fn is_member(&self, map: &ClusterMap, node: NodeId) -> bool {
@@ -466,6 +478,24 @@ impl Node {
         let map = self.map();
         if !self.is_member(&map, hb.node_id) {
             return Err(format!("node {} is not a member of this cluster", hb.node_id));
+        }
+        if let (Some(theirs), true) = (hb.cluster_id, map.cluster_id != 0) {
+            if theirs != map.cluster_id {
+                return Err(format!("node {} belongs to another cluster", hb.node_id));
+            }
+        }
+        match map.incarnations.get(&hb.node_id) {
+            Some(known) if *known != hb.incarnation => {
+                return Err(format!(
+                    "node {} is incarnation {}, but the cluster knows it as {}: it lost its disk",
+                    hb.node_id,
+                    identity::hex(hb.incarnation),
+                    identity::hex(*known)
+                ))
+            }
+            Some(_) => {}
+            None if map.is_bootstrapped() => self.register(pd.clone(), hb.node_id, hb.incarnation),
+            None => {}
         }
         let now = Instant::now();
         let mut state = self.pd_state.lock().unwrap();
@@ -493,9 +523,30 @@ impl Node {
         }))
     }
 
+    /// On the PD leader: records a member's incarnation (once; a proposal at a time each).
+    fn register(&self, pd: Arc<crate::raft::registry::Group>, node: NodeId, incarnation: u128) {
+        if !self.pd_state.lock().unwrap().registering.insert(node) {
+            return;
+        }
+        let node_ref = self.pd_state_handle();
+        tokio::spawn(async move {
+            let command = Request::Pd(PdCommand::Register { node, incarnation });
+            match pd.raft.client_write(command).await {
+                Ok(resp) => tracing::info!(node, result = ?resp.data, "registered a member's incarnation"),
+                Err(e) => {
+                    tracing::debug!(node, error = %e, "registration not committed; retried on the next heartbeat")
+                }
+            }
+            node_ref.lock().unwrap().registering.remove(&node);
+        });
+    }
+
     fn heartbeat(&self) -> Heartbeat {
+        let credentials = self.registry.credentials();
         Heartbeat {
             node_id: self.config.node_id,
+            incarnation: credentials.incarnation,
+            cluster_id: credentials.cluster_id(),
             addr: self.config.advertise.clone(),
             routing_version: self.map().routing_version,
             leading: self
@@ -540,7 +591,7 @@ impl Node {
                         self.registry.client(),
                         &addr,
                         "/internal/pd/heartbeat",
-                        self.registry.secret(),
+                        self.registry.credentials(),
                         &hb,
                         timeout,
                     )
@@ -565,6 +616,31 @@ impl Node {
             view.leader_hints = reply.leader_hints;
             view.last_seen_ms = reply.last_seen_ms;
             view.last_pd_contact = Some(Instant::now());
+        }
+    }
+
+    /// Once the map names the cluster, this node's identity record names it too (durably),
+    /// and every internal request it sends carries it.
+    fn adopt_cluster_id(&self, map: &ClusterMap) {
+        let credentials = self.registry.credentials();
+        if map.cluster_id == 0 || credentials.cluster_id() == Some(map.cluster_id) {
+            return;
+        }
+        if let Some(mine) = credentials.cluster_id() {
+            tracing::error!(mine = %identity::hex(mine), map = %identity::hex(map.cluster_id), "the map names another cluster; keeping this node's");
+            return;
+        }
+        let record = Identity {
+            node_id: self.config.node_id,
+            incarnation: credentials.incarnation,
+            cluster_id: Some(map.cluster_id),
+        };
+        match identity::store(&self.config.data_dir, &record) {
+            Ok(()) => {
+                credentials.set_cluster_id(map.cluster_id);
+                tracing::info!(cluster = %identity::hex(map.cluster_id), "this node's identity now names its cluster");
+            }
+            Err(e) => tracing::error!(error = %e, "could not record the cluster id; will retry"),
         }
     }
 
@@ -620,6 +696,7 @@ impl Node {
                 .map(|(id, a)| (*id, a.clone()))
                 .collect(),
             initial_shards: self.config.initial_shards,
+            cluster_id: new_random_id(self.config.rng_seed, self.config.node_id, 0xc105),
         };
         loop {
             if self.map().is_bootstrapped() || *stop.borrow() {
@@ -662,6 +739,7 @@ impl Node {
                 routing_version: map.routing_version,
                 tiling: map.check_tiling(),
             });
+            self.adopt_cluster_id(&map);
             self.reconcile(&map).await;
             tokio::select! {
                 changed = map_rx.changed() => if changed.is_err() { return },
@@ -690,6 +768,120 @@ pub enum StartError {
     Bind { addr: String, source: std::io::Error },
     #[error("{0}")]
     Registry(#[from] crate::raft::registry::RegistryError),
+    #[error("{0}")]
+    Identity(String),
+}
+
+/// How long a starting node waits for each peer's answer about the cluster.
+pub const IDENTITY_QUERY_TIMEOUT_MS: u64 = 1_000;
+
+/// Loads (or creates) the data dir's identity and checks it with every reachable peer
+/// of `--initial-cluster` before the node acts as any member. Refuses a data dir that
+/// belongs to another node or cluster, that lost its database, or whose incarnation the
+/// cluster does not know as this node's (the disk was wiped or replaced).
+async fn check_identity(
+    config: &NodeConfig,
+    client: &crate::raft::transport::HttpClient,
+    db_path: &std::path::Path,
+) -> Result<Identity, StartError> {
+    let refuse = StartError::Identity;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| refuse(format!("creating {}: {e}", config.data_dir.display())))?;
+    let has_database = db_path.join("conf").exists();
+    let mut identity = match identity::load(&config.data_dir).map_err(|e| refuse(e.to_string()))? {
+        Some(found) if found.node_id != config.node_id => {
+            return Err(refuse(format!(
+                "{} belongs to node {}, not to node {}: wrong --data-dir or --node-id",
+                identity::path(&config.data_dir).display(),
+                found.node_id,
+                config.node_id
+            )))
+        }
+        Some(found) if found.cluster_id.is_some() && !has_database => {
+            return Err(refuse(format!(
+                "{} says this is node {} of cluster {}, but its database ({}) is gone: the data dir lost its \
+                 data. Recover as for a lost disk (docs/operations.md).",
+                identity::path(&config.data_dir).display(),
+                found.node_id,
+                identity::hex(found.cluster_id.unwrap_or_default()),
+                db_path.display()
+            )))
+        }
+        Some(found) => found,
+        None if has_database => {
+            return Err(refuse(format!(
+                "{} holds a database but no identity record ({}): refusing a data dir this node cannot verify",
+                config.data_dir.display(),
+                identity::IDENTITY_FILE
+            )))
+        }
+        None => {
+            let fresh = Identity {
+                node_id: config.node_id,
+                incarnation: new_random_id(config.rng_seed, config.node_id, 0x1dc0),
+                cluster_id: None,
+            };
+            identity::store(&config.data_dir, &fresh).map_err(|e| refuse(e.to_string()))?;
+            if let Some(parent) = config.data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                let _ = crate::raft::log_store::sync_dir(parent);
+            }
+            tracing::info!(node = config.node_id, incarnation = %identity::hex(fresh.incarnation), "new data dir");
+            fresh
+        }
+    };
+    let credentials = Credentials::new(
+        config.cluster_secret.clone(),
+        config.node_id,
+        identity.incarnation,
+        identity.cluster_id,
+    );
+    let query = IdentityQuery {
+        node_id: identity.node_id,
+        incarnation: identity.incarnation,
+        cluster_id: identity.cluster_id,
+    };
+    let asks = config
+        .initial_cluster
+        .iter()
+        .filter(|(id, _)| **id != config.node_id)
+        .map(|(id, addr)| {
+            let (credentials, query) = (&credentials, &query);
+            async move {
+                let answer = post_internal::<IdentityQuery, IdentityAnswer>(
+                    client,
+                    addr,
+                    "/internal/identity",
+                    credentials,
+                    query,
+                    Duration::from_millis(IDENTITY_QUERY_TIMEOUT_MS),
+                )
+                .await;
+                (*id, answer)
+            }
+        });
+    let mut answers = Vec::new();
+    for (peer, answer) in futures::future::join_all(asks).await {
+        match answer {
+            Ok(answer) => answers.push((peer, answer)),
+            Err(e) => tracing::debug!(peer, error = %e, "peer did not answer the identity query"),
+        }
+    }
+    if let Some(cluster) = identity::judge(&identity, &answers).map_err(refuse)? {
+        identity.cluster_id = Some(cluster);
+        identity::store(&config.data_dir, &identity).map_err(|e| refuse(e.to_string()))?;
+        tracing::info!(node = config.node_id, cluster = %identity::hex(cluster), "joined the existing cluster");
+    }
+    Ok(identity)
+}
+
+/// A random non-zero id; derived from the seed under simulation (determinism).
+fn new_random_id(seed: Option<u64>, node: NodeId, salt: u64) -> u128 {
+    use rand::{Rng, SeedableRng};
+    let id: u128 = match seed {
+        Some(seed) => rand::rngs::SmallRng::seed_from_u64(seed ^ node.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt).gen(),
+        None => rand::random(),
+    };
+    id.max(1)
 }
 
 pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
@@ -702,6 +894,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     config.validate().map_err(StartError::Config)?;
     let raft_config = Arc::new(config.raft_config().map_err(StartError::Config)?);
     let db_path = config.data_dir.join("db");
+    let client = http_client(config.net, config.tls.as_ref().map(|t| t.client.clone()));
+    // Before anything opens a Raft group: is this data dir the node it claims to be?
+    let identity = check_identity(&config, &client, &db_path).await?;
     // No background flushing: durability comes only from the group-commit flusher, and a
     // background thread would make simulations nondeterministic.
     let db = sled::Config::new()
@@ -713,7 +908,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             source,
         })?;
     let (map_tx, map_rx) = watch::channel(Arc::new(ClusterMap::default()));
-    let client = http_client(config.net, config.tls.as_ref().map(|t| t.client.clone()));
     let registry = Arc::new(Registry::new(
         db,
         client,
@@ -723,7 +917,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             raft_config,
             flush_mode: config.flush_mode,
             rng_seed: config.rng_seed,
-            secret: config.cluster_secret.clone(),
+            credentials: Arc::new(Credentials::new(
+                config.cluster_secret.clone(),
+                config.node_id,
+                identity.incarnation,
+                identity.cluster_id,
+            )),
             probe: config.probe(),
         },
         map_tx.clone(),

@@ -25,8 +25,9 @@ use tokio::time::Instant;
 use super::error::ApiError;
 use super::server::PeerInfo;
 use crate::codec;
+use crate::identity::{self, IdentityAnswer, IdentityQuery};
 use crate::node::{Heartbeat, Node, MAX_HEARTBEAT_BODY_BYTES, MAX_VOTE_BODY_BYTES, SNAPSHOT_FRAMING_BYTES};
-use crate::raft::network::SECRET_HEADER;
+use crate::raft::network::{CLUSTER_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER};
 use crate::raft::registry::{Group, RegistryError};
 use crate::raft::state_machine::check_snapshot_data;
 use crate::raft::validate::{self, Local};
@@ -79,9 +80,85 @@ fn authorize(node: &Node, request: &Request) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Authenticates, reads the body within `limit` bytes, and admits the request.
+/// Why a peer's request was refused on identity, as counted in
+/// `midasflow_rpc_rejected_total{reason}`.
+fn reject(node: &Node, reason: &'static str, message: String) -> ApiError {
+    metrics::counter!("midasflow_rpc_rejected_total", "node" => node.label(), "reason" => reason).increment(1);
+    tracing::warn!(reason, "refused an internal request: {message}");
+    ApiError::forbidden(reason, message)
+}
+
+/// Every internal request names its sender (node id, incarnation, cluster). A sender of
+/// another cluster, or a node id that comes with an incarnation the cluster does not know
+/// for it (a wiped disk, an impostor), is refused and nothing it sent is applied.
+fn check_sender(node: &Node, request: &Request) -> Result<(), ApiError> {
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let sender: Option<u64> = header(NODE_HEADER).and_then(|v| v.parse().ok());
+    let incarnation = header(INCARNATION_HEADER).and_then(identity::parse_hex);
+    let (Some(sender), Some(incarnation)) = (sender, incarnation) else {
+        return Err(reject(
+            node,
+            "missing_identity",
+            "no sender node id or incarnation".into(),
+        ));
+    };
+    let theirs = match header(CLUSTER_HEADER) {
+        None => None,
+        Some(text) => Some(
+            identity::parse_hex(text)
+                .ok_or_else(|| reject(node, "missing_identity", format!("unreadable cluster id {text:?}")))?,
+        ),
+    };
+    if let (Some(mine), Some(theirs)) = (node.registry.credentials().cluster_id(), theirs) {
+        if mine != theirs {
+            return Err(reject(
+                node,
+                "wrong_cluster",
+                format!(
+                    "node {sender} belongs to cluster {}, this node to {}",
+                    identity::hex(theirs),
+                    identity::hex(mine)
+                ),
+            ));
+        }
+    }
+    if let Some(known) = node.map().incarnations.get(&sender) {
+        if *known != incarnation {
+            return Err(reject(
+                node,
+                "wrong_incarnation",
+                format!(
+                    "node {sender} sent incarnation {}, but the cluster knows it as {}: it lost its disk, or is \
+                     not node {sender}",
+                    identity::hex(incarnation),
+                    identity::hex(*known)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Authenticates the request and its sender, reads the body within `limit` bytes, and
+/// admits it.
 async fn admit(node: &Node, request: Request, limit: usize) -> Result<(bytes::Bytes, Admitted<'_>), ApiError> {
-    if let Err(e) = authorize(node, &request) {
+    admit_checked(node, request, limit, true).await
+}
+
+async fn admit_checked(
+    node: &Node,
+    request: Request,
+    limit: usize,
+    check_identity: bool,
+) -> Result<(bytes::Bytes, Admitted<'_>), ApiError> {
+    let checked = authorize(node, &request).and_then(|()| {
+        if check_identity {
+            check_sender(node, &request)
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = checked {
         // Nothing of a stranger's body is kept: drained (bounded in bytes and time) only so
         // the 401 is not lost to a reset.
         super::drain(request.into_body()).await;
@@ -297,6 +374,17 @@ impl SnapshotReceives {
         }
         Ok(receives.remove(&group).map(|r| r.data))
     }
+}
+
+/// A starting node asks whether a cluster exists and what it knows of the asker. No
+/// identity headers are checked here: the asker may be new.
+pub async fn identity_query(State(node): State<Arc<Node>>, request: Request) -> Result<Response, ApiError> {
+    let (body, _permit) = admit_checked(&node, request, MAX_VOTE_BODY_BYTES, false).await?;
+    let query: IdentityQuery = decode(&body)?;
+    let mut answer = IdentityAnswer::from_map(&node.map(), query.node_id);
+    // Before the map arrives, this node's own record still names its cluster.
+    answer.cluster_id = answer.cluster_id.or(node.registry.credentials().cluster_id());
+    Ok(encoded(&answer))
 }
 
 pub async fn pd_heartbeat(State(node): State<Arc<Node>>, request: Request) -> Result<Response, ApiError> {

@@ -64,6 +64,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/internal/raft/{group}/{op}", post(internal::raft_rpc))
         .route("/internal/pd/heartbeat", post(internal::pd_heartbeat))
+        .route("/internal/identity", post(internal::identity_query))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
@@ -299,7 +300,8 @@ async fn cluster(State(node): State<Arc<Node>>) -> impl IntoResponse {
         .map(|n| {
             let shards = map.shards_on(n.id).count();
             let leaders = view.leader_hints.values().filter(|l| **l == n.id).count();
-            json!({"id": n.id, "addr": n.addr, "state": node.node_state(n.id, n.state), "shards": shards, "leaders": leaders})
+            let incarnation = map.incarnations.get(&n.id).map(|i| crate::identity::hex(*i));
+            json!({"id": n.id, "addr": n.addr, "state": node.node_state(n.id, n.state), "shards": shards, "leaders": leaders, "incarnation": incarnation})
         })
         .collect();
     let pd_leader = node
@@ -307,7 +309,9 @@ async fn cluster(State(node): State<Arc<Node>>) -> impl IntoResponse {
         .get(PD_GROUP)
         .and_then(|g| g.current_leader())
         .or(view.pd_leader);
+    let cluster_id = (map.cluster_id != 0).then(|| crate::identity::hex(map.cluster_id));
     axum::Json(json!({
+        "cluster_id": cluster_id,
         "node_id": node.config.node_id,
         "pd_leader": pd_leader,
         "pd_voters": node.pd_voters(),

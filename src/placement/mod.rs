@@ -69,7 +69,13 @@ impl ShardInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMap {
     pub routing_version: u64,
+    /// Chosen at bootstrap, never changed: every internal RPC carries it (0 = not yet).
+    pub cluster_id: u128,
     pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// Each member's incarnation (its data dir's random id), recorded when it first
+    /// registers and never overwritten: a node that comes back with another one lost its
+    /// disk and must not act as that member again.
+    pub incarnations: BTreeMap<NodeId, u128>,
     pub shards: BTreeMap<ShardId, ShardInfo>,
     pub next_shard_id: ShardId,
 }
@@ -82,14 +88,31 @@ pub enum PdCommand {
     Bootstrap {
         nodes: Vec<(NodeId, String)>,
         initial_shards: u32,
+        /// Random, drawn by the proposing PD leader.
+        cluster_id: u128,
     },
+    /// Records a member's incarnation, once.
+    Register { node: NodeId, incarnation: u128 },
 }
 
 impl PdCommand {
     /// Checks the bounds a node's own CLI enforces, for commands arriving from peers.
     pub fn validate(&self) -> Result<(), String> {
         match self {
-            PdCommand::Bootstrap { nodes, initial_shards } => {
+            PdCommand::Register { incarnation, .. } => {
+                if *incarnation == 0 {
+                    return Err("incarnation 0 is not an incarnation".into());
+                }
+                Ok(())
+            }
+            PdCommand::Bootstrap {
+                nodes,
+                initial_shards,
+                cluster_id,
+            } => {
+                if *cluster_id == 0 {
+                    return Err("cluster id 0 is not a cluster id".into());
+                }
                 if !(1..=MAX_INITIAL_SHARDS).contains(initial_shards) {
                     return Err(format!(
                         "initial_shards {initial_shards} is outside 1..={MAX_INITIAL_SHARDS}"
@@ -113,6 +136,7 @@ impl PdCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PdResult {
     Bootstrapped { routing_version: u64 },
+    Registered { routing_version: u64 },
     AlreadyBootstrapped { routing_version: u64 },
     Rejected { reason: String },
 }
@@ -170,13 +194,41 @@ impl ClusterMap {
     /// Applies one PD command. Pure: the same map and command give the same result.
     pub fn apply(&mut self, command: &PdCommand) -> PdResult {
         match command {
-            PdCommand::Bootstrap { nodes, initial_shards } => {
+            PdCommand::Register { node, incarnation } => {
+                if !self.nodes.contains_key(node) {
+                    return PdResult::Rejected {
+                        reason: format!("node {node} is not a member"),
+                    };
+                }
+                match self.incarnations.get(node) {
+                    Some(known) if known == incarnation => PdResult::Registered {
+                        routing_version: self.routing_version,
+                    },
+                    Some(known) => PdResult::Rejected {
+                        reason: format!(
+                            "node {node} is registered with incarnation {known:032x}, not {incarnation:032x}"
+                        ),
+                    },
+                    None => {
+                        self.incarnations.insert(*node, *incarnation);
+                        self.routing_version += 1;
+                        PdResult::Registered {
+                            routing_version: self.routing_version,
+                        }
+                    }
+                }
+            }
+            PdCommand::Bootstrap {
+                nodes,
+                initial_shards,
+                cluster_id,
+            } => {
                 if self.is_bootstrapped() {
                     return PdResult::AlreadyBootstrapped {
                         routing_version: self.routing_version,
                     };
                 }
-                if nodes.is_empty() || *initial_shards == 0 {
+                if nodes.is_empty() || *initial_shards == 0 || *cluster_id == 0 {
                     return PdResult::Rejected {
                         reason: "bootstrap needs at least one node and one shard".into(),
                     };
@@ -216,6 +268,7 @@ impl ClusterMap {
                     );
                 }
                 self.next_shard_id = u64::from(*initial_shards) + 1;
+                self.cluster_id = *cluster_id;
                 self.routing_version += 1;
                 PdResult::Bootstrapped {
                     routing_version: self.routing_version,
@@ -241,6 +294,7 @@ mod tests {
         let result = map.apply(&PdCommand::Bootstrap {
             nodes,
             initial_shards: shards,
+            cluster_id: 0xc1,
         });
         assert_eq!(result, PdResult::Bootstrapped { routing_version: 1 });
         map
@@ -255,11 +309,27 @@ mod tests {
             let again = map.apply(&PdCommand::Bootstrap {
                 nodes: vec![(9, "x".into())],
                 initial_shards: 2,
+                cluster_id: 0xc2,
             });
+            assert_eq!(map.cluster_id, 0xc1, "the first bootstrap's cluster id stays");
             assert_eq!(again, PdResult::AlreadyBootstrapped { routing_version: 1 });
             assert_eq!(map.shards.len(), shards as usize);
             assert!(!map.nodes.contains_key(&9));
         }
+    }
+
+    /// A member's incarnation is recorded once and never replaced: a node that comes back
+    /// with a new data dir is refused, not re-registered.
+    #[test]
+    fn incarnations_register_once_and_never_change() {
+        let mut map = bootstrap(3, 2);
+        let register = |node, incarnation| PdCommand::Register { node, incarnation };
+        assert_eq!(map.apply(&register(2, 7)), PdResult::Registered { routing_version: 2 });
+        assert_eq!(map.apply(&register(2, 7)), PdResult::Registered { routing_version: 2 });
+        assert!(matches!(map.apply(&register(2, 8)), PdResult::Rejected { .. }));
+        assert!(matches!(map.apply(&register(9, 1)), PdResult::Rejected { .. }));
+        assert_eq!(map.incarnations.get(&2), Some(&7));
+        assert_eq!(map.routing_version, 2);
     }
 
     #[test]

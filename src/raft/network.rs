@@ -26,6 +26,52 @@ use crate::codec;
 
 /// Header carrying the cluster secret on internal requests.
 pub const SECRET_HEADER: &str = "x-midasflow-secret";
+/// Headers naming the sender of every internal request: its node id, its data dir's
+/// incarnation, and its cluster (absent until the node knows it).
+pub const NODE_HEADER: &str = "x-midasflow-node";
+pub const INCARNATION_HEADER: &str = "x-midasflow-incarnation";
+pub const CLUSTER_HEADER: &str = "x-midasflow-cluster";
+
+/// What a node presents on every internal request.
+#[derive(Debug)]
+pub struct Credentials {
+    pub secret: Option<String>,
+    pub node_id: u64,
+    pub incarnation: u128,
+    cluster_id: std::sync::RwLock<Option<u128>>,
+}
+
+impl Credentials {
+    pub fn new(secret: Option<String>, node_id: u64, incarnation: u128, cluster_id: Option<u128>) -> Self {
+        Credentials {
+            secret,
+            node_id,
+            incarnation,
+            cluster_id: std::sync::RwLock::new(cluster_id),
+        }
+    }
+
+    pub fn cluster_id(&self) -> Option<u128> {
+        *self.cluster_id.read().unwrap()
+    }
+
+    pub fn set_cluster_id(&self, cluster_id: u128) {
+        *self.cluster_id.write().unwrap() = Some(cluster_id);
+    }
+
+    fn add_to(&self, mut builder: hyper::http::request::Builder) -> hyper::http::request::Builder {
+        if let Some(secret) = &self.secret {
+            builder = builder.header(SECRET_HEADER, secret);
+        }
+        builder = builder
+            .header(NODE_HEADER, self.node_id)
+            .header(INCARNATION_HEADER, crate::identity::hex(self.incarnation));
+        if let Some(cluster) = self.cluster_id() {
+            builder = builder.header(CLUSTER_HEADER, crate::identity::hex(cluster));
+        }
+        builder
+    }
+}
 /// Upper bound on any one Raft RPC, whatever openraft asks for.
 pub const MAX_RPC_TIMEOUT_MS: u64 = 10_000;
 
@@ -88,7 +134,7 @@ pub async fn post_internal<Req: Serialize, Resp: DeserializeOwned>(
     client: &HttpClient,
     addr: &str,
     path: &str,
-    secret: Option<&str>,
+    credentials: &Credentials,
     body: &Req,
     timeout: Duration,
 ) -> Result<Resp, TransportError> {
@@ -97,13 +143,12 @@ pub async fn post_internal<Req: Serialize, Resp: DeserializeOwned>(
         message,
     };
     let body = codec::encode(body).map_err(|e| decode_error(e.to_string()))?;
-    let mut builder = hyper::Request::builder()
-        .method(Method::POST)
-        .uri(client.url(addr, path))
-        .header(hyper::header::CONTENT_TYPE, "application/octet-stream");
-    if let Some(secret) = secret {
-        builder = builder.header(SECRET_HEADER, secret);
-    }
+    let builder = credentials.add_to(
+        hyper::Request::builder()
+            .method(Method::POST)
+            .uri(client.url(addr, path))
+            .header(hyper::header::CONTENT_TYPE, "application/octet-stream"),
+    );
     let request = builder
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| decode_error(e.to_string()))?;
@@ -123,7 +168,7 @@ pub async fn post_internal<Req: Serialize, Resp: DeserializeOwned>(
 pub struct GroupNetworkFactory {
     pub group: GroupId,
     pub client: HttpClient,
-    pub secret: Option<String>,
+    pub credentials: std::sync::Arc<Credentials>,
 }
 
 pub struct GroupNetwork {
@@ -131,7 +176,7 @@ pub struct GroupNetwork {
     target: u64,
     addr: String,
     client: HttpClient,
-    secret: Option<String>,
+    credentials: std::sync::Arc<Credentials>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
@@ -143,7 +188,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
             target,
             addr: node.addr.clone(),
             client: self.client.clone(),
-            secret: self.secret.clone(),
+            credentials: self.credentials.clone(),
         }
     }
 }
@@ -160,7 +205,7 @@ impl GroupNetwork {
         let timeout = option.hard_ttl().min(Duration::from_millis(MAX_RPC_TIMEOUT_MS));
         let path = format!("/internal/raft/{}/{op}", self.group);
         let answer: Result<Result<Resp, RaftError<u64, E>>, TransportError> =
-            post_internal(&self.client, &self.addr, &path, self.secret.as_deref(), rpc, timeout).await;
+            post_internal(&self.client, &self.addr, &path, &self.credentials, rpc, timeout).await;
         match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),

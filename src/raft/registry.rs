@@ -16,7 +16,7 @@ use openraft::{BasicNode, ServerState};
 use tokio::sync::watch;
 
 use super::log_store::{DurableFiles, FlushMode, Flusher, LogStore};
-use super::network::GroupNetworkFactory;
+use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
 use super::state_machine::{GroupView, StateMachineStore};
@@ -57,7 +57,7 @@ pub struct RegistryConfig {
     pub flush_mode: FlushMode,
     /// Set under simulation: seeds each group's RNG from (seed, node, group).
     pub rng_seed: Option<u64>,
-    pub secret: Option<String>,
+    pub credentials: Arc<Credentials>,
     pub probe: Probe,
 }
 
@@ -113,8 +113,8 @@ impl Registry {
         })
     }
 
-    pub fn secret(&self) -> Option<&str> {
-        self.config.secret.as_deref()
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.config.credentials
     }
 
     pub fn client(&self) -> &HttpClient {
@@ -187,7 +187,7 @@ impl Registry {
         let network = GroupNetworkFactory {
             group,
             client: self.client.clone(),
-            secret: self.config.secret.clone(),
+            credentials: self.config.credentials.clone(),
         };
         if let Some(seed) = self.config.rng_seed {
             // openraft draws this group's election timeout inside Raft::new.

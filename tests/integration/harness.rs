@@ -69,6 +69,61 @@ impl Cluster {
         Self::start_full(nodes, extra_args, per_node, scheme, auth, None).await
     }
 
+    /// A cluster of `nodes` insecure nodes with ports and dirs chosen, none started yet:
+    /// the test starts each with [`Cluster::restart`].
+    pub fn prepare(nodes: u64, extra_args: &[&str]) -> Cluster {
+        let ports = free_ports(nodes as usize);
+        let addrs: BTreeMap<u64, String> = (1..=nodes)
+            .zip(ports)
+            .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
+            .collect();
+        let clients = addrs
+            .iter()
+            .map(|(id, addr)| (*id, Client::new(&format!("http://{addr}"))))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["--insecure".to_string()];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        Cluster {
+            data_root: dir.path().to_path_buf(),
+            dir,
+            addrs,
+            extra_args: args,
+            per_node_args: BTreeMap::new(),
+            children: BTreeMap::new(),
+            clients,
+        }
+    }
+
+    /// Runs node `id` in the foreground, expecting it to refuse to start: returns its exit
+    /// status and stderr. A node still running at the deadline is killed and reported.
+    pub fn run_expecting_exit(&self, id: u64, timeout: Duration) -> (std::process::ExitStatus, String) {
+        std::fs::create_dir_all(self.data_dir(id)).unwrap();
+        let mut child = self
+            .command(id)
+            .env("RUST_LOG", "warn,openraft=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start midasflow server");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {id} was still running after {timeout:?}: it did not refuse to start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        use std::io::Read;
+        let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+        (status, stderr)
+    }
+
     /// Starts `nodes` processes; `per_node(dir, id)` adds arguments for one node (made
     /// before it starts, e.g. its certificates), and the test talks `scheme` with `auth`.
     async fn start_full(

@@ -138,7 +138,13 @@ async fn hostile_internal_requests_change_nothing_and_crash_nothing() {
         before.insert(key, version_of(&reply));
     }
 
-    let with_secret = format!("x-midasflow-secret: {SECRET}\r\n");
+    // The sender's identity (a node id no incarnation is recorded for) rides on every
+    // internal request; the secret is what authenticates it.
+    let with_secret = format!(
+        "x-midasflow-secret: {SECRET}\r\nx-midasflow-node: 77\r\nx-midasflow-incarnation: {:032x}\r\n",
+        7u128
+    );
+    let secret_only = format!("x-midasflow-secret: {SECRET}\r\n");
     let addr = cluster.addrs[&2].clone();
     let cases: Vec<(&str, String, &str, Vec<u8>, u16)> = vec![
         ("no secret", "/internal/pd/heartbeat".into(), "", vec![1, 2, 3], 401),
@@ -148,6 +154,13 @@ async fn hostile_internal_requests_change_nothing_and_crash_nothing() {
             "x-midasflow-secret: nope\r\n",
             vec![1],
             401,
+        ),
+        (
+            "no sender identity",
+            "/internal/raft/1/append".into(),
+            &secret_only,
+            vec![1],
+            403,
         ),
         (
             "empty body",
@@ -317,6 +330,8 @@ async fn hostile_internal_requests_change_nothing_and_crash_nothing() {
 fn stranger_heartbeat() -> Vec<u8> {
     codec::encode(&midasflow::node::Heartbeat {
         node_id: 99,
+        incarnation: 1,
+        cluster_id: None,
         addr: "127.0.0.1:1".into(),
         routing_version: 0,
         leading: vec![],
@@ -457,7 +472,7 @@ async fn public_api_serves_while_internal_routes_are_flooded() {
     }
     for handle in flood {
         let status = handle.join().unwrap();
-        assert!(status == 400 || status == 429, "{status}");
+        assert!(status == 403 || status == 429, "{status}");
     }
     let reply = cluster
         .client(1)

@@ -8,6 +8,7 @@ mod bad_input;
 mod durability;
 mod harness;
 mod hostile;
+mod identity;
 mod kv;
 mod powercut_fs;
 mod security;
