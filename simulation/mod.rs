@@ -98,6 +98,9 @@ struct Shared {
     routing: BTreeMap<u64, u64>,
     /// (node, group) → the leader that replica knows of now.
     known_leader: BTreeMap<(u64, u64), Option<u64>>,
+    /// Nodes that refused to start (the identity guard, after a disk loss): down for good,
+    /// as an operator would leave them until they are replaced.
+    refused: std::collections::BTreeSet<u64>,
 }
 
 impl Shared {
@@ -189,7 +192,14 @@ async fn perform(client: &Client, key: &str, kind: &OpKind) -> Option<Outcome> {
         OpKind::Put { value, precondition } => (Method::PUT, condition(precondition), Bytes::from(value.clone())),
         OpKind::Delete { precondition } => (Method::DELETE, condition(precondition), Bytes::new()),
     };
-    let reply = client.request(method, &path, &headers, body).await.ok()?;
+    let reply = match client.request(method, &path, &headers, body).await {
+        Ok(reply) => reply,
+        // Never connected: the request reached no node, so a write certainly did not happen.
+        Err(crate::raft::network::TransportError::Connect { .. }) if *kind != OpKind::Get => {
+            return Some(Outcome::NotApplied)
+        }
+        Err(_) => return None,
+    };
     let header_version = || reply.header("x-version").and_then(|v| v.parse::<u64>().ok());
     let body_version = || {
         serde_json::from_slice::<Value>(&reply.body)
@@ -224,7 +234,7 @@ fn record_op(shared: &Mutex<Shared>, op: Op, via: u64) {
         "c{} n{via} {} {:?} -> {:?}",
         op.client, op.key, op.kind, op.outcome
     ));
-    if op.outcome.is_none() && op.invoked_ns >= LIVENESS_FROM_MS * 1_000_000 {
+    if op.outcome.is_none() && op.invoked_ns >= LIVENESS_FROM_MS * 1_000_000 && !s.refused.contains(&via) {
         let after_heal_s = (op.invoked_ns / 1_000_000 - FAULTS_END_MS) as f64 / 1000.0;
         s.violations.push(format!(
             "liveness: c{}'s {:?} on {} via n{via} failed {after_heal_s:.1} s after heal",
@@ -281,7 +291,11 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
         if matches!(kind, OpKind::Put { .. }) {
             written += 1;
         }
-        let target = rng.gen_range(0..clients.len());
+        // Clients stop using a node that refused to start, as a load balancer would.
+        let mut target = rng.gen_range(0..clients.len());
+        while shared.lock().unwrap().refused.contains(&(target as u64 + 1)) {
+            target = (target + 1) % clients.len();
+        }
         let invoked_ns = now_ns();
         let outcome = perform(&clients[target], &key, &kind).await;
         let completed_ns = now_ns();
@@ -355,6 +369,10 @@ struct Nemesis {
     cut: Vec<(String, String)>,
     crashed: Vec<u64>,
     flapping: Option<(u64, u64, u64, bool)>, // (node, period, next toggle ms, cut now)
+    /// A disk loss's second step: (at ms, wiped, crashed), until it has run.
+    disk_loss: Option<(u64, u64, u64)>,
+    /// Where each host's data dir lives.
+    data_root: std::path::PathBuf,
 }
 
 impl Nemesis {
@@ -375,7 +393,14 @@ impl Nemesis {
         nodes.iter().map(|n| host_name(*n)).collect()
     }
 
-    fn start(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault, shared: &Mutex<Shared>, now_ms: u64) {
+    fn start(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        fault: &Fault,
+        shared: &Mutex<Shared>,
+        now_ms: u64,
+        duration_ms: u64,
+    ) {
         match fault {
             Fault::IsolateLeader => {
                 let leader = {
@@ -423,11 +448,34 @@ impl Nemesis {
             }
             Fault::Delay { max_latency_ms } => sim.set_max_message_latency(Duration::from_millis(*max_latency_ms)),
             Fault::Loss { fail_rate_percent } => sim.set_fail_rate(*fail_rate_percent as f64 / 100.0),
+            Fault::DiskLoss {
+                wiped,
+                lagging,
+                crashed,
+            } => {
+                let others = Self::names(&self.others(&[*lagging]));
+                self.cut_between(sim, &Self::names(&[*lagging]), &others);
+                self.disk_loss = Some((now_ms + duration_ms / 2, *wiped, *crashed));
+            }
         }
     }
 
-    /// Toggles a flapping partition when its period is up.
-    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, now_ms: u64) {
+    /// Toggles a flapping partition when its period is up; runs a disk loss's second step.
+    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, now_ms: u64, shared: &Mutex<Shared>) {
+        if let Some((at, wiped, crashed)) = self.disk_loss {
+            if now_ms >= at {
+                self.disk_loss = None;
+                self.repair(sim);
+                sim.crash(host_name(crashed).as_str());
+                self.crashed.push(crashed);
+                sim.crash(host_name(wiped).as_str());
+                let _ = std::fs::remove_dir_all(self.data_root.join(host_name(wiped)));
+                shared.lock().unwrap().record(format!(
+                    "nemesis wipes n{wiped}'s disk and restarts it; crashes n{crashed}"
+                ));
+                sim.bounce(host_name(wiped).as_str());
+            }
+        }
         if let Some((node, period, next, cut)) = self.flapping {
             if now_ms >= next {
                 if cut {
@@ -453,7 +501,7 @@ impl Nemesis {
         match fault {
             Fault::OneWayDrop { from, to } => sim.repair_oneway(host_name(*from).as_str(), host_name(*to).as_str()),
             Fault::Hold { a, b } => sim.release(host_name(*a).as_str(), host_name(*b).as_str()),
-            Fault::Crash { .. } => {
+            Fault::Crash { .. } | Fault::DiskLoss { .. } => {
                 for node in self.crashed.drain(..) {
                     sim.bounce(host_name(node).as_str());
                 }
@@ -508,11 +556,24 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         config.observer = Some(observer.clone());
         config.planted_bug = settings.planted_bug;
         config.limits.request_timeout_ms = NODE_REQUEST_TIMEOUT_MS;
+        let refusals = shared.clone();
         sim.host(host_name(id).as_str(), move || {
             let config = config.clone();
+            let refusals = refusals.clone();
             async move {
-                let _running = node::start(config).await.map_err(|e| e.to_string())?;
-                std::future::pending::<()>().await;
+                match node::start(config).await {
+                    Ok(_running) => std::future::pending::<()>().await,
+                    Err(e) => {
+                        {
+                            let mut s = refusals.lock().unwrap();
+                            let why: String = e.to_string().chars().take(80).collect();
+                            s.record(format!("n{id} refused to start: {why}"));
+                            s.refused.insert(id);
+                        }
+                        std::future::pending::<()>().await
+                    }
+                }
+                #[allow(unreachable_code)]
                 Ok(())
             }
         });
@@ -529,6 +590,8 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         cut: Vec::new(),
         crashed: Vec::new(),
         flapping: None,
+        disk_loss: None,
+        data_root: data.path().to_path_buf(),
     };
     let mut next = 0;
     let mut active: Option<(u64, Fault)> = None;
@@ -547,11 +610,11 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
                 .lock()
                 .unwrap()
                 .record(format!("nemesis start {:?}", scheduled.fault));
-            nemesis.start(&mut sim, &scheduled.fault, &shared, now_ms);
+            nemesis.start(&mut sim, &scheduled.fault, &shared, now_ms, scheduled.duration_ms);
             active = Some((now_ms + scheduled.duration_ms, scheduled.fault.clone()));
             next += 1;
         }
-        nemesis.tick(&mut sim, now_ms);
+        nemesis.tick(&mut sim, now_ms, &shared);
         match sim.step() {
             Ok(true) => break,
             Ok(false) => {}
@@ -563,7 +626,7 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
     let mut s = shared.lock().unwrap();
     let mut violations = std::mem::take(&mut s.violations);
     // Liveness: at the end of the quiet phase every replica of every group knows a leader.
-    for ((node, group), leader) in &s.known_leader {
+    for ((node, group), leader) in s.known_leader.iter().filter(|((node, _), _)| !s.refused.contains(node)) {
         if leader.is_none() {
             violations.push(format!(
                 "liveness: n{node}'s replica of group {group} has no leader at the end"

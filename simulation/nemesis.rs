@@ -16,14 +16,18 @@ pub enum Scenario {
     Network,
     /// All of the above.
     Mixed,
+    /// A node loses its disk at the worst moment (see [`Fault::DiskLoss`]), then partitions
+    /// and network faults.
+    Disk,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Partitions,
         Scenario::Crashes,
         Scenario::Network,
         Scenario::Mixed,
+        Scenario::Disk,
     ];
 
     pub fn name(self) -> &'static str {
@@ -32,6 +36,7 @@ impl Scenario {
             Scenario::Crashes => "crashes",
             Scenario::Network => "network",
             Scenario::Mixed => "mixed",
+            Scenario::Disk => "disk",
         }
     }
 }
@@ -73,6 +78,15 @@ pub enum Fault {
     },
     Loss {
         fail_rate_percent: u64,
+    },
+    /// `lagging` is cut off for the first half while writes commit on the others; then, at
+    /// once, it is healed, `crashed` crashes, and `wiped` crashes and restarts on an empty
+    /// data dir. If `wiped` acted as its old self, it and `lagging` would be a majority
+    /// missing what `wiped` had promised to keep: the identity guard must refuse it.
+    DiskLoss {
+        wiped: u64,
+        lagging: u64,
+        crashed: u64,
     },
 }
 
@@ -142,6 +156,20 @@ pub fn schedule(rng: &mut SmallRng, scenario: Scenario, nodes: u64, first_ms: u6
             }
         };
         let fault = match scenario {
+            Scenario::Disk if faults.is_empty() => {
+                let three = pick(rng, 3);
+                let mut order = three.clone();
+                order.shuffle(rng);
+                Fault::DiskLoss {
+                    wiped: order[0],
+                    lagging: order[1],
+                    crashed: order[2],
+                }
+            }
+            Scenario::Disk => match rng.gen_range(0..2) {
+                0 => partitions(rng),
+                _ => network(rng),
+            },
             Scenario::Partitions => partitions(rng),
             Scenario::Crashes => crashes(rng),
             Scenario::Network => network(rng),

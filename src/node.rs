@@ -71,6 +71,9 @@ pub enum PlantedBug {
     /// Propose a write again when its first proposal is not confirmed quickly or meets a
     /// leader change: the "retry after a possible proposal" bug (a write applied twice).
     ReproposeWrites,
+    /// No identity guard: a node that lost its disk starts as its old self, and peers
+    /// accept it (a voter that forgot its votes and its log).
+    NoIdentityGuard,
 }
 
 impl std::fmt::Debug for dyn Observer {
@@ -485,7 +488,7 @@ impl Node {
             }
         }
         match map.incarnations.get(&hb.node_id) {
-            Some(known) if *known != hb.incarnation => {
+            Some(known) if *known != hb.incarnation && !self.config.has_planted_bug(PlantedBug::NoIdentityGuard) => {
                 return Err(format!(
                     "node {} is incarnation {}, but the cluster knows it as {}: it lost its disk",
                     hb.node_id,
@@ -787,6 +790,7 @@ async fn check_identity(
     let refuse = StartError::Identity;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| refuse(format!("creating {}: {e}", config.data_dir.display())))?;
+    let guard = !config.has_planted_bug(PlantedBug::NoIdentityGuard);
     let has_database = db_path.join("conf").exists();
     let mut identity = match identity::load(&config.data_dir).map_err(|e| refuse(e.to_string()))? {
         Some(found) if found.node_id != config.node_id => {
@@ -866,7 +870,17 @@ async fn check_identity(
             Err(e) => tracing::debug!(peer, error = %e, "peer did not answer the identity query"),
         }
     }
-    if let Some(cluster) = identity::judge(&identity, &answers).map_err(refuse)? {
+    let judged = match identity::judge(&identity, &answers) {
+        Err(refusal) if !guard => {
+            tracing::warn!("planted bug: ignoring the identity refusal: {refusal}");
+            answers
+                .iter()
+                .find_map(|(_, a)| a.cluster_id)
+                .filter(|_| identity.cluster_id.is_none())
+        }
+        judged => judged.map_err(refuse)?,
+    };
+    if let Some(cluster) = judged {
         identity.cluster_id = Some(cluster);
         identity::store(&config.data_dir, &identity).map_err(|e| refuse(e.to_string()))?;
         tracing::info!(node = config.node_id, cluster = %identity::hex(cluster), "joined the existing cluster");
@@ -874,11 +888,19 @@ async fn check_identity(
     Ok(identity)
 }
 
-/// A random non-zero id; derived from the seed under simulation (determinism).
+/// A random non-zero id; derived from the seed under simulation (determinism), with a
+/// count of ids drawn in this process so a node whose disk is wiped gets a new one.
 fn new_random_id(seed: Option<u64>, node: NodeId, salt: u64) -> u128 {
     use rand::{Rng, SeedableRng};
+    static DRAWN: AtomicU64 = AtomicU64::new(0);
     let id: u128 = match seed {
-        Some(seed) => rand::rngs::SmallRng::seed_from_u64(seed ^ node.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt).gen(),
+        Some(seed) => {
+            let drawn = DRAWN.fetch_add(1, Ordering::Relaxed);
+            rand::rngs::SmallRng::seed_from_u64(
+                seed ^ node.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt ^ drawn.wrapping_mul(0xD1B5_4A32_D192_ED03),
+            )
+            .gen()
+        }
         None => rand::random(),
     };
     id.max(1)

@@ -20,6 +20,8 @@ pub enum BugArg {
     FollowerReads,
     /// Propose a write again when it is not confirmed quickly (applies it twice).
     ReproposeWrites,
+    /// Let a node that lost its disk rejoin as its old self.
+    NoIdentityGuard,
 }
 
 #[derive(Args, Debug)]
@@ -98,6 +100,7 @@ fn run_one(args: &SimArgs, seed: u64) -> Result<(), String> {
         planted_bug: args.planted_bug.map(|bug| match bug {
             BugArg::FollowerReads => PlantedBug::FollowerReads,
             BugArg::ReproposeWrites => PlantedBug::ReproposeWrites,
+            BugArg::NoIdentityGuard => PlantedBug::NoIdentityGuard,
         }),
         keep_trace: args.trace,
     };

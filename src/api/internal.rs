@@ -123,7 +123,7 @@ fn check_sender(node: &Node, request: &Request) -> Result<(), ApiError> {
         }
     }
     if let Some(known) = node.map().incarnations.get(&sender) {
-        if *known != incarnation {
+        if *known != incarnation && !node.config.has_planted_bug(crate::node::PlantedBug::NoIdentityGuard) {
             return Err(reject(
                 node,
                 "wrong_incarnation",

@@ -37,7 +37,7 @@ async fn fixed_seeds_pass_in_every_scenario() {
     let (ok, text) = sim(&["--seeds", "0..3", "--jobs", "2"]);
     println!("{text}");
     assert!(ok, "3-node simulations failed:\n{text}");
-    for scenario in ["crashes", "mixed", "network", "partitions"] {
+    for scenario in ["crashes", "disk", "mixed", "network", "partitions"] {
         assert!(text.contains(scenario), "summary row for {scenario}");
     }
     let (ok, text) = sim(&["--seeds", "0..2", "--nodes", "5", "--scenario", "mixed", "--jobs", "2"]);
@@ -96,4 +96,19 @@ async fn planted_repropose_bug_is_caught_within_five_seeds() {
     );
     println!("planted repropose-writes bug caught at seed {seed:?}");
     assert!(seed.is_some(), "the checkers missed writes applied twice in 5 seeds");
+}
+
+/// With the identity guard off, a node that lost its disk rejoins as its old self: the
+/// checkers must see the damage (a write lost, a read that no order explains, or two
+/// leaders in a term). With the guard on, the same seeds pass (`fixed_seeds_...`).
+#[tokio::test]
+async fn planted_missing_identity_guard_is_caught_within_five_seeds() {
+    let _serial = serial().await;
+    let seed = caught(
+        "no-identity-guard",
+        "disk",
+        &["not linearizable", "lost acknowledged write", "two leaders"],
+    );
+    println!("planted no-identity-guard bug caught at seed {seed:?}");
+    assert!(seed.is_some(), "the checkers missed an amnesiac voter in 5 seeds");
 }
