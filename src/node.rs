@@ -376,6 +376,8 @@ pub struct Node {
     /// Internal requests in progress (Raft RPCs, heartbeats), apart from the public API's.
     pub internal_inflight: Semaphore,
     pub snapshot_receives: crate::api::internal::SnapshotReceives,
+    /// The cluster id the identity record on disk names (none until recorded).
+    recorded_cluster: std::sync::Mutex<Option<u128>>,
     /// Bytes of request bodies held at once (`Limits::max_buffered_body_bytes`).
     pub body_budget: crate::api::BodyBudget,
     pub draining: AtomicBool,
@@ -626,11 +628,15 @@ impl Node {
     /// and every internal request it sends carries it.
     fn adopt_cluster_id(&self, map: &ClusterMap) {
         let credentials = self.registry.credentials();
-        if map.cluster_id == 0 || credentials.cluster_id() == Some(map.cluster_id) {
+        let mut recorded = self.recorded_cluster.lock().unwrap();
+        if map.cluster_id == 0 || *recorded == Some(map.cluster_id) {
             return;
         }
-        if let Some(mine) = credentials.cluster_id() {
+        if let Some(mine) = credentials.cluster_id().filter(|mine| *mine != map.cluster_id) {
             tracing::error!(mine = %identity::hex(mine), map = %identity::hex(map.cluster_id), "the map names another cluster; keeping this node's");
+            return;
+        }
+        if self.registry.all().is_empty() {
             return;
         }
         let record = Identity {
@@ -641,6 +647,7 @@ impl Node {
         match identity::store(&self.config.data_dir, &record) {
             Ok(()) => {
                 credentials.set_cluster_id(map.cluster_id);
+                *recorded = Some(map.cluster_id);
                 tracing::info!(cluster = %identity::hex(map.cluster_id), "this node's identity now names its cluster");
             }
             Err(e) => tracing::error!(error = %e, "could not record the cluster id; will retry"),
@@ -742,8 +749,10 @@ impl Node {
                 routing_version: map.routing_version,
                 tiling: map.check_tiling(),
             });
-            self.adopt_cluster_id(&map);
+            // Replicas first: a node whose record names a cluster always hosts something,
+            // which is how a restart tells a lost database from a new one.
             self.reconcile(&map).await;
+            self.adopt_cluster_id(&map);
             tokio::select! {
                 changed = map_rx.changed() => if changed.is_err() { return },
                 _ = stop.changed() => return,
@@ -786,7 +795,7 @@ async fn check_identity(
     config: &NodeConfig,
     client: &crate::raft::transport::HttpClient,
     db_path: &std::path::Path,
-) -> Result<Identity, StartError> {
+) -> Result<(Identity, Option<u128>), StartError> {
     let refuse = StartError::Identity;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| refuse(format!("creating {}: {e}", config.data_dir.display())))?;
@@ -880,12 +889,14 @@ async fn check_identity(
         }
         judged => judged.map_err(refuse)?,
     };
+    let recorded = identity.cluster_id;
     if let Some(cluster) = judged {
+        // Carried on every request from now on; recorded on disk once this node hosts a
+        // replica (`adopt_cluster_id`), so a record naming a cluster always comes with data.
         identity.cluster_id = Some(cluster);
-        identity::store(&config.data_dir, &identity).map_err(|e| refuse(e.to_string()))?;
-        tracing::info!(node = config.node_id, cluster = %identity::hex(cluster), "joined the existing cluster");
+        tracing::info!(node = config.node_id, cluster = %identity::hex(cluster), "joining the existing cluster");
     }
-    Ok(identity)
+    Ok((identity, recorded))
 }
 
 /// A random non-zero id; derived from the seed under simulation (determinism), with a
@@ -918,7 +929,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let db_path = config.data_dir.join("db");
     let client = http_client(config.net, config.tls.as_ref().map(|t| t.client.clone()));
     // Before anything opens a Raft group: is this data dir the node it claims to be?
-    let identity = check_identity(&config, &client, &db_path).await?;
+    let (identity, recorded_cluster) = check_identity(&config, &client, &db_path).await?;
     // No background flushing: durability comes only from the group-commit flusher, and a
     // background thread would make simulations nondeterministic.
     let db = sled::Config::new()
@@ -949,7 +960,19 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         },
         map_tx.clone(),
     )?);
-    for group in registry.hosted_on_disk()? {
+    let hosted = registry.hosted_on_disk()?;
+    if let (Some(cluster), true) = (recorded_cluster, hosted.is_empty()) {
+        return Err(StartError::Identity(format!(
+            "{} says this is node {} of cluster {}, but the database in {} holds no replica: it lost its data \
+             (an unreadable or empty store is never started as a fresh one). Recover as for a lost disk \
+             (docs/operations.md).",
+            identity::path(&config.data_dir).display(),
+            config.node_id,
+            identity::hex(cluster),
+            db_path.display()
+        )));
+    }
+    for group in hosted {
         if !registry.is_tombstoned(group) {
             registry.ensure(group, None).await?;
         }
@@ -986,6 +1009,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         inflight,
         internal_inflight,
         snapshot_receives: Default::default(),
+        recorded_cluster: std::sync::Mutex::new(recorded_cluster),
         body_budget: crate::api::BodyBudget::new(node_body_budget),
         draining: AtomicBool::new(false),
         started: Instant::now(),

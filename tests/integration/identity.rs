@@ -121,6 +121,12 @@ async fn another_clusters_data_dir_or_a_damaged_identity_is_refused() {
     assert!(!status.success());
     assert!(stderr.contains("identity") && stderr.contains("damaged"), "{stderr}");
 
+    // A database that lost its contents (its log file emptied) is refused, never opened as
+    // an empty store. (Cluster B's own node 3, its peers down: only the data dir can tell.)
+    std::fs::write(b.data_dir(3).join("db").join("db"), b"").unwrap();
+    let (status, stderr) = b.run_expecting_exit(3, Duration::from_secs(20));
+    assert!(!status.success(), "a node with an unreadable database started");
+    assert!(stderr.contains("/db"), "the refusal names the database: {stderr}");
     // A data dir of node 2 started as node 3.
     std::fs::remove_dir_all(&a3).unwrap();
     copy_dir(&b.data_dir(2), &a3);
