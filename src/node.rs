@@ -330,6 +330,9 @@ impl Heartbeat {
         if self.addr.is_empty() || self.addr.len() > MAX_NODE_ADDR_BYTES {
             return Err(format!("a node address must be 1 to {MAX_NODE_ADDR_BYTES} bytes"));
         }
+        if self.incarnation == 0 || self.cluster_id == Some(0) {
+            return Err("incarnation and cluster ids are never 0".into());
+        }
         if self.leading.len() > MAX_INITIAL_SHARDS as usize + 1 {
             return Err(format!("a heartbeat leading {} groups", self.leading.len()));
         }
@@ -626,17 +629,18 @@ impl Node {
 
     /// Once the map names the cluster, this node's identity record names it too (durably),
     /// and every internal request it sends carries it.
-    fn adopt_cluster_id(&self, map: &ClusterMap) {
+    async fn adopt_cluster_id(&self, map: &ClusterMap) {
         let credentials = self.registry.credentials();
-        let mut recorded = self.recorded_cluster.lock().unwrap();
-        if map.cluster_id == 0 || *recorded == Some(map.cluster_id) {
+        if map.cluster_id == 0 || *self.recorded_cluster.lock().unwrap() == Some(map.cluster_id) {
             return;
         }
         if let Some(mine) = credentials.cluster_id().filter(|mine| *mine != map.cluster_id) {
             tracing::error!(mine = %identity::hex(mine), map = %identity::hex(map.cluster_id), "the map names another cluster; keeping this node's");
             return;
         }
-        if self.registry.all().is_empty() {
+        // The record of the hosted replicas must be durable before the identity names the
+        // cluster: a restart reads "cluster named, nothing hosted" as a lost database.
+        if self.registry.all().is_empty() || self.registry.flush().await.is_err() {
             return;
         }
         let record = Identity {
@@ -647,7 +651,7 @@ impl Node {
         match identity::store(&self.config.data_dir, &record) {
             Ok(()) => {
                 credentials.set_cluster_id(map.cluster_id);
-                *recorded = Some(map.cluster_id);
+                *self.recorded_cluster.lock().unwrap() = Some(map.cluster_id);
                 tracing::info!(cluster = %identity::hex(map.cluster_id), "this node's identity now names its cluster");
             }
             Err(e) => tracing::error!(error = %e, "could not record the cluster id; will retry"),
@@ -752,7 +756,7 @@ impl Node {
             // Replicas first: a node whose record names a cluster always hosts something,
             // which is how a restart tells a lost database from a new one.
             self.reconcile(&map).await;
-            self.adopt_cluster_id(&map);
+            self.adopt_cluster_id(&map).await;
             tokio::select! {
                 changed = map_rx.changed() => if changed.is_err() { return },
                 _ = stop.changed() => return,
@@ -961,7 +965,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         map_tx.clone(),
     )?);
     let hosted = registry.hosted_on_disk()?;
-    if let (Some(cluster), true) = (recorded_cluster, hosted.is_empty()) {
+    // A node whose replicas all moved away keeps their tombstones: only a store with
+    // neither lost its data.
+    if let (Some(cluster), true) = (recorded_cluster, hosted.is_empty() && !registry.has_tombstones()) {
         return Err(StartError::Identity(format!(
             "{} says this is node {} of cluster {}, but the database in {} holds no replica: it lost its data \
              (an unreadable or empty store is never started as a fresh one). Recover as for a lost disk \

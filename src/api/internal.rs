@@ -388,9 +388,28 @@ pub async fn identity_query(State(node): State<Arc<Node>>, request: Request) -> 
 }
 
 pub async fn pd_heartbeat(State(node): State<Arc<Node>>, request: Request) -> Result<Response, ApiError> {
+    let (sender, sender_incarnation) = {
+        let header = |name: &str| -> Option<String> {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        (header(NODE_HEADER), header(INCARNATION_HEADER))
+    };
     let (body, _permit) = admit(&node, request, MAX_HEARTBEAT_BODY_BYTES).await?;
     let hb: Heartbeat = decode(&body)?;
     hb.validate().map_err(ApiError::bad_request)?;
+    // A heartbeat speaks for its sender only: the body must name the identity the headers
+    // carried (and `check_sender` verified), or a peer could register another's incarnation.
+    if sender != Some(hb.node_id.to_string()) || sender_incarnation != Some(identity::hex(hb.incarnation)) {
+        return Err(reject(
+            &node,
+            "missing_identity",
+            format!("a heartbeat for node {} sent under another identity", hb.node_id),
+        ));
+    }
     match node.handle_heartbeat(&hb) {
         Ok(Some(reply)) => Ok(encoded(&reply)),
         Ok(None) => Err(ApiError::unavailable("this node does not lead the placement driver")),

@@ -133,6 +133,16 @@ impl Registry {
         self.groups.read().unwrap().values().cloned().collect()
     }
 
+    /// Whether any replica was ever removed from this node.
+    pub fn has_tombstones(&self) -> bool {
+        !self.tombstones.is_empty()
+    }
+
+    /// Makes everything written so far durable (one group-commit round).
+    pub async fn flush(&self) -> std::io::Result<()> {
+        self.flusher.flush().await
+    }
+
     pub fn is_tombstoned(&self, group: GroupId) -> bool {
         self.tombstones.contains_key(group_prefix(group)).unwrap_or(true)
     }

@@ -145,6 +145,10 @@ async fn hostile_internal_requests_change_nothing_and_crash_nothing() {
         7u128
     );
     let secret_only = format!("x-midasflow-secret: {SECRET}\r\n");
+    let stranger = format!(
+        "x-midasflow-secret: {SECRET}\r\nx-midasflow-node: 99\r\nx-midasflow-incarnation: {:032x}\r\n",
+        1u128
+    );
     let addr = cluster.addrs[&2].clone();
     let cases: Vec<(&str, String, &str, Vec<u8>, u16)> = vec![
         ("no secret", "/internal/pd/heartbeat".into(), "", vec![1, 2, 3], 401),
@@ -288,14 +292,21 @@ async fn hostile_internal_requests_change_nothing_and_crash_nothing() {
         (
             "heartbeat from a stranger",
             "/internal/pd/heartbeat".into(),
-            &with_secret,
+            &stranger,
             stranger_heartbeat(),
             400,
+        ),
+        (
+            "heartbeat for another node",
+            "/internal/pd/heartbeat".into(),
+            &with_secret,
+            stranger_heartbeat(),
+            403,
         ),
     ];
     for (name, path, headers, body, status) in &cases {
         // Any node may lead the PD; send heartbeats to all so one of them is the leader.
-        let targets: Vec<String> = if path.contains("heartbeat") && *status == 400 && name.contains("stranger") {
+        let targets: Vec<String> = if path.contains("heartbeat") && name.contains("stranger") {
             cluster.addrs.values().cloned().collect()
         } else {
             vec![addr.clone()]
