@@ -374,10 +374,21 @@ pub async fn run_server(args: ServerArgs) -> Result<(), String> {
         "midasflow node {} serving on {scheme}://{}",
         args.node_id, running.local_addr
     );
-    wait_for_stop_signal().await;
+    let mut refused = running.node.refused();
+    let refusal = tokio::select! {
+        _ = wait_for_stop_signal() => None,
+        reason = refused.wait_for(Option::is_some) => reason.ok().and_then(|r| r.clone()),
+    };
     tracing::info!("stopping");
     running.shutdown().await;
-    Ok(())
+    match refusal {
+        Some(reason) => Err(format!(
+            "node {} stopped: {reason}. Its data dir is not the one the cluster knows as node {}: \
+             see docs/operations.md (\"A node lost its disk\"); recover with --join and a new --node-id",
+            args.node_id, args.node_id
+        )),
+        None => Ok(()),
+    }
 }
 
 pub async fn run_demo(args: DemoArgs) -> Result<(), String> {

@@ -381,6 +381,7 @@ pub struct Node {
     pub snapshot_receives: crate::api::internal::SnapshotReceives,
     /// The cluster id the identity record on disk names (none until recorded).
     recorded_cluster: std::sync::Mutex<Option<u128>>,
+    refused_tx: watch::Sender<Option<String>>,
     /// Bytes of request bodies held at once (`Limits::max_buffered_body_bytes`).
     pub body_budget: crate::api::BodyBudget,
     pub draining: AtomicBool,
@@ -731,6 +732,28 @@ impl Node {
         }
     }
 
+    /// When a peer refuses this node's identity (it lost its disk while no peer could tell
+    /// it at start-up), stop every replica at once: it must not act as that member.
+    async fn refusal_watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut refusal = self.registry.credentials().refusal();
+        let reason = tokio::select! {
+            changed = refusal.wait_for(Option::is_some) => match changed {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        tracing::error!("{reason}; this node stops acting as node {}", self.config.node_id);
+        self.draining.store(true, Ordering::Relaxed);
+        self.registry.shutdown().await;
+        let _ = self.refused_tx.send(Some(reason));
+    }
+
+    /// Resolves with the reason if the node stopped because peers refused its identity.
+    pub fn refused(&self) -> watch::Receiver<Option<String>> {
+        self.refused_tx.subscribe()
+    }
+
     async fn heartbeat_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut ticker = tokio::time::interval(Duration::from_millis(PD_HEARTBEAT_INTERVAL_MS));
         let label = self.label();
@@ -1016,6 +1039,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         internal_inflight,
         snapshot_receives: Default::default(),
         recorded_cluster: std::sync::Mutex::new(recorded_cluster),
+        refused_tx: watch::channel(None).0,
         body_budget: crate::api::BodyBudget::new(node_body_budget),
         draining: AtomicBool::new(false),
         started: Instant::now(),
@@ -1032,6 +1056,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         stop_rx.clone(),
     ));
     let mut loops = vec![
+        tokio::spawn(node.clone().refusal_watch(stop_rx.clone())),
         tokio::spawn(node.clone().heartbeat_loop(stop_rx.clone())),
         tokio::spawn(node.clone().reconcile_loop(stop_rx.clone())),
     ];

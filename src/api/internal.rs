@@ -413,6 +413,7 @@ pub async fn pd_heartbeat(State(node): State<Arc<Node>>, request: Request) -> Re
     match node.handle_heartbeat(&hb) {
         Ok(Some(reply)) => Ok(encoded(&reply)),
         Ok(None) => Err(ApiError::unavailable("this node does not lead the placement driver")),
+        Err(e) if e.contains("lost its disk") => Err(reject(&node, "wrong_incarnation", e)),
         Err(e) => Err(ApiError::bad_request(e)),
     }
 }

@@ -39,6 +39,9 @@ pub struct Credentials {
     pub node_id: u64,
     pub incarnation: u128,
     cluster_id: std::sync::RwLock<Option<u128>>,
+    /// Set when a peer refused this node's identity (its disk was wiped, or it is not
+    /// the node it claims): the node stops acting as a member.
+    refused: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Credentials {
@@ -48,6 +51,32 @@ impl Credentials {
             node_id,
             incarnation,
             cluster_id: std::sync::RwLock::new(cluster_id),
+            refused: tokio::sync::watch::channel(None).0,
+        }
+    }
+
+    /// Records that a peer refused this node's identity; the first reason is kept.
+    pub fn mark_refused(&self, reason: String) {
+        self.refused.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(reason);
+            true
+        });
+    }
+
+    /// Resolves with the reason once a peer refused this node's identity.
+    pub fn refusal(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.refused.subscribe()
+    }
+
+    /// Notes a peer's answer that refuses this node itself (not a transient error).
+    fn notice(&self, error: &TransportError) {
+        if let TransportError::Status { status, body, addr } = error {
+            if *status == StatusCode::FORBIDDEN && body.contains("wrong_incarnation") {
+                self.mark_refused(format!("{addr} refused this node's identity: {body}"));
+            }
         }
     }
 
@@ -154,11 +183,13 @@ pub async fn post_internal<Req: Serialize, Resp: DeserializeOwned>(
         .map_err(|e| decode_error(e.to_string()))?;
     let response = send(client, request, timeout).await?;
     if response.status() != StatusCode::OK {
-        return Err(TransportError::Status {
+        let error = TransportError::Status {
             addr: addr.to_string(),
             status: response.status(),
-            body: String::from_utf8_lossy(response.body()).chars().take(200).collect(),
-        });
+            body: String::from_utf8_lossy(response.body()).chars().take(400).collect(),
+        };
+        credentials.notice(&error);
+        return Err(error);
     }
     codec::decode(response.body()).map_err(|e| decode_error(e.to_string()))
 }

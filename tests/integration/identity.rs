@@ -174,3 +174,52 @@ async fn a_new_cluster_forms_once_whatever_the_start_order() {
     let keys = write_some(&cluster, 3, "new-").await;
     all_readable(&cluster, 1, &keys).await;
 }
+
+/// A wiped node that starts while no peer can answer comes up as new, but the first peer
+/// that knows its real incarnation refuses it, and it stops acting as a member and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_that_no_peer_could_check_stops_when_one_can() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(3, &[]).await;
+    wait_registered(&cluster, 1).await;
+    let keys = write_some(&cluster, 1, "early-").await;
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    std::fs::remove_dir_all(cluster.data_dir(3)).unwrap();
+    // Node 3 alone: nobody answers its identity query, so it starts as a new node.
+    let mut wiped = cluster
+        .command(3)
+        .env("RUST_LOG", "warn,openraft=error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the wiped node to serve", Duration::from_secs(10), || async {
+        cluster.client(3).get_path("/livez").await.is_ok()
+    })
+    .await;
+    cluster.restart(1);
+    cluster.restart(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = wiped.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = wiped.kill();
+            let _ = wiped.wait();
+            panic!("the wiped node kept running once its peers could tell it was not node 3");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut wiped.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("refused this node's identity"), "{stderr}");
+    wait_until("writes flow on nodes 1 and 2", Duration::from_secs(30), || async {
+        put(cluster.client(1), "probe", b"p", &[]).await.status == 200
+    })
+    .await;
+    all_readable(&cluster, 2, &keys).await;
+}
