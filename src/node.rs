@@ -170,6 +170,13 @@ impl Limits {
                 self.max_value_bytes
             ));
         }
+        let min_header_ms = 2 * crate::raft::transport::POOL_IDLE_TIMEOUT_MS;
+        if self.header_read_timeout_ms < min_header_ms {
+            return Err(format!(
+                "--header-read-timeout-ms must be at least {min_header_ms} (twice the idle time of pooled \
+                 connections between nodes)"
+            ));
+        }
         if self.max_buffered_body_bytes < self.max_append_body_bytes() {
             return Err(format!(
                 "--max-buffered-body-bytes must hold at least one full append ({} bytes)",

@@ -201,6 +201,11 @@ impl HttpClient {
 
 /// Idle pooled connections kept per peer; bounds sockets at many groups × peers.
 pub const POOL_MAX_IDLE_PER_HOST: usize = 32;
+/// An idle pooled connection is dropped after this long. Servers close connections that
+/// send no request head within `--header-read-timeout-ms`, which must be well above this
+/// (checked at start), or a forwarded write could go out on a connection the peer is
+/// closing and end with an unknown outcome.
+pub const POOL_IDLE_TIMEOUT_MS: u64 = 2_000;
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
 /// A pooled client; with `tls`, peers are reached over `https` and verified with it.
@@ -210,7 +215,7 @@ pub fn http_client(kind: NetKind, tls: Option<Arc<rustls::ClientConfig>>) -> Htt
     let inner = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .build(Connector {
             kind,
