@@ -556,6 +556,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         config.observer = Some(observer.clone());
         config.planted_bug = settings.planted_bug;
         config.limits.request_timeout_ms = NODE_REQUEST_TIMEOUT_MS;
+        // Idle connections live for the whole run on both ends (see SIM_POOL_IDLE_TIMEOUT_MS);
+        // the head-read timeout is tested on real processes.
+        config.limits.header_read_timeout_ms = crate::raft::transport::SIM_POOL_IDLE_TIMEOUT_MS * 2;
         let refusals = shared.clone();
         sim.host(host_name(id).as_str(), move || {
             let config = config.clone();

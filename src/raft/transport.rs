@@ -206,6 +206,10 @@ pub const POOL_MAX_IDLE_PER_HOST: usize = 32;
 /// (checked at start), or a forwarded write could go out on a connection the peer is
 /// closing and end with an unknown outcome.
 pub const POOL_IDLE_TIMEOUT_MS: u64 = 2_000;
+/// Under turmoil, idle connections are kept for the whole run: expiring them mid-run
+/// made replays differ (seen with 2 s; the cause is inside hyper-util's pool), and the
+/// simulated servers are configured not to close idle connections either.
+pub const SIM_POOL_IDLE_TIMEOUT_MS: u64 = 3_600_000;
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
 /// A pooled client; with `tls`, peers are reached over `https` and verified with it.
@@ -215,7 +219,10 @@ pub fn http_client(kind: NetKind, tls: Option<Arc<rustls::ClientConfig>>) -> Htt
     let inner = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
+        .pool_idle_timeout(Duration::from_millis(match kind {
+            NetKind::Tokio => POOL_IDLE_TIMEOUT_MS,
+            NetKind::Turmoil => SIM_POOL_IDLE_TIMEOUT_MS,
+        }))
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .build(Connector {
             kind,
