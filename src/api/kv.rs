@@ -439,14 +439,34 @@ fn set_version_headers(headers: &mut HeaderMap, version: u64, shard: GroupId) {
 }
 
 /// Reads from this replica's applied state (after the leader check, for linearizable reads).
+/// The two loads of a local read, as [`GroupView`](crate::raft::state_machine::GroupView)
+/// offers them.
+trait AppliedState {
+    fn applied_index(&self) -> u64;
+    fn record(&self, key: &[u8]) -> Result<Option<KeyRecord>, ApiError>;
+}
+
+impl AppliedState for crate::raft::state_machine::GroupView {
+    fn applied_index(&self) -> u64 {
+        crate::raft::state_machine::GroupView::applied_index(self)
+    }
+    fn record(&self, key: &[u8]) -> Result<Option<KeyRecord>, ApiError> {
+        self.get(key)
+            .map_err(|e| ApiError::internal(format!("reading the key: {e}")))
+    }
+}
+
+/// The applied index, then the record: an apply landing between the two loads can only
+/// make the record newer than the index says, so `X-Applied-Index` never claims more
+/// than what was read.
+fn read_applied<S: AppliedState>(state: &S, key: &[u8]) -> Result<(u64, Option<KeyRecord>), ApiError> {
+    let applied = state.applied_index();
+    let record = state.record(key)?;
+    Ok((applied, record))
+}
+
 async fn serve_local(group: &Group, call: &KvCall, linearizable: bool) -> Result<Response, ApiError> {
-    // The applied index first: the record read after it reflects at least that index, so
-    // `X-Applied-Index` never claims more than what was read.
-    let applied = group.view.applied_index();
-    let record: Option<KeyRecord> = group
-        .view
-        .get(call.key())
-        .map_err(|e| ApiError::internal(format!("reading the key: {e}")))?;
+    let (applied, record) = read_applied(group.view.as_ref(), call.key())?;
     let mut response = match call {
         KvCall::Read { version, .. } => match read(record.as_ref(), *version) {
             ReadOutcome::Value { version, value } => {
@@ -595,6 +615,40 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
         assert_eq!(precondition(&headers).unwrap(), Precondition::IfAbsent);
+    }
+
+    /// A view where an apply lands between the two loads of a read: each record load
+    /// first moves the state on by one version and one index.
+    struct ApplyingMeanwhile(std::cell::Cell<u64>);
+
+    impl AppliedState for ApplyingMeanwhile {
+        fn applied_index(&self) -> u64 {
+            self.0.get()
+        }
+        fn record(&self, _key: &[u8]) -> Result<Option<KeyRecord>, ApiError> {
+            let version = self.0.get();
+            self.0.set(version + 1);
+            Ok(Some(KeyRecord {
+                versions: vec![crate::shard::VersionEntry {
+                    version,
+                    deleted: false,
+                    value: vec![],
+                }],
+            }))
+        }
+    }
+
+    /// The stale-read finding: the record was loaded before the applied index, so an
+    /// apply in between made `X-Applied-Index` claim a state newer than the value read.
+    /// Here version N is what index N holds: the index returned must not exceed it.
+    #[test]
+    fn stale_read_index_never_claims_more_than_was_read() {
+        let state = ApplyingMeanwhile(std::cell::Cell::new(5));
+        let (applied, record) = read_applied(&state, b"k").unwrap();
+        assert!(
+            applied <= record.unwrap().latest().version,
+            "index {applied} is ahead of the value read"
+        );
     }
 
     proptest::proptest! {
