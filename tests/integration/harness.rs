@@ -72,6 +72,14 @@ impl Cluster {
     /// A cluster of `nodes` insecure nodes with ports and dirs chosen, none started yet:
     /// the test starts each with [`Cluster::restart`].
     pub fn prepare(nodes: u64, extra_args: &[&str]) -> Cluster {
+        let mut args = vec!["--insecure"];
+        args.extend_from_slice(extra_args);
+        Self::layout(nodes, &args, "http", ClientAuth::default(), None)
+    }
+
+    /// Ports, addresses, clients and dirs for `nodes` nodes; nothing started.
+    fn layout(nodes: u64, extra_args: &[&str], scheme: &str, auth: ClientAuth, data_root: Option<PathBuf>) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(nodes as usize);
         let addrs: BTreeMap<u64, String> = (1..=nodes)
             .zip(ports)
@@ -79,16 +87,13 @@ impl Cluster {
             .collect();
         let clients = addrs
             .iter()
-            .map(|(id, addr)| (*id, Client::new(&format!("http://{addr}"))))
+            .map(|(id, addr)| (*id, Client::with_auth(&format!("{scheme}://{addr}"), auth.clone())))
             .collect();
-        let dir = tempfile::tempdir().unwrap();
-        let mut args = vec!["--insecure".to_string()];
-        args.extend(extra_args.iter().map(|s| s.to_string()));
         Cluster {
-            data_root: dir.path().to_path_buf(),
+            data_root: data_root.unwrap_or_else(|| dir.path().to_path_buf()),
             dir,
             addrs,
-            extra_args: args,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             per_node_args: BTreeMap::new(),
             children: BTreeMap::new(),
             clients,
@@ -134,25 +139,7 @@ impl Cluster {
         auth: ClientAuth,
         data_root: Option<PathBuf>,
     ) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(nodes as usize);
-        let addrs: BTreeMap<u64, String> = (1..=nodes)
-            .zip(ports)
-            .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
-            .collect();
-        let clients = addrs
-            .iter()
-            .map(|(id, addr)| (*id, Client::with_auth(&format!("{scheme}://{addr}"), auth.clone())))
-            .collect();
-        let mut cluster = Cluster {
-            data_root: data_root.unwrap_or_else(|| dir.path().to_path_buf()),
-            dir,
-            addrs,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            per_node_args: BTreeMap::new(),
-            children: BTreeMap::new(),
-            clients,
-        };
+        let mut cluster = Self::layout(nodes, extra_args, scheme, auth, data_root);
         for id in 1..=nodes {
             let args = per_node(cluster.dir.path(), id);
             cluster.per_node_args.insert(id, args);
