@@ -438,7 +438,6 @@ fn set_version_headers(headers: &mut HeaderMap, version: u64, shard: GroupId) {
     headers.insert("x-shard", HeaderValue::from(shard));
 }
 
-/// Reads from this replica's applied state (after the leader check, for linearizable reads).
 /// The two loads of a local read, as [`GroupView`](crate::raft::state_machine::GroupView)
 /// offers them.
 trait AppliedState {
@@ -465,6 +464,7 @@ fn read_applied<S: AppliedState>(state: &S, key: &[u8]) -> Result<(u64, Option<K
     Ok((applied, record))
 }
 
+/// Reads from this replica's applied state (after the leader check, for linearizable reads).
 async fn serve_local(group: &Group, call: &KvCall, linearizable: bool) -> Result<Response, ApiError> {
     let (applied, record) = read_applied(group.view.as_ref(), call.key())?;
     let mut response = match call {

@@ -104,7 +104,12 @@ impl DurableFiles {
             for entry in std::fs::read_dir(&self.blobs_dir)? {
                 let name = entry?.file_name();
                 if !self.synced_blobs.contains(&name) {
-                    File::open(self.blobs_dir.join(&name))?.sync_all()?;
+                    match File::open(self.blobs_dir.join(&name)) {
+                        Ok(file) => file.sync_all()?,
+                        // sled collected it meanwhile: nothing left to make durable.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    }
                     new = true;
                 }
                 present.insert(name);
