@@ -495,20 +495,9 @@ impl Node {
         if !self.is_member(&map, hb.node_id) {
             return Err(format!("node {} is not a member of this cluster", hb.node_id));
         }
-        if let (Some(theirs), true) = (hb.cluster_id, map.cluster_id != 0) {
-            if theirs != map.cluster_id {
-                return Err(format!("node {} belongs to another cluster", hb.node_id));
-            }
-        }
+        // The sender's cluster and incarnation were checked with its request
+        // (`api::internal::check_sender`); here it only gets registered, once.
         match map.incarnations.get(&hb.node_id) {
-            Some(known) if *known != hb.incarnation && !self.config.has_planted_bug(PlantedBug::NoIdentityGuard) => {
-                return Err(format!(
-                    "node {} is incarnation {}, but the cluster knows it as {}: it lost its disk",
-                    hb.node_id,
-                    identity::hex(hb.incarnation),
-                    identity::hex(*known)
-                ))
-            }
             Some(_) => {}
             None if map.is_bootstrapped() => self.register(pd.clone(), hb.node_id, hb.incarnation),
             None => {}

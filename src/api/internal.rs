@@ -88,10 +88,17 @@ fn reject(node: &Node, reason: &'static str, message: String) -> ApiError {
     ApiError::forbidden(reason, message)
 }
 
+/// Who sent an internal request, as its headers say and [`check_sender`] verified.
+#[derive(Debug, Clone, Copy)]
+struct Sender {
+    node: u64,
+    incarnation: u128,
+}
+
 /// Every internal request names its sender (node id, incarnation, cluster). A sender of
 /// another cluster, or a node id that comes with an incarnation the cluster does not know
 /// for it (a wiped disk, an impostor), is refused and nothing it sent is applied.
-fn check_sender(node: &Node, request: &Request) -> Result<(), ApiError> {
+fn check_sender(node: &Node, request: &Request) -> Result<Sender, ApiError> {
     let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
     let sender: Option<u64> = header(NODE_HEADER).and_then(|v| v.parse().ok());
     let incarnation = header(INCARNATION_HEADER).and_then(identity::parse_hex);
@@ -136,7 +143,10 @@ fn check_sender(node: &Node, request: &Request) -> Result<(), ApiError> {
             ));
         }
     }
-    Ok(())
+    Ok(Sender {
+        node: sender,
+        incarnation,
+    })
 }
 
 /// Authenticates the request and its sender, reads the body within `limit` bytes, and
@@ -153,17 +163,20 @@ async fn admit_checked(
 ) -> Result<(bytes::Bytes, Admitted<'_>), ApiError> {
     let checked = authorize(node, &request).and_then(|()| {
         if check_identity {
-            check_sender(node, &request)
+            check_sender(node, &request).map(Some)
         } else {
-            Ok(())
+            Ok(None)
         }
     });
-    if let Err(e) = checked {
-        // Nothing of a stranger's body is kept: drained (bounded in bytes and time) only so
-        // the 401 is not lost to a reset.
-        super::drain(request.into_body()).await;
-        return Err(e);
-    }
+    let sender = match checked {
+        Ok(sender) => sender,
+        Err(e) => {
+            // Nothing of a stranger's body is kept: drained (bounded in bytes and time)
+            // only so the refusal is not lost to a reset.
+            super::drain(request.into_body()).await;
+            return Err(e);
+        }
+    };
     let (body, budget) = node
         .body_budget
         .read(request.into_body(), limit, node.config.limits.body_read_timeout_ms)
@@ -177,14 +190,17 @@ async fn admit_checked(
     Ok((
         body,
         Admitted {
+            sender,
             _request: permit,
             _body: budget,
         },
     ))
 }
 
-/// The permits an admitted internal request holds until it is answered.
+/// An admitted internal request: its verified sender (unless the route takes anyone) and
+/// the permits it holds until it is answered.
 struct Admitted<'a> {
+    sender: Option<Sender>,
     _request: tokio::sync::SemaphorePermit<'a>,
     _body: tokio::sync::SemaphorePermit<'a>,
 }
@@ -388,22 +404,15 @@ pub async fn identity_query(State(node): State<Arc<Node>>, request: Request) -> 
 }
 
 pub async fn pd_heartbeat(State(node): State<Arc<Node>>, request: Request) -> Result<Response, ApiError> {
-    let (sender, sender_incarnation) = {
-        let header = |name: &str| -> Option<String> {
-            request
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        (header(NODE_HEADER), header(INCARNATION_HEADER))
-    };
-    let (body, _permit) = admit(&node, request, MAX_HEARTBEAT_BODY_BYTES).await?;
+    let (body, admitted) = admit(&node, request, MAX_HEARTBEAT_BODY_BYTES).await?;
     let hb: Heartbeat = decode(&body)?;
     hb.validate().map_err(ApiError::bad_request)?;
-    // A heartbeat speaks for its sender only: the body must name the identity the headers
-    // carried (and `check_sender` verified), or a peer could register another's incarnation.
-    if sender != Some(hb.node_id.to_string()) || sender_incarnation != Some(identity::hex(hb.incarnation)) {
+    // A heartbeat speaks for its sender only: its body must name the node and incarnation
+    // that `check_sender` verified, or a peer could register another node's incarnation.
+    if admitted
+        .sender
+        .is_none_or(|s| (s.node, s.incarnation) != (hb.node_id, hb.incarnation))
+    {
         return Err(reject(
             &node,
             "missing_identity",
@@ -413,7 +422,6 @@ pub async fn pd_heartbeat(State(node): State<Arc<Node>>, request: Request) -> Re
     match node.handle_heartbeat(&hb) {
         Ok(Some(reply)) => Ok(encoded(&reply)),
         Ok(None) => Err(ApiError::unavailable("this node does not lead the placement driver")),
-        Err(e) if e.contains("lost its disk") => Err(reject(&node, "wrong_incarnation", e)),
         Err(e) => Err(ApiError::bad_request(e)),
     }
 }
