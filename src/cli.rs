@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::client::{encode_key_str, Client, ClientAuth};
 use crate::node::{self, Limits, NodeConfig, RaftTimings, RunningNode};
+use crate::placement::operator::ScheduleSettings;
 use crate::security::{is_loopback, NodeTls};
 
 #[derive(Parser, Debug)]
@@ -136,6 +137,28 @@ pub struct Tuning {
     /// A request body must arrive whole within this time (408 otherwise).
     #[arg(long, env = "MIDASFLOW_BODY_READ_TIMEOUT_MS", default_value_t = Limits::default().body_read_timeout_ms)]
     pub body_read_timeout_ms: u64,
+    /// Scheduler: a node silent this long is down and its replicas are re-created elsewhere
+    /// (recorded at bootstrap; change later with `midasflow cluster config set`).
+    #[arg(long, env = "MIDASFLOW_DOWN_AFTER_SECS", default_value_t = ScheduleSettings::default().down_after_secs)]
+    pub down_after_secs: u64,
+    /// Scheduler: a shard over this many bytes of live values is due a split.
+    #[arg(long, env = "MIDASFLOW_SPLIT_MAX_BYTES", default_value_t = ScheduleSettings::default().split_max_bytes)]
+    pub split_max_bytes: u64,
+    /// Scheduler: a shard over this many live keys is due a split.
+    #[arg(long, env = "MIDASFLOW_SPLIT_MAX_KEYS", default_value_t = ScheduleSettings::default().split_max_keys)]
+    pub split_max_keys: u64,
+    /// Scheduler: a shard over this many ops/s for 10 s is due a split.
+    #[arg(long, env = "MIDASFLOW_SPLIT_QPS", default_value_t = ScheduleSettings::default().split_qps)]
+    pub split_qps: u64,
+    /// Scheduler: operators in flight cluster-wide.
+    #[arg(long, env = "MIDASFLOW_MAX_OPERATORS", default_value_t = ScheduleSettings::default().max_operators)]
+    pub max_operators: u64,
+    /// Scheduler: operators in flight touching one node.
+    #[arg(long, env = "MIDASFLOW_MAX_OPERATORS_PER_NODE", default_value_t = ScheduleSettings::default().max_operators_per_node)]
+    pub max_operators_per_node: u64,
+    /// Scheduler: start with scheduling paused (manual operators still run).
+    #[arg(long, env = "MIDASFLOW_SCHEDULE_PAUSED")]
+    pub schedule_paused: bool,
 }
 
 /// How a server secures its listener.
@@ -215,8 +238,13 @@ pub struct ServerArgs {
     #[arg(long, env = "MIDASFLOW_DATA_DIR")]
     pub data_dir: PathBuf,
     /// Bootstrap members: `1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003`.
-    #[arg(long, env = "MIDASFLOW_INITIAL_CLUSTER", value_parser = parse_initial_cluster)]
-    pub initial_cluster: BTreeMap<u64, String>,
+    #[arg(long, env = "MIDASFLOW_INITIAL_CLUSTER", value_parser = parse_initial_cluster,
+          required_unless_present = "join", conflicts_with = "join")]
+    pub initial_cluster: Option<BTreeMap<u64, String>>,
+    /// Join an existing cluster through any of its members: `127.0.0.1:7001,127.0.0.1:7002`.
+    /// The node id must be new (ids of removed nodes are never reused).
+    #[arg(long, env = "MIDASFLOW_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
     #[command(flatten)]
     pub security: ServerSecurity,
     #[command(flatten)]
@@ -290,6 +318,60 @@ pub struct ClusterArgs {
 pub enum ClusterOp {
     Status,
     Shards,
+    /// Move every replica and leader off a node (state draining, then drained).
+    Drain {
+        node: u64,
+    },
+    /// Retire a drained or down node for good (its id is never reused).
+    Remove {
+        node: u64,
+    },
+    /// Move a shard's replica from one node to another.
+    Move {
+        shard: u64,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Hand a shard's Raft leadership to another of its replicas.
+    TransferLeader {
+        shard: u64,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Running operators and the last finished ones.
+    Operators,
+    /// What each scheduler checker would do now, and why (or why nothing).
+    Explain,
+    /// Scheduler settings.
+    Config {
+        #[command(subcommand)]
+        op: ConfigOp,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigOp {
+    Get,
+    /// Change settings: `midasflow cluster config set down_after_secs=60 paused=true`.
+    Set {
+        #[arg(required = true)]
+        settings: Vec<String>,
+    },
+}
+
+/// `name=value` pairs as a JSON object (numbers and booleans typed, the rest strings).
+fn settings_json(pairs: &[String]) -> Result<Value, String> {
+    let mut object = serde_json::Map::new();
+    for pair in pairs {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not name=value"))?;
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+        object.insert(name.replace('-', "_"), value);
+    }
+    Ok(Value::Object(object))
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,6 +407,16 @@ impl Tuning {
         config.limits.header_read_timeout_ms = self.header_read_timeout_ms;
         config.limits.body_read_timeout_ms = self.body_read_timeout_ms;
         config.limits.max_buffered_body_bytes = self.max_buffered_body_bytes;
+        config.schedule = ScheduleSettings {
+            paused: self.schedule_paused,
+            down_after_secs: self.down_after_secs,
+            split_max_bytes: self.split_max_bytes,
+            split_max_keys: self.split_max_keys,
+            split_qps: self.split_qps,
+            max_operators: self.max_operators,
+            max_operators_per_node: self.max_operators_per_node,
+            ..ScheduleSettings::default()
+        };
         config.raft = RaftTimings {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             election_timeout_min_ms: self.election_timeout_min_ms,
@@ -361,7 +453,13 @@ async fn wait_for_stop_signal() {
 }
 
 pub async fn run_server(args: ServerArgs) -> Result<(), String> {
-    let mut config = NodeConfig::new(args.node_id, args.listen.clone(), args.data_dir, args.initial_cluster);
+    let mut config = NodeConfig::new(
+        args.node_id,
+        args.listen.clone(),
+        args.data_dir,
+        args.initial_cluster.unwrap_or_default(),
+    );
+    config.join = args.join;
     config.tls = args.security.tls(&args.listen)?;
     config.advertise = args.advertise.unwrap_or(args.listen);
     args.tuning.apply(&mut config)?;
@@ -559,14 +657,45 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
 
 pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
     let client = Client::with_auth(&args.endpoint.url, args.endpoint.security.auth()?);
-    let path = match args.op {
-        ClusterOp::Status => "/v1/cluster",
-        ClusterOp::Shards => "/v1/shards",
+    let (method, path, body) = match &args.op {
+        ClusterOp::Status => (Method::GET, "/v1/cluster".to_string(), None),
+        ClusterOp::Shards => (Method::GET, "/v1/shards".to_string(), None),
+        ClusterOp::Drain { node } => (Method::POST, format!("/v1/nodes/{node}/drain"), None),
+        ClusterOp::Remove { node } => (Method::DELETE, format!("/v1/nodes/{node}"), None),
+        ClusterOp::Move { shard, from, to } => (
+            Method::POST,
+            format!("/v1/shards/{shard}/move"),
+            Some(serde_json::json!({"from": from, "to": to})),
+        ),
+        ClusterOp::TransferLeader { shard, to } => (
+            Method::POST,
+            format!("/v1/shards/{shard}/transfer-leader"),
+            Some(serde_json::json!({"to": to})),
+        ),
+        ClusterOp::Operators => (Method::GET, "/v1/operators".to_string(), None),
+        ClusterOp::Explain => (Method::GET, "/v1/schedule/explain".to_string(), None),
+        ClusterOp::Config { op: ConfigOp::Get } => (Method::GET, "/v1/schedule/config".to_string(), None),
+        ClusterOp::Config {
+            op: ConfigOp::Set { settings },
+        } => (
+            Method::PUT,
+            "/v1/schedule/config".to_string(),
+            Some(settings_json(settings)?),
+        ),
     };
-    let reply = client.get_path(path).await.map_err(|e| e.to_string())?;
+    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+    let headers = [("content-type", "application/json".to_string())];
+    let reply = client
+        .request(method, &path, &headers, body)
+        .await
+        .map_err(|e| e.to_string())?;
     print_reply(&reply)?;
     let body: Value = serde_json::from_slice(&reply.body).map_err(|e| e.to_string())?;
-    if args.format == Format::Json {
+    let table = matches!(
+        args.op,
+        ClusterOp::Status | ClusterOp::Shards | ClusterOp::Operators | ClusterOp::Explain
+    );
+    if args.format == Format::Json || !table {
         println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
         return Ok(());
     }
@@ -622,6 +751,42 @@ pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
                 rows,
             );
         }
+        ClusterOp::Operators => {
+            let row = |o: &Value, state: String| {
+                vec![
+                    cell(&o["id"]),
+                    cell(&o["kind"]["type"]),
+                    cell(&o["kind"]["shard"]),
+                    state,
+                    cell(&o["origin"]),
+                    cell(&o["reason"]),
+                ]
+            };
+            let mut rows: Vec<Vec<String>> = Vec::new();
+            for o in body["running"].as_array().into_iter().flatten() {
+                rows.push(row(o, format!("running: {}", cell(&o["step"]))));
+            }
+            for o in body["finished"].as_array().into_iter().flatten() {
+                let mut outcome = cell(&o["outcome"]["outcome"]);
+                if let Some(reason) = o["outcome"]["reason"].as_str() {
+                    outcome = format!("{outcome}: {reason}");
+                }
+                rows.push(row(o, outcome));
+            }
+            print_table(&["ID", "TYPE", "SHARD", "STATE", "ORIGIN", "REASON"], rows);
+        }
+        ClusterOp::Explain => {
+            if body["paused"] == Value::Bool(true) {
+                println!("scheduling is paused");
+            }
+            for report in body["checkers"].as_array().into_iter().flatten() {
+                println!("{}:", cell(&report["checker"]));
+                for finding in report["findings"].as_array().into_iter().flatten() {
+                    println!("  {}", cell(finding));
+                }
+            }
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -151,7 +151,7 @@ impl IdentityAnswer {
         IdentityAnswer {
             cluster_id: (map.cluster_id != 0).then_some(map.cluster_id),
             known_incarnation: map.incarnations.get(&asker).copied(),
-            member: !map.is_bootstrapped() || map.nodes.contains_key(&asker),
+            member: !map.is_bootstrapped() || map.is_active_member(asker),
         }
     }
 }
@@ -174,7 +174,9 @@ fn lost_disk_message(identity: &Identity, cluster: u128, known: u128) -> String 
 /// Decides, from the peers' answers, whether `identity` may act as its node: the pure
 /// core of the start-up check. Returns the cluster id to adopt, if the node had none and a
 /// peer knows one.
-pub fn judge(identity: &Identity, answers: &[(NodeId, IdentityAnswer)]) -> Result<Option<u128>, String> {
+/// `joining`: the node was started with `--join`, so a cluster that does not know it yet
+/// is one it may become a member of.
+pub fn judge(identity: &Identity, answers: &[(NodeId, IdentityAnswer)], joining: bool) -> Result<Option<u128>, String> {
     let mut adopt = None;
     for (peer, answer) in answers {
         let Some(cluster) = answer.cluster_id else { continue };
@@ -189,7 +191,8 @@ pub fn judge(identity: &Identity, answers: &[(NodeId, IdentityAnswer)]) -> Resul
                 ));
             }
         }
-        if !answer.member {
+        let newcomer = joining && answer.known_incarnation.is_none();
+        if !answer.member && !newcomer {
             return Err(format!(
                 "node {} is not a member of cluster {} (peer {peer} says so)",
                 identity.node_id,
@@ -246,23 +249,27 @@ mod tests {
             cluster_id: None,
         };
         // A new cluster: nobody knows a cluster yet.
-        assert_eq!(judge(&fresh, &[(1, answer(None, None, true))]), Ok(None));
+        assert_eq!(judge(&fresh, &[(1, answer(None, None, true))], false), Ok(None));
         // A member that never registered joins the existing cluster.
-        assert_eq!(judge(&fresh, &[(1, answer(Some(9), None, true))]), Ok(Some(9)));
+        assert_eq!(judge(&fresh, &[(1, answer(Some(9), None, true))], false), Ok(Some(9)));
         // A wiped disk: the cluster knows node 2 as another incarnation.
-        let refused = judge(&fresh, &[(1, answer(Some(9), Some(4), true))]).unwrap_err();
+        let refused = judge(&fresh, &[(1, answer(Some(9), Some(4), true))], false).unwrap_err();
         assert!(refused.contains("lost"), "{refused}");
         // Another cluster's data dir or peers.
         let other = Identity {
             cluster_id: Some(8),
             ..fresh
         };
-        assert!(judge(&other, &[(1, answer(Some(9), Some(5), true))]).is_err());
-        assert!(judge(&fresh, &[(1, answer(Some(9), None, false))]).is_err());
+        assert!(judge(&other, &[(1, answer(Some(9), Some(5), true))], false).is_err());
+        assert!(judge(&fresh, &[(1, answer(Some(9), None, false))], false).is_err());
+        // `--join`: a cluster that does not know the node yet is one it may join; one
+        // that knows its id (a removed node, or a lost disk) is not.
+        assert_eq!(judge(&fresh, &[(1, answer(Some(9), None, false))], true), Ok(Some(9)));
+        assert!(judge(&fresh, &[(1, answer(Some(9), Some(4), false))], true).is_err());
         let known = Identity {
             cluster_id: Some(9),
             ..fresh
         };
-        assert_eq!(judge(&known, &[(1, answer(Some(9), Some(5), true))]), Ok(None));
+        assert_eq!(judge(&known, &[(1, answer(Some(9), Some(5), true))], false), Ok(None));
     }
 }

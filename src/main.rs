@@ -4,6 +4,16 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Kv(_) | Command::Cluster(_)) {
+        // Output piped into `head` ends the command quietly, as for any Unix tool (Rust
+        // ignores SIGPIPE, and `println!` panics on the broken pipe). Servers keep the
+        // default: a peer closing a socket must never kill a node.
+        #[cfg(unix)]
+        // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // openraft warns on routine election races; keep the default output to our own events.
     // A simulation's nodes fail on purpose all the time: it reports through its checkers.
     let default_filter = match cli.command {

@@ -14,7 +14,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::identity::{self, Identity, IdentityAnswer, IdentityQuery};
-use crate::placement::{pd_voters, ClusterMap, NodeId, NodeState, PdCommand, PD_GROUP};
+use crate::placement::operator::ScheduleSettings;
+use crate::placement::{pd_voters, ClusterMap, NodeId, NodeState, PdCommand, ShardId, PD_GROUP, REPLICATION_FACTOR};
 use crate::raft::log_store::FlushMode;
 use crate::raft::network::post_internal;
 use crate::raft::network::Credentials;
@@ -42,8 +43,13 @@ pub struct NodeConfig {
     /// The address other nodes and clients use; defaults to `listen`.
     pub advertise: String,
     pub data_dir: PathBuf,
+    /// Empty for a node started with `--join`.
     pub initial_cluster: BTreeMap<NodeId, String>,
+    /// Addresses of existing members to join through (`--join`); empty for initial members.
+    pub join: Vec<String>,
     pub initial_shards: u32,
+    /// Scheduler settings the bootstrap records (later changed through the PD).
+    pub schedule: ScheduleSettings,
     pub history_versions: u32,
     pub limits: Limits,
     pub raft: RaftTimings,
@@ -243,7 +249,9 @@ impl NodeConfig {
             listen,
             data_dir,
             initial_cluster,
+            join: Vec::new(),
             initial_shards: crate::placement::DEFAULT_INITIAL_SHARDS,
+            schedule: ScheduleSettings::default(),
             history_versions: DEFAULT_HISTORY_VERSIONS,
             limits: Limits::default(),
             raft: RaftTimings::default(),
@@ -274,13 +282,36 @@ impl NodeConfig {
                 crate::shard::MAX_HISTORY_VERSIONS
             ));
         }
-        PdCommand::Bootstrap {
-            nodes: self.initial_cluster.iter().map(|(i, a)| (*i, a.clone())).collect(),
-            initial_shards: self.initial_shards,
-            cluster_id: 1,
+        match (self.initial_cluster.is_empty(), self.join.is_empty()) {
+            (true, true) => return Err("give --initial-cluster (a new cluster) or --join (an existing one)".into()),
+            (false, false) => return Err("--initial-cluster and --join exclude each other".into()),
+            (false, true) if !self.initial_cluster.contains_key(&self.node_id) => {
+                return Err(format!("--initial-cluster does not name this node ({})", self.node_id))
+            }
+            _ => {}
         }
-        .validate()
-        .map_err(|e| format!("--initial-shards / --initial-cluster: {e}"))?;
+        if self.join.len() > crate::placement::MAX_NODES
+            || self
+                .join
+                .iter()
+                .any(|a| a.is_empty() || a.len() > crate::placement::MAX_NODE_ADDR_BYTES)
+        {
+            return Err("--join: too many addresses, or an empty or overlong one".into());
+        }
+        if self.initial_cluster.is_empty() {
+            self.schedule
+                .validate()
+                .map_err(|e| format!("scheduler settings: {e}"))?;
+        } else {
+            PdCommand::Bootstrap {
+                nodes: self.initial_cluster.iter().map(|(i, a)| (*i, a.clone())).collect(),
+                initial_shards: self.initial_shards,
+                cluster_id: 1,
+                settings: self.schedule.clone(),
+            }
+            .validate()
+            .map_err(|e| format!("--initial-shards / --initial-cluster / scheduler settings: {e}"))?;
+        }
         if self.raft.snapshot_chunk_bytes == 0 || self.raft.snapshot_chunk_bytes > 64 << 20 {
             return Err("the snapshot chunk size must be 1 byte to 64 MiB".into());
         }
@@ -325,9 +356,23 @@ pub struct Heartbeat {
     pub incarnation: u128,
     pub cluster_id: Option<u128>,
     pub addr: String,
-    pub routing_version: u64,
-    /// (group, term) for every group this node leads.
-    pub leading: Vec<(GroupId, u64)>,
+    /// The revision of the map this node has.
+    pub revision: u64,
+    /// Set by a node started with `--join` until the map lists it.
+    pub joining: bool,
+    /// Every group this node leads, with the figures the scheduler uses.
+    pub leading: Vec<LedGroup>,
+}
+
+/// A group the heartbeat's sender leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedGroup {
+    pub group: GroupId,
+    pub term: u64,
+    pub keys: u64,
+    pub bytes: u64,
+    /// Client operations this replica has served as leader since it started.
+    pub ops_total: u64,
 }
 
 impl Heartbeat {
@@ -348,8 +393,11 @@ impl Heartbeat {
 }
 
 /// The PD leader's answer: the map if the node's is older, and what only the leader knows.
+/// A node that does not lead the PD answers with `redirect` only: the address of the PD
+/// leader as it knows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HeartbeatReply {
+    pub redirect: Option<String>,
     pub pd_leader: NodeId,
     pub map: Option<ClusterMap>,
     pub leader_hints: BTreeMap<GroupId, NodeId>,
@@ -357,13 +405,50 @@ pub struct HeartbeatReply {
     pub last_seen_ms: BTreeMap<NodeId, u64>,
 }
 
-/// Liveness and leader hints, kept in memory by whichever node leads the PD.
+/// Liveness, leader hints and shard figures, kept in memory by whichever node leads the PD.
 #[derive(Default)]
 pub struct PdLeaderState {
-    last_seen: BTreeMap<NodeId, Instant>,
-    leader_hints: BTreeMap<GroupId, (NodeId, u64)>,
-    /// Members whose registration is being proposed.
+    pub last_seen: BTreeMap<NodeId, Instant>,
+    pub leader_hints: BTreeMap<GroupId, (NodeId, u64)>,
+    /// Members whose registration (or join) is being proposed.
     registering: std::collections::BTreeSet<NodeId>,
+    /// When this node last became PD leader (liveness is only known since then).
+    pub leading_since: Option<Instant>,
+    pub shard_stats: BTreeMap<ShardId, ShardLoad>,
+}
+
+/// The scheduler's figures for a shard, from its leader's heartbeats.
+#[derive(Debug, Clone, Default)]
+pub struct ShardLoad {
+    pub stats: crate::placement::scheduler::ShardStats,
+    last_ops: Option<(Instant, u64)>,
+    hot_since: Option<Instant>,
+}
+
+impl ShardLoad {
+    /// Folds in one leader report: the request rate is measured between reports at
+    /// least a second apart.
+    fn record(&mut self, led: &LedGroup, leader: NodeId, now: Instant, split_qps: u64) {
+        self.stats.leader = Some(leader);
+        self.stats.keys = led.keys;
+        self.stats.bytes = led.bytes;
+        match self.last_ops {
+            Some((at, ops)) if now.duration_since(at) >= Duration::from_secs(1) => {
+                let secs = now.duration_since(at).as_secs_f64();
+                self.stats.qps = (led.ops_total.saturating_sub(ops) as f64 / secs) as u64;
+                self.last_ops = Some((now, led.ops_total));
+            }
+            Some(_) => {}
+            None => self.last_ops = Some((now, led.ops_total)),
+        }
+        if self.stats.qps > split_qps {
+            let since = *self.hot_since.get_or_insert(now);
+            self.stats.hot_secs = now.duration_since(since).as_secs();
+        } else {
+            self.hot_since = None;
+            self.stats.hot_secs = 0;
+        }
+    }
 }
 
 /// This node's latest picture of the cluster beyond the map itself.
@@ -381,6 +466,7 @@ pub struct Node {
     pub map_rx: watch::Receiver<Arc<ClusterMap>>,
     map_tx: watch::Sender<Arc<ClusterMap>>,
     pd_state: Arc<std::sync::Mutex<PdLeaderState>>,
+    executor: Arc<std::sync::Mutex<crate::placement::executor::ExecutorState>>,
     view: RwLock<ClusterView>,
     pub inflight: Semaphore,
     /// Internal requests in progress (Raft RPCs, heartbeats), apart from the public API's.
@@ -418,8 +504,14 @@ impl Node {
         self.config.node_id.to_string()
     }
 
+    /// The PD group's voters: the map's, or before it arrives, the initial cluster's.
     pub fn pd_voters(&self) -> Vec<NodeId> {
-        pd_voters(&self.config.initial_cluster)
+        let map = self.map();
+        if map.is_bootstrapped() {
+            map.pd_voters.clone()
+        } else {
+            pd_voters(&self.config.initial_cluster)
+        }
     }
 
     /// The address of `node`, from the map or, before bootstrap, the initial cluster.
@@ -447,6 +539,7 @@ impl Node {
     /// A node's state as `/v1/cluster` shows it: stored state, refined by liveness.
     pub fn node_state(&self, node: NodeId, stored: NodeState) -> &'static str {
         match stored {
+            NodeState::Draining if self.map().shards_on(node).next().is_none() => return "drained",
             NodeState::Draining => return "draining",
             NodeState::Removed => return "removed",
             NodeState::Up => {}
@@ -460,6 +553,16 @@ impl Node {
             Some(_) => "down",
             None => "suspect",
         }
+    }
+
+    /// The PD leader's address as this node knows it (itself excluded).
+    pub fn pd_leader_addr(&self) -> Option<String> {
+        let leader = self.registry.get(PD_GROUP).and_then(|g| g.current_leader()).or(self
+            .view
+            .read()
+            .unwrap()
+            .pd_leader)?;
+        (leader != self.config.node_id).then(|| self.addr_of(leader)).flatten()
     }
 
     pub fn pd_reachable(&self) -> bool {
@@ -476,7 +579,7 @@ impl Node {
     /// of the initial cluster.
     fn is_member(&self, map: &ClusterMap, node: NodeId) -> bool {
         if map.is_bootstrapped() {
-            map.nodes.contains_key(&node)
+            map.is_active_member(node)
         } else {
             self.config.initial_cluster.contains_key(&node)
         }
@@ -493,13 +596,28 @@ impl Node {
         }
         let map = self.map();
         if !self.is_member(&map, hb.node_id) {
+            if hb.joining && map.is_bootstrapped() && !map.nodes.contains_key(&hb.node_id) {
+                let join = PdCommand::Join {
+                    node: hb.node_id,
+                    addr: hb.addr.clone(),
+                    incarnation: hb.incarnation,
+                };
+                self.propose_once(pd.clone(), hb.node_id, join);
+                return Err(format!("node {} is joining; try again shortly", hb.node_id));
+            }
             return Err(format!("node {} is not a member of this cluster", hb.node_id));
         }
         // The sender's cluster and incarnation were checked with its request
         // (`api::internal::check_sender`); here it only gets registered, once.
         match map.incarnations.get(&hb.node_id) {
             Some(_) => {}
-            None if map.is_bootstrapped() => self.register(pd.clone(), hb.node_id, hb.incarnation),
+            None if map.is_bootstrapped() => {
+                let register = PdCommand::Register {
+                    node: hb.node_id,
+                    incarnation: hb.incarnation,
+                };
+                self.propose_once(pd.clone(), hb.node_id, register)
+            }
             None => {}
         }
         let now = Instant::now();
@@ -507,18 +625,28 @@ impl Node {
         // Liveness is kept for members only, so the table stays as small as the cluster.
         state.last_seen.retain(|n, _| self.is_member(&map, *n));
         state.last_seen.insert(hb.node_id, now);
-        for (group, term) in &hb.leading {
-            let entry = state.leader_hints.entry(*group).or_insert((hb.node_id, *term));
-            if *term >= entry.1 {
-                *entry = (hb.node_id, *term);
+        for led in &hb.leading {
+            let entry = state.leader_hints.entry(led.group).or_insert((hb.node_id, led.term));
+            if led.term >= entry.1 {
+                *entry = (hb.node_id, led.term);
+                if led.group != PD_GROUP {
+                    state.shard_stats.entry(led.group).or_default().record(
+                        led,
+                        hb.node_id,
+                        now,
+                        map.settings.split_qps,
+                    );
+                }
             }
         }
         state
             .leader_hints
             .retain(|g, _| *g == PD_GROUP || map.shards.contains_key(g) || !map.is_bootstrapped());
+        state.shard_stats.retain(|g, _| map.shards.contains_key(g));
         Ok(Some(HeartbeatReply {
+            redirect: None,
             pd_leader: self.config.node_id,
-            map: (map.routing_version > hb.routing_version).then(|| (*map).clone()),
+            map: (map.revision > hb.revision).then(|| (*map).clone()),
             leader_hints: state.leader_hints.iter().map(|(g, (n, _))| (*g, *n)).collect(),
             last_seen_ms: state
                 .last_seen
@@ -528,22 +656,44 @@ impl Node {
         }))
     }
 
-    /// On the PD leader: records a member's incarnation (once; a proposal at a time each).
-    fn register(&self, pd: Arc<crate::raft::registry::Group>, node: NodeId, incarnation: u128) {
+    /// On the PD leader: records a member's incarnation or a joining node (a proposal at
+    /// a time per node; retried on its next heartbeat).
+    fn propose_once(&self, pd: Arc<crate::raft::registry::Group>, node: NodeId, command: PdCommand) {
         if !self.pd_state.lock().unwrap().registering.insert(node) {
             return;
         }
         let node_ref = self.pd_state_handle();
         tokio::spawn(async move {
-            let command = Request::Pd(PdCommand::Register { node, incarnation });
-            match pd.raft.client_write(command).await {
-                Ok(resp) => tracing::info!(node, result = ?resp.data, "registered a member's incarnation"),
+            match pd.raft.client_write(Request::Pd(command)).await {
+                Ok(resp) => tracing::info!(node, result = ?resp.data, "recorded a member"),
                 Err(e) => {
-                    tracing::debug!(node, error = %e, "registration not committed; retried on the next heartbeat")
+                    tracing::debug!(node, error = %e, "member record not committed; retried on the next heartbeat")
                 }
             }
             node_ref.lock().unwrap().registering.remove(&node);
         });
+    }
+
+    pub fn executor_state(&self) -> Arc<std::sync::Mutex<crate::placement::executor::ExecutorState>> {
+        self.executor.clone()
+    }
+
+    /// The clock operators are stamped with: wall-clock ms, or under simulation the
+    /// simulated time since the process's first call (deterministic).
+    pub fn now_ms(&self) -> u64 {
+        if self.config.rng_seed.is_some() {
+            static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+            let origin = *ORIGIN.get_or_init(Instant::now);
+            return Instant::now().duration_since(origin).as_millis() as u64;
+        }
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// The PD leader's state (liveness, leader hints, shard figures).
+    pub fn pd_state(&self) -> std::sync::MutexGuard<'_, PdLeaderState> {
+        self.pd_state.lock().unwrap()
     }
 
     fn heartbeat(&self) -> Heartbeat {
@@ -553,18 +703,72 @@ impl Node {
             incarnation: credentials.incarnation,
             cluster_id: credentials.cluster_id(),
             addr: self.config.advertise.clone(),
-            routing_version: self.map().routing_version,
+            revision: self.map().revision,
+            joining: !self.config.join.is_empty() && !self.map().is_active_member(self.config.node_id),
             leading: self
                 .registry
                 .all()
                 .iter()
                 .filter(|g| g.is_leader())
-                .map(|g| (g.id, g.term()))
+                .map(|g| LedGroup {
+                    group: g.id,
+                    term: g.term(),
+                    keys: g.view.live_keys(),
+                    bytes: g.view.live_bytes(),
+                    ops_total: g.ops_served(),
+                })
                 .collect(),
         }
     }
 
-    /// One round of reporting to the PD leader, trying the known leader first.
+    /// Sends the heartbeat to the PD leader: the known leader first, then every PD voter,
+    /// then the `--join` addresses, each tried once; a peer that knows the leader
+    /// redirects there.
+    async fn heartbeat_remote(&self, hb: &Heartbeat) -> Option<HeartbeatReply> {
+        let mut candidates: Vec<NodeId> = Vec::new();
+        if let Some(leader) = self.registry.get(PD_GROUP).and_then(|g| g.current_leader()) {
+            candidates.push(leader);
+        }
+        if let Some(leader) = self.view.read().unwrap().pd_leader {
+            candidates.push(leader);
+        }
+        candidates.extend(self.pd_voters());
+        let mut addrs: Vec<String> = candidates
+            .into_iter()
+            .filter(|c| *c != self.config.node_id)
+            .filter_map(|c| self.addr_of(c))
+            .collect();
+        addrs.extend(self.config.join.iter().cloned());
+        let mut tried = std::collections::BTreeSet::new();
+        let timeout = Duration::from_millis(PD_HEARTBEAT_INTERVAL_MS * 2);
+        let mut next = 0;
+        while next < addrs.len() && tried.len() < 2 * REPLICATION_FACTOR + self.config.join.len() {
+            let addr = addrs[next].clone();
+            next += 1;
+            if !tried.insert(addr.clone()) {
+                continue;
+            }
+            let answer = post_internal::<Heartbeat, HeartbeatReply>(
+                self.registry.client(),
+                &addr,
+                "/internal/pd/heartbeat",
+                self.registry.credentials(),
+                hb,
+                timeout,
+            )
+            .await;
+            match answer {
+                Ok(HeartbeatReply {
+                    redirect: Some(leader), ..
+                }) => addrs.insert(next, leader),
+                Ok(reply) => return Some(reply),
+                Err(e) => tracing::trace!(%addr, error = %e, "pd heartbeat failed"),
+            }
+        }
+        None
+    }
+
+    /// One round of reporting to the PD leader.
     async fn sync_with_pd(&self) {
         let hb = self.heartbeat();
         let reply = match self.handle_heartbeat(&hb) {
@@ -573,44 +777,7 @@ impl Node {
                 tracing::warn!(error = %e, "this node's own heartbeat was refused");
                 None
             }
-            Ok(None) => {
-                let mut candidates: Vec<NodeId> = Vec::new();
-                if let Some(leader) = self.registry.get(PD_GROUP).and_then(|g| g.current_leader()) {
-                    candidates.push(leader);
-                }
-                if let Some(leader) = self.view.read().unwrap().pd_leader {
-                    candidates.push(leader);
-                }
-                candidates.extend(self.pd_voters());
-                // Known leaders first, then every voter, each tried once.
-                let mut tried = std::collections::BTreeSet::new();
-                candidates.retain(|c| tried.insert(*c));
-                let mut reply = None;
-                for candidate in candidates {
-                    if candidate == self.config.node_id {
-                        continue;
-                    }
-                    let Some(addr) = self.addr_of(candidate) else { continue };
-                    let timeout = Duration::from_millis(PD_HEARTBEAT_INTERVAL_MS * 2);
-                    match post_internal::<Heartbeat, HeartbeatReply>(
-                        self.registry.client(),
-                        &addr,
-                        "/internal/pd/heartbeat",
-                        self.registry.credentials(),
-                        &hb,
-                        timeout,
-                    )
-                    .await
-                    {
-                        Ok(r) => {
-                            reply = Some(r);
-                            break;
-                        }
-                        Err(e) => tracing::trace!(candidate, error = %e, "pd heartbeat failed"),
-                    }
-                }
-                reply
-            }
+            Ok(None) => self.heartbeat_remote(&hb).await,
         };
         if let Some(reply) = reply {
             if let Some(map) = &reply.map {
@@ -662,7 +829,7 @@ impl Node {
         }
         let me = self.config.node_id;
         for shard in map.shards_on(me) {
-            if self.registry.get(shard.id).is_some() || self.registry.is_tombstoned(shard.id) {
+            if self.registry.get(shard.id).is_some() || self.registry.is_blocked(shard.id, Some(shard.epoch)) {
                 continue;
             }
             let members: BTreeMap<u64, BasicNode> = shard
@@ -670,31 +837,41 @@ impl Node {
                 .iter()
                 .filter_map(|r| map.node_addr(*r).map(|a| (*r, BasicNode::new(a))))
                 .collect();
-            let designated = shard.replicas.first() == Some(&me);
-            if let Err(e) = self.registry.ensure(shard.id, designated.then_some(members)).await {
+            // Only a shard the bootstrap created (epoch 1, never changed) is initialized
+            // here; a replica added later learns everything from the group's leader (an
+            // initialize would write a second, conflicting first entry).
+            let designated = shard.epoch == 1 && shard.replicas.first() == Some(&me);
+            if let Err(e) = self
+                .registry
+                .ensure(shard.id, designated.then_some(members), Some(shard.epoch))
+                .await
+            {
                 tracing::warn!(shard = shard.id, error = %e, "could not create replica");
             }
         }
         for group in self.registry.all() {
-            let assigned = map.shards.get(&group.id).is_some_and(|s| s.replicas.contains(&me));
-            if group.id != PD_GROUP && !assigned {
+            let shard = map.shards.get(&group.id);
+            if group.id != PD_GROUP && !shard.is_some_and(|s| s.hosts(me)) {
                 tracing::info!(group = group.id, "map no longer assigns this replica; removing");
-                if let Err(e) = self.registry.remove(group.id).await {
+                let epoch = shard.map_or(u64::MAX, |s| s.epoch);
+                if let Err(e) = self.registry.remove(group.id, epoch).await {
                     tracing::warn!(group = group.id, error = %e, "could not remove replica");
                 }
             }
         }
     }
 
-    /// May this node create `group` on its first RPC?
-    pub fn may_host(&self, group: GroupId) -> bool {
+    /// May this node create `group` on its first RPC? `Some(epoch)`: yes, assigned at that
+    /// shard epoch (`None` for the PD group).
+    pub fn assignment(&self, group: GroupId) -> Option<Option<u64>> {
         if group == PD_GROUP {
-            return self.pd_voters().contains(&self.config.node_id);
+            return self.pd_voters().contains(&self.config.node_id).then_some(None);
         }
         self.map()
             .shards
             .get(&group)
-            .is_some_and(|s| s.replicas.contains(&self.config.node_id))
+            .filter(|s| s.hosts(self.config.node_id))
+            .map(|s| Some(s.epoch))
     }
 
     /// On a PD voter: proposes the bootstrap map once this node leads the PD.
@@ -708,6 +885,7 @@ impl Node {
                 .collect(),
             initial_shards: self.config.initial_shards,
             cluster_id: new_random_id(self.config.rng_seed, self.config.node_id, 0xc105),
+            settings: self.config.schedule.clone(),
         };
         loop {
             if self.map().is_bootstrapped() || *stop.borrow() {
@@ -876,25 +1054,29 @@ async fn check_identity(
         incarnation: identity.incarnation,
         cluster_id: identity.cluster_id,
     };
-    let asks = config
+    // A joining node does not know its peers' ids: their answers are numbered 0.
+    let peers: Vec<(NodeId, &String)> = config
         .initial_cluster
         .iter()
         .filter(|(id, _)| **id != config.node_id)
-        .map(|(id, addr)| {
-            let (credentials, query) = (&credentials, &query);
-            async move {
-                let answer = post_internal::<IdentityQuery, IdentityAnswer>(
-                    client,
-                    addr,
-                    "/internal/identity",
-                    credentials,
-                    query,
-                    Duration::from_millis(IDENTITY_QUERY_TIMEOUT_MS),
-                )
-                .await;
-                (*id, answer)
-            }
-        });
+        .map(|(id, addr)| (*id, addr))
+        .chain(config.join.iter().map(|addr| (0, addr)))
+        .collect();
+    let asks = peers.into_iter().map(|(id, addr)| {
+        let (credentials, query) = (&credentials, &query);
+        async move {
+            let answer = post_internal::<IdentityQuery, IdentityAnswer>(
+                client,
+                addr,
+                "/internal/identity",
+                credentials,
+                query,
+                Duration::from_millis(IDENTITY_QUERY_TIMEOUT_MS),
+            )
+            .await;
+            (id, answer)
+        }
+    });
     let mut answers = Vec::new();
     for (peer, answer) in futures::future::join_all(asks).await {
         match answer {
@@ -902,7 +1084,7 @@ async fn check_identity(
             Err(e) => tracing::debug!(peer, error = %e, "peer did not answer the identity query"),
         }
     }
-    let judged = match identity::judge(&identity, &answers) {
+    let judged = match identity::judge(&identity, &answers, !config.join.is_empty()) {
         Err(refusal) if !guard => {
             tracing::warn!("planted bug: ignoring the identity refusal: {refusal}");
             answers
@@ -941,12 +1123,6 @@ fn new_random_id(seed: Option<u64>, node: NodeId, salt: u64) -> u128 {
 }
 
 pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
-    if !config.initial_cluster.contains_key(&config.node_id) {
-        return Err(StartError::Config(format!(
-            "--initial-cluster does not name this node ({})",
-            config.node_id
-        )));
-    }
     config.validate().map_err(StartError::Config)?;
     let raft_config = Arc::new(config.raft_config().map_err(StartError::Config)?);
     let db_path = config.data_dir.join("db");
@@ -999,17 +1175,17 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     }
     for group in hosted {
         if !registry.is_tombstoned(group) {
-            registry.ensure(group, None).await?;
+            registry.ensure(group, None, None).await?;
         }
     }
     let voters = pd_voters(&config.initial_cluster);
-    if voters.contains(&config.node_id) {
+    if voters.contains(&config.node_id) && registry.get(PD_GROUP).is_none() {
         let members: BTreeMap<u64, BasicNode> = voters
             .iter()
             .map(|v| (*v, BasicNode::new(&config.initial_cluster[v])))
             .collect();
         let designated = voters.first() == Some(&config.node_id);
-        registry.ensure(PD_GROUP, designated.then_some(members)).await?;
+        registry.ensure(PD_GROUP, designated.then_some(members), None).await?;
     }
     let listener = NetListener::bind(config.net, &config.listen)
         .await
@@ -1030,6 +1206,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         map_rx,
         map_tx,
         pd_state: Default::default(),
+        executor: Default::default(),
         view: Default::default(),
         inflight,
         internal_inflight,
@@ -1055,6 +1232,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         tokio::spawn(node.clone().refusal_watch(stop_rx.clone())),
         tokio::spawn(node.clone().heartbeat_loop(stop_rx.clone())),
         tokio::spawn(node.clone().reconcile_loop(stop_rx.clone())),
+        tokio::spawn(crate::placement::executor::run(node.clone(), stop_rx.clone())),
     ];
     if voters.contains(&node.config.node_id) {
         loops.push(tokio::spawn(node.clone().bootstrap_loop(stop_rx.clone())));

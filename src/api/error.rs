@@ -34,6 +34,11 @@ impl ApiError {
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
     }
+    /// The request is valid but the cluster's state refuses it (e.g. an operator is
+    /// already running on the shard).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(StatusCode::GONE, "gone", message)
     }

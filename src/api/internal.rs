@@ -27,6 +27,7 @@ use super::server::PeerInfo;
 use crate::codec;
 use crate::identity::{self, IdentityAnswer, IdentityQuery};
 use crate::node::{Heartbeat, Node, MAX_HEARTBEAT_BODY_BYTES, MAX_VOTE_BODY_BYTES, SNAPSHOT_FRAMING_BYTES};
+use crate::raft::membership::{self, AdminRequest};
 use crate::raft::network::{CLUSTER_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER};
 use crate::raft::registry::{Group, RegistryError};
 use crate::raft::state_machine::check_snapshot_data;
@@ -234,11 +235,13 @@ fn local(node: &Node, group: Option<&Group>) -> Local {
 async fn hosted_group(node: &Node, group: GroupId) -> Result<Arc<Group>, ApiError> {
     match node.registry.get(group) {
         Some(g) => Ok(g),
-        None if node.may_host(group) => node.registry.ensure(group, None).await.map_err(|e| match e {
-            RegistryError::Tombstoned(_) => ApiError::not_found(e.to_string()),
-            other => ApiError::unavailable(other.to_string()),
-        }),
-        None => Err(ApiError::not_found(format!("group {group} is not hosted here"))),
+        None => match node.assignment(group) {
+            Some(epoch) => node.registry.ensure(group, None, epoch).await.map_err(|e| match e {
+                RegistryError::Tombstoned(_) => ApiError::not_found(e.to_string()),
+                other => ApiError::unavailable(other.to_string()),
+            }),
+            None => Err(ApiError::not_found(format!("group {group} is not hosted here"))),
+        },
     }
 }
 
@@ -392,6 +395,26 @@ impl SnapshotReceives {
     }
 }
 
+/// The placement driver's executor asks a replica for its group's status, or (on the
+/// leader) for a membership change or a leadership transfer.
+pub async fn admin(
+    State(node): State<Arc<Node>>,
+    Path(group_id): Path<GroupId>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (body, _permit) = admit(&node, request, MAX_VOTE_BODY_BYTES).await?;
+    let call: AdminRequest = decode(&body)?;
+    call.validate().map_err(ApiError::bad_request)?;
+    let group = node
+        .registry
+        .get(group_id)
+        .ok_or_else(|| ApiError::not_found(format!("group {group_id} is not hosted here")))?;
+    let timeout = Duration::from_millis(membership::ADMIN_TIMEOUT_MS);
+    Ok(encoded(
+        &membership::perform(&node.registry, group, call, timeout).await,
+    ))
+}
+
 /// A starting node asks whether a cluster exists and what it knows of the asker. No
 /// identity headers are checked here: the asker may be new.
 pub async fn identity_query(State(node): State<Arc<Node>>, request: Request) -> Result<Response, ApiError> {
@@ -421,7 +444,14 @@ pub async fn pd_heartbeat(State(node): State<Arc<Node>>, request: Request) -> Re
     }
     match node.handle_heartbeat(&hb) {
         Ok(Some(reply)) => Ok(encoded(&reply)),
-        Ok(None) => Err(ApiError::unavailable("this node does not lead the placement driver")),
+        // Not the PD leader: point the sender at the one this node knows of.
+        Ok(None) => match node.pd_leader_addr() {
+            Some(addr) => Ok(encoded(&crate::node::HeartbeatReply {
+                redirect: Some(addr),
+                ..Default::default()
+            })),
+            None => Err(ApiError::unavailable("this node does not lead the placement driver")),
+        },
         Err(e) => Err(ApiError::bad_request(e)),
     }
 }

@@ -263,11 +263,11 @@ pub async fn handle(State(node): State<Arc<Node>>, request: Request) -> Response
 }
 
 /// What is needed to replay the request on another node.
-struct Forward {
-    method: Method,
-    path_and_query: String,
-    headers: HeaderMap,
-    body: Bytes,
+pub(super) struct Forward {
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 enum Attempt {
@@ -303,7 +303,8 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
             {
                 Attempt::Done(serve_local(&group, &call, true).await?)
             }
-            Some(group) if group.is_leader() => {
+            Some(group) if group.is_leader() && !(group.proposals_paused() && call.needs_leader()) => {
+                group.count_op();
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(remaining, serve_on_leader(node, &group, &call, &mut proposed)).await {
                     Ok(result) => result?,
@@ -512,8 +513,8 @@ fn misdirected(node: &Node) -> Response {
     (StatusCode::MISDIRECTED_REQUEST, axum::Json(routing_json(node))).into_response()
 }
 
-struct ForwardError {
-    message: String,
+pub(super) struct ForwardError {
+    pub message: String,
     /// True when the request certainly never reached a node that could have applied it.
     retryable_for_write: bool,
 }
@@ -535,7 +536,7 @@ const RELAYED_HEADERS: [&str; 6] = [
     "content-type",
 ];
 
-async fn forward_to(
+pub(super) async fn forward_to(
     node: &Node,
     target: u64,
     forward: &Forward,

@@ -4,6 +4,7 @@ pub mod client;
 pub mod error;
 pub mod internal;
 pub mod kv;
+pub mod placement;
 pub mod server;
 
 use std::sync::atomic::Ordering;
@@ -58,6 +59,16 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/shards", get(shards))
         .route("/v1/shards/{id}", get(shard))
         .route("/v1/stats", get(stats))
+        .route("/v1/nodes/{id}", axum::routing::delete(placement::remove_node))
+        .route("/v1/nodes/{id}/drain", post(placement::drain_node))
+        .route("/v1/shards/{id}/move", post(placement::move_shard))
+        .route("/v1/shards/{id}/transfer-leader", post(placement::transfer_leader))
+        .route("/v1/operators", get(placement::operators))
+        .route("/v1/schedule/explain", get(placement::explain))
+        .route(
+            "/v1/schedule/config",
+            get(placement::get_config).put(placement::put_config),
+        )
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/health", get(health))
@@ -65,6 +76,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/internal/raft/{group}/{op}", post(internal::raft_rpc))
         .route("/internal/pd/heartbeat", post(internal::pd_heartbeat))
         .route("/internal/identity", post(internal::identity_query))
+        .route("/internal/admin/{group}", post(internal::admin))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
@@ -275,6 +287,7 @@ fn shard_json(node: &Node, shard: &ShardInfo) -> Value {
         "id": shard.id,
         "range": {"start": hex(u128::from(shard.start)), "end": hex(shard.end_u128())},
         "replicas": replicas,
+        "learners": shard.learners,
         "leader": node.leader_hint(shard.id),
         "epoch": shard.epoch,
     })

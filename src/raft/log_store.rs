@@ -255,12 +255,16 @@ impl LogStore {
     }
 
     /// Removes every log entry and piece of Raft metadata the group has (replica removal).
+    /// Deletes a removed replica's log. Its vote stays: if the shard moves back here,
+    /// the new replica must not vote again in a term this node already voted in.
     pub fn destroy(db: &sled::Db, group: GroupId) -> sled::Result<()> {
-        for tree in ["raft_log", "raft_meta"] {
-            let tree = db.open_tree(tree)?;
-            for key in tree.scan_prefix(group_prefix(group)).keys() {
-                tree.remove(key?)?;
-            }
+        let log = db.open_tree("raft_log")?;
+        for key in log.scan_prefix(group_prefix(group)).keys() {
+            log.remove(key?)?;
+        }
+        let meta = db.open_tree("raft_meta")?;
+        for tag in [META_COMMITTED, META_PURGED] {
+            meta.remove(meta_key(group, tag))?;
         }
         Ok(())
     }

@@ -31,9 +31,39 @@ pub struct Group {
     pub view: Arc<GroupView>,
     is_leader: AtomicBool,
     term: AtomicU64,
+    ops_served: AtomicU64,
+    /// Set while leadership is being handed over: new proposals wait.
+    proposals_paused: AtomicBool,
+}
+
+/// Pauses a group's proposals until dropped.
+pub struct PauseGuard<'a>(&'a Group);
+
+impl Drop for PauseGuard<'_> {
+    fn drop(&mut self) {
+        self.0.proposals_paused.store(false, Ordering::Release);
+    }
 }
 
 impl Group {
+    /// Counts a client operation served by this replica (the scheduler's load figure).
+    pub fn count_op(&self) {
+        self.ops_served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ops_served(&self) -> u64 {
+        self.ops_served.load(Ordering::Relaxed)
+    }
+
+    pub fn pause_proposals(&self) -> PauseGuard<'_> {
+        self.proposals_paused.store(true, Ordering::Release);
+        PauseGuard(self)
+    }
+
+    pub fn proposals_paused(&self) -> bool {
+        self.proposals_paused.load(Ordering::Acquire)
+    }
+
     pub fn is_leader(&self) -> bool {
         self.is_leader.load(Ordering::Relaxed)
     }
@@ -113,6 +143,14 @@ impl Registry {
         })
     }
 
+    pub fn election_timeout_max_ms(&self) -> u64 {
+        self.config.raft_config.election_timeout_max
+    }
+
+    pub fn heartbeat_interval_ms(&self) -> u64 {
+        self.config.raft_config.heartbeat_interval
+    }
+
     pub fn credentials(&self) -> &Arc<Credentials> {
         &self.config.credentials
     }
@@ -147,6 +185,27 @@ impl Registry {
         self.tombstones.contains_key(group_prefix(group)).unwrap_or(true)
     }
 
+    /// The shard epoch at which this node's replica of `group` was removed, if it was:
+    /// only an assignment at a later epoch may bring the group back (a replica moved
+    /// away can move back; a stale message cannot resurrect it).
+    pub fn tombstone_epoch(&self, group: GroupId) -> Option<u64> {
+        match self.tombstones.get(group_prefix(group)) {
+            Ok(None) => None,
+            Ok(Some(value)) => Some(<[u8; 8]>::try_from(value.as_ref()).map_or(u64::MAX, u64::from_be_bytes)),
+            Err(_) => Some(u64::MAX),
+        }
+    }
+
+    /// Whether an assignment at `epoch` (`None`: a reopen or the PD group) is blocked by a
+    /// tombstone.
+    pub fn is_blocked(&self, group: GroupId, epoch: Option<u64>) -> bool {
+        match (self.tombstone_epoch(group), epoch) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(removed_at), Some(epoch)) => removed_at >= epoch,
+        }
+    }
+
     /// Groups this node hosted before a restart, to reopen from disk. A record it cannot
     /// read is an error: skipping it would silently drop a replica.
     pub fn hosted_on_disk(&self) -> Result<Vec<GroupId>, RegistryError> {
@@ -165,10 +224,14 @@ impl Registry {
     /// Returns the group, creating (or reopening) it if needed. When `initial_members` is
     /// given and the group has never been initialized, this replica initializes it: only
     /// one designated replica per group does, so bootstrap costs one election.
+    /// `epoch` is the shard epoch of the map assignment that asks for the replica (`None`
+    /// for a reopen after restart, or the PD group); a tombstone at that epoch or later
+    /// refuses it.
     pub async fn ensure(
         &self,
         group: GroupId,
         initial_members: Option<BTreeMap<u64, BasicNode>>,
+        epoch: Option<u64>,
     ) -> Result<Arc<Group>, RegistryError> {
         if let Some(existing) = self.get(group) {
             return Ok(existing);
@@ -177,7 +240,7 @@ impl Registry {
         if let Some(existing) = self.get(group) {
             return Ok(existing);
         }
-        if self.is_tombstoned(group) {
+        if self.is_blocked(group, epoch) {
             return Err(RegistryError::Tombstoned(group));
         }
         let storage = |e: openraft::StorageError<u64>| RegistryError::Storage(e.to_string());
@@ -216,6 +279,11 @@ impl Registry {
         self.hosted
             .insert(group_prefix(group), &[])
             .map_err(|e| RegistryError::Storage(e.to_string()))?;
+        // Hosted first: a crash in between leaves both records, and a tombstone wins
+        // until the map assigns the group again.
+        self.tombstones
+            .remove(group_prefix(group))
+            .map_err(|e| RegistryError::Storage(e.to_string()))?;
         if let Some(members) = initial_members {
             let initialized = raft
                 .is_initialized()
@@ -234,6 +302,8 @@ impl Registry {
             view,
             is_leader: AtomicBool::new(false),
             term: AtomicU64::new(0),
+            ops_served: AtomicU64::new(0),
+            proposals_paused: AtomicBool::new(false),
         });
         self.groups.write().unwrap().insert(group, created.clone());
         self.spawn_monitor(created.clone());
@@ -319,11 +389,14 @@ impl Registry {
         });
     }
 
-    /// Stops a replica, deletes its data and leaves a tombstone.
-    pub async fn remove(&self, group: GroupId) -> Result<(), RegistryError> {
+    /// Stops a replica, deletes its data and leaves a tombstone at `epoch`, the shard epoch
+    /// of the map that no longer assigns it here.
+    pub async fn remove(&self, group: GroupId, epoch: u64) -> Result<(), RegistryError> {
         let _guard = self.lifecycle.lock().await;
         let storage = |e: sled::Error| RegistryError::Storage(e.to_string());
-        self.tombstones.insert(group_prefix(group), &[]).map_err(storage)?;
+        self.tombstones
+            .insert(group_prefix(group), &epoch.to_be_bytes())
+            .map_err(storage)?;
         let removed = self.groups.write().unwrap().remove(&group);
         if let Some(removed) = removed {
             let _ = removed.raft.shutdown().await;

@@ -60,10 +60,10 @@ fn tagged(group: GroupId, tag: u8, rest: &[u8]) -> Vec<u8> {
     key
 }
 
-/// Publishes a cluster map to the node, never going back to an older routing version.
+/// Publishes a cluster map to the node, never going back to an older revision.
 pub fn publish_map(tx: &watch::Sender<Arc<ClusterMap>>, map: &ClusterMap) {
     tx.send_if_modified(|current| {
-        if map.routing_version > current.routing_version {
+        if map.revision > current.revision {
             *current = Arc::new(map.clone());
             true
         } else {

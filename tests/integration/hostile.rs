@@ -344,7 +344,8 @@ fn stranger_heartbeat() -> Vec<u8> {
         incarnation: 1,
         cluster_id: None,
         addr: "127.0.0.1:1".into(),
-        routing_version: 0,
+        revision: 0,
+        joining: false,
         leading: vec![],
     })
     .unwrap()

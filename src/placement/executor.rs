@@ -1,0 +1,325 @@
+//! The placement driver's loop on the PD leader: every tick it drives each running
+//! operator one step ([`super::driver::next_action`]) and, once it has led long enough to
+//! know every node's liveness, runs the scheduler ([`super::scheduler::plan`]) and
+//! records its proposals as operators. Nothing here decides: it fetches facts and
+//! performs actions, so a PD leader change only delays work.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::driver::{next_action, Action, Facts};
+use super::operator::{Origin, Outcome};
+use super::scheduler::{self, Health, ShardStats, View};
+use super::{ClusterMap, NodeId, PdCommand, PdResult, ShardId, PD_GROUP};
+use crate::node::{Node, PD_HEARTBEAT_INTERVAL_MS};
+use crate::raft::membership::{self, AdminReply, AdminRequest};
+use crate::raft::network::post_internal;
+use crate::raft::Request;
+
+/// How often the executor drives operators and the scheduler plans.
+pub const EXECUTOR_TICK_MS: u64 = 500;
+/// A new PD leader plans only after hearing from live nodes for this long.
+pub const SCHEDULE_WARMUP_MS: u64 = 4 * PD_HEARTBEAT_INTERVAL_MS;
+/// An admin call's HTTP timeout: the replica's own bound plus slack.
+const ADMIN_CALL_TIMEOUT_MS: u64 = membership::ADMIN_TIMEOUT_MS + 2_000;
+
+/// The scheduler's inputs as the PD leader knows them now.
+pub struct Snapshot {
+    pub map: Arc<ClusterMap>,
+    pub last_seen_ms: BTreeMap<NodeId, u64>,
+    pub leading_for_ms: u64,
+    pub shards: BTreeMap<ShardId, ShardStats>,
+}
+
+impl Snapshot {
+    pub fn view(&self) -> View<'_> {
+        View {
+            map: &self.map,
+            last_seen_ms: &self.last_seen_ms,
+            leading_for_ms: self.leading_for_ms,
+            shards: &self.shards,
+        }
+    }
+}
+
+/// The scheduler's view on this node, if it leads the PD.
+pub fn snapshot(node: &Node) -> Option<Snapshot> {
+    let pd = node.registry.get(PD_GROUP)?;
+    if !pd.is_leader() {
+        return None;
+    }
+    let now = Instant::now();
+    let state = node.pd_state();
+    let mut last_seen_ms: BTreeMap<NodeId, u64> = state
+        .last_seen
+        .iter()
+        .map(|(n, t)| (*n, now.duration_since(*t).as_millis() as u64))
+        .collect();
+    last_seen_ms.insert(node.config.node_id, 0);
+    Some(Snapshot {
+        map: node.map(),
+        last_seen_ms,
+        leading_for_ms: state
+            .leading_since
+            .map_or(0, |t| now.duration_since(t).as_millis() as u64),
+        shards: state.shard_stats.iter().map(|(s, l)| (*s, l.stats.clone())).collect(),
+    })
+}
+
+/// Proposes a PD command on this node (which must lead the PD).
+pub async fn propose(node: &Node, command: PdCommand) -> Result<PdResult, String> {
+    let pd = node
+        .registry
+        .get(PD_GROUP)
+        .filter(|g| g.is_leader())
+        .ok_or_else(|| "this node does not lead the placement driver".to_string())?;
+    match pd.raft.client_write(Request::Pd(command)).await {
+        Ok(response) => match response.data {
+            crate::raft::Response::Pd(result) => Ok(result),
+            other => Err(format!("unexpected response {other:?}")),
+        },
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Sends an admin request to `target`'s replica of `group` (locally if it is this node).
+pub async fn admin(node: &Node, target: NodeId, group: ShardId, request: AdminRequest) -> Result<AdminReply, String> {
+    if target == node.config.node_id {
+        let replica = node
+            .registry
+            .get(group)
+            .ok_or_else(|| format!("group {group} is not hosted here"))?;
+        let timeout = Duration::from_millis(membership::ADMIN_TIMEOUT_MS);
+        return Ok(membership::perform(&node.registry, replica, request, timeout).await);
+    }
+    let addr = node
+        .addr_of(target)
+        .ok_or_else(|| format!("no address for node {target}"))?;
+    post_internal(
+        node.registry.client(),
+        &addr,
+        &membership::admin_path(group),
+        node.registry.credentials(),
+        &request,
+        Duration::from_millis(ADMIN_CALL_TIMEOUT_MS),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// The shard's status from its leader: asks the likeliest leaders first (this node's
+/// idea, the leaders' own heartbeats), then every replica, and follows whoever is named.
+async fn leader_status(node: &Node, shard: ShardId) -> Option<AdminReply> {
+    let mut candidates: Vec<NodeId> = Vec::new();
+    candidates.extend(node.pd_state().leader_hints.get(&shard).map(|(n, _)| *n));
+    candidates.extend(node.leader_hint(shard));
+    if let Some(info) = node.map().shards.get(&shard) {
+        candidates.extend(info.replicas.iter().chain(&info.learners).copied());
+    }
+    let mut asked = BTreeSet::new();
+    let mut next = 0;
+    while next < candidates.len() && asked.len() < super::REPLICATION_FACTOR + 2 {
+        let target = candidates[next];
+        next += 1;
+        if !asked.insert(target) {
+            continue;
+        }
+        match admin(node, target, shard, AdminRequest::Status).await {
+            Ok(reply) if reply.is_leader => return Some(reply),
+            Ok(AdminReply {
+                leader: Some(other), ..
+            }) if !asked.contains(&other) => candidates.insert(next, other),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Operators being driven right now (one task each) and why each is waiting.
+#[derive(Default)]
+pub struct ExecutorState {
+    active: BTreeSet<u64>,
+    pub waiting: BTreeMap<u64, String>,
+}
+
+fn record_finish(node: &Node, command: &PdCommand, map: &ClusterMap) {
+    if let PdCommand::FinishOperator { operator, outcome, .. } = command {
+        let kind = map.operators.get(operator).map_or("unknown", |o| o.kind.name());
+        let outcome = match outcome {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Cancelled { .. } => "cancelled",
+        };
+        metrics::counter!("midasflow_pd_operators_finished_total", "node" => node.label(), "type" => kind, "outcome" => outcome)
+            .increment(1);
+    }
+}
+
+/// One step of one operator.
+async fn drive(node: Arc<Node>, operator: u64, state: Arc<Mutex<ExecutorState>>) {
+    let map = node.map();
+    if let Some(op) = map.operators.get(&operator).cloned() {
+        let status = leader_status(&node, op.kind.shard()).await;
+        let destination = match op.kind {
+            super::operator::OperatorKind::TransferLeader { to, .. } => Some(to),
+            _ => op.kind.target(),
+        };
+        let target_usable = destination
+            .is_none_or(|to| snapshot(&node).is_some_and(|s| scheduler::health(&s.view(), to) == Health::Up));
+        let facts = Facts {
+            status: status.as_ref(),
+            target_usable,
+            now_ms: node.now_ms(),
+        };
+        let action = next_action(&op, &map, &facts);
+        let wait = match action {
+            Action::Propose(command) => {
+                record_finish(&node, &command, &map);
+                let result = propose(&node, command.clone()).await;
+                if let (Ok(_), super::operator::OperatorKind::TransferLeader { shard, to }) = (&result, &op.kind) {
+                    if matches!(command, PdCommand::FinishOperator { .. }) {
+                        // The new leader's next heartbeat would say so too; the scheduler
+                        // must not plan on the old figure meanwhile.
+                        if let Some(load) = node.pd_state().shard_stats.get_mut(shard) {
+                            load.stats.leader = Some(*to);
+                        }
+                    }
+                }
+                result.err()
+            }
+            Action::Admin { node: target, request } => {
+                match admin(&node, target, op.kind.shard(), request.clone()).await {
+                    Ok(AdminReply { outcome: Err(e), .. }) | Err(e) => {
+                        Some(format!("{request:?} on node {target}: {e}"))
+                    }
+                    Ok(_) => None,
+                }
+            }
+            Action::Wait(why) => Some(why),
+            Action::Abort { cleanup, reason } => {
+                if let Some((target, request)) = cleanup {
+                    let _ = admin(&node, target, op.kind.shard(), request).await;
+                }
+                tracing::warn!(operator, %reason, "operator failed");
+                let finish = PdCommand::FinishOperator {
+                    operator,
+                    outcome: Outcome::Failed { reason },
+                    now_ms: node.now_ms(),
+                };
+                record_finish(&node, &finish, &map);
+                propose(&node, finish).await.err()
+            }
+        };
+        let mut state = state.lock().unwrap();
+        match wait {
+            Some(why) => {
+                tracing::debug!(operator, %why, "operator waiting");
+                state.waiting.insert(operator, why);
+            }
+            None => {
+                state.waiting.remove(&operator);
+            }
+        }
+    }
+    state.lock().unwrap().active.remove(&operator);
+}
+
+/// Runs the scheduler once and records its proposals; returns how many were started.
+async fn schedule(node: &Node, snap: &Snapshot) -> usize {
+    let plan = scheduler::plan(&snap.view());
+    let mut started = 0;
+    for proposal in plan.proposals {
+        let command = PdCommand::StartOperator {
+            kind: proposal.kind.clone(),
+            origin: Origin::Scheduler,
+            reason: proposal.reason.clone(),
+            shard_epoch: proposal.shard_epoch,
+            now_ms: node.now_ms(),
+        };
+        match propose(node, command).await {
+            Ok(PdResult::OperatorStarted { id }) => {
+                started += 1;
+                metrics::counter!("midasflow_pd_operators_started_total", "node" => node.label(), "type" => proposal.kind.name())
+                    .increment(1);
+                tracing::info!(id, kind = ?proposal.kind, reason = %proposal.reason, "operator started");
+            }
+            Ok(other) => tracing::debug!(?other, "scheduler proposal not taken"),
+            Err(e) => {
+                tracing::debug!(error = %e, "scheduler proposal failed");
+                break;
+            }
+        }
+    }
+    started
+}
+
+/// The executor loop; it acts only while this node leads the PD.
+pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(EXECUTOR_TICK_MS));
+    let mut leading = false;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let is_leader = node.registry.get(PD_GROUP).is_some_and(|g| g.is_leader());
+        if is_leader != leading {
+            leading = is_leader;
+            // Liveness is only known from the heartbeats this leader receives.
+            let mut state = node.pd_state();
+            state.last_seen.clear();
+            state.leading_since = is_leader.then(Instant::now);
+        }
+        let Some(snap) = snapshot(&node) else { continue };
+        if !snap.map.is_bootstrapped() {
+            continue;
+        }
+        publish_gauges(&node, &snap);
+        let executor = node.executor_state();
+        for operator in snap.map.operators.keys() {
+            if executor.lock().unwrap().active.insert(*operator) {
+                tokio::spawn(drive(node.clone(), *operator, executor.clone()));
+            }
+        }
+        if snap.leading_for_ms >= SCHEDULE_WARMUP_MS {
+            schedule(&node, &snap).await;
+        }
+    }
+}
+
+/// Cluster-level gauges, exported by the PD leader only (so alerts fire once).
+fn publish_gauges(node: &Node, snap: &Snapshot) {
+    let label = node.label();
+    let view = snap.view();
+    let under_replicated = snap
+        .map
+        .shards
+        .values()
+        .filter(|s| {
+            s.replicas.len() < super::REPLICATION_FACTOR
+                || s.replicas.iter().any(|r| scheduler::health(&view, *r) != Health::Up)
+        })
+        .count();
+    metrics::gauge!("midasflow_pd_shards", "node" => label.clone()).set(snap.map.shards.len() as f64);
+    metrics::gauge!("midasflow_pd_under_replicated_shards", "node" => label.clone()).set(under_replicated as f64);
+    metrics::gauge!("midasflow_pd_operators_running", "node" => label.clone()).set(snap.map.operators.len() as f64);
+    let replicas = scheduler::replica_counts(&snap.map);
+    for (id, count) in replicas {
+        metrics::gauge!("midasflow_pd_node_replicas", "node" => label.clone(), "store" => id.to_string())
+            .set(count as f64);
+    }
+    let mut leaders: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for stats in snap.shards.values() {
+        if let Some(leader) = stats.leader {
+            *leaders.entry(leader).or_default() += 1;
+        }
+    }
+    for id in snap.map.nodes.keys() {
+        metrics::gauge!("midasflow_pd_node_leaders", "node" => label.clone(), "store" => id.to_string())
+            .set(leaders.get(id).copied().unwrap_or(0) as f64);
+    }
+}

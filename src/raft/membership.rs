@@ -1,0 +1,231 @@
+//! Membership changes and leadership transfer on a hosted group, asked for by the
+//! placement driver's executor through `POST /internal/admin/{group}` (any group; the
+//! caller decides what to change).
+//!
+//! openraft 0.9 has no leadership-transfer API. The transfer here: the leader stops
+//! taking proposals and heartbeats, waits until the target has every entry and the
+//! followers' leader lease (`election_timeout_max`) has run out, then asks the target to
+//! campaign. Writes wait for at least the lease.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::network::post_internal;
+use super::registry::{Group, Registry};
+use super::GroupId;
+
+/// Longest a transfer waits for the target to catch up, and for it to win.
+pub const TRANSFER_CATCH_UP_MS: u64 = 2_000;
+pub const TRANSFER_ELECTION_MS: u64 = 3_000;
+/// How long a replica works on one admin request (a transfer needs the lease plus an
+/// election); the caller's timeout is longer.
+pub const ADMIN_TIMEOUT_MS: u64 = 10_000;
+/// Most nodes a request may name.
+pub const MAX_ADMIN_NODES: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Only the status.
+    Status,
+    /// Add `node` as a learner (returns at once; catch-up shows in `matched`).
+    AddLearner { node: u64, addr: String },
+    /// Make `voters` the voter set (joint consensus, then the final config); nodes not in
+    /// it are dropped from the membership. Every new voter must already be a learner.
+    SetVoters { voters: BTreeSet<u64> },
+    /// Drop learners (an operator that gave up).
+    RemoveLearners { nodes: BTreeSet<u64> },
+    /// On the leader: hand leadership to `to`.
+    TransferLeader { to: u64, to_addr: String },
+    /// On a transfer's target: campaign now.
+    Elect,
+}
+
+impl AdminRequest {
+    pub fn validate(&self) -> Result<(), String> {
+        let count = match self {
+            AdminRequest::SetVoters { voters } => voters.len(),
+            AdminRequest::RemoveLearners { nodes } => nodes.len(),
+            _ => 0,
+        };
+        if count > MAX_ADMIN_NODES {
+            return Err(format!("an admin request naming {count} nodes"));
+        }
+        if let AdminRequest::SetVoters { voters } = self {
+            if voters.is_empty() {
+                return Err("an empty voter set".into());
+            }
+        }
+        match self {
+            AdminRequest::AddLearner { addr, .. } | AdminRequest::TransferLeader { to_addr: addr, .. }
+                if addr.is_empty() || addr.len() > crate::placement::MAX_NODE_ADDR_BYTES =>
+            {
+                Err("a bad node address".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A group's membership and replication progress as one replica sees it, and the outcome
+/// of the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminReply {
+    pub leader: Option<u64>,
+    pub is_leader: bool,
+    /// The last config's voters (the new ones while joint).
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+    /// Joint consensus in progress (two voter sets).
+    pub joint: bool,
+    pub last_log_index: u64,
+    /// On the leader: each replica's matched log index.
+    pub matched: BTreeMap<u64, u64>,
+    /// `Err` with why the request was not carried out (the status is still filled in).
+    pub outcome: Result<(), String>,
+}
+
+pub fn status(group: &Group) -> AdminReply {
+    let m = group.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let configs = membership.get_joint_config();
+    let voters: BTreeSet<u64> = configs.last().cloned().unwrap_or_default();
+    let learners: BTreeSet<u64> = membership.learner_ids().collect();
+    AdminReply {
+        leader: m.current_leader,
+        is_leader: m.state == ServerState::Leader,
+        voters,
+        learners,
+        joint: configs.len() > 1,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        matched: m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, l)| (*id, l.map_or(0, |l| l.index))).collect())
+            .unwrap_or_default(),
+        outcome: Ok(()),
+    }
+}
+
+/// Carries out `request` on this node's replica of a group, bounded by `timeout`.
+pub async fn perform(registry: &Registry, group: Arc<Group>, request: AdminRequest, timeout: Duration) -> AdminReply {
+    let outcome = match tokio::time::timeout(timeout, perform_inner(registry, &group, request)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(format!("not done within {} ms", timeout.as_millis())),
+    };
+    AdminReply {
+        outcome,
+        ..status(&group)
+    }
+}
+
+async fn perform_inner(registry: &Registry, group: &Arc<Group>, request: AdminRequest) -> Result<(), String> {
+    let raft = &group.raft;
+    let needs_leader = !matches!(request, AdminRequest::Status | AdminRequest::Elect);
+    if needs_leader && !group.is_leader() {
+        return Err("this replica does not lead the group".into());
+    }
+    match request {
+        AdminRequest::Status => Ok(()),
+        AdminRequest::AddLearner { node, addr } => {
+            if status(group).learners.contains(&node) || status(group).voters.contains(&node) {
+                return Ok(());
+            }
+            raft.add_learner(node, BasicNode::new(addr), false)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        AdminRequest::SetVoters { voters } => {
+            let now = status(group);
+            if now.voters == voters && !now.joint && now.learners.is_empty() {
+                return Ok(());
+            }
+            raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), false)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Learners that are not voters now (the replaced ones stay as learners in
+            // some paths) leave too.
+            let leftover: BTreeSet<u64> = status(group).learners.difference(&voters).copied().collect();
+            if !leftover.is_empty() && group.is_leader() {
+                raft.change_membership(ChangeMembers::RemoveNodes(leftover), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        AdminRequest::RemoveLearners { nodes } => {
+            let present: BTreeSet<u64> = status(group).learners.intersection(&nodes).copied().collect();
+            if present.is_empty() {
+                return Ok(());
+            }
+            raft.change_membership(ChangeMembers::RemoveNodes(present), false)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        AdminRequest::TransferLeader { to, to_addr } => transfer_leader(registry, group, to, &to_addr).await,
+        AdminRequest::Elect => raft.trigger().elect().await.map_err(|e| e.to_string()),
+    }
+}
+
+/// See the module doc. Proposals wait while `group.transferring` is set; heartbeats are
+/// switched back on whatever happens.
+async fn transfer_leader(registry: &Registry, group: &Arc<Group>, to: u64, to_addr: &str) -> Result<(), String> {
+    if to == registry.node_id {
+        return Ok(());
+    }
+    if !status(group).voters.contains(&to) {
+        return Err(format!("node {to} is not a voter of group {}", group.id));
+    }
+    let _pause = group.pause_proposals();
+    let raft = &group.raft;
+    raft.runtime_config().heartbeat(false);
+    let result = async {
+        let deadline = Instant::now() + Duration::from_millis(TRANSFER_CATCH_UP_MS);
+        loop {
+            let now = status(group);
+            if now.matched.get(&to).copied() == Some(now.last_log_index) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("node {to} did not catch up within {TRANSFER_CATCH_UP_MS} ms"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The followers refuse votes while the leader's lease is fresh.
+        let lease_ms = registry.election_timeout_max_ms() + registry.heartbeat_interval_ms();
+        tokio::time::sleep(Duration::from_millis(lease_ms)).await;
+        let asked: Result<AdminReply, _> = post_internal(
+            registry.client(),
+            to_addr,
+            &admin_path(group.id),
+            registry.credentials(),
+            &AdminRequest::Elect,
+            Duration::from_millis(TRANSFER_ELECTION_MS),
+        )
+        .await;
+        asked.map_err(|e| format!("asking node {to} to campaign: {e}"))?;
+        let deadline = Instant::now() + Duration::from_millis(TRANSFER_ELECTION_MS);
+        loop {
+            if status(group).leader == Some(to) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("node {to} did not take over within {TRANSFER_ELECTION_MS} ms"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    .await;
+    raft.runtime_config().heartbeat(true);
+    result
+}
+
+pub fn admin_path(group: GroupId) -> String {
+    format!("/internal/admin/{group}")
+}
