@@ -508,7 +508,7 @@ impl Node {
     pub fn pd_voters(&self) -> Vec<NodeId> {
         let map = self.map();
         if map.is_bootstrapped() {
-            map.pd_voters.clone()
+            map.pd_voters().to_vec()
         } else {
             pd_voters(&self.config.initial_cluster)
         }
@@ -849,9 +849,16 @@ impl Node {
                 tracing::warn!(shard = shard.id, error = %e, "could not create replica");
             }
         }
+        let pd = &map.pd_group;
+        if pd.hosts(me) && self.registry.get(PD_GROUP).is_none() && !self.registry.is_blocked(PD_GROUP, Some(pd.epoch))
+        {
+            if let Err(e) = self.registry.ensure(PD_GROUP, None, Some(pd.epoch)).await {
+                tracing::warn!(error = %e, "could not create the placement driver replica");
+            }
+        }
         for group in self.registry.all() {
-            let shard = map.shards.get(&group.id);
-            if group.id != PD_GROUP && !shard.is_some_and(|s| s.hosts(me)) {
+            let shard = map.group(group.id);
+            if !shard.is_some_and(|s| s.hosts(me)) {
                 tracing::info!(group = group.id, "map no longer assigns this replica; removing");
                 let epoch = shard.map_or(u64::MAX, |s| s.epoch);
                 if let Err(e) = self.registry.remove(group.id, epoch).await {
@@ -864,8 +871,13 @@ impl Node {
     /// May this node create `group` on its first RPC? `Some(epoch)`: yes, assigned at that
     /// shard epoch (`None` for the PD group).
     pub fn assignment(&self, group: GroupId) -> Option<Option<u64>> {
-        if group == PD_GROUP {
+        let map = self.map();
+        if group == PD_GROUP && !map.is_bootstrapped() {
             return self.pd_voters().contains(&self.config.node_id).then_some(None);
+        }
+        if group == PD_GROUP {
+            let pd = &map.pd_group;
+            return pd.hosts(self.config.node_id).then_some(Some(pd.epoch));
         }
         self.map()
             .shards
@@ -1179,7 +1191,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         }
     }
     let voters = pd_voters(&config.initial_cluster);
-    if voters.contains(&config.node_id) && registry.get(PD_GROUP).is_none() {
+    // An initial PD voter whose PD replica moved away keeps its tombstone.
+    if voters.contains(&config.node_id) && registry.get(PD_GROUP).is_none() && !registry.is_tombstoned(PD_GROUP) {
         let members: BTreeMap<u64, BasicNode> = voters
             .iter()
             .map(|v| (*v, BasicNode::new(&config.initial_cluster[v])))

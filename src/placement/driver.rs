@@ -66,7 +66,7 @@ pub fn next_action(op: &Operator, map: &ClusterMap, facts: &Facts) -> Action {
             now_ms: facts.now_ms,
         })
     };
-    let Some(shard) = map.shards.get(&op.kind.shard()) else {
+    let Some(shard) = map.group(op.kind.shard()) else {
         return finish(Outcome::Cancelled {
             reason: "the shard no longer exists".into(),
         });

@@ -117,7 +117,7 @@ async fn leader_status(node: &Node, shard: ShardId) -> Option<AdminReply> {
     let mut candidates: Vec<NodeId> = Vec::new();
     candidates.extend(node.pd_state().leader_hints.get(&shard).map(|(n, _)| *n));
     candidates.extend(node.leader_hint(shard));
-    if let Some(info) = node.map().shards.get(&shard) {
+    if let Some(info) = node.map().group(shard) {
         candidates.extend(info.replicas.iter().chain(&info.learners).copied());
     }
     let mut asked = BTreeSet::new();

@@ -56,7 +56,7 @@ pub struct NodeInfo {
 }
 
 /// A shard: the half-open hash range `[start, end)`, where `end == None` means `2^64`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardInfo {
     pub id: ShardId,
     pub start: u64,
@@ -101,8 +101,10 @@ pub struct ClusterMap {
     pub incarnations: BTreeMap<NodeId, u128>,
     pub shards: BTreeMap<ShardId, ShardInfo>,
     pub next_shard_id: ShardId,
-    /// The PD group's voters, chosen at bootstrap (the lowest ids, up to three).
-    pub pd_voters: Vec<NodeId>,
+    /// The PD group itself, as a pseudo-shard (id 0, no range): its voters (chosen at
+    /// bootstrap: the lowest ids, up to three), learners and epoch, so the operators that
+    /// move shard replicas also replace PD voters.
+    pub pd_group: ShardInfo,
     pub settings: ScheduleSettings,
     pub operators: BTreeMap<u64, Operator>,
     /// The last finished operators, oldest first, at most [`MAX_FINISHED_OPERATORS`].
@@ -290,6 +292,26 @@ impl ClusterMap {
         self.shard_for_hash(key_hash(key))
     }
 
+    /// A shard, or the PD group for [`PD_GROUP`].
+    pub fn group(&self, id: ShardId) -> Option<&ShardInfo> {
+        if id == PD_GROUP {
+            return self.is_bootstrapped().then_some(&self.pd_group);
+        }
+        self.shards.get(&id)
+    }
+
+    fn group_mut(&mut self, id: ShardId) -> Option<&mut ShardInfo> {
+        if id == PD_GROUP {
+            return self.is_bootstrapped().then_some(&mut self.pd_group);
+        }
+        self.shards.get_mut(&id)
+    }
+
+    /// The PD group's voters.
+    pub fn pd_voters(&self) -> &[NodeId] {
+        &self.pd_group.replicas
+    }
+
     /// The shards that `node` holds a replica of, or is receiving one of (a learner).
     pub fn shards_on(&self, node: NodeId) -> impl Iterator<Item = &ShardInfo> {
         self.shards.values().filter(move |s| s.hosts(node))
@@ -431,7 +453,14 @@ impl ClusterMap {
                 }
                 self.next_shard_id = u64::from(*initial_shards) + 1;
                 self.cluster_id = *cluster_id;
-                self.pd_voters = node_ids.iter().copied().take(REPLICATION_FACTOR).collect();
+                self.pd_group = ShardInfo {
+                    id: PD_GROUP,
+                    start: 0,
+                    end: None,
+                    replicas: node_ids.iter().copied().take(REPLICATION_FACTOR).collect(),
+                    learners: Vec::new(),
+                    epoch: 1,
+                };
                 self.settings = settings.clone();
                 self.next_operator_id = 1;
                 self.routing_version += 1;
@@ -533,7 +562,7 @@ impl ClusterMap {
                 revision: self.revision,
             },
             (NodeState::Removed, _) => rejected(format!("node {node} was removed for good")),
-            (_, NodeState::Removed) if self.pd_voters.contains(&node) => rejected(format!(
+            (_, NodeState::Removed) if self.pd_group.hosts(node) => rejected(format!(
                 "node {node} is a placement-driver voter; drain it and let another node replace it first"
             )),
             _ => {
@@ -551,7 +580,7 @@ impl ClusterMap {
         shard_epoch: u64,
         now_ms: u64,
     ) -> PdResult {
-        let Some(shard) = self.shards.get(&kind.shard()) else {
+        let Some(shard) = self.group(kind.shard()) else {
             return rejected(format!("shard {} does not exist", kind.shard()));
         };
         if shard.epoch != shard_epoch {
@@ -605,52 +634,51 @@ impl ClusterMap {
     }
 
     fn list_learner(&mut self, operator: u64, now_ms: u64) -> PdResult {
-        let Some(op) = self.operators.get_mut(&operator) else {
+        let Some(op) = self.operators.get(&operator).cloned() else {
             return rejected(format!("operator {operator} is not running"));
         };
         let Some(target) = op.kind.target() else {
             return rejected(format!("operator {operator} adds no replica"));
         };
-        let shard = self
-            .shards
-            .get_mut(&op.kind.shard())
-            .expect("running operators name live shards");
         if op.step >= Step::LearnerListed {
             return PdResult::Done {
                 revision: self.revision,
             };
         }
-        op.step = Step::LearnerListed;
-        op.step_ms = now_ms;
+        let Some(shard) = self.group_mut(op.kind.shard()) else {
+            return rejected("the operator's shard is gone");
+        };
         if !shard.learners.contains(&target) {
             shard.learners.push(target);
             shard.epoch += 1;
         }
+        let op = self.operators.get_mut(&operator).expect("looked up above");
+        op.step = Step::LearnerListed;
+        op.step_ms = now_ms;
         self.rerouted()
     }
 
     fn set_replicas(&mut self, operator: u64, replicas: &[NodeId], now_ms: u64) -> PdResult {
-        let Some(op) = self.operators.get_mut(&operator) else {
+        let Some(op) = self.operators.get(&operator).cloned() else {
             return rejected(format!("operator {operator} is not running"));
         };
-        let shard = self
-            .shards
-            .get_mut(&op.kind.shard())
-            .expect("running operators name live shards");
-        if shard.replicas == replicas && shard.learners.is_empty() {
-            return PdResult::Done {
-                revision: self.revision,
-            };
-        }
         let mut distinct = replicas.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
         if distinct.len() != replicas.len() || !replicas.iter().all(|r| self.nodes.contains_key(r)) {
             return rejected(format!("replicas {replicas:?} repeat a node or name a stranger"));
         }
+        let revision = self.revision;
+        let Some(shard) = self.group_mut(op.kind.shard()) else {
+            return rejected("the operator's shard is gone");
+        };
+        if shard.replicas == replicas && shard.learners.is_empty() {
+            return PdResult::Done { revision };
+        }
         shard.replicas = replicas.to_vec();
         shard.learners.clear();
         shard.epoch += 1;
+        let op = self.operators.get_mut(&operator).expect("looked up above");
         op.step = op.step.max(Step::Promoted);
         op.step_ms = now_ms;
         self.rerouted()
@@ -663,7 +691,7 @@ impl ClusterMap {
             };
         };
         let mut rerouted = false;
-        if let (Some(target), Some(shard)) = (op.kind.target(), self.shards.get_mut(&op.kind.shard())) {
+        if let (Some(target), Some(shard)) = (op.kind.target(), self.group_mut(op.kind.shard())) {
             // A learner left behind by an operator that did not finish its move.
             if shard.learners.contains(&target) {
                 shard.learners.retain(|l| *l != target);

@@ -239,7 +239,8 @@ impl<'v, 'a> Planner<'v, 'a> {
     }
 
     fn propose(&mut self, kind: OperatorKind, reason: String, shard_epoch: u64) -> String {
-        if let Some(target) = kind.target() {
+        // The PD group's replica is small: it does not count as load.
+        if let Some(target) = kind.target().filter(|_| kind.shard() != super::PD_GROUP) {
             self.load.entry(target).and_modify(|c| *c += 1);
         }
         let finding = format!("propose {}: {reason}", describe(&kind));
@@ -273,7 +274,9 @@ impl<'v, 'a> Planner<'v, 'a> {
     fn replica(&mut self) -> Report {
         let view = self.view;
         let mut findings = Vec::new();
-        for shard in view.map.shards.values() {
+        // The PD group (id 0) first: its voters are replaced like any shard's replicas.
+        let pd = Some(&view.map.pd_group).filter(|pd| !pd.replicas.is_empty());
+        for shard in pd.into_iter().chain(view.map.shards.values()) {
             let lost = shard
                 .replicas
                 .iter()
@@ -600,6 +603,9 @@ mod tests {
             settings,
         };
         assert!(matches!(map.apply(&bootstrap), PdResult::Bootstrapped { .. }));
+        // The shard checkers' cases are about shards: keep the PD group out of them
+        // (`pd_group_voters_are_replaced` covers it).
+        map.pd_group.replicas.clear();
         let leader = |s: &ShardInfo| {
             (
                 s.id,
@@ -683,7 +689,7 @@ mod tests {
                 ["replica", "split", "balance-replicas", "balance-leaders", "limits"]
             );
             for p in &plan.proposals {
-                assert_eq!(p.shard_epoch, self.map.shards[&p.kind.shard()].epoch);
+                assert_eq!(p.shard_epoch, self.map.group(p.kind.shard()).unwrap().epoch);
             }
             plan
         }
@@ -919,5 +925,19 @@ mod tests {
             findings(&cluster(3, 3, &[Set(|s| s.paused = true)]).plan(), "limits"),
             "scheduling is paused"
         );
+    }
+
+    /// The PD group's voters are replaced like a shard's replicas, without counting as load.
+    #[test]
+    fn pd_group_voters_are_replaced() {
+        let mut f = cluster(3, 3, &[Join(4), Down(3)]);
+        f.map.pd_group.replicas = vec![1, 2, 3];
+        let plan = f.plan();
+        let kinds: Vec<OperatorKind> = plan.proposals.iter().map(|p| p.kind.clone()).collect();
+        assert_eq!(kinds, [mv(0, 3, 4), mv(1, 3, 4), mv(2, 3, 4), mv(3, 3, 4)]);
+        assert!(findings(&plan, "replica").contains("propose move of shard 0 from node 3 to node 4: node 3 is down"));
+        let mut f = cluster(3, 3, &[Join(4), Down(2), Down(3)]);
+        f.map.pd_group.replicas = vec![1, 2, 3];
+        assert!(findings(&f.plan(), "replica").contains("shard 0 has lost quorum"));
     }
 }
