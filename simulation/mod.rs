@@ -28,7 +28,7 @@ use crate::raft::probe::{NodeEvent, Observer};
 use crate::raft::transport::NetKind;
 use crate::shard::Precondition;
 use checker::{Op, OpKind, Outcome, Verdict};
-use nemesis::{Fault, Scenario, Scheduled};
+use nemesis::{AdminAction, AdminStep, Fault, Scenario, Scheduled};
 
 /// Phases, in simulated milliseconds: clients start after the warm-up, faults run until
 /// `FAULTS_END_MS`, then everything heals; ops invoked after `LIVENESS_FROM_MS` must all
@@ -48,6 +48,14 @@ pub const KEYS: usize = 10;
 /// A client waits a random time in this range (ms) between operations.
 pub const THINK_MS: (u64, u64) = (5, 30);
 const PORT: u16 = 7000;
+/// The simulated operator's per-request timeout (it tries every node in turn).
+const ADMIN_TIMEOUT_MS: u64 = 2_000;
+/// Placement scenario: a node silent this long is down and its replicas move.
+pub const SIM_DOWN_AFTER_SECS: u64 = 4;
+/// After a fault heals, every group must have a leader within this long.
+pub const HEAL_LEADER_BOUND_MS: u64 = 10_000;
+/// Nodes of the initial cluster in the placement scenario; the others join.
+pub const PLACEMENT_INITIAL_NODES: u64 = 3;
 
 #[derive(Debug, Clone)]
 pub struct SimSettings {
@@ -73,6 +81,14 @@ pub struct SimReport {
     pub sim_time_ms: u64,
     pub wall_time_ms: u64,
     pub trace_hash: u64,
+    /// The longest wait, after a fault healed, until every group had a leader (ms).
+    #[serde(default)]
+    pub max_heal_to_leaders_ms: u64,
+    /// Placement scenario: the operator's actions, and operators that finished.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin: Vec<AdminStep>,
+    #[serde(default)]
+    pub operators_finished: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<String>,
 }
@@ -101,6 +117,10 @@ struct Shared {
     /// Nodes that refused to start (the identity guard, after a disk loss): down for good,
     /// as an operator would leave them until they are replaced.
     refused: std::collections::BTreeSet<u64>,
+    /// (node, group) → the newest epoch of the group in a map that node installed.
+    epochs: BTreeMap<(u64, u64), u64>,
+    /// Operators the placement driver finished (placement scenario).
+    operators_finished: u64,
 }
 
 impl Shared {
@@ -117,6 +137,9 @@ impl Observer for SimObserver {
         s.record(format!("n{node} {event:?}"));
         if let NodeEvent::Leadership { group, leader, .. } = &event {
             s.known_leader.insert((node, *group), *leader);
+        }
+        if let NodeEvent::ReplicaRemoved { group } = &event {
+            s.known_leader.remove(&(node, *group));
         }
         match event {
             NodeEvent::Leadership {
@@ -149,10 +172,20 @@ impl Observer for SimObserver {
                     ));
                 }
             }
+            NodeEvent::ReplicaRemoved { .. } => {}
             NodeEvent::MapInstalled {
                 routing_version,
                 tiling,
+                epochs,
             } => {
+                for (group, epoch) in epochs {
+                    let last = s.epochs.insert((node, group), epoch).unwrap_or(0);
+                    if epoch < last {
+                        s.violations.push(format!(
+                            "n{node}: group {group}'s epoch went back from {last} to {epoch}"
+                        ));
+                    }
+                }
                 if let Err(e) = tiling {
                     s.violations
                         .push(format!("n{node} installed a map that does not tile the ring: {e}"));
@@ -329,6 +362,16 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
         for key in &keys {
             let mut attempt = 0u64;
             loop {
+                // Checked before each attempt: one attempt per key past the limit would
+                // outlast the simulation when the cluster cannot serve reads.
+                if now_ns() > (SIM_LIMIT_MS - 5_000 - CLIENT_TIMEOUT_MS) * 1_000_000 {
+                    shared
+                        .lock()
+                        .unwrap()
+                        .violations
+                        .push(format!("liveness: the final read of {key} never succeeded"));
+                    break;
+                }
                 let invoked_ns = now_ns();
                 let via = &clients[(attempt as usize) % clients.len()];
                 if let Some(outcome) = perform(via, key, &OpKind::Get).await {
@@ -346,19 +389,201 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
                     break;
                 }
                 attempt += 1;
-                if now_ns() > (SIM_LIMIT_MS - 5_000) * 1_000_000 {
-                    shared
-                        .lock()
-                        .unwrap()
-                        .violations
-                        .push(format!("liveness: the final read of {key} never succeeded"));
-                    break;
-                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
     Ok(())
+}
+
+/// Sends one admin request through the first node that answers it (not 503 or a transport
+/// error); returns the status and JSON body.
+async fn admin_call(clients: &[Client], method: Method, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
+    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+    for client in clients {
+        if let Ok(reply) = client.request(method.clone(), path, &[], body.clone()).await {
+            if reply.status.as_u16() != 503 {
+                let json = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+                return Some((reply.status.as_u16(), json));
+            }
+        }
+    }
+    None
+}
+
+/// The simulated operator of the placement scenario: carries out `steps`, then checks that
+/// scheduling converges once every fault has healed (no operator left running).
+async fn run_admin(settings: SimSettings, steps: Vec<AdminStep>, shared: Arc<Mutex<Shared>>) -> turmoil::Result {
+    let clients: Arc<Vec<Client>> = (1..=settings.nodes)
+        .map(|n| {
+            Client::with_network(
+                &format!("http://{}:{PORT}", host_name(n)),
+                NetKind::Turmoil,
+                Duration::from_millis(ADMIN_TIMEOUT_MS),
+            )
+        })
+        .collect::<Vec<_>>()
+        .into();
+    let record = |line: String| shared.lock().unwrap().record(line);
+    for step in steps {
+        let wait_ms = step.at_ms.saturating_sub(now_ns() / 1_000_000);
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        // Steps run late while the cluster is unreachable; past the fault window they
+        // would only delay the convergence check.
+        if now_ns() / 1_000_000 > FAULTS_END_MS {
+            record(format!("admin skips {:?}: too late", step.action));
+            continue;
+        }
+        let shards = match admin_call(&clients, Method::GET, "/v1/shards", None).await {
+            Some((200, body)) => body["shards"].as_array().cloned().unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let pick = |pick: u64| shards.get((pick % shards.len().max(1) as u64) as usize).cloned();
+        let replicas = |shard: &Value| -> Vec<u64> {
+            shard["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["node_id"].as_u64())
+                .collect()
+        };
+        let answer = match &step.action {
+            AdminAction::Drain { node, for_ms } => {
+                let answer = admin_call(&clients, Method::POST, &format!("/v1/nodes/{node}/drain"), None).await;
+                let (undrain_clients, undrain_shared, node, for_ms) = (clients.clone(), shared.clone(), *node, *for_ms);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(for_ms)).await;
+                    let path = format!("/v1/nodes/{node}/drain");
+                    let answer = admin_call(&undrain_clients, Method::DELETE, &path, None).await;
+                    undrain_shared
+                        .lock()
+                        .unwrap()
+                        .record(format!("admin undrain n{node} -> {:?}", answer.map(|a| a.0)));
+                });
+                answer
+            }
+            AdminAction::Move { pick: p } => match pick(*p) {
+                Some(shard) => {
+                    let held = replicas(&shard);
+                    let from = held.get((*p / 7) as usize % held.len().max(1)).copied().unwrap_or(1);
+                    let free: Vec<u64> = (1..=settings.nodes).filter(|n| !held.contains(n)).collect();
+                    let to = free.get((*p / 13) as usize % free.len().max(1)).copied().unwrap_or(1);
+                    let path = format!("/v1/shards/{}/move", shard["id"]);
+                    admin_call(
+                        &clients,
+                        Method::POST,
+                        &path,
+                        Some(serde_json::json!({"from": from, "to": to})),
+                    )
+                    .await
+                }
+                None => None,
+            },
+            AdminAction::TransferLeader { pick: p } => match pick(*p) {
+                Some(shard) => {
+                    let held = replicas(&shard);
+                    let to = held.get((*p / 7) as usize % held.len().max(1)).copied().unwrap_or(1);
+                    let path = format!("/v1/shards/{}/transfer-leader", shard["id"]);
+                    admin_call(&clients, Method::POST, &path, Some(serde_json::json!({"to": to}))).await
+                }
+                None => None,
+            },
+        };
+        let answer =
+            answer.map(|(status, body)| format!("{status} {}", body.to_string().chars().take(100).collect::<String>()));
+        record(format!("admin {:?} -> {answer:?}", step.action));
+    }
+    tokio::time::sleep(Duration::from_millis(
+        (QUIET_END_MS * 1_000_000).saturating_sub(now_ns()) / 1_000_000,
+    ))
+    .await;
+    loop {
+        let reply = admin_call(&clients, Method::GET, "/v1/operators", None).await;
+        if let Some((200, body)) = &reply {
+            let running = body["running"].as_array().map_or(0, Vec::len);
+            if running == 0 {
+                let finished = body["finished"].as_array().map_or(0, Vec::len) as u64;
+                {
+                    let mut s = shared.lock().unwrap();
+                    s.operators_finished = finished;
+                    s.record(format!("admin: scheduling converged ({finished} operators finished)"));
+                }
+                check_membership_matches_map(&clients, &shared).await;
+                break;
+            }
+        }
+        // Room for one more round of calls to every node before the simulation's limit.
+        let last_call_ms = SIM_LIMIT_MS - 5_000 - ADMIN_TIMEOUT_MS * settings.nodes;
+        if now_ns() > last_call_ms * 1_000_000 {
+            let running = reply.map(|(_, b)| b["running"].to_string()).unwrap_or_default();
+            shared.lock().unwrap().violations.push(format!(
+                "liveness: scheduling did not converge after heal; still running: {running}"
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// Once scheduling has converged, each shard's replicas in the map must be exactly its
+/// group's voters, as its leader knows them (and no learner left behind).
+async fn check_membership_matches_map(clients: &[Client], shared: &Mutex<Shared>) {
+    let Some((200, routing)) = admin_call(clients, Method::GET, "/v1/shards", None).await else {
+        return;
+    };
+    for shard in routing["shards"].as_array().into_iter().flatten() {
+        let id = &shard["id"];
+        let in_map: std::collections::BTreeSet<u64> = shard["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["node_id"].as_u64())
+            .collect();
+        let leader = shard["leader"].as_u64().unwrap_or(0) as usize;
+        let answer = match clients.get(leader.wrapping_sub(1)) {
+            Some(client) => client.get_path(&format!("/v1/shards/{id}")).await.ok(),
+            None => None,
+        };
+        let detail: Value = answer
+            .filter(|a| a.status == 200)
+            .and_then(|a| serde_json::from_slice(&a.body).ok())
+            .unwrap_or(Value::Null);
+        let local = &detail["local_replica"];
+        let found = if local["state"] == "Leader" {
+            let ids = |v: &Value| -> std::collections::BTreeSet<u64> {
+                v.as_array().into_iter().flatten().filter_map(Value::as_u64).collect()
+            };
+            Some((ids(&local["voters"]), ids(&local["group_learners"])))
+        } else {
+            None
+        };
+        let problem = match found {
+            Some((voters, learners)) if voters == in_map && learners.is_empty() => continue,
+            Some((voters, learners)) => {
+                format!("the map lists replicas {in_map:?}, the group has voters {voters:?} and learners {learners:?}")
+            }
+            None => format!("its leader (n{leader} by the map's hint) could not show the group's membership"),
+        };
+        shared
+            .lock()
+            .unwrap()
+            .violations
+            .push(format!("placement: shard {id}: {problem}"));
+    }
+}
+
+/// Whether every group has a leader that knows it leads, as far as the live nodes tell.
+fn every_group_led(s: &Shared, down: &[u64]) -> bool {
+    let live = |n: &u64| !down.contains(n) && !s.refused.contains(n);
+    let groups: std::collections::BTreeSet<u64> = s.known_leader.keys().map(|(_, g)| *g).collect();
+    groups.into_iter().all(|group| {
+        s.known_leader.iter().any(|((node, g), leader)| {
+            *g == group
+                && live(node)
+                && leader.is_some_and(|l| live(&l) && s.known_leader.get(&(l, group)) == Some(&Some(l)))
+        })
+    })
 }
 
 /// Starts or ends one fault on the simulation.
@@ -516,6 +741,13 @@ impl Nemesis {
 /// Runs one seeded simulation and checks it.
 pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
     let wall = std::time::Instant::now();
+    let placement = settings.scenario == Scenario::Placement;
+    let mut settings = settings.clone();
+    if placement {
+        // At least one node joins, so there is somewhere for replicas to move.
+        settings.nodes = settings.nodes.max(PLACEMENT_INITIAL_NODES + 1);
+    }
+    let settings = &settings;
     let data = tempfile::Builder::new()
         .prefix("midasflow-sim-")
         .tempdir()
@@ -537,18 +769,39 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         .max_message_latency(Duration::from_millis(BASE_MAX_LATENCY_MS))
         .tcp_capacity(4096)
         .build();
-    let initial_cluster: BTreeMap<u64, String> = (1..=settings.nodes)
+    let initial_nodes = if placement {
+        PLACEMENT_INITIAL_NODES
+    } else {
+        settings.nodes
+    };
+    let initial_cluster: BTreeMap<u64, String> = (1..=initial_nodes)
         .map(|n| (n, format!("{}:{PORT}", host_name(n))))
         .collect();
+    let admin_steps = if placement {
+        let mut admin_rng = SmallRng::seed_from_u64(settings.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xAD31);
+        nemesis::admin_schedule(&mut admin_rng, settings.nodes, WARMUP_MS + 2_000, FAULTS_END_MS)
+    } else {
+        Vec::new()
+    };
     let observer: Arc<dyn Observer> = Arc::new(SimObserver(shared.clone()));
     for id in 1..=settings.nodes {
+        let joins = id > initial_nodes;
         let mut config = NodeConfig::new(
             id,
             format!("0.0.0.0:{PORT}"),
             data.path().join(host_name(id)),
-            initial_cluster.clone(),
+            if joins {
+                BTreeMap::new()
+            } else {
+                initial_cluster.clone()
+            },
         );
-        config.advertise = initial_cluster[&id].clone();
+        if joins {
+            config.join = initial_cluster.values().cloned().collect();
+        }
+        config.advertise = format!("{}:{PORT}", host_name(id));
+        config.schedule.down_after_secs = SIM_DOWN_AFTER_SECS;
+        config.schedule.step_timeout_secs = 15;
         config.initial_shards = 3;
         config.net = NetKind::Turmoil;
         config.flush_mode = FlushMode::Inline;
@@ -587,6 +840,12 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
             run_client(id, settings.clone(), shared.clone()),
         );
     }
+    if placement {
+        sim.client(
+            "admin",
+            run_admin(settings.clone(), admin_steps.clone(), shared.clone()),
+        );
+    }
     let mut nemesis = Nemesis {
         nodes: settings.nodes,
         clients: settings.clients,
@@ -598,6 +857,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
     };
     let mut next = 0;
     let mut active: Option<(u64, Fault)> = None;
+    // When the last fault healed, until every group has a leader again.
+    let mut healed_at: Option<u64> = None;
+    let mut max_heal_to_leaders_ms = 0;
     loop {
         let now_ms = sim.elapsed().as_millis() as u64;
         if let Some((end, fault)) = &active {
@@ -605,6 +867,24 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
                 shared.lock().unwrap().record(format!("nemesis stop {fault:?}"));
                 nemesis.stop(&mut sim, fault);
                 active = None;
+                healed_at = Some(now_ms);
+            }
+        }
+        if let Some(at) = healed_at {
+            let mut s = shared.lock().unwrap();
+            let waited = now_ms - at;
+            let starting = next < faults.len() && faults[next].start_ms <= now_ms;
+            if every_group_led(&s, &nemesis.crashed) {
+                max_heal_to_leaders_ms = max_heal_to_leaders_ms.max(waited);
+                healed_at = None;
+            } else if waited > HEAL_LEADER_BOUND_MS || starting || now_ms >= QUIET_END_MS {
+                if waited > HEAL_LEADER_BOUND_MS || now_ms >= QUIET_END_MS {
+                    s.violations.push(format!(
+                        "liveness: some group still had no leader {waited} ms after the fault healed at {at} ms"
+                    ));
+                }
+                max_heal_to_leaders_ms = max_heal_to_leaders_ms.max(waited);
+                healed_at = None;
             }
         }
         if active.is_none() && next < faults.len() && faults[next].start_ms <= now_ms {
@@ -663,6 +943,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         sim_time_ms,
         wall_time_ms: wall.elapsed().as_millis() as u64,
         trace_hash,
+        max_heal_to_leaders_ms,
+        admin: admin_steps,
+        operators_finished: s.operators_finished,
         trace: if settings.keep_trace {
             std::mem::take(&mut s.trace)
         } else {

@@ -19,15 +19,21 @@ pub enum Scenario {
     /// A node loses its disk at the worst moment (see [`Fault::DiskLoss`]), then partitions
     /// and network faults.
     Disk,
+    /// Scheduling under faults: three initial nodes and more that join, so replicas move
+    /// to them; an operator drains nodes, moves replicas and transfers leaders by hand;
+    /// nodes crash for longer than `down-after` (their replicas are re-created elsewhere),
+    /// and partitions and network faults hit all of it.
+    Placement,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Partitions,
         Scenario::Crashes,
         Scenario::Network,
         Scenario::Mixed,
         Scenario::Disk,
+        Scenario::Placement,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +43,7 @@ impl Scenario {
             Scenario::Network => "network",
             Scenario::Mixed => "mixed",
             Scenario::Disk => "disk",
+            Scenario::Placement => "placement",
         }
     }
 }
@@ -178,6 +185,17 @@ pub fn schedule(rng: &mut SmallRng, scenario: Scenario, nodes: u64, first_ms: u6
                 1 => crashes(rng),
                 _ => network(rng),
             },
+            // One node at a time, so its replicas have somewhere to go.
+            Scenario::Placement => match rng.gen_range(0..3) {
+                0 => Fault::Crash { nodes: pick(rng, 1) },
+                1 => partitions(rng),
+                _ => network(rng),
+            },
+        };
+        let duration_ms = match (&fault, scenario) {
+            // Longer than the simulation's down-after: the crashed node's replicas move.
+            (Fault::Crash { .. }, Scenario::Placement) => rng.gen_range(4_500..7_000).min(end_ms - at),
+            _ => duration_ms,
         };
         faults.push(Scheduled {
             start_ms: at,
@@ -187,6 +205,43 @@ pub fn schedule(rng: &mut SmallRng, scenario: Scenario, nodes: u64, first_ms: u6
         at += duration_ms + rng.gen_range(500..2_500);
     }
     faults
+}
+
+/// What the simulated operator does by hand in the placement scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminAction {
+    /// Drain a node, and cancel the drain `for_ms` later.
+    Drain { node: u64, for_ms: u64 },
+    /// Move a replica of the shard picked by `pick` (an index into the shards) from one of
+    /// its replicas to a node without one.
+    Move { pick: u64 },
+    /// Hand the leadership of the shard picked by `pick` to another replica.
+    TransferLeader { pick: u64 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminStep {
+    pub at_ms: u64,
+    pub action: AdminAction,
+}
+
+/// The operator's actions for `[first_ms, end_ms)` in the placement scenario.
+pub fn admin_schedule(rng: &mut SmallRng, nodes: u64, first_ms: u64, end_ms: u64) -> Vec<AdminStep> {
+    let mut steps = Vec::new();
+    let mut at = first_ms + rng.gen_range(0..2_000);
+    while at < end_ms {
+        let action = match rng.gen_range(0..3) {
+            0 => AdminAction::Drain {
+                node: rng.gen_range(1..=nodes),
+                for_ms: rng.gen_range(2_000..6_000),
+            },
+            1 => AdminAction::Move { pick: rng.gen() },
+            _ => AdminAction::TransferLeader { pick: rng.gen() },
+        };
+        steps.push(AdminStep { at_ms: at, action });
+        at += rng.gen_range(2_000..5_000);
+    }
+    steps
 }
 
 #[cfg(test)]

@@ -322,6 +322,10 @@ pub enum ClusterOp {
     Drain {
         node: u64,
     },
+    /// Cancel a drain: the node takes replicas again.
+    Undrain {
+        node: u64,
+    },
     /// Retire a drained or down node for good (its id is never reused).
     Remove {
         node: u64,
@@ -661,6 +665,7 @@ pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
         ClusterOp::Status => (Method::GET, "/v1/cluster".to_string(), None),
         ClusterOp::Shards => (Method::GET, "/v1/shards".to_string(), None),
         ClusterOp::Drain { node } => (Method::POST, format!("/v1/nodes/{node}/drain"), None),
+        ClusterOp::Undrain { node } => (Method::DELETE, format!("/v1/nodes/{node}/drain"), None),
         ClusterOp::Remove { node } => (Method::DELETE, format!("/v1/nodes/{node}"), None),
         ClusterOp::Move { shard, from, to } => (
             Method::POST,

@@ -80,6 +80,10 @@ pub enum PlantedBug {
     /// No identity guard: a node that lost its disk starts as its old self, and peers
     /// accept it (a voter that forgot its votes and its log).
     NoIdentityGuard,
+    /// The placement executor records a move's new replicas in the map as soon as the
+    /// target is listed, without adding it to the group or changing the group's voters:
+    /// the source deletes its replica while the group still counts on it.
+    MapBeforeMembership,
 }
 
 impl std::fmt::Debug for dyn Observer {
@@ -961,6 +965,13 @@ impl Node {
             self.config.probe().emit(|| NodeEvent::MapInstalled {
                 routing_version: map.routing_version,
                 tiling: map.check_tiling(),
+                epochs: map
+                    .is_bootstrapped()
+                    .then_some(&map.pd_group)
+                    .into_iter()
+                    .chain(map.shards.values())
+                    .map(|s| (s.id, s.epoch))
+                    .collect(),
             });
             // Replicas first: a node whose record names a cluster always hosts something,
             // which is how a restart tells a lost database from a new one.

@@ -22,6 +22,8 @@ pub enum BugArg {
     ReproposeWrites,
     /// Let a node that lost its disk rejoin as its old self.
     NoIdentityGuard,
+    /// Record a move's new replicas in the map before the group's membership changes.
+    MapBeforeMembership,
 }
 
 #[derive(Args, Debug)]
@@ -101,6 +103,7 @@ fn run_one(args: &SimArgs, seed: u64) -> Result<(), String> {
             BugArg::FollowerReads => PlantedBug::FollowerReads,
             BugArg::ReproposeWrites => PlantedBug::ReproposeWrites,
             BugArg::NoIdentityGuard => PlantedBug::NoIdentityGuard,
+            BugArg::MapBeforeMembership => PlantedBug::MapBeforeMembership,
         }),
         keep_trace: args.trace,
     };

@@ -60,7 +60,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/shards/{id}", get(shard))
         .route("/v1/stats", get(stats))
         .route("/v1/nodes/{id}", axum::routing::delete(placement::remove_node))
-        .route("/v1/nodes/{id}/drain", post(placement::drain_node))
+        .route(
+            "/v1/nodes/{id}/drain",
+            post(placement::drain_node).delete(placement::undrain_node),
+        )
         .route("/v1/shards/{id}/move", post(placement::move_shard))
         .route("/v1/shards/{id}/transfer-leader", post(placement::transfer_leader))
         .route("/v1/operators", get(placement::operators))
@@ -347,6 +350,10 @@ fn shard_detail(node: &Node, shard: &ShardInfo) -> Value {
             "snapshot_installs": group.view.snapshot_installs(),
             "keys": group.view.live_keys(),
             "bytes": group.view.live_bytes(),
+            // The group's own membership as this replica knows it (the map's view is
+            // "replicas"/"learners"; they agree once operators finish).
+            "voters": crate::raft::membership::status(&group).voters,
+            "group_learners": crate::raft::membership::status(&group).learners,
         });
         detail["term"] = json!(metrics.current_term);
         detail["applied_index"] = json!(group.view.applied_index());

@@ -108,6 +108,30 @@ pub async fn drain_node(
     .await
 }
 
+/// `DELETE /v1/nodes/{id}/drain`: cancels a drain (the node takes replicas again).
+pub async fn undrain_node(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id, "node id")?;
+    on_pd_leader(&node, request, |node, _| async move {
+        if !node.map().nodes.contains_key(&id) {
+            return Err(ApiError::not_found(format!("node {id} is not a member")));
+        }
+        propose_checked(
+            &node,
+            PdCommand::SetNodeState {
+                node: id,
+                state: NodeState::Up,
+            },
+        )
+        .await?;
+        Ok(axum::Json(json!({"node": id, "state": "up"})).into_response())
+    })
+    .await
+}
+
 /// `DELETE /v1/nodes/{id}`: retires a drained or down node for good.
 pub async fn remove_node(
     State(node): State<Arc<Node>>,

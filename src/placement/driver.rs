@@ -23,11 +23,8 @@ pub enum Action {
     Admin { node: NodeId, request: AdminRequest },
     /// Nothing to do yet; the reason is shown in `GET /v1/operators`.
     Wait(String),
-    /// Give up: clean up (drop the learner from the group) and record the failure.
-    Abort {
-        cleanup: Option<(NodeId, AdminRequest)>,
-        reason: String,
-    },
+    /// Give up and record the failure (the group no longer lists the target).
+    Abort { reason: String },
 }
 
 /// The voters a replica operator ends with, in the map's order (the replaced node's slot
@@ -127,16 +124,24 @@ pub fn next_action(op: &Operator, map: &ClusterMap, facts: &Facts) -> Action {
                 } else {
                     format!("node {to} can no longer take the replica")
                 };
-                // A learner left in the group would be replicated to forever.
-                let cleanup = leader.filter(|s| s.learners.contains(&to)).map(|s| {
-                    (
-                        status_leader(s),
-                        AdminRequest::RemoveLearners {
-                            nodes: BTreeSet::from([to]),
-                        },
-                    )
-                });
-                return Action::Abort { cleanup, reason };
+                // The map may forget the target only once the group has: a replica deleted
+                // while the group still lists it would come back empty where the leader
+                // remembers a log (openraft stops the group on such a "log reversion").
+                match (op.step, leader) {
+                    (Step::Created, _) => return Action::Abort { reason },
+                    (_, None) => return Action::Wait(format!("{reason}; cancelling once the shard has a leader")),
+                    // Already voting: finishing the change is the way out.
+                    (_, Some(status)) if status.voters.contains(&to) => {}
+                    (_, Some(status)) if status.learners.contains(&to) => {
+                        return Action::Admin {
+                            node: status_leader(status),
+                            request: AdminRequest::RemoveLearners {
+                                nodes: BTreeSet::from([to]),
+                            },
+                        }
+                    }
+                    (_, Some(_)) => return Action::Abort { reason },
+                }
             }
             if op.step == Step::Created {
                 return Action::Propose(PdCommand::ListLearner {
@@ -370,22 +375,38 @@ mod tests {
             now_ms: 0,
         });
         let op = map.operators[&id].clone();
-        let group = status(2, &[1, 2, 3], &[4], &[(4, 10)]);
         let late = map.settings.step_timeout_secs * 1_000 + 1;
         for (target_usable, now_ms) in [(true, late), (false, 1)] {
-            let facts = Facts {
-                status: Some(&group),
-                target_usable,
-                now_ms,
+            let decide = |group: &AdminReply| {
+                let facts = Facts {
+                    status: Some(group),
+                    target_usable,
+                    now_ms,
+                };
+                next_action(&op, &map, &facts)
             };
-            match next_action(&op, &map, &facts) {
-                Action::Abort {
-                    cleanup: Some((2, AdminRequest::RemoveLearners { nodes })),
-                    ..
+            // The group drops the learner first; only then does the operator end.
+            match decide(&status(2, &[1, 2, 3], &[4], &[(4, 10)])) {
+                Action::Admin {
+                    node: 2,
+                    request: AdminRequest::RemoveLearners { nodes },
                 } => assert_eq!(nodes, BTreeSet::from([4])),
                 other => panic!("{other:?}"),
             }
+            assert!(matches!(decide(&status(2, &[1, 2, 3], &[], &[])), Action::Abort { .. }));
+            // A target already voting is carried through, not abandoned.
+            let joint = AdminReply {
+                joint: true,
+                ..status(2, &[2, 3, 4], &[], &[])
+            };
+            assert!(!matches!(decide(&joint), Action::Abort { .. }));
         }
+        let no_leader = Facts {
+            status: None,
+            target_usable: false,
+            now_ms: 1,
+        };
+        assert!(matches!(next_action(&op, &map, &no_leader), Action::Wait(_)));
         let epoch = map.shards[&1].epoch;
         map.apply(&PdCommand::FinishOperator {
             operator: id,

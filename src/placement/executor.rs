@@ -175,7 +175,23 @@ async fn drive(node: Arc<Node>, operator: u64, state: Arc<Mutex<ExecutorState>>)
             target_usable,
             now_ms: node.now_ms(),
         };
-        let action = next_action(&op, &map, &facts);
+        let mut action = next_action(&op, &map, &facts);
+        if node
+            .config
+            .has_planted_bug(crate::node::PlantedBug::MapBeforeMembership)
+            && op.step == super::operator::Step::LearnerListed
+            && op.kind.target().is_some()
+        {
+            let current = map
+                .group(op.kind.shard())
+                .map(|g| g.replicas.clone())
+                .unwrap_or_default();
+            action = Action::Propose(PdCommand::SetReplicas {
+                operator,
+                replicas: super::driver::final_replicas(&op.kind, &current),
+                now_ms: facts.now_ms,
+            });
+        }
         let wait = match action {
             Action::Propose(command) => {
                 record_finish(&node, &command, &map);
@@ -200,10 +216,7 @@ async fn drive(node: Arc<Node>, operator: u64, state: Arc<Mutex<ExecutorState>>)
                 }
             }
             Action::Wait(why) => Some(why),
-            Action::Abort { cleanup, reason } => {
-                if let Some((target, request)) = cleanup {
-                    let _ = admin(&node, target, op.kind.shard(), request).await;
-                }
+            Action::Abort { reason } => {
                 tracing::warn!(operator, %reason, "operator failed");
                 let finish = PdCommand::FinishOperator {
                     operator,

@@ -19,11 +19,15 @@ pub enum NodeEvent {
     Committed { group: GroupId, index: u64 },
     /// The state machine applied entries up to this index.
     Applied { group: GroupId, index: u64 },
-    /// The node installed a cluster map; `tiling` is the map's own tiling check.
+    /// The node installed a cluster map; `tiling` is the map's own tiling check, `epochs`
+    /// each group's epoch in it (the PD group as 0).
     MapInstalled {
         routing_version: u64,
         tiling: Result<(), String>,
+        epochs: Vec<(GroupId, u64)>,
     },
+    /// The node stopped and deleted its replica of a group (the map moved it away).
+    ReplicaRemoved { group: GroupId },
 }
 
 pub trait Observer: Send + Sync {

@@ -401,6 +401,7 @@ impl Registry {
         if let Some(removed) = removed {
             let _ = removed.raft.shutdown().await;
         }
+        self.config.probe.emit(|| NodeEvent::ReplicaRemoved { group });
         LogStore::destroy(&self.db, group).map_err(storage)?;
         StateMachineStore::destroy(&self.db, group).map_err(storage)?;
         self.hosted.remove(group_prefix(group)).map_err(storage)?;

@@ -37,7 +37,7 @@ async fn fixed_seeds_pass_in_every_scenario() {
     let (ok, text) = sim(&["--seeds", "0..3", "--jobs", "2"]);
     println!("{text}");
     assert!(ok, "3-node simulations failed:\n{text}");
-    for scenario in ["crashes", "disk", "mixed", "network", "partitions"] {
+    for scenario in ["crashes", "disk", "mixed", "network", "partitions", "placement"] {
         assert!(text.contains(scenario), "summary row for {scenario}");
     }
     let (ok, text) = sim(&["--seeds", "0..2", "--nodes", "5", "--scenario", "mixed", "--jobs", "2"]);
@@ -111,4 +111,18 @@ async fn planted_missing_identity_guard_is_caught_within_five_seeds() {
     );
     println!("planted no-identity-guard bug caught at seed {seed:?}");
     assert!(seed.is_some(), "the checkers missed an amnesiac voter in 5 seeds");
+}
+
+/// A move that records its new replicas in the map without changing the group's
+/// membership: once scheduling settles, the map and the groups disagree (and the source
+/// replicas it deleted leave groups without a quorum).
+#[tokio::test]
+async fn planted_map_before_membership_bug_is_caught_within_five_seeds() {
+    let _serial = serial().await;
+    let seed = caught("map-before-membership", "placement", &["placement"]);
+    println!("planted map-before-membership bug caught at seed {seed:?}");
+    assert!(
+        seed.is_some(),
+        "the checkers missed a map that moved without its groups in 5 seeds"
+    );
 }
