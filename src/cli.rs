@@ -338,6 +338,12 @@ pub enum ClusterOp {
         #[arg(long)]
         to: u64,
     },
+    /// Split a shard at a hash (`--at 0x…`), or at the median hash of its keys.
+    Split {
+        shard: u64,
+        #[arg(long)]
+        at: Option<String>,
+    },
     /// Hand a shard's Raft leadership to another of its replicas.
     TransferLeader {
         shard: u64,
@@ -671,6 +677,11 @@ pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
             Method::POST,
             format!("/v1/shards/{shard}/move"),
             Some(serde_json::json!({"from": from, "to": to})),
+        ),
+        ClusterOp::Split { shard, at } => (
+            Method::POST,
+            format!("/v1/shards/{shard}/split"),
+            at.as_ref().map(|at| serde_json::json!({ "at": at })),
         ),
         ClusterOp::TransferLeader { shard, to } => (
             Method::POST,

@@ -27,6 +27,12 @@ use crate::raft::{GroupId, Request};
 use crate::security::NodeTls;
 use crate::shard::DEFAULT_HISTORY_VERSIONS;
 
+/// How often a leader recomputes a split point for a shard over a threshold.
+pub const SPLIT_POINT_REFRESH_MS: u64 = 10_000;
+/// How often a node reconciles its replicas with the map even without a map change (a
+/// split child waits for its parent replica to apply the split).
+pub const RECONCILE_INTERVAL_MS: u64 = 1_000;
+
 /// How often a node reports to the PD leader and picks up map changes.
 pub const PD_HEARTBEAT_INTERVAL_MS: u64 = 400;
 /// A node not heard from for this long is `suspect`; for [`DOWN_AFTER_MS`], `down`.
@@ -377,19 +383,21 @@ pub struct LedGroup {
     pub bytes: u64,
     /// Client operations this replica has served as leader since it started.
     pub ops_total: u64,
+    /// Where to split, while the shard is over a split threshold.
+    pub split_at: Option<u64>,
 }
 
 impl Heartbeat {
     /// Bounds what a peer's heartbeat may claim.
     pub fn validate(&self) -> Result<(), String> {
-        use crate::placement::{MAX_INITIAL_SHARDS, MAX_NODE_ADDR_BYTES};
+        use crate::placement::{MAX_NODE_ADDR_BYTES, MAX_SHARDS};
         if self.addr.is_empty() || self.addr.len() > MAX_NODE_ADDR_BYTES {
             return Err(format!("a node address must be 1 to {MAX_NODE_ADDR_BYTES} bytes"));
         }
         if self.incarnation == 0 || self.cluster_id == Some(0) {
             return Err("incarnation and cluster ids are never 0".into());
         }
-        if self.leading.len() > MAX_INITIAL_SHARDS as usize + 1 {
+        if self.leading.len() > MAX_SHARDS + 1 {
             return Err(format!("a heartbeat leading {} groups", self.leading.len()));
         }
         Ok(())
@@ -436,6 +444,7 @@ impl ShardLoad {
         self.stats.leader = Some(leader);
         self.stats.keys = led.keys;
         self.stats.bytes = led.bytes;
+        self.stats.split_at = led.split_at;
         match self.last_ops {
             Some((at, ops)) if now.duration_since(at) >= Duration::from_secs(1) => {
                 let secs = now.duration_since(at).as_secs_f64();
@@ -720,6 +729,7 @@ impl Node {
                     keys: g.view.live_keys(),
                     bytes: g.view.live_bytes(),
                     ops_total: g.ops_served(),
+                    split_at: self.split_point(g),
                 })
                 .collect(),
         }
@@ -770,6 +780,23 @@ impl Node {
             }
         }
         None
+    }
+
+    /// Where a shard this node leads should split, while it is over a size threshold (or
+    /// busy): computed from its keys at most every [`SPLIT_POINT_REFRESH_MS`].
+    fn split_point(&self, group: &crate::raft::registry::Group) -> Option<u64> {
+        let map = self.map();
+        let settings = &map.settings;
+        let over = group.id != PD_GROUP
+            && (group.view.live_keys() > settings.split_max_keys
+                || group.view.live_bytes() > settings.split_max_bytes
+                || group.ops_rate() > settings.split_qps);
+        if !over {
+            return None;
+        }
+        group.cached_split_point(Duration::from_millis(SPLIT_POINT_REFRESH_MS), || {
+            group.view.median_key_hash(crate::raft::membership::SPLIT_POINT_SAMPLES)
+        })
     }
 
     /// One round of reporting to the PD leader.
@@ -833,7 +860,10 @@ impl Node {
         }
         let me = self.config.node_id;
         for shard in map.shards_on(me) {
-            if self.registry.get(shard.id).is_some() || self.registry.is_blocked(shard.id, Some(shard.epoch)) {
+            if self.registry.get(shard.id).is_some()
+                || self.registry.is_blocked(shard.id, Some(shard.epoch))
+                || self.split_pending(shard)
+            {
                 continue;
             }
             let members: BTreeMap<u64, BasicNode> = shard
@@ -843,8 +873,14 @@ impl Node {
                 .collect();
             // Only a shard the bootstrap created (epoch 1, never changed) is initialized
             // here; a replica added later learns everything from the group's leader (an
-            // initialize would write a second, conflicting first entry).
-            let designated = shard.epoch == 1 && shard.replicas.first() == Some(&me);
+            // initialize would write a second, conflicting first entry). A split child is
+            // initialized by every replica that holds the split's data (same membership,
+            // so the same first entry); one without it waits for a snapshot.
+            let designated = match shard.parent {
+                Some(_) => shard.epoch == 1 && self.registry.has_state(shard.id),
+                None => shard.epoch == 1 && shard.replicas.first() == Some(&me),
+            };
+            self.note_missing_split_state(shard);
             if let Err(e) = self
                 .registry
                 .ensure(shard.id, designated.then_some(members), Some(shard.epoch))
@@ -872,6 +908,25 @@ impl Node {
         }
     }
 
+    /// A split child whose parent replica here has not applied the split yet: its data
+    /// is still in the parent, so the child must not start empty (a stray RPC or the map
+    /// would create it too early). Once the parent's range ends before the child's start,
+    /// by applying the split or from a snapshot taken after it, the child may start.
+    fn split_pending(&self, shard: &crate::placement::ShardInfo) -> bool {
+        let Some(parent) = shard.parent.and_then(|p| self.registry.get(p)) else {
+            return false;
+        };
+        parent.view.covers(shard.start)
+    }
+
+    /// A split child about to start here without the split's data must not take entries
+    /// from an empty log (it would serve an empty shard): it waits for a snapshot.
+    pub fn note_missing_split_state(&self, shard: &crate::placement::ShardInfo) {
+        if shard.parent.is_some() && self.registry.get(shard.id).is_none() && !self.registry.has_state(shard.id) {
+            self.registry.mark_awaiting_snapshot(shard.id);
+        }
+    }
+
     /// May this node create `group` on its first RPC? `Some(epoch)`: yes, assigned at that
     /// shard epoch (`None` for the PD group).
     pub fn assignment(&self, group: GroupId) -> Option<Option<u64>> {
@@ -883,10 +938,9 @@ impl Node {
             let pd = &map.pd_group;
             return pd.hosts(self.config.node_id).then_some(Some(pd.epoch));
         }
-        self.map()
-            .shards
+        map.shards
             .get(&group)
-            .filter(|s| s.hosts(self.config.node_id))
+            .filter(|s| s.hosts(self.config.node_id) && !self.split_pending(s))
             .map(|s| Some(s.epoch))
     }
 
@@ -979,6 +1033,7 @@ impl Node {
             self.adopt_cluster_id(&map).await;
             tokio::select! {
                 changed = map_rx.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_millis(RECONCILE_INTERVAL_MS)) => {}
                 _ = stop.changed() => return,
             }
         }

@@ -236,10 +236,15 @@ async fn hosted_group(node: &Node, group: GroupId) -> Result<Arc<Group>, ApiErro
     match node.registry.get(group) {
         Some(g) => Ok(g),
         None => match node.assignment(group) {
-            Some(epoch) => node.registry.ensure(group, None, epoch).await.map_err(|e| match e {
-                RegistryError::Tombstoned(_) => ApiError::not_found(e.to_string()),
-                other => ApiError::unavailable(other.to_string()),
-            }),
+            Some(epoch) => {
+                if let Some(shard) = node.map().shards.get(&group) {
+                    node.note_missing_split_state(shard);
+                }
+                node.registry.ensure(group, None, epoch).await.map_err(|e| match e {
+                    RegistryError::Tombstoned(_) => ApiError::not_found(e.to_string()),
+                    other => ApiError::unavailable(other.to_string()),
+                })
+            }
             None => Err(ApiError::not_found(format!("group {group} is not hosted here"))),
         },
     }
@@ -263,6 +268,13 @@ pub async fn raft_rpc(
             let rpc: AppendEntriesRequest<TypeConfig> = decode(&body)?;
             validate::check_append(&rpc, &local(&node, existing.as_deref())).map_err(refused)?;
             let group = hosted_group(&node, group_id).await?;
+            // A split child without the split's data takes a snapshot first (its leader
+            // purged the log behind one); entries alone would leave it an empty shard.
+            if rpc.prev_log_id.is_none() && !rpc.entries.is_empty() && node.registry.awaiting_snapshot(&group) {
+                return Err(ApiError::unavailable(format!(
+                    "group {group_id} starts here from a snapshot, not from an empty log"
+                )));
+            }
             Ok(encoded(&group.raft.append_entries(rpc).await))
         }
         "vote" => {

@@ -279,9 +279,10 @@ enum Attempt {
 }
 
 async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: Instant) -> Result<Response, ApiError> {
-    let map = node.map();
-    let shard = map
-        .shard_for_key(call.key())
+    let hash = crate::placement::key_hash(call.key());
+    let mut shard = node
+        .map()
+        .shard_for_hash(hash)
         .ok_or_else(|| ApiError::unavailable("the cluster map is not bootstrapped yet"))?
         .id;
     let hops: u32 = forward
@@ -296,7 +297,14 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
         .is_some_and(|v| v.as_bytes() == b"1");
     let mut proposed = false;
     loop {
+        // A split moves keys to a new shard: follow the newest map on every round.
+        let map = node.map();
+        if let Some(current) = map.shard_for_hash(hash) {
+            shard = current.id;
+        }
         let attempt = match node.registry.get(shard) {
+            // This replica already split the key away; the map will follow.
+            Some(group) if !group.view.covers(hash) => Attempt::Wait,
             Some(group) if !call.needs_leader() => Attempt::Done(serve_local(&group, &call, false).await?),
             Some(group)
                 if node.config.has_planted_bug(PlantedBug::FollowerReads) && !matches!(call, KvCall::Write(_)) =>
@@ -383,6 +391,11 @@ async fn serve_on_leader(node: &Node, group: &Group, call: &KvCall, proposed: &m
                 .record(started.elapsed().as_secs_f64());
             match result {
                 Ok(written) => match written.data {
+                    // Refused at apply, so certainly not applied: it may go to the new shard.
+                    RaftResponse::Kv(KvResult::WrongShard) => {
+                        *proposed = false;
+                        Ok(Attempt::Wait)
+                    }
                     RaftResponse::Kv(result) => Ok(Attempt::Done(write_response(op, group.id, result))),
                     other => Err(ApiError::internal(format!("unexpected apply result {other:?}"))),
                 },
@@ -400,6 +413,9 @@ async fn serve_on_leader(node: &Node, group: &Group, call: &KvCall, proposed: &m
             }
         }
         _ => match group.raft.ensure_linearizable().await {
+            // Applied up to the read index: if that includes a split of the key away, the
+            // new shard answers.
+            Ok(_) if !group.view.covers(crate::placement::key_hash(call.key())) => Ok(Attempt::Wait),
             Ok(_) => Ok(Attempt::Done(serve_local(group, call, true).await?)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 Ok(f.leader_id.map_or(Attempt::Wait, Attempt::Redirect))
@@ -428,6 +444,7 @@ fn write_response(op: &KvOp, shard: GroupId, result: KvResult) -> Response {
             response
         }
         KvResult::NotFound => ApiError::not_found("key not found").into_response(),
+        KvResult::WrongShard => ApiError::unavailable("the shard split; retry").into_response(),
     }
 }
 

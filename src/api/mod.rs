@@ -65,6 +65,7 @@ pub fn router(node: Arc<Node>) -> Router {
             post(placement::drain_node).delete(placement::undrain_node),
         )
         .route("/v1/shards/{id}/move", post(placement::move_shard))
+        .route("/v1/shards/{id}/split", post(placement::split_shard))
         .route("/v1/shards/{id}/transfer-leader", post(placement::transfer_leader))
         .route("/v1/operators", get(placement::operators))
         .route("/v1/schedule/explain", get(placement::explain))

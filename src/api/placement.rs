@@ -234,6 +234,61 @@ pub async fn transfer_leader(
     .await
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SplitBody {
+    /// The split point as a hash: a number, or a `0x…` hex string.
+    at: Option<Value>,
+}
+
+fn parse_hash(value: &Value) -> Result<u64, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "\"at\" must be a hash: a number or a 0x-prefixed hex string, not {value}"
+        ))
+    };
+    match value {
+        Value::Number(n) => n.as_u64().ok_or_else(bad),
+        Value::String(s) => s
+            .strip_prefix("0x")
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+/// `POST /v1/shards/{id}/split` `{"at": HASH}` (optional): splits at `at`, or at the
+/// median hash of the shard's keys as its leader reports it.
+pub async fn split_shard(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let shard: ShardId = parse_id(&id, "shard id")?;
+    on_pd_leader(&node, request, |node, body| async move {
+        let SplitBody { at } = if body.is_empty() {
+            SplitBody::default()
+        } else {
+            parse(&body)?
+        };
+        let at = match at {
+            Some(value) => parse_hash(&value)?,
+            None => {
+                let point = executor::split_point(&node, shard).await;
+                point.ok_or_else(|| {
+                    ApiError::conflict(format!(
+                        "shard {shard} has no split point from its data (fewer than two keys, or no leader answered); \
+                         give one: {{\"at\": \"0x…\"}}"
+                    ))
+                })?
+            }
+        };
+        let kind = OperatorKind::Split { shard, at, child: 0 };
+        start_manual(&node, kind, format!("asked for: split shard {shard} at {at:#018x}")).await
+    })
+    .await
+}
+
 /// `GET /v1/operators`: running operators with step and age, and the last finished ones.
 pub async fn operators(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let map = node.map();

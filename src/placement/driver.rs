@@ -41,7 +41,7 @@ pub fn final_replicas(op: &OperatorKind, current: &[NodeId]) -> Vec<NodeId> {
             }
             replicas
         }
-        OperatorKind::TransferLeader { .. } => current.to_vec(),
+        OperatorKind::TransferLeader { .. } | OperatorKind::Split { .. } => current.to_vec(),
     }
 }
 
@@ -73,6 +73,36 @@ pub fn next_action(op: &Operator, map: &ClusterMap, facts: &Facts) -> Action {
     let addr = |node: NodeId| map.node_addr(node).unwrap_or_default().to_string();
     let leader = facts.status.and_then(|s| s.is_leader.then_some(s));
     match &op.kind {
+        OperatorKind::Split { at, child, .. } => {
+            if map.shards.contains_key(child) {
+                return finish(Outcome::Succeeded);
+            }
+            let Some(status) = leader else {
+                return Action::Wait("the shard has no leader".into());
+            };
+            // Once the group applied the split it cannot be undone: the map must follow,
+            // timeout or not.
+            if status.range.is_some_and(|(_, end)| end == Some(*at)) {
+                return Action::Propose(PdCommand::SplitShard {
+                    operator: op.id,
+                    now_ms: facts.now_ms,
+                });
+            }
+            if stuck {
+                return Action::Abort {
+                    reason: format!("the split was not applied within {}s", map.settings.step_timeout_secs),
+                };
+            }
+            Action::Admin {
+                node: status_leader(status),
+                request: AdminRequest::Split {
+                    child: *child,
+                    at: *at,
+                    start: shard.start,
+                    end: shard.end,
+                },
+            }
+        }
         OperatorKind::TransferLeader { to, .. } => {
             if facts.status.and_then(|s| s.leader) == Some(*to) {
                 return finish(Outcome::Succeeded);
@@ -180,8 +210,9 @@ pub fn next_action(op: &Operator, map: &ClusterMap, facts: &Facts) -> Action {
                     }
                 }
                 Step::LearnerListed => {
-                    let matched = status.matched.get(&to).copied().unwrap_or(0);
-                    if matched + CATCH_UP_LAG_ENTRIES >= status.last_log_index {
+                    // Nothing matched yet means nothing received, however short the log.
+                    let matched = status.matched.get(&to).copied();
+                    if matched.is_some_and(|m| m + CATCH_UP_LAG_ENTRIES >= status.last_log_index) {
                         Action::Propose(PdCommand::AdvanceOperator {
                             operator: op.id,
                             step: Step::LearnerCaughtUp,
@@ -189,7 +220,8 @@ pub fn next_action(op: &Operator, map: &ClusterMap, facts: &Facts) -> Action {
                         })
                     } else {
                         Action::Wait(format!(
-                            "node {to} is catching up: {matched} of {} entries",
+                            "node {to} is catching up: {} of {} entries",
+                            matched.map_or_else(|| "none".to_string(), |m| m.to_string()),
                             status.last_log_index
                         ))
                     }
@@ -255,8 +287,69 @@ mod tests {
             joint: false,
             last_log_index: 500,
             matched: matched.iter().copied().collect::<BTreeMap<_, _>>(),
+            range: None,
+            split_point: None,
             outcome: Ok(()),
         }
+    }
+
+    /// A split: the leader splits in its own log, then the map follows (even past the
+    /// step timeout: an applied split cannot be undone), then the operator ends.
+    #[test]
+    fn a_split_goes_group_first_then_map() {
+        let mut map = cluster(3);
+        let (from, end) = (map.shards[&1].start, map.shards[&1].end);
+        let at = from + 1_000;
+        let id = start(&mut map, OperatorKind::Split { shard: 1, at, child: 0 });
+        let OperatorKind::Split { child, .. } = map.operators[&id].kind else {
+            panic!()
+        };
+        assert_eq!(child, 3, "allocated when the operator starts");
+        let op = map.operators[&id].clone();
+        let before = status(1, &[1, 2, 3], &[], &[]);
+        let facts = |status, now_ms| Facts {
+            status,
+            target_usable: true,
+            now_ms,
+        };
+        match next_action(&op, &map, &facts(Some(&before), 1)) {
+            Action::Admin {
+                node: 1,
+                request:
+                    AdminRequest::Split {
+                        child: 3,
+                        at: a,
+                        start: s,
+                        end: e,
+                    },
+            } => assert_eq!((a, s, e), (at, from, end)),
+            other => panic!("{other:?}"),
+        }
+        let after = AdminReply {
+            range: Some((from, Some(at))),
+            ..before.clone()
+        };
+        let late = map.settings.step_timeout_secs * 1_000 + 1;
+        let Action::Propose(command) = next_action(&op, &map, &facts(Some(&after), late)) else {
+            panic!()
+        };
+        assert!(matches!(command, PdCommand::SplitShard { .. }));
+        map.apply(&command);
+        map.check_tiling().unwrap();
+        assert_eq!(
+            (map.shards[&1].end, map.shards[&3].start, map.shards[&3].end),
+            (Some(at), at, end)
+        );
+        assert_eq!(map.shards[&3].replicas, map.shards[&1].replicas);
+        assert_eq!(map.shards[&3].parent, Some(1));
+        let op = map.operators[&id].clone();
+        assert!(matches!(
+            next_action(&op, &map, &facts(Some(&after), late)),
+            Action::Propose(PdCommand::FinishOperator {
+                outcome: Outcome::Succeeded,
+                ..
+            })
+        ));
     }
 
     /// Runs the executor against a model of the group until the operator finishes,

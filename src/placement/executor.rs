@@ -139,6 +139,16 @@ async fn leader_status(node: &Node, shard: ShardId) -> Option<AdminReply> {
     None
 }
 
+/// A split point for `shard` from its data, asked of its leader.
+pub async fn split_point(node: &Node, shard: ShardId) -> Option<u64> {
+    let status = leader_status(node, shard).await?;
+    let leader = status.leader?;
+    match admin(node, leader, shard, AdminRequest::SplitPoint).await {
+        Ok(AdminReply { split_point, .. }) => split_point,
+        Err(_) => None,
+    }
+}
+
 /// Operators being driven right now (one task each) and why each is waiting.
 #[derive(Default)]
 pub struct ExecutorState {
@@ -147,6 +157,9 @@ pub struct ExecutorState {
 }
 
 fn record_finish(node: &Node, command: &PdCommand, map: &ClusterMap) {
+    if let PdCommand::SplitShard { .. } = command {
+        metrics::counter!("midasflow_pd_splits_total", "node" => node.label()).increment(1);
+    }
     if let PdCommand::FinishOperator { operator, outcome, .. } = command {
         let kind = map.operators.get(operator).map_or("unknown", |o| o.kind.name());
         let outcome = match outcome {

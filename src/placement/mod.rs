@@ -30,6 +30,8 @@ pub const DEFAULT_INITIAL_SHARDS: u32 = 8;
 /// start-up and on every command a peer sends.
 pub const MAX_INITIAL_SHARDS: u32 = 65_536;
 pub const MAX_NODES: usize = 1_024;
+/// Most shards a map may hold (splits stop proposing beyond it).
+pub const MAX_SHARDS: usize = 1 << 20;
 pub const MAX_NODE_ADDR_BYTES: usize = 256;
 /// Replicas per shard, and the most PD voters.
 pub const REPLICATION_FACTOR: usize = 3;
@@ -67,6 +69,9 @@ pub struct ShardInfo {
     pub learners: Vec<NodeId>,
     /// Grows on every change of the shard's range or membership (replicas or learners).
     pub epoch: u64,
+    /// The shard this one was split from: a node holding a replica of the parent creates
+    /// its replica of this one only once its parent replica has applied the split.
+    pub parent: Option<ShardId>,
 }
 
 impl ShardInfo {
@@ -177,6 +182,12 @@ pub enum PdCommand {
     SetSettings {
         settings: ScheduleSettings,
     },
+    /// The split operator's parent applied the split: the parent's range ends at the
+    /// split point and the child takes the rest, on the same replicas.
+    SplitShard {
+        operator: u64,
+        now_ms: u64,
+    },
 }
 
 fn check_addr(addr: &str) -> Result<(), String> {
@@ -229,9 +240,10 @@ impl PdCommand {
                 }
                 check_addr(addr)
             }
-            PdCommand::SetNodeState { .. } | PdCommand::ListLearner { .. } | PdCommand::AdvanceOperator { .. } => {
-                Ok(())
-            }
+            PdCommand::SetNodeState { .. }
+            | PdCommand::ListLearner { .. }
+            | PdCommand::AdvanceOperator { .. }
+            | PdCommand::SplitShard { .. } => Ok(()),
             PdCommand::StartOperator { reason, .. } => check_reason(reason),
             PdCommand::SetReplicas { replicas, .. } => {
                 if replicas.is_empty() || replicas.len() > REPLICATION_FACTOR {
@@ -448,6 +460,7 @@ impl ClusterMap {
                             replicas: chosen,
                             learners: Vec::new(),
                             epoch: 1,
+                            parent: None,
                         },
                     );
                 }
@@ -460,6 +473,7 @@ impl ClusterMap {
                     replicas: node_ids.iter().copied().take(REPLICATION_FACTOR).collect(),
                     learners: Vec::new(),
                     epoch: 1,
+                    parent: None,
                 };
                 self.settings = settings.clone();
                 self.next_operator_id = 1;
@@ -505,6 +519,7 @@ impl ClusterMap {
                 outcome,
                 now_ms,
             } => self.finish_operator(*operator, outcome.clone(), *now_ms),
+            PdCommand::SplitShard { operator, now_ms } => self.split_shard(*operator, *now_ms),
             PdCommand::SetSettings { settings } => {
                 if settings.validate().is_err() || !self.is_bootstrapped() {
                     return rejected("invalid settings, or no cluster yet");
@@ -607,6 +622,9 @@ impl ClusterMap {
                 shard.replicas.len() < REPLICATION_FACTOR && !shard.hosts(*to) && usable(to)
             }
             OperatorKind::TransferLeader { to, .. } => shard.replicas.contains(to),
+            OperatorKind::Split { at, .. } => {
+                shard.id != PD_GROUP && *at > shard.start && u128::from(*at) < shard.end_u128()
+            }
         };
         if !valid {
             return rejected(format!(
@@ -616,11 +634,17 @@ impl ClusterMap {
         }
         let id = self.next_operator_id.max(1);
         self.next_operator_id = id + 1;
+        let mut kind = kind.clone();
+        if let OperatorKind::Split { child, .. } = &mut kind {
+            // Allocated here, once: a repeated proposal gets another operator and id.
+            *child = self.next_shard_id;
+            self.next_shard_id += 1;
+        }
         self.operators.insert(
             id,
             Operator {
                 id,
-                kind: kind.clone(),
+                kind,
                 origin,
                 reason: reason.to_string(),
                 step: Step::Created,
@@ -713,6 +737,45 @@ impl ClusterMap {
         } else {
             self.touched()
         }
+    }
+
+    fn split_shard(&mut self, operator: u64, now_ms: u64) -> PdResult {
+        let Some(op) = self.operators.get(&operator).cloned() else {
+            return rejected(format!("operator {operator} is not running"));
+        };
+        let OperatorKind::Split { shard, at, child } = op.kind else {
+            return rejected(format!("operator {operator} is not a split"));
+        };
+        if self.shards.contains_key(&child) {
+            return PdResult::Done {
+                revision: self.revision,
+            };
+        }
+        if self.shards.len() >= MAX_SHARDS {
+            return rejected(format!("the map holds {MAX_SHARDS} shards"));
+        }
+        let Some(parent) = self.shards.get_mut(&shard) else {
+            return rejected(format!("shard {shard} is gone"));
+        };
+        if at <= parent.start || u128::from(at) >= parent.end_u128() {
+            return rejected(format!("{at:#x} is not inside shard {shard}"));
+        }
+        let child_info = ShardInfo {
+            id: child,
+            start: at,
+            end: parent.end,
+            replicas: parent.replicas.clone(),
+            learners: Vec::new(),
+            epoch: 1,
+            parent: Some(shard),
+        };
+        parent.end = Some(at);
+        parent.epoch += 1;
+        self.shards.insert(child, child_info);
+        let op = self.operators.get_mut(&operator).expect("looked up above");
+        op.step = Step::Promoted;
+        op.step_ms = now_ms;
+        self.rerouted()
     }
 
     /// Whether `node` belongs to the cluster (removed nodes do not).

@@ -27,6 +27,9 @@ pub enum OperatorKind {
     AddReplica { shard: ShardId, to: NodeId },
     /// Move the shard's Raft leadership to `to`, an existing voter.
     TransferLeader { shard: ShardId, to: NodeId },
+    /// Split the shard at hash `at`: `[at, end)` becomes shard `child` on the same replicas
+    /// (the child id is allocated when the operator starts; proposals carry 0).
+    Split { shard: ShardId, at: u64, child: ShardId },
 }
 
 impl OperatorKind {
@@ -34,7 +37,8 @@ impl OperatorKind {
         match self {
             OperatorKind::MoveReplica { shard, .. }
             | OperatorKind::AddReplica { shard, .. }
-            | OperatorKind::TransferLeader { shard, .. } => *shard,
+            | OperatorKind::TransferLeader { shard, .. }
+            | OperatorKind::Split { shard, .. } => *shard,
         }
     }
 
@@ -43,6 +47,7 @@ impl OperatorKind {
             OperatorKind::MoveReplica { .. } => "move_replica",
             OperatorKind::AddReplica { .. } => "add_replica",
             OperatorKind::TransferLeader { .. } => "transfer_leader",
+            OperatorKind::Split { .. } => "split",
         }
     }
 
@@ -50,7 +55,7 @@ impl OperatorKind {
     pub fn target(&self) -> Option<NodeId> {
         match self {
             OperatorKind::MoveReplica { to, .. } | OperatorKind::AddReplica { to, .. } => Some(*to),
-            OperatorKind::TransferLeader { .. } => None,
+            OperatorKind::TransferLeader { .. } | OperatorKind::Split { .. } => None,
         }
     }
 
@@ -63,6 +68,10 @@ impl OperatorKind {
                 value["to"] = (*to).into();
             }
             OperatorKind::AddReplica { to, .. } | OperatorKind::TransferLeader { to, .. } => value["to"] = (*to).into(),
+            OperatorKind::Split { at, child, .. } => {
+                value["at"] = format!("{at:#018x}").into();
+                value["child"] = (*child).into();
+            }
         }
         value
     }
@@ -72,6 +81,8 @@ impl OperatorKind {
         match self {
             OperatorKind::MoveReplica { from, to, .. } => vec![*from, *to],
             OperatorKind::AddReplica { to, .. } | OperatorKind::TransferLeader { to, .. } => vec![*to],
+            // Local to each replica: no data crosses the network.
+            OperatorKind::Split { .. } => Vec::new(),
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct ShardStats {
     pub qps: u64,
     /// Seconds the qps has stayed above `settings.split_qps` (0 if not above).
     pub hot_secs: u64,
+    /// Where the leader would split the shard: the median hash of its keys (reported
+    /// only while the shard is over a split threshold).
+    pub split_at: Option<u64>,
 }
 
 /// What the PD leader knows beyond the map.
@@ -174,6 +177,7 @@ fn describe(kind: &OperatorKind) -> String {
         OperatorKind::MoveReplica { shard, from, to } => format!("move of shard {shard} from node {from} to node {to}"),
         OperatorKind::AddReplica { shard, to } => format!("new replica of shard {shard} on node {to}"),
         OperatorKind::TransferLeader { shard, to } => format!("leader transfer of shard {shard} to node {to}"),
+        OperatorKind::Split { shard, at, .. } => format!("split of shard {shard} at {at:#018x}"),
     }
 }
 
@@ -342,20 +346,39 @@ impl<'v, 'a> Planner<'v, 'a> {
         report("replica", findings, nothing)
     }
 
-    fn split(&self) -> Report {
-        let findings = split_candidates(self.view)
-            .into_iter()
-            .map(|(shard, why)| match self.running.get(&shard) {
-                Some(op) => format!("{why}; operator {op} is running on it"),
-                // Enabling splits means proposing here.
-                None => format!("{why}: would split it, but splitting is not available in this version"),
-            });
+    fn split(&mut self) -> Report {
+        let mut findings = Vec::new();
+        for (id, why) in split_candidates(self.view) {
+            let shard = &self.view.map.shards[&id];
+            if let Some(op) = self.running.get(&id) {
+                findings.push(format!("{why}; operator {op} is running on it"));
+                continue;
+            }
+            // The point comes from the data; the middle of the range could leave one side
+            // empty.
+            let at = self.view.shards.get(&id).and_then(|s| s.split_at);
+            match at {
+                Some(at) if at > shard.start && u128::from(at) < shard.end_u128() => {
+                    let kind = OperatorKind::Split {
+                        shard: id,
+                        at,
+                        child: 0,
+                    };
+                    let epoch = shard.epoch;
+                    findings.push(self.propose(kind, why, epoch));
+                }
+                Some(at) => findings.push(format!(
+                    "{why}, but its keys' median hash {at:#018x} is its first (one key hash holds the data)"
+                )),
+                None => findings.push(format!("{why}, but its leader has not reported a split point yet")),
+            }
+        }
         let s = &self.view.map.settings;
         let nothing = format!(
             "nothing to do: no shard is over split-max-bytes ({}), split-max-keys ({}) or split-qps ({} for {}s)",
             s.split_max_bytes, s.split_max_keys, s.split_qps, s.split_qps_secs
         );
-        report("split", findings.collect(), nothing)
+        report("split", findings, nothing)
     }
 
     fn balance_replicas(&mut self, repairing: bool) -> Report {
@@ -796,13 +819,14 @@ mod tests {
     }
 
     #[test]
-    fn split_checker_reports_but_never_proposes() {
+    fn split_checker_splits_at_the_reported_point() {
         let stats = |bytes, keys, qps, hot_secs| ShardStats {
             leader: Some(1),
             keys,
             bytes,
             qps,
             hot_secs,
+            split_at: None,
         };
         let cases = [
             (stats(10, 10, 10, 0), None),
@@ -842,11 +866,46 @@ mod tests {
             let plan = f.plan();
             assert_eq!(plan.proposals, []);
             let expected = match want.first() {
-                Some((_, why)) => format!("{why}: would split it, but splitting is not available in this version"),
+                Some((_, why)) => format!("{why}, but its leader has not reported a split point yet"),
                 None => "nothing to do: no shard is over split-max-bytes (1000), split-max-keys (100) or split-qps (50 for 10s)".into(),
             };
             assert_eq!(findings(&plan, "split"), expected);
         }
+        // With a point from the data inside the range: a split there. At the range's
+        // start (every key hashes alike): none.
+        let mut f = cluster(3, 3, &[Set(thresholds)]);
+        let start = f.map.shards[&2].start;
+        f.stats.insert(
+            2,
+            ShardStats {
+                split_at: Some(start + 77),
+                ..stats(10, 101, 0, 0)
+            },
+        );
+        f.stats.insert(
+            3,
+            ShardStats {
+                split_at: Some(f.map.shards[&3].start),
+                ..stats(10, 101, 0, 0)
+            },
+        );
+        let plan = f.plan();
+        let splits: Vec<OperatorKind> = plan
+            .proposals
+            .iter()
+            .map(|p| p.kind.clone())
+            .filter(|k| matches!(k, OperatorKind::Split { .. }))
+            .collect();
+        assert_eq!(
+            splits,
+            [OperatorKind::Split {
+                shard: 2,
+                at: start + 77,
+                child: 0
+            }]
+        );
+        assert!(findings(&plan, "split").contains("propose split of shard 2"));
+        assert!(findings(&plan, "split").contains("is its first"));
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub const TRANSFER_ELECTION_MS: u64 = 3_000;
 /// How long a replica works on one admin request (a transfer needs the lease plus an
 /// election); the caller's timeout is longer.
 pub const ADMIN_TIMEOUT_MS: u64 = 10_000;
+/// Keys sampled for a split point.
+pub const SPLIT_POINT_SAMPLES: usize = 1_024;
 /// Most nodes a request may name.
 pub const MAX_ADMIN_NODES: usize = 16;
 
@@ -43,6 +45,15 @@ pub enum AdminRequest {
     TransferLeader { to: u64, to_addr: String },
     /// On a transfer's target: campaign now.
     Elect,
+    /// The median hash of the group's keys on this replica (a split point).
+    SplitPoint,
+    /// On the leader: propose a split of the group in its own log (see [`super::Request::Split`]).
+    Split {
+        child: GroupId,
+        at: u64,
+        start: u64,
+        end: Option<u64>,
+    },
 }
 
 impl AdminRequest {
@@ -83,8 +94,12 @@ pub struct AdminReply {
     /// Joint consensus in progress (two voter sets).
     pub joint: bool,
     pub last_log_index: u64,
-    /// On the leader: each replica's matched log index.
+    /// On the leader: each replica's matched log index (absent: nothing matched yet).
     pub matched: BTreeMap<u64, u64>,
+    /// This replica's applied range (`None`: as bootstrap cut it, never split).
+    pub range: Option<(u64, Option<u64>)>,
+    /// Filled in for [`AdminRequest::SplitPoint`].
+    pub split_point: Option<u64>,
     /// `Err` with why the request was not carried out (the status is still filled in).
     pub outcome: Result<(), String>,
 }
@@ -105,14 +120,22 @@ pub fn status(group: &Group) -> AdminReply {
         matched: m
             .replication
             .as_ref()
-            .map(|r| r.iter().map(|(id, l)| (*id, l.map_or(0, |l| l.index))).collect())
+            .map(|r| r.iter().filter_map(|(id, l)| l.map(|l| (*id, l.index))).collect())
             .unwrap_or_default(),
+        range: group.view.range(),
+        split_point: None,
         outcome: Ok(()),
     }
 }
 
 /// Carries out `request` on this node's replica of a group, bounded by `timeout`.
 pub async fn perform(registry: &Registry, group: Arc<Group>, request: AdminRequest, timeout: Duration) -> AdminReply {
+    if request == AdminRequest::SplitPoint {
+        return AdminReply {
+            split_point: group.view.median_key_hash(SPLIT_POINT_SAMPLES),
+            ..status(&group)
+        };
+    }
     let outcome = match tokio::time::timeout(timeout, perform_inner(registry, &group, request)).await {
         Ok(outcome) => outcome,
         Err(_) => Err(format!("not done within {} ms", timeout.as_millis())),
@@ -125,12 +148,15 @@ pub async fn perform(registry: &Registry, group: Arc<Group>, request: AdminReque
 
 async fn perform_inner(registry: &Registry, group: &Arc<Group>, request: AdminRequest) -> Result<(), String> {
     let raft = &group.raft;
-    let needs_leader = !matches!(request, AdminRequest::Status | AdminRequest::Elect);
+    let needs_leader = !matches!(
+        request,
+        AdminRequest::Status | AdminRequest::Elect | AdminRequest::SplitPoint
+    );
     if needs_leader && !group.is_leader() {
         return Err("this replica does not lead the group".into());
     }
     match request {
-        AdminRequest::Status => Ok(()),
+        AdminRequest::Status | AdminRequest::SplitPoint => Ok(()),
         AdminRequest::AddLearner { node, addr } => {
             if status(group).learners.contains(&node) || status(group).voters.contains(&node) {
                 return Ok(());
@@ -170,6 +196,14 @@ async fn perform_inner(registry: &Registry, group: &Arc<Group>, request: AdminRe
         }
         AdminRequest::TransferLeader { to, to_addr } => transfer_leader(registry, group, to, &to_addr).await,
         AdminRequest::Elect => raft.trigger().elect().await.map_err(|e| e.to_string()),
+        AdminRequest::Split { child, at, start, end } => {
+            let split = super::Request::Split { child, at, start, end };
+            match raft.client_write(split).await.map_err(|e| e.to_string())?.data {
+                super::Response::Split(super::SplitResult::Done { .. }) => Ok(()),
+                super::Response::Split(super::SplitResult::Rejected { reason }) => Err(reason),
+                other => Err(format!("unexpected answer {other:?}")),
+            }
+        }
     }
 }
 

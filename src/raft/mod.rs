@@ -31,6 +31,22 @@ pub type GroupId = u64;
 pub enum Request {
     Kv(KvOp),
     Pd(PdCommand),
+    /// Split this shard at hash `at`: keys hashing to `[at, end)` go to shard `child`.
+    /// `start`/`end` are the range the placement driver planned against; a replica whose
+    /// range differs refuses (a stale or repeated split).
+    Split {
+        child: GroupId,
+        at: u64,
+        start: u64,
+        end: Option<u64>,
+    },
+}
+
+/// The outcome of a [`Request::Split`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SplitResult {
+    Done { child: GroupId },
+    Rejected { reason: String },
 }
 
 impl std::fmt::Display for Request {
@@ -39,6 +55,7 @@ impl std::fmt::Display for Request {
             Request::Kv(KvOp::Put { key, value, .. }) => write!(f, "put({}B key, {}B value)", key.len(), value.len()),
             Request::Kv(KvOp::Delete { key, .. }) => write!(f, "delete({}B key)", key.len()),
             Request::Pd(cmd) => write!(f, "pd({cmd:?})"),
+            Request::Split { child, at, .. } => write!(f, "split(at {at:#x}, child {child})"),
         }
     }
 }
@@ -47,6 +64,7 @@ impl std::fmt::Display for Request {
 pub enum Response {
     Kv(KvResult),
     Pd(PdResult),
+    Split(SplitResult),
     /// Blank and membership entries, and commands sent to the wrong kind of group.
     Empty,
 }

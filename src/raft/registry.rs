@@ -34,6 +34,9 @@ pub struct Group {
     ops_served: AtomicU64,
     /// Set while leadership is being handed over: new proposals wait.
     proposals_paused: AtomicBool,
+    /// The last split point computed and when; the last (time, ops) sample for the rate.
+    split_point: std::sync::Mutex<Option<(tokio::time::Instant, Option<u64>)>>,
+    ops_sample: std::sync::Mutex<Option<(tokio::time::Instant, u64, u64)>>,
 }
 
 /// Pauses a group's proposals until dropped.
@@ -53,6 +56,38 @@ impl Group {
 
     pub fn ops_served(&self) -> u64 {
         self.ops_served.load(Ordering::Relaxed)
+    }
+
+    /// `compute`'s answer, reused for `refresh`.
+    pub fn cached_split_point(&self, refresh: Duration, compute: impl FnOnce() -> Option<u64>) -> Option<u64> {
+        let mut cached = self.split_point.lock().unwrap();
+        match *cached {
+            Some((at, point)) if at.elapsed() < refresh => point,
+            _ => {
+                let point = compute();
+                *cached = Some((tokio::time::Instant::now(), point));
+                point
+            }
+        }
+    }
+
+    /// Operations served per second, measured between calls at least a second apart.
+    pub fn ops_rate(&self) -> u64 {
+        let now = tokio::time::Instant::now();
+        let ops = self.ops_served();
+        let mut sample = self.ops_sample.lock().unwrap();
+        match *sample {
+            Some((at, _, rate)) if now.duration_since(at) < Duration::from_secs(1) => rate,
+            Some((at, before, _)) => {
+                let rate = (ops.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64()) as u64;
+                *sample = Some((now, ops, rate));
+                rate
+            }
+            None => {
+                *sample = Some((now, ops, 0));
+                0
+            }
+        }
     }
 
     pub fn pause_proposals(&self) -> PauseGuard<'_> {
@@ -103,6 +138,10 @@ pub struct Registry {
     lifecycle: tokio::sync::Mutex<()>,
     hosted: sled::Tree,
     tombstones: sled::Tree,
+    /// Split children created here without the split's data (this node's parent replica
+    /// skipped the split through a snapshot): they must start from a snapshot of the
+    /// child, never from an empty log (see `api::internal`).
+    awaiting_snapshot: std::sync::Mutex<std::collections::BTreeSet<GroupId>>,
     map_tx: watch::Sender<Arc<ClusterMap>>,
 }
 
@@ -139,6 +178,7 @@ impl Registry {
             config,
             groups: RwLock::new(BTreeMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
+            awaiting_snapshot: Default::default(),
             map_tx,
         })
     }
@@ -304,6 +344,8 @@ impl Registry {
             term: AtomicU64::new(0),
             ops_served: AtomicU64::new(0),
             proposals_paused: AtomicBool::new(false),
+            split_point: std::sync::Mutex::new(None),
+            ops_sample: std::sync::Mutex::new(None),
         });
         self.groups.write().unwrap().insert(group, created.clone());
         self.spawn_monitor(created.clone());
@@ -331,12 +373,38 @@ impl Registry {
         tokio::spawn(async move {
             let mut last_leader = None;
             let mut nudge_at: Option<tokio::time::Instant> = None;
+            let compacting = Arc::new(AtomicBool::new(false));
             loop {
-                let (leader, term, leading, voter) = {
+                let (leader, term, leading, voter, has_snapshot, applied) = {
                     let m = metrics_rx.borrow_and_update();
                     let voter = m.membership_config.membership().voter_ids().any(|v| v == node_id);
-                    (m.current_leader, m.current_term, m.state == ServerState::Leader, voter)
+                    let leading = m.state == ServerState::Leader;
+                    let applied = m.last_applied.map_or(0, |l| l.index);
+                    (
+                        m.current_leader,
+                        m.current_term,
+                        leading,
+                        voter,
+                        m.snapshot.is_some(),
+                        applied,
+                    )
                 };
+                // A split child's first state came from its parent, not from its log: a
+                // replica added later (or one that missed the split) must get it as a
+                // snapshot, so its leader snapshots it and purges the log behind, once it
+                // applied its own first entry (until a snapshot exists).
+                if leading
+                    && !has_snapshot
+                    && applied >= 1
+                    && group.view.range().is_some()
+                    && !compacting.swap(true, Ordering::AcqRel)
+                {
+                    let (group, compacting) = (group.clone(), compacting.clone());
+                    tokio::spawn(async move {
+                        compact_after_split(group).await;
+                        compacting.store(false, Ordering::Release);
+                    });
+                }
                 let changed = group.term.swap(term, Ordering::Relaxed) != term || leader != last_leader;
                 let was_leading = group.is_leader.swap(leading, Ordering::Relaxed);
                 if was_leading != leading {
@@ -425,8 +493,48 @@ impl Registry {
         let _ = self.flusher.flush().await;
     }
 
+    /// Whether this node holds state for `group` already.
+    pub fn has_state(&self, group: GroupId) -> bool {
+        StateMachineStore::has_state(&self.db, group)
+    }
+
+    pub fn mark_awaiting_snapshot(&self, group: GroupId) {
+        self.awaiting_snapshot.lock().unwrap().insert(group);
+    }
+
+    /// Whether `group` must refuse appends that would start its log from nothing.
+    pub fn awaiting_snapshot(&self, group: &Group) -> bool {
+        let mut waiting = self.awaiting_snapshot.lock().unwrap();
+        if waiting.contains(&group.id) && group.view.snapshot_installs() > 0 {
+            waiting.remove(&group.id);
+        }
+        waiting.contains(&group.id)
+    }
+
     /// Bytes the database occupies on disk.
     pub fn storage_bytes(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// Snapshots a group and purges its log up to the snapshot (see `spawn_monitor`).
+async fn compact_after_split(group: Arc<Group>) {
+    const WAIT_FOR_SNAPSHOT_MS: u64 = 10_000;
+    if group.raft.trigger().snapshot().await.is_err() {
+        return;
+    }
+    let mut metrics = group.raft.metrics();
+    let built = tokio::time::timeout(Duration::from_millis(WAIT_FOR_SNAPSHOT_MS), async {
+        metrics
+            .wait_for(|m| m.snapshot.is_some())
+            .await
+            .ok()
+            .and_then(|m| m.snapshot.map(|s| s.index))
+    })
+    .await;
+    let upto = built.ok().flatten();
+    if let Some(upto) = upto {
+        let _ = group.raft.trigger().purge_log(upto).await;
+        tracing::debug!(group = group.id, upto, "split child snapshotted; log purged");
     }
 }

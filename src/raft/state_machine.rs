@@ -18,13 +18,14 @@ use tokio::sync::watch;
 
 use super::log_store::Flusher;
 use super::probe::{NodeEvent, Probe};
+use super::SplitResult;
 use super::{
     group_prefix, storage_io_error, Entry, GroupId, LogId, Request, Response, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
 use crate::codec;
-use crate::placement::ClusterMap;
-use crate::shard::{apply_op, KeyRecord};
+use crate::placement::{key_hash, ClusterMap};
+use crate::shard::{apply_op, KeyRecord, KvResult};
 
 const TAG_META: u8 = 0;
 const TAG_RECORD: u8 = 1;
@@ -36,6 +37,14 @@ pub struct SmMeta {
     pub membership: StoredMembership,
     pub live_keys: u64,
     pub live_bytes: u64,
+    /// The shard's hash range `[start, end)` once it took part in a split (as the parent
+    /// or the child); `None` for a shard as bootstrap cut it, which has never changed.
+    pub range: Option<(u64, Option<u64>)>,
+}
+
+/// Whether `range` (`None`: unchanged since bootstrap) covers `hash`.
+fn range_covers(range: Option<(u64, Option<u64>)>, hash: u64) -> bool {
+    range.is_none_or(|(start, end)| hash >= start && end.is_none_or(|end| hash < end))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +92,7 @@ fn decode_record(bytes: &[u8]) -> Result<KeyRecord, StorageError> {
 pub struct GroupView {
     pub group: GroupId,
     sm: sled::Tree,
+    range: std::sync::RwLock<Option<(u64, Option<u64>)>>,
     applied_index: AtomicU64,
     live_keys: AtomicU64,
     live_bytes: AtomicU64,
@@ -106,6 +116,42 @@ impl GroupView {
         self.applied_index.load(Ordering::Acquire)
     }
 
+    /// The applied range (`None`: the bootstrap range, never split).
+    pub fn range(&self) -> Option<(u64, Option<u64>)> {
+        *self.range.read().unwrap()
+    }
+
+    /// Whether this replica's applied state serves keys hashing to `hash`.
+    pub fn covers(&self, hash: u64) -> bool {
+        range_covers(self.range(), hash)
+    }
+
+    /// A split point from the data: the median hash of up to `samples` keys spread over
+    /// the shard (every n-th key in key order, which is random in hash order). `None` if
+    /// the shard has fewer than two keys in its range.
+    pub fn median_key_hash(&self, samples: usize) -> Option<u64> {
+        let prefix = tagged(self.group, TAG_RECORD, &[]);
+        let total = (self.live_keys() as usize).max(1);
+        let step = (total / samples.max(1)).max(1);
+        let range = self.range();
+        let mut hashes: Vec<u64> = self
+            .sm
+            .scan_prefix(&prefix)
+            .keys()
+            .step_by(step)
+            .filter_map(Result::ok)
+            .map(|k| crate::placement::key_hash(&k[prefix.len()..]))
+            .filter(|h| range_covers(range, *h))
+            .take(samples.max(2))
+            .collect();
+        if hashes.len() < 2 {
+            return None;
+        }
+        hashes.sort_unstable();
+        // The upper median: the split leaves at least one sampled key on each side.
+        Some(hashes[hashes.len() / 2])
+    }
+
     pub fn live_keys(&self) -> u64 {
         self.live_keys.load(Ordering::Relaxed)
     }
@@ -119,6 +165,7 @@ impl GroupView {
     }
 
     fn publish(&self, meta: &SmMeta) {
+        *self.range.write().unwrap() = meta.range;
         self.live_keys.store(meta.live_keys, Ordering::Relaxed);
         self.live_bytes.store(meta.live_bytes, Ordering::Relaxed);
         let applied = meta.last_applied.map_or(0, |l| l.index);
@@ -168,6 +215,7 @@ impl StateMachineStore {
         let view = Arc::new(GroupView {
             group,
             sm: sm.clone(),
+            range: std::sync::RwLock::new(None),
             applied_index: AtomicU64::new(0),
             live_keys: AtomicU64::new(0),
             live_bytes: AtomicU64::new(0),
@@ -195,6 +243,14 @@ impl StateMachineStore {
         self.view.clone()
     }
 
+    /// Whether this node holds state for `group` (a split child's state is written by its
+    /// parent's split before the child's replica exists).
+    pub fn has_state(db: &sled::Db, group: GroupId) -> bool {
+        db.open_tree("sm")
+            .and_then(|sm| sm.contains_key(tagged(group, TAG_META, &[])))
+            .unwrap_or(false)
+    }
+
     /// Removes the group's state and snapshot (replica removal).
     pub fn destroy(db: &sled::Db, group: GroupId) -> sled::Result<()> {
         let sm = db.open_tree("sm")?;
@@ -207,6 +263,103 @@ impl StateMachineStore {
 
     fn load_record(&self, key: &[u8]) -> Result<Option<KeyRecord>, StorageError> {
         self.view.get(key)
+    }
+
+    /// Writes the records changed so far, the PD map if it changed, and the applied meta,
+    /// in one atomic batch; then publishes them.
+    fn write_applied(
+        &mut self,
+        overlay: &mut BTreeMap<Vec<u8>, KeyRecord>,
+        map_changed: &mut bool,
+    ) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for (key, record) in std::mem::take(overlay) {
+            let bytes = codec::encode(&record).map_err(storage_io_error)?;
+            batch.insert(tagged(self.group, TAG_RECORD, &key), bytes);
+        }
+        let publish = std::mem::take(map_changed);
+        if let (true, Some(map)) = (publish, &self.pd_map) {
+            batch.insert(
+                tagged(self.group, TAG_PD_MAP, &[]),
+                codec::encode(map).map_err(storage_io_error)?,
+            );
+        }
+        batch.insert(
+            tagged(self.group, TAG_META, &[]),
+            codec::encode(&self.meta).map_err(storage_io_error)?,
+        );
+        self.sm.apply_batch(batch).map_err(storage_io_error)?;
+        self.view.publish(&self.meta);
+        if let (true, Some(map), Some(tx)) = (publish, &self.pd_map, &self.map_tx) {
+            publish_map(tx, map);
+        }
+        Ok(())
+    }
+
+    /// Applies a split: in one batch, the records hashing to `[at, end)` move under the
+    /// child's prefix, the child's meta is written (its range; no log yet: its replicas
+    /// start it from this state), and this shard's range ends at `at`. A replica whose range
+    /// is not `planned` refuses, except a repeat of the split it already applied.
+    fn split(&mut self, child: GroupId, at: u64, planned: (u64, Option<u64>)) -> Result<Response, StorageError> {
+        let (start, end) = self.meta.range.unwrap_or(planned);
+        let rejected = |reason: String| {
+            tracing::warn!(group = self.group, child, at, %reason, "split refused");
+            Ok(Response::Split(SplitResult::Rejected { reason }))
+        };
+        if (start, end) != planned {
+            if start == planned.0 && end == Some(at) {
+                return Ok(Response::Split(SplitResult::Done { child }));
+            }
+            return rejected(format!(
+                "this shard's range is {start:#x}..{end:?}, not the planned {planned:?}"
+            ));
+        }
+        if at <= start || end.is_some_and(|end| at >= end) {
+            return rejected(format!("{at:#x} is not inside {start:#x}..{end:?}"));
+        }
+        if self
+            .sm
+            .contains_key(tagged(child, TAG_META, &[]))
+            .map_err(storage_io_error)?
+        {
+            return rejected(format!("shard {child} already has state on this node"));
+        }
+        let prefix = tagged(self.group, TAG_RECORD, &[]);
+        let mut batch = sled::Batch::default();
+        let (mut keys, mut bytes) = (0u64, 0u64);
+        for item in self.sm.scan_prefix(&prefix) {
+            let (key, value) = item.map_err(storage_io_error)?;
+            let user_key = &key[prefix.len()..];
+            if key_hash(user_key) < at {
+                continue;
+            }
+            let record = decode_record(&value)?;
+            keys += u64::from(record.is_live());
+            bytes += record.live_value_bytes();
+            batch.insert(tagged(child, TAG_RECORD, user_key), value);
+            batch.remove(key);
+        }
+        let child_meta = SmMeta {
+            live_keys: keys,
+            live_bytes: bytes,
+            range: Some((at, end)),
+            ..SmMeta::default()
+        };
+        batch.insert(
+            tagged(child, TAG_META, &[]),
+            codec::encode(&child_meta).map_err(storage_io_error)?,
+        );
+        self.meta.range = Some((start, Some(at)));
+        self.meta.live_keys = self.meta.live_keys.saturating_sub(keys);
+        self.meta.live_bytes = self.meta.live_bytes.saturating_sub(bytes);
+        batch.insert(
+            tagged(self.group, TAG_META, &[]),
+            codec::encode(&self.meta).map_err(storage_io_error)?,
+        );
+        self.sm.apply_batch(batch).map_err(storage_io_error)?;
+        self.view.publish(&self.meta);
+        tracing::info!(group = self.group, child, at = %format!("{at:#x}"), keys, "split applied");
+        Ok(Response::Split(SplitResult::Done { child }))
     }
 
     fn snapshot_payload(&self) -> Result<SnapshotPayload, StorageError> {
@@ -331,12 +484,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut results = Vec::new();
         let mut map_changed = false;
         for entry in entries {
+            if let EntryPayload::Normal(Request::Split { child, at, start, end }) = entry.payload {
+                // The split reads the tree: everything before it is written first.
+                self.write_applied(&mut overlay, &mut map_changed)?;
+                self.meta.last_applied = Some(entry.log_id);
+                results.push(self.split(child, at, (start, end))?);
+                continue;
+            }
             self.meta.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::Empty,
                 EntryPayload::Membership(membership) => {
                     self.meta.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Response::Empty
+                }
+                EntryPayload::Normal(Request::Kv(op)) if !range_covers(self.meta.range, key_hash(op.key())) => {
+                    Response::Kv(KvResult::WrongShard)
                 }
                 EntryPayload::Normal(Request::Kv(op)) => {
                     let current = match overlay.get(op.key()) {
@@ -360,34 +523,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                     None => Response::Empty,
                 },
+                EntryPayload::Normal(Request::Split { .. }) => unreachable!("handled above"),
             };
             results.push(response);
         }
-        let mut batch = sled::Batch::default();
-        for (key, record) in &overlay {
-            let bytes = codec::encode(record).map_err(storage_io_error)?;
-            batch.insert(tagged(self.group, TAG_RECORD, key), bytes);
-        }
-        if let (true, Some(map)) = (map_changed, &self.pd_map) {
-            batch.insert(
-                tagged(self.group, TAG_PD_MAP, &[]),
-                codec::encode(map).map_err(storage_io_error)?,
-            );
-        }
-        batch.insert(
-            tagged(self.group, TAG_META, &[]),
-            codec::encode(&self.meta).map_err(storage_io_error)?,
-        );
-        self.sm.apply_batch(batch).map_err(storage_io_error)?;
-        self.view.publish(&self.meta);
+        self.write_applied(&mut overlay, &mut map_changed)?;
         if let Some(applied) = self.meta.last_applied {
             self.probe.emit(|| NodeEvent::Applied {
                 group: self.group,
                 index: applied.index,
             });
-        }
-        if let (true, Some(map), Some(tx)) = (map_changed, &self.pd_map, &self.map_tx) {
-            publish_map(tx, map);
         }
         metrics::histogram!("midasflow_raft_apply_duration_seconds", "node" => self.node_label.clone())
             .record(started.elapsed().as_secs_f64());

@@ -107,6 +107,12 @@ fn check_payload(entry: &Entry, local: &Local) -> Result<(), Invalid> {
             .validate(local.max_key_bytes, local.max_value_bytes)
             .map_err(|e: InvalidData| invalid(format!("entry {}: {e}", entry.log_id))),
         EntryPayload::Normal(Request::Pd(command)) => check_pd_command(command),
+        EntryPayload::Normal(Request::Split { at, start, end, .. }) => {
+            let inside = *at > *start && end.is_none_or(|end| *at < end);
+            inside
+                .then_some(())
+                .ok_or_else(|| invalid(format!("entry {}: a split point outside its range", entry.log_id)))
+        }
     }
 }
 

@@ -191,6 +191,9 @@ pub enum KvResult {
     },
     /// Delete of an absent key.
     NotFound,
+    /// The key's hash is outside this shard's range (the shard split since the request was
+    /// routed): nothing was applied, so the request may go to the right shard.
+    WrongShard,
 }
 
 fn precondition_holds(precondition: Precondition, current_version: u64) -> bool {

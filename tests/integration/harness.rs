@@ -551,7 +551,8 @@ where
             Ok(value) => return value,
             Err(missing) => missing,
         };
-        if std::env::var("TRACE_WAIT").is_ok() {
+        // MIDASFLOW_TEST_TRACE_WAITS=1 shows the progress of every wait (what is missing).
+        if std::env::var_os("MIDASFLOW_TEST_TRACE_WAITS").is_some() {
             eprintln!("[{:.1?}] {last}", Instant::now() + timeout - deadline);
         }
         assert!(
