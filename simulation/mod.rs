@@ -52,6 +52,8 @@ const PORT: u16 = 7000;
 const ADMIN_TIMEOUT_MS: u64 = 2_000;
 /// Placement scenario: a node silent this long is down and its replicas move.
 pub const SIM_DOWN_AFTER_SECS: u64 = 4;
+/// Placement scenario: shards over this many keys split (the clients use [`KEYS`] keys).
+pub const SIM_SPLIT_MAX_KEYS: u64 = 2;
 /// After a fault heals, every group must have a leader within this long.
 pub const HEAL_LEADER_BOUND_MS: u64 = 10_000;
 /// Nodes of the initial cluster in the placement scenario; the others join.
@@ -479,6 +481,13 @@ async fn run_admin(settings: SimSettings, steps: Vec<AdminStep>, shared: Arc<Mut
                 }
                 None => None,
             },
+            AdminAction::Split { pick: p } => match pick(*p) {
+                Some(shard) => {
+                    let path = format!("/v1/shards/{}/split", shard["id"]);
+                    admin_call(&clients, Method::POST, &path, None).await
+                }
+                None => None,
+            },
             AdminAction::TransferLeader { pick: p } => match pick(*p) {
                 Some(shard) => {
                     let held = replicas(&shard);
@@ -802,6 +811,10 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         config.advertise = format!("{}:{PORT}", host_name(id));
         config.schedule.down_after_secs = SIM_DOWN_AFTER_SECS;
         config.schedule.step_timeout_secs = 15;
+        if placement {
+            // The clients use a handful of keys: a tiny threshold makes the scheduler split.
+            config.schedule.split_max_keys = SIM_SPLIT_MAX_KEYS;
+        }
         config.initial_shards = 3;
         config.net = NetKind::Turmoil;
         config.flush_mode = FlushMode::Inline;

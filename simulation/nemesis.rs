@@ -217,6 +217,8 @@ pub enum AdminAction {
     Move { pick: u64 },
     /// Hand the leadership of the shard picked by `pick` to another replica.
     TransferLeader { pick: u64 },
+    /// Split the shard picked by `pick` at the median hash of its keys.
+    Split { pick: u64 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,12 +232,13 @@ pub fn admin_schedule(rng: &mut SmallRng, nodes: u64, first_ms: u64, end_ms: u64
     let mut steps = Vec::new();
     let mut at = first_ms + rng.gen_range(0..2_000);
     while at < end_ms {
-        let action = match rng.gen_range(0..3) {
+        let action = match rng.gen_range(0..4) {
             0 => AdminAction::Drain {
                 node: rng.gen_range(1..=nodes),
                 for_ms: rng.gen_range(2_000..6_000),
             },
             1 => AdminAction::Move { pick: rng.gen() },
+            2 => AdminAction::Split { pick: rng.gen() },
             _ => AdminAction::TransferLeader { pick: rng.gen() },
         };
         steps.push(AdminStep { at_ms: at, action });

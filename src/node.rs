@@ -90,6 +90,9 @@ pub enum PlantedBug {
     /// target is listed, without adding it to the group or changing the group's voters:
     /// the source deletes its replica while the group still counts on it.
     MapBeforeMembership,
+    /// A shard applies writes for keys its split gave away (no range check at apply): a
+    /// write routed with an old map lands where no read will look.
+    SplitWithoutRangeCheck,
 }
 
 impl std::fmt::Debug for dyn Observer {
@@ -1234,6 +1237,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
                 identity.cluster_id,
             )),
             probe: config.probe(),
+            planted_no_range_check: config.has_planted_bug(PlantedBug::SplitWithoutRangeCheck),
         },
         map_tx.clone(),
     )?);

@@ -24,6 +24,8 @@ pub enum BugArg {
     NoIdentityGuard,
     /// Record a move's new replicas in the map before the group's membership changes.
     MapBeforeMembership,
+    /// Apply writes for keys a split gave away.
+    SplitWithoutRangeCheck,
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +106,7 @@ fn run_one(args: &SimArgs, seed: u64) -> Result<(), String> {
             BugArg::ReproposeWrites => PlantedBug::ReproposeWrites,
             BugArg::NoIdentityGuard => PlantedBug::NoIdentityGuard,
             BugArg::MapBeforeMembership => PlantedBug::MapBeforeMembership,
+            BugArg::SplitWithoutRangeCheck => PlantedBug::SplitWithoutRangeCheck,
         }),
         keep_trace: args.trace,
     };

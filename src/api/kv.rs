@@ -296,6 +296,7 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
         .get(NO_FORWARD_HEADER)
         .is_some_and(|v| v.as_bytes() == b"1");
     let mut proposed = false;
+    let range_checked = !node.config.has_planted_bug(PlantedBug::SplitWithoutRangeCheck);
     loop {
         // A split moves keys to a new shard: follow the newest map on every round.
         let map = node.map();
@@ -304,7 +305,7 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
         }
         let attempt = match node.registry.get(shard) {
             // This replica already split the key away; the map will follow.
-            Some(group) if !group.view.covers(hash) => Attempt::Wait,
+            Some(group) if range_checked && !group.view.covers(hash) => Attempt::Wait,
             Some(group) if !call.needs_leader() => Attempt::Done(serve_local(&group, &call, false).await?),
             Some(group)
                 if node.config.has_planted_bug(PlantedBug::FollowerReads) && !matches!(call, KvCall::Write(_)) =>

@@ -124,6 +124,8 @@ pub struct RegistryConfig {
     pub rng_seed: Option<u64>,
     pub credentials: Arc<Credentials>,
     pub probe: Probe,
+    /// Planted bug (simulation only): state machines skip the split range check.
+    pub planted_no_range_check: bool,
 }
 
 pub struct Registry {
@@ -287,7 +289,7 @@ impl Registry {
         let log_store = LogStore::open(&self.db, group, self.flusher.clone(), self.config.probe.clone())
             .map_err(|e| RegistryError::Storage(e.to_string()))?;
         let map_tx = (group == PD_GROUP).then(|| self.map_tx.clone());
-        let state_machine = StateMachineStore::open(
+        let mut state_machine = StateMachineStore::open(
             &self.db,
             group,
             self.flusher.clone(),
@@ -296,6 +298,9 @@ impl Registry {
             self.config.probe.clone(),
         )
         .map_err(storage)?;
+        if self.config.planted_no_range_check {
+            state_machine.plant_no_range_check();
+        }
         let view = state_machine.view();
         let network = GroupNetworkFactory {
             group,

@@ -185,9 +185,16 @@ pub struct StateMachineStore {
     view: Arc<GroupView>,
     node_label: String,
     probe: Probe,
+    /// Planted bug (simulation only): apply writes whatever the key's hash.
+    skip_range_check: bool,
 }
 
 impl StateMachineStore {
+    /// Plants the "no range check after a split" bug (see `node::PlantedBug`).
+    pub fn plant_no_range_check(&mut self) {
+        self.skip_range_check = true;
+    }
+
     /// Opens (or creates) a group's state machine. `map_tx` is given for the PD group only.
     pub fn open(
         db: &sled::Db,
@@ -236,6 +243,7 @@ impl StateMachineStore {
             view,
             node_label,
             probe,
+            skip_range_check: false,
         })
     }
 
@@ -498,7 +506,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     self.meta.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Response::Empty
                 }
-                EntryPayload::Normal(Request::Kv(op)) if !range_covers(self.meta.range, key_hash(op.key())) => {
+                EntryPayload::Normal(Request::Kv(op))
+                    if !self.skip_range_check && !range_covers(self.meta.range, key_hash(op.key())) =>
+                {
                     Response::Kv(KvResult::WrongShard)
                 }
                 EntryPayload::Normal(Request::Kv(op)) => {

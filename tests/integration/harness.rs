@@ -355,6 +355,12 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(cluster: &Cluster, via: u64, prefix: &str) -> Writer {
+        Self::start_paced(cluster, via, prefix, Duration::ZERO)
+    }
+
+    /// As [`Writer::start`], pausing `pause` after each write (so a test can keep writing
+    /// through something slow without writing thousands of keys).
+    pub fn start_paced(cluster: &Cluster, via: u64, prefix: &str, pause: Duration) -> Writer {
         use std::sync::atomic::Ordering::Relaxed;
         let client = Client::with_auth(
             &format!("{}://{}", cluster.scheme, cluster.addrs[&via]),
@@ -394,6 +400,9 @@ impl Writer {
                             String::from_utf8_lossy(&reply.body)
                         )),
                         Err(e) => writes.unexpected.push(format!("PUT {key}: {e}")),
+                    }
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
                     }
                 }
                 writes

@@ -126,3 +126,20 @@ async fn planted_map_before_membership_bug_is_caught_within_five_seeds() {
         "the checkers missed a map that moved without its groups in 5 seeds"
     );
 }
+
+/// A shard that keeps applying writes for keys its split gave away: a write routed with
+/// the old map is acknowledged where no later read looks.
+#[tokio::test]
+async fn planted_split_without_range_check_is_caught_within_five_seeds() {
+    let _serial = serial().await;
+    let seed = caught(
+        "split-without-range-check",
+        "placement",
+        &["not linearizable", "lost acknowledged write"],
+    );
+    println!("planted split-without-range-check bug caught at seed {seed:?}");
+    assert!(
+        seed.is_some(),
+        "the checkers missed writes applied by a shard that split them away, in 5 seeds"
+    );
+}
