@@ -600,13 +600,22 @@ async fn auto_split_multiplies_shards_and_loses_nothing() {
     let started = Instant::now();
     // Paced, so it keeps writing while the first splits happen without writing thousands.
     let writer = Writer::start_paced(&cluster, 1, "split-", Duration::from_millis(10));
+    // When node 1's map first showed at least 6 shards.
+    let six: std::sync::Mutex<Option<Duration>> = Default::default();
+    let shard_count = || async {
+        let shards = cluster.try_json(1, "/v1/shards").await?;
+        let count = shards["shards"].as_array().map_or(0, |s| s.len());
+        if count >= 6 {
+            six.lock().unwrap().get_or_insert(started.elapsed());
+        }
+        Ok::<usize, String>(count)
+    };
     // Stop once it has written a few hundred keys and at least one split happened under it.
     wait_for(
         "300 writes and a split while writing",
         Duration::from_secs(60),
         || async {
-            let shards = cluster.try_json(1, "/v1/shards").await?;
-            let count = shards["shards"].as_array().map_or(0, |s| s.len());
+            let count = shard_count().await?;
             (writer.acked() >= 300 && count > 2)
                 .then_some(())
                 .ok_or(format!("{} acknowledged, {count} shards", writer.acked()))
@@ -616,16 +625,11 @@ async fn auto_split_multiplies_shards_and_loses_nothing() {
     let writes = writer.stop().await;
     eprintln!("writer ({:.1?}): {}", started.elapsed(), writes.summary());
 
-    let six: std::sync::Mutex<Option<Duration>> = Default::default();
     wait_for(
         "at least 6 shards and no operator running",
         Duration::from_secs(60),
         || async {
-            let shards = cluster.try_json(1, "/v1/shards").await?;
-            let count = shards["shards"].as_array().map_or(0, |s| s.len());
-            if count >= 6 {
-                six.lock().unwrap().get_or_insert(started.elapsed());
-            }
+            let count = shard_count().await?;
             let running = running_operators(&cluster, 1).await?;
             (count >= 6 && running.is_empty())
                 .then_some(())
@@ -654,12 +658,22 @@ async fn auto_split_multiplies_shards_and_loses_nothing() {
     let expected = writes.acked.len() + unknown_written(&cluster, 2, &writes).await;
     let keys = keys_add_up(&cluster, expected as u64, Duration::from_secs(30)).await;
     eprintln!("keys per shard: {keys:?}");
-    for _ in 0..25 {
-        let explain = cluster.json(1, "/v1/schedule/explain").await;
-        let k = keys_by_shard(&cluster, 1).await;
-        eprintln!("[{:.1?}] {:?} {k:?}", started.elapsed(), findings(&explain, "split"));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+
+    // The scheduler finishes the job: in the end no shard is over the threshold, and
+    // still nothing is lost.
+    wait_for("the splits to settle", Duration::from_secs(60), || {
+        splits_settled(&cluster, 1)
+    })
+    .await;
+    let shards = tiled_everywhere(&cluster, 6, Duration::from_secs(20)).await;
+    let keys = keys_add_up(&cluster, expected as u64, Duration::from_secs(30)).await;
+    eprintln!(
+        "settled {:.1?} after the writer started: {} shards, keys per shard {keys:?}",
+        started.elapsed(),
+        shards.len()
+    );
+    assert!(keys.values().all(|k| *k <= 30), "{keys:?}");
+    writes.verify(&cluster, 3, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
