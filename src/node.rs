@@ -9,13 +9,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use openraft::BasicNode;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::identity::{self, Identity, IdentityAnswer, IdentityQuery};
 use crate::placement::operator::ScheduleSettings;
-use crate::placement::{pd_voters, ClusterMap, NodeId, NodeState, PdCommand, ShardId, PD_GROUP, REPLICATION_FACTOR};
+// The PD server's wire types, where the node's clients (and tests) have always found them.
+pub use crate::placement::server::{Heartbeat, HeartbeatReply, LedGroup, PdLeaderState};
+use crate::placement::{pd_voters, ClusterMap, NodeId, NodeState, PdCommand, PD_GROUP, REPLICATION_FACTOR};
 use crate::raft::log_store::FlushMode;
 use crate::raft::network::post_internal;
 use crate::raft::network::Credentials;
@@ -361,112 +362,6 @@ impl NodeConfig {
     }
 }
 
-/// What a node reports to the PD leader.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Heartbeat {
-    pub node_id: NodeId,
-    /// The sender's data dir incarnation and the cluster it knows (none before bootstrap).
-    pub incarnation: u128,
-    pub cluster_id: Option<u128>,
-    pub addr: String,
-    /// The revision of the map this node has.
-    pub revision: u64,
-    /// Set by a node started with `--join` until the map lists it.
-    pub joining: bool,
-    /// Every group this node leads, with the figures the scheduler uses.
-    pub leading: Vec<LedGroup>,
-}
-
-/// A group the heartbeat's sender leads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedGroup {
-    pub group: GroupId,
-    pub term: u64,
-    pub keys: u64,
-    pub bytes: u64,
-    /// Client operations this replica has served as leader since it started.
-    pub ops_total: u64,
-    /// Where to split, while the shard is over a split threshold.
-    pub split_at: Option<u64>,
-}
-
-impl Heartbeat {
-    /// Bounds what a peer's heartbeat may claim.
-    pub fn validate(&self) -> Result<(), String> {
-        use crate::placement::{MAX_NODE_ADDR_BYTES, MAX_SHARDS};
-        if self.addr.is_empty() || self.addr.len() > MAX_NODE_ADDR_BYTES {
-            return Err(format!("a node address must be 1 to {MAX_NODE_ADDR_BYTES} bytes"));
-        }
-        if self.incarnation == 0 || self.cluster_id == Some(0) {
-            return Err("incarnation and cluster ids are never 0".into());
-        }
-        if self.leading.len() > MAX_SHARDS + 1 {
-            return Err(format!("a heartbeat leading {} groups", self.leading.len()));
-        }
-        Ok(())
-    }
-}
-
-/// The PD leader's answer: the map if the node's is older, and what only the leader knows.
-/// A node that does not lead the PD answers with `redirect` only: the address of the PD
-/// leader as it knows it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct HeartbeatReply {
-    pub redirect: Option<String>,
-    pub pd_leader: NodeId,
-    pub map: Option<ClusterMap>,
-    pub leader_hints: BTreeMap<GroupId, NodeId>,
-    /// Milliseconds since the PD leader last heard from each node.
-    pub last_seen_ms: BTreeMap<NodeId, u64>,
-}
-
-/// Liveness, leader hints and shard figures, kept in memory by whichever node leads the PD.
-#[derive(Default)]
-pub struct PdLeaderState {
-    pub last_seen: BTreeMap<NodeId, Instant>,
-    pub leader_hints: BTreeMap<GroupId, (NodeId, u64)>,
-    /// Members whose registration (or join) is being proposed.
-    registering: std::collections::BTreeSet<NodeId>,
-    /// When this node last became PD leader (liveness is only known since then).
-    pub leading_since: Option<Instant>,
-    pub shard_stats: BTreeMap<ShardId, ShardLoad>,
-}
-
-/// The scheduler's figures for a shard, from its leader's heartbeats.
-#[derive(Debug, Clone, Default)]
-pub struct ShardLoad {
-    pub stats: crate::placement::scheduler::ShardStats,
-    last_ops: Option<(Instant, u64)>,
-    hot_since: Option<Instant>,
-}
-
-impl ShardLoad {
-    /// Folds in one leader report: the request rate is measured between reports at
-    /// least a second apart.
-    fn record(&mut self, led: &LedGroup, leader: NodeId, now: Instant, split_qps: u64) {
-        self.stats.leader = Some(leader);
-        self.stats.keys = led.keys;
-        self.stats.bytes = led.bytes;
-        self.stats.split_at = led.split_at;
-        match self.last_ops {
-            Some((at, ops)) if now.duration_since(at) >= Duration::from_secs(1) => {
-                let secs = now.duration_since(at).as_secs_f64();
-                self.stats.qps = (led.ops_total.saturating_sub(ops) as f64 / secs) as u64;
-                self.last_ops = Some((now, led.ops_total));
-            }
-            Some(_) => {}
-            None => self.last_ops = Some((now, led.ops_total)),
-        }
-        if self.stats.qps > split_qps {
-            let since = *self.hot_since.get_or_insert(now);
-            self.stats.hot_secs = now.duration_since(since).as_secs();
-        } else {
-            self.hot_since = None;
-            self.stats.hot_secs = 0;
-        }
-    }
-}
-
 /// This node's latest picture of the cluster beyond the map itself.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
@@ -481,8 +376,8 @@ pub struct Node {
     pub registry: Arc<Registry>,
     pub map_rx: watch::Receiver<Arc<ClusterMap>>,
     map_tx: watch::Sender<Arc<ClusterMap>>,
-    pd_state: Arc<std::sync::Mutex<PdLeaderState>>,
-    executor: Arc<std::sync::Mutex<crate::placement::executor::ExecutorState>>,
+    pub(crate) pd_state: Arc<std::sync::Mutex<PdLeaderState>>,
+    pub(crate) executor: Arc<std::sync::Mutex<crate::placement::executor::ExecutorState>>,
     view: RwLock<ClusterView>,
     pub inflight: Semaphore,
     /// Internal requests in progress (Raft RPCs, heartbeats), apart from the public API's.
@@ -585,131 +480,6 @@ impl Node {
         let view = self.view.read().unwrap();
         view.last_pd_contact
             .is_some_and(|t| t.elapsed() < Duration::from_millis(PD_STALE_AFTER_MS))
-    }
-
-    fn pd_state_handle(&self) -> Arc<std::sync::Mutex<PdLeaderState>> {
-        self.pd_state.clone()
-    }
-
-    /// Whether `node` may report to the PD: a member of the map, or (before bootstrap)
-    /// of the initial cluster.
-    fn is_member(&self, map: &ClusterMap, node: NodeId) -> bool {
-        if map.is_bootstrapped() {
-            map.is_active_member(node)
-        } else {
-            self.config.initial_cluster.contains_key(&node)
-        }
-    }
-
-    /// Handles a heartbeat on the PD leader: `Ok(None)` if this node does not lead the
-    /// PD, an error for a sender that is not a member.
-    pub fn handle_heartbeat(&self, hb: &Heartbeat) -> Result<Option<HeartbeatReply>, String> {
-        let Some(pd) = self.registry.get(PD_GROUP) else {
-            return Ok(None);
-        };
-        if !pd.is_leader() {
-            return Ok(None);
-        }
-        let map = self.map();
-        if !self.is_member(&map, hb.node_id) {
-            if hb.joining && map.is_bootstrapped() && !map.nodes.contains_key(&hb.node_id) {
-                let join = PdCommand::Join {
-                    node: hb.node_id,
-                    addr: hb.addr.clone(),
-                    incarnation: hb.incarnation,
-                };
-                self.propose_once(pd.clone(), hb.node_id, join);
-                return Err(format!("node {} is joining; try again shortly", hb.node_id));
-            }
-            return Err(format!("node {} is not a member of this cluster", hb.node_id));
-        }
-        // The sender's cluster and incarnation were checked with its request
-        // (`api::internal::check_sender`); here it only gets registered, once.
-        match map.incarnations.get(&hb.node_id) {
-            Some(_) => {}
-            None if map.is_bootstrapped() => {
-                let register = PdCommand::Register {
-                    node: hb.node_id,
-                    incarnation: hb.incarnation,
-                };
-                self.propose_once(pd.clone(), hb.node_id, register)
-            }
-            None => {}
-        }
-        let now = Instant::now();
-        let mut state = self.pd_state.lock().unwrap();
-        // Liveness is kept for members only, so the table stays as small as the cluster.
-        state.last_seen.retain(|n, _| self.is_member(&map, *n));
-        state.last_seen.insert(hb.node_id, now);
-        for led in &hb.leading {
-            let entry = state.leader_hints.entry(led.group).or_insert((hb.node_id, led.term));
-            if led.term >= entry.1 {
-                *entry = (hb.node_id, led.term);
-                if led.group != PD_GROUP {
-                    state.shard_stats.entry(led.group).or_default().record(
-                        led,
-                        hb.node_id,
-                        now,
-                        map.settings.split_qps,
-                    );
-                }
-            }
-        }
-        state
-            .leader_hints
-            .retain(|g, _| *g == PD_GROUP || map.shards.contains_key(g) || !map.is_bootstrapped());
-        state.shard_stats.retain(|g, _| map.shards.contains_key(g));
-        Ok(Some(HeartbeatReply {
-            redirect: None,
-            pd_leader: self.config.node_id,
-            map: (map.revision > hb.revision).then(|| (*map).clone()),
-            leader_hints: state.leader_hints.iter().map(|(g, (n, _))| (*g, *n)).collect(),
-            last_seen_ms: state
-                .last_seen
-                .iter()
-                .map(|(n, t)| (*n, now.duration_since(*t).as_millis() as u64))
-                .collect(),
-        }))
-    }
-
-    /// On the PD leader: records a member's incarnation or a joining node (a proposal at
-    /// a time per node; retried on its next heartbeat).
-    fn propose_once(&self, pd: Arc<crate::raft::registry::Group>, node: NodeId, command: PdCommand) {
-        if !self.pd_state.lock().unwrap().registering.insert(node) {
-            return;
-        }
-        let node_ref = self.pd_state_handle();
-        tokio::spawn(async move {
-            match pd.raft.client_write(Request::Pd(command)).await {
-                Ok(resp) => tracing::info!(node, result = ?resp.data, "recorded a member"),
-                Err(e) => {
-                    tracing::debug!(node, error = %e, "member record not committed; retried on the next heartbeat")
-                }
-            }
-            node_ref.lock().unwrap().registering.remove(&node);
-        });
-    }
-
-    pub fn executor_state(&self) -> Arc<std::sync::Mutex<crate::placement::executor::ExecutorState>> {
-        self.executor.clone()
-    }
-
-    /// The clock operators are stamped with: wall-clock ms, or under simulation the
-    /// simulated time since the process's first call (deterministic).
-    pub fn now_ms(&self) -> u64 {
-        if self.config.rng_seed.is_some() {
-            static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-            let origin = *ORIGIN.get_or_init(Instant::now);
-            return Instant::now().duration_since(origin).as_millis() as u64;
-        }
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-
-    /// The PD leader's state (liveness, leader hints, shard figures).
-    pub fn pd_state(&self) -> std::sync::MutexGuard<'_, PdLeaderState> {
-        self.pd_state.lock().unwrap()
     }
 
     fn heartbeat(&self) -> Heartbeat {

@@ -13,6 +13,7 @@ pub mod driver;
 pub mod executor;
 pub mod operator;
 pub mod scheduler;
+pub mod server;
 
 use operator::{
     FinishedOperator, Operator, OperatorKind, Outcome, ScheduleSettings, Step, MAX_FINISHED_OPERATORS,

@@ -686,7 +686,7 @@ async fn manual_split_through_the_cli() {
     let refused = cluster.cli(1, &["split", "1"]).await;
     assert!(!refused.success && refused.stderr.contains("409"), "{refused:?}");
     let reply = cluster
-        .send_json(2, Method::POST, "/v1/shards/1/split", Value::Null)
+        .send_json(2, Method::POST, "/v1/shards/1/split", json!({}))
         .await;
     assert_eq!(reply.status, 409, "{}", String::from_utf8_lossy(&reply.body));
     let error: Value = serde_json::from_slice(&reply.body).expect("a JSON error body");
