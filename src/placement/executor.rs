@@ -22,6 +22,9 @@ use crate::raft::Request;
 
 /// How often the executor drives operators and the scheduler plans.
 pub const EXECUTOR_TICK_MS: u64 = 500;
+/// Steps one operator may take in a tick when each succeeds at once (a move has about
+/// six; any wait ends the tick).
+pub const MAX_STEPS_PER_TICK: usize = 8;
 /// A new PD leader plans only after hearing from live nodes for this long.
 pub const SCHEDULE_WARMUP_MS: u64 = 4 * PD_HEARTBEAT_INTERVAL_MS;
 /// An admin call's HTTP timeout: the replica's own bound plus slack.
@@ -173,16 +176,31 @@ fn record_finish(node: &Node, command: &PdCommand, map: &ClusterMap) {
 }
 
 /// One step of one operator.
+/// Drives one operator for this tick: step after step while each one succeeds at once,
+/// so an operator takes one tick per wait, not one per step.
 async fn drive(node: Arc<Node>, operator: u64, state: Arc<Mutex<ExecutorState>>) {
+    for _ in 0..MAX_STEPS_PER_TICK {
+        if !step(&node, operator, &state).await {
+            break;
+        }
+    }
+    state.lock().unwrap().active.remove(&operator);
+}
+
+/// One step of one operator; `true` if it made progress and may go on at once.
+async fn step(node: &Arc<Node>, operator: u64, state: &Mutex<ExecutorState>) -> bool {
     let map = node.map();
-    if let Some(op) = map.operators.get(&operator).cloned() {
-        let status = leader_status(&node, op.kind.shard()).await;
+    let Some(op) = map.operators.get(&operator).cloned() else {
+        return false;
+    };
+    {
+        let status = leader_status(node, op.kind.shard()).await;
         let destination = match op.kind {
             super::operator::OperatorKind::TransferLeader { to, .. } => Some(to),
             _ => op.kind.target(),
         };
-        let target_usable = destination
-            .is_none_or(|to| snapshot(&node).is_some_and(|s| scheduler::health(&s.view(), to) == Health::Up));
+        let target_usable =
+            destination.is_none_or(|to| snapshot(node).is_some_and(|s| scheduler::health(&s.view(), to) == Health::Up));
         let facts = Facts {
             status: status.as_ref(),
             target_usable,
@@ -205,10 +223,14 @@ async fn drive(node: Arc<Node>, operator: u64, state: Arc<Mutex<ExecutorState>>)
                 now_ms: facts.now_ms,
             });
         }
+        let finishing = matches!(
+            action,
+            Action::Abort { .. } | Action::Propose(PdCommand::FinishOperator { .. })
+        );
         let wait = match action {
             Action::Propose(command) => {
-                record_finish(&node, &command, &map);
-                let result = propose(&node, command.clone()).await;
+                record_finish(node, &command, &map);
+                let result = propose(node, command.clone()).await;
                 if let (Ok(_), super::operator::OperatorKind::TransferLeader { shard, to }) = (&result, &op.kind) {
                     if matches!(command, PdCommand::FinishOperator { .. }) {
                         // The new leader's next heartbeat would say so too; the scheduler
@@ -221,7 +243,7 @@ async fn drive(node: Arc<Node>, operator: u64, state: Arc<Mutex<ExecutorState>>)
                 result.err()
             }
             Action::Admin { node: target, request } => {
-                match admin(&node, target, op.kind.shard(), request.clone()).await {
+                match admin(node, target, op.kind.shard(), request.clone()).await {
                     Ok(AdminReply { outcome: Err(e), .. }) | Err(e) => {
                         Some(format!("{request:?} on node {target}: {e}"))
                     }
@@ -236,8 +258,8 @@ async fn drive(node: Arc<Node>, operator: u64, state: Arc<Mutex<ExecutorState>>)
                     outcome: Outcome::Failed { reason },
                     now_ms: node.now_ms(),
                 };
-                record_finish(&node, &finish, &map);
-                propose(&node, finish).await.err()
+                record_finish(node, &finish, &map);
+                propose(node, finish).await.err()
             }
         };
         let mut state = state.lock().unwrap();
@@ -245,13 +267,14 @@ async fn drive(node: Arc<Node>, operator: u64, state: Arc<Mutex<ExecutorState>>)
             Some(why) => {
                 tracing::debug!(operator, %why, "operator waiting");
                 state.waiting.insert(operator, why);
+                false
             }
             None => {
                 state.waiting.remove(&operator);
+                !finishing
             }
         }
     }
-    state.lock().unwrap().active.remove(&operator);
 }
 
 /// Runs the scheduler once and records its proposals; returns how many were started.

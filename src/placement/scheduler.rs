@@ -367,8 +367,12 @@ impl<'v, 'a> Planner<'v, 'a> {
                     let epoch = shard.epoch;
                     findings.push(self.propose(kind, why, epoch));
                 }
-                Some(at) => findings.push(format!(
+                Some(at) if at <= shard.start => findings.push(format!(
                     "{why}, but its keys' median hash {at:#018x} is its first (one key hash holds the data)"
+                )),
+                Some(at) => findings.push(format!(
+                    "{why}, but the reported split point {at:#018x} is outside its range (a report from before \
+                     its last split; the next one will do)"
                 )),
                 None => findings.push(format!("{why}, but its leader has not reported a split point yet")),
             }

@@ -58,11 +58,13 @@ impl Group {
         self.ops_served.load(Ordering::Relaxed)
     }
 
-    /// `compute`'s answer, reused for `refresh`.
+    /// `compute`'s answer, reused for `refresh` while the replica still covers it (a split
+    /// of this shard makes the old point its end).
     pub fn cached_split_point(&self, refresh: Duration, compute: impl FnOnce() -> Option<u64>) -> Option<u64> {
         let mut cached = self.split_point.lock().unwrap();
+        let still_inside = |point: Option<u64>| point.is_none_or(|p| self.view.covers(p));
         match *cached {
-            Some((at, point)) if at.elapsed() < refresh => point,
+            Some((at, point)) if at.elapsed() < refresh && still_inside(point) => point,
             _ => {
                 let point = compute();
                 *cached = Some((tokio::time::Instant::now(), point));

@@ -471,6 +471,9 @@ async fn tiling(cluster: &Cluster, via: u64) -> Result<Vec<Value>, String> {
     Ok(ranged.into_iter().map(|(_, _, shard)| shard).collect())
 }
 
+/// A node's shards sorted by start, and their (id, range) pairs for comparing maps.
+type TiledMap = (Vec<Value>, Vec<(Value, Value)>);
+
 /// Waits until every live node's map holds the same shards (ids and ranges), tiling the
 /// ring, with at least `min` of them; returns them sorted by start.
 async fn tiled_everywhere(cluster: &Cluster, min: usize, timeout: Duration) -> Vec<Value> {
@@ -478,7 +481,7 @@ async fn tiled_everywhere(cluster: &Cluster, min: usize, timeout: Duration) -> V
         &format!("at least {min} shards tiling the ring on every node"),
         timeout,
         || async {
-            let mut seen: Option<(Vec<Value>, Vec<(Value, Value)>)> = None;
+            let mut seen: Option<TiledMap> = None;
             for node in cluster.live_nodes() {
                 let shards = tiling(cluster, node).await?;
                 let ranges: Vec<(Value, Value)> =
@@ -544,9 +547,14 @@ fn finished_splits(ops: &Value) -> BTreeMap<String, usize> {
     counts
 }
 
-/// Ok when no operator runs and the split checker has nothing to do (no shard over a
-/// threshold), as the PD leader sees it.
-async fn splits_settled(cluster: &Cluster, via: u64) -> Result<(), String> {
+/// Ok when no shard is over `max_keys` (counted by its leader), no operator runs, and the
+/// split checker has nothing to do. The checker alone is not enough: it judges by the
+/// sizes leaders last reported, which lag the writes by a heartbeat or more.
+async fn splits_settled(cluster: &Cluster, via: u64, max_keys: u64) -> Result<BTreeMap<u64, u64>, String> {
+    let keys = keys_by_shard(cluster, via).await?;
+    if keys.values().any(|k| *k > max_keys) {
+        return Err(format!("shards over {max_keys} keys: {keys:?}"));
+    }
     let running = running_operators(cluster, via).await?;
     if !running.is_empty() {
         return Err(format!("operators running: {running:?}"));
@@ -554,7 +562,7 @@ async fn splits_settled(cluster: &Cluster, via: u64) -> Result<(), String> {
     let explain = cluster.try_json(via, "/v1/schedule/explain").await?;
     let split = findings(&explain, "split");
     if split.iter().all(|f| f.starts_with("nothing to do")) && explain["running"] == 0 {
-        Ok(())
+        Ok(keys)
     } else {
         Err(format!("split checker: {split:?}"))
     }
@@ -662,7 +670,7 @@ async fn auto_split_multiplies_shards_and_loses_nothing() {
     // The scheduler finishes the job: in the end no shard is over the threshold, and
     // still nothing is lost.
     wait_for("the splits to settle", Duration::from_secs(60), || {
-        splits_settled(&cluster, 1)
+        splits_settled(&cluster, 1, 30)
     })
     .await;
     let shards = tiled_everywhere(&cluster, 6, Duration::from_secs(20)).await;
@@ -795,7 +803,7 @@ async fn split_child_moves_to_a_joined_node() {
     eprintln!("writer: {}", writes.summary());
     writes.assert_only_retryable_errors();
     wait_for("the splits to settle", Duration::from_secs(60), || {
-        splits_settled(&cluster, 1)
+        splits_settled(&cluster, 1, 30)
     })
     .await;
     let shards = tiled_everywhere(&cluster, 2, Duration::from_secs(20)).await;
