@@ -878,7 +878,17 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         if let Some((end, fault)) = &active {
             if now_ms >= *end {
                 shared.lock().unwrap().record(format!("nemesis stop {fault:?}"));
+                let restarted = nemesis.crashed.clone();
                 nemesis.stop(&mut sim, fault);
+                // A restarted node starts from its own PD replica's map, which may be
+                // older than the last one it installed: the "never goes back" checks
+                // hold within one run of a node.
+                let mut s = shared.lock().unwrap();
+                for node in restarted {
+                    s.routing.remove(&node);
+                    s.epochs.retain(|(n, _), _| *n != node);
+                }
+                drop(s);
                 active = None;
                 healed_at = Some(now_ms);
             }

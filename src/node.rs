@@ -389,6 +389,8 @@ pub struct Node {
     /// Bytes of request bodies held at once (`Limits::max_buffered_body_bytes`).
     pub body_budget: crate::api::BodyBudget,
     pub draining: AtomicBool,
+    /// Set once this node has a map at least as new as the PD leader's (see `reconcile`).
+    pd_synced: AtomicBool,
     pub started: Instant,
     pub requests: RequestCounts,
 }
@@ -576,12 +578,33 @@ impl Node {
     async fn sync_with_pd(&self) {
         let hb = self.heartbeat();
         let reply = match self.handle_heartbeat(&hb) {
-            Ok(Some(reply)) => Some(reply),
+            Ok(Some(reply)) => {
+                // This node leads the PD: its map is the cluster's once its state machine
+                // has applied everything committed.
+                if !self.pd_synced.load(Ordering::Acquire) {
+                    if let Some(pd) = self.registry.get(PD_GROUP) {
+                        if pd.raft.ensure_linearizable().await.is_ok() {
+                            self.pd_synced.store(true, Ordering::Release);
+                        }
+                    }
+                }
+                Some(reply)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "this node's own heartbeat was refused");
                 None
             }
-            Ok(None) => self.heartbeat_remote(&hb).await,
+            Ok(None) => {
+                let reply = self.heartbeat_remote(&hb).await;
+                if let Some(map) = reply.as_ref().and_then(|r| r.map.as_ref()) {
+                    publish_map(&self.map_tx, map);
+                }
+                // A reply carries the leader's map whenever it is newer than ours.
+                if reply.is_some() {
+                    self.pd_synced.store(true, Ordering::Release);
+                }
+                reply
+            }
         };
         if let Some(reply) = reply {
             if let Some(map) = &reply.map {
@@ -668,6 +691,13 @@ impl Node {
             if let Err(e) = self.registry.ensure(PD_GROUP, None, Some(pd.epoch)).await {
                 tracing::warn!(error = %e, "could not create the placement driver replica");
             }
+        }
+        // Removal deletes data, so it follows only a map known to be current: after a
+        // restart, this node's own PD replica may publish an older map than the one it
+        // acted on before (one that predates a replica moving here), and deleting by it
+        // would wipe a voter.
+        if !self.pd_synced.load(Ordering::Acquire) {
+            return;
         }
         for group in self.registry.all() {
             let shard = map.group(group.id);
@@ -1068,6 +1098,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         refused_tx: watch::channel(None).0,
         body_budget: crate::api::BodyBudget::new(node_body_budget),
         draining: AtomicBool::new(false),
+        pd_synced: AtomicBool::new(false),
         started: Instant::now(),
         requests: RequestCounts::default(),
     });
