@@ -226,10 +226,31 @@ pub fn next_action(op: &Operator, map: &ClusterMap, facts: &Facts) -> Action {
                         ))
                     }
                 }
-                _ => Action::Admin {
-                    node: leader_node,
-                    request: AdminRequest::SetVoters { voters },
-                },
+                _ => {
+                    // A leader that removes itself steps down with no hand-off: writes in
+                    // flight end as "unknown" and the group waits out an election. Hand
+                    // the lead to a staying voter first.
+                    let leaving = match op.kind {
+                        OperatorKind::MoveReplica { from, .. } => Some(from),
+                        _ => None,
+                    };
+                    let heir = replicas
+                        .iter()
+                        .find(|r| status.voters.contains(r) && Some(**r) != leaving);
+                    match heir {
+                        Some(heir) if leaving == Some(leader_node) && !status.joint => Action::Admin {
+                            node: leader_node,
+                            request: AdminRequest::TransferLeader {
+                                to: *heir,
+                                to_addr: addr(*heir),
+                            },
+                        },
+                        _ => Action::Admin {
+                            node: leader_node,
+                            request: AdminRequest::SetVoters { voters },
+                        },
+                    }
+                }
             }
         }
     }
@@ -382,6 +403,7 @@ mod tests {
                             group.learners.retain(|l| !voters.contains(l));
                             group.voters = voters;
                         }
+                        AdminRequest::TransferLeader { to, .. } => group.leader = Some(to),
                         other => panic!("{other:?}"),
                     }
                 }
@@ -404,12 +426,14 @@ mod tests {
             },
         );
         let trail = drive(&mut map, id, status(1, &[1, 2, 3], &[], &[(2, 500), (3, 500)]));
+        // Node 1 leads: it hands the lead to a staying voter before it leaves.
         assert_eq!(
             trail,
             [
                 "ListLearner",
                 "AddLearner",
                 "AdvanceOperator",
+                "TransferLeader",
                 "SetVoters",
                 "SetReplicas",
                 "FinishOperator"
