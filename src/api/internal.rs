@@ -231,6 +231,21 @@ fn local(node: &Node, group: Option<&Group>) -> Local {
     }
 }
 
+/// Whether this replica may grant votes. A replica that joined as a learner (or came back
+/// after moving away, its log gone) must not vote until its own configuration makes it
+/// a voter: a stale candidate whose old configuration still lists this node would
+/// otherwise win with an empty log's vote and overwrite committed entries (simulation
+/// seed 55). A replica with no configuration at all votes only in a group the bootstrap
+/// or a split created (epoch 1), where every replica starts that way.
+fn may_vote(node: &Node, group: &Group) -> bool {
+    let metrics = group.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    if membership.nodes().next().is_none() {
+        return node.map().group(group.id).is_none_or(|s| s.epoch == 1);
+    }
+    membership.voter_ids().any(|v| v == node.config.node_id)
+}
+
 /// The group's replica, created on its first RPC if the map assigns it here.
 async fn hosted_group(node: &Node, group: GroupId) -> Result<Arc<Group>, ApiError> {
     match node.registry.get(group) {
@@ -281,6 +296,11 @@ pub async fn raft_rpc(
             let rpc: VoteRequest<u64> = decode(&body)?;
             validate::check_vote_request(&rpc, &local(&node, existing.as_deref())).map_err(refused)?;
             let group = hosted_group(&node, group_id).await?;
+            if !may_vote(&node, &group) {
+                return Err(ApiError::unavailable(format!(
+                    "this replica of group {group_id} is not a voter of its own configuration"
+                )));
+            }
             Ok(encoded(&group.raft.vote(rpc).await))
         }
         "snapshot" => {

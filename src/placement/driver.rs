@@ -199,33 +199,34 @@ pub fn next_action(op: &Operator, map: &ClusterMap, facts: &Facts) -> Action {
                 });
             }
             let leader_node = status_leader(status);
+            // Nothing matched yet means nothing received, however short the log.
+            let matched = status.matched.get(&to).copied();
+            let caught_up = status.voters.contains(&to)
+                || matched.is_some_and(|m| m + CATCH_UP_LAG_ENTRIES >= status.last_log_index);
+            let catching_up = || {
+                Action::Wait(format!(
+                    "node {to} is catching up: {} of {} entries",
+                    matched.map_or_else(|| "none".to_string(), |m| m.to_string()),
+                    status.last_log_index
+                ))
+            };
             match op.step {
-                Step::LearnerListed if !status.learners.contains(&to) && !status.voters.contains(&to) => {
-                    Action::Admin {
-                        node: leader_node,
-                        request: AdminRequest::AddLearner {
-                            node: to,
-                            addr: addr(to),
-                        },
-                    }
-                }
-                Step::LearnerListed => {
-                    // Nothing matched yet means nothing received, however short the log.
-                    let matched = status.matched.get(&to).copied();
-                    if matched.is_some_and(|m| m + CATCH_UP_LAG_ENTRIES >= status.last_log_index) {
-                        Action::Propose(PdCommand::AdvanceOperator {
-                            operator: op.id,
-                            step: Step::LearnerCaughtUp,
-                            now_ms: facts.now_ms,
-                        })
-                    } else {
-                        Action::Wait(format!(
-                            "node {to} is catching up: {} of {} entries",
-                            matched.map_or_else(|| "none".to_string(), |m| m.to_string()),
-                            status.last_log_index
-                        ))
-                    }
-                }
+                // At any step: a learner the group does not list (its entry was lost with a
+                // leader that had not committed it) is added again.
+                _ if !status.learners.contains(&to) && !status.voters.contains(&to) => Action::Admin {
+                    node: leader_node,
+                    request: AdminRequest::AddLearner {
+                        node: to,
+                        addr: addr(to),
+                    },
+                },
+                Step::LearnerListed if caught_up => Action::Propose(PdCommand::AdvanceOperator {
+                    operator: op.id,
+                    step: Step::LearnerCaughtUp,
+                    now_ms: facts.now_ms,
+                }),
+                Step::LearnerListed => catching_up(),
+                _ if !caught_up => catching_up(),
                 _ => {
                     // A leader that removes itself steps down with no hand-off: writes in
                     // flight end as "unknown" and the group waits out an election. Hand
