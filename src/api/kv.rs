@@ -262,6 +262,15 @@ pub async fn handle(State(node): State<Arc<Node>>, request: Request) -> Response
     }
 }
 
+/// How many nodes forwarded this request already.
+pub(super) fn forwarded_hops(headers: &HeaderMap) -> u32 {
+    headers
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// What is needed to replay the request on another node.
 pub(super) struct Forward {
     pub method: Method,
@@ -285,12 +294,7 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
         .shard_for_hash(hash)
         .ok_or_else(|| ApiError::unavailable("the cluster map is not bootstrapped yet"))?
         .id;
-    let hops: u32 = forward
-        .headers
-        .get(HOPS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let hops = forwarded_hops(&forward.headers);
     let no_forward = forward
         .headers
         .get(NO_FORWARD_HEADER)

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::error::ApiError;
-use super::kv::{forward_to, Forward, HOPS_HEADER};
+use super::kv::{forward_to, forwarded_hops, Forward};
 use crate::node::Node;
 use crate::placement::executor::{self, propose};
 use crate::placement::operator::{OperatorKind, Origin, ScheduleSettings};
@@ -35,12 +35,7 @@ where
     if node.registry.get(PD_GROUP).is_some_and(|g| g.is_leader()) {
         return serve(node.clone(), body).await;
     }
-    let hops: u32 = parts
-        .headers
-        .get(HOPS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let hops = forwarded_hops(&parts.headers);
     let leader = node
         .registry
         .get(PD_GROUP)
@@ -80,6 +75,15 @@ fn parse_id(text: &str, what: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("{what} {text:?} is not a number")))
 }
 
+/// Proposes a node's new state on the PD leader and answers `status` with it.
+async fn set_node_state(node: &Node, id: NodeId, state: NodeState, status: StatusCode) -> Result<Response, ApiError> {
+    if !node.map().nodes.contains_key(&id) {
+        return Err(ApiError::not_found(format!("node {id} is not a member")));
+    }
+    propose_checked(node, PdCommand::SetNodeState { node: id, state }).await?;
+    Ok((status, axum::Json(json!({"node": id, "state": state}))).into_response())
+}
+
 /// `POST /v1/nodes/{id}/drain`: every replica and leader leaves the node.
 pub async fn drain_node(
     State(node): State<Arc<Node>>,
@@ -88,22 +92,7 @@ pub async fn drain_node(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "node id")?;
     on_pd_leader(&node, request, |node, _| async move {
-        if !node.map().nodes.contains_key(&id) {
-            return Err(ApiError::not_found(format!("node {id} is not a member")));
-        }
-        propose_checked(
-            &node,
-            PdCommand::SetNodeState {
-                node: id,
-                state: NodeState::Draining,
-            },
-        )
-        .await?;
-        Ok((
-            StatusCode::ACCEPTED,
-            axum::Json(json!({"node": id, "state": "draining"})),
-        )
-            .into_response())
+        set_node_state(&node, id, NodeState::Draining, StatusCode::ACCEPTED).await
     })
     .await
 }
@@ -116,18 +105,7 @@ pub async fn undrain_node(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "node id")?;
     on_pd_leader(&node, request, |node, _| async move {
-        if !node.map().nodes.contains_key(&id) {
-            return Err(ApiError::not_found(format!("node {id} is not a member")));
-        }
-        propose_checked(
-            &node,
-            PdCommand::SetNodeState {
-                node: id,
-                state: NodeState::Up,
-            },
-        )
-        .await?;
-        Ok(axum::Json(json!({"node": id, "state": "up"})).into_response())
+        set_node_state(&node, id, NodeState::Up, StatusCode::OK).await
     })
     .await
 }
@@ -151,15 +129,7 @@ pub async fn remove_node(
                 "node {id} still holds {replicas} replicas and is {health:?}: drain it first (or wait until it is down)"
             )));
         }
-        propose_checked(
-            &node,
-            PdCommand::SetNodeState {
-                node: id,
-                state: NodeState::Removed,
-            },
-        )
-        .await?;
-        Ok(axum::Json(json!({"node": id, "state": "removed"})).into_response())
+        set_node_state(&node, id, NodeState::Removed, StatusCode::OK).await
     })
     .await
 }
