@@ -817,9 +817,12 @@ impl Node {
 
     async fn reconcile_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut map_rx = self.map_rx.clone();
+        let mut emitted_revision = None;
         loop {
             let map = map_rx.borrow_and_update().clone();
-            self.config.probe().emit(|| NodeEvent::MapInstalled {
+            // The periodic pass re-reads the same map: report each map once.
+            let new_map = emitted_revision.replace(map.revision) != Some(map.revision);
+            self.config.probe().emit_if(new_map, || NodeEvent::MapInstalled {
                 routing_version: map.routing_version,
                 tiling: map.check_tiling(),
                 epochs: map

@@ -238,8 +238,8 @@ fn local(node: &Node, group: Option<&Group>) -> Local {
 /// seed 55). A replica with no configuration at all votes only in a group the bootstrap
 /// or a split created (epoch 1), where every replica starts that way.
 fn may_vote(node: &Node, group: &Group) -> bool {
-    let metrics = group.raft.metrics().borrow().clone();
-    let membership = metrics.membership_config.membership();
+    let membership = group.raft.metrics().borrow().membership_config.clone();
+    let membership = membership.membership();
     if membership.nodes().next().is_none() {
         return node.map().group(group.id).is_none_or(|s| s.epoch == 1);
     }

@@ -342,6 +342,7 @@ fn shard_detail(node: &Node, shard: &ShardInfo) -> Value {
     let mut detail = shard_json(node, shard);
     if let Some(group) = node.registry.get(shard.id) {
         let metrics = group.raft.metrics().borrow().clone();
+        let membership = crate::raft::membership::status(&group);
         detail["local_replica"] = json!({
             "state": format!("{:?}", metrics.state),
             "term": metrics.current_term,
@@ -353,8 +354,8 @@ fn shard_detail(node: &Node, shard: &ShardInfo) -> Value {
             "bytes": group.view.live_bytes(),
             // The group's own membership as this replica knows it (the map's view is
             // "replicas"/"learners"; they agree once operators finish).
-            "voters": crate::raft::membership::status(&group).voters,
-            "group_learners": crate::raft::membership::status(&group).learners,
+            "voters": membership.voters,
+            "group_learners": membership.learners,
         });
         detail["term"] = json!(metrics.current_term);
         detail["applied_index"] = json!(group.view.applied_index());

@@ -158,7 +158,8 @@ async fn perform_inner(registry: &Registry, group: &Arc<Group>, request: AdminRe
     match request {
         AdminRequest::Status | AdminRequest::SplitPoint => Ok(()),
         AdminRequest::AddLearner { node, addr } => {
-            if status(group).learners.contains(&node) || status(group).voters.contains(&node) {
+            let now = status(group);
+            if now.learners.contains(&node) || now.voters.contains(&node) {
                 return Ok(());
             }
             raft.add_learner(node, BasicNode::new(addr), false)

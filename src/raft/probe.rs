@@ -46,6 +46,13 @@ impl Probe {
         Probe { node, observer }
     }
 
+    /// As [`Probe::emit`], when `condition` holds.
+    pub fn emit_if(&self, condition: bool, event: impl FnOnce() -> NodeEvent) {
+        if condition {
+            self.emit(event);
+        }
+    }
+
     pub fn emit(&self, event: impl FnOnce() -> NodeEvent) {
         if let Some(observer) = &self.observer {
             observer.observe(self.node, event());

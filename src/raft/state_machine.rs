@@ -506,8 +506,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     self.meta.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Response::Empty
                 }
+                // A shard never split has no range to check: no hash on that path.
                 EntryPayload::Normal(Request::Kv(op))
-                    if !self.skip_range_check && !range_covers(self.meta.range, key_hash(op.key())) =>
+                    if !self.skip_range_check
+                        && self.meta.range.is_some()
+                        && !range_covers(self.meta.range, key_hash(op.key())) =>
                 {
                     Response::Kv(KvResult::WrongShard)
                 }
