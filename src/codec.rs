@@ -119,9 +119,11 @@ mod tests {
             let _ = decode::<String>(&framed);
             let _ = decode::<Vec<(Vec<u8>, Vec<u8>)>>(&framed);
             let _ = decode::<crate::node::Heartbeat>(&framed);
-            let _ = decode::<crate::raft::Entry>(&framed);
-            let _ = decode::<openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig>>(&framed);
-            let _ = decode::<openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig>>(&framed);
+            let _ = decode::<crate::raft::Entry<crate::shard::store::ShardKind>>(&framed);
+            let _ = decode::<crate::raft::Entry<crate::placement::store::PdKind>>(&framed);
+            let _ = decode::<openraft::raft::AppendEntriesRequest<crate::shard::store::ShardConfig>>(&framed);
+            let _ = decode::<openraft::raft::AppendEntriesRequest<crate::placement::store::PdConfig>>(&framed);
+            let _ = decode::<openraft::raft::InstallSnapshotRequest<crate::shard::store::ShardConfig>>(&framed);
             let _ = decode::<openraft::raft::VoteRequest<u64>>(&framed);
             let _ = decode::<crate::shard::KeyRecord>(&framed);
         }

@@ -16,16 +16,18 @@ use crate::identity::{self, Identity, IdentityAnswer, IdentityQuery};
 use crate::placement::operator::ScheduleSettings;
 // The PD server's wire types, where the node's clients (and tests) have always found them.
 pub use crate::placement::server::{Heartbeat, HeartbeatReply, LedGroup, PdLeaderState};
+use crate::placement::store::{publish_map, PdKind, PdState};
 use crate::placement::{pd_voters, ClusterMap, NodeId, NodeState, PdCommand, PD_GROUP, REPLICATION_FACTOR};
-use crate::raft::log_store::FlushMode;
+use crate::raft::log_store::{DurableFiles, FlushMode, Flusher};
+use crate::raft::membership::{self, AdminReply, AdminRequest};
 use crate::raft::network::post_internal;
 use crate::raft::network::Credentials;
 use crate::raft::probe::{NodeEvent, Observer, Probe};
-use crate::raft::registry::{Registry, RegistryConfig};
-use crate::raft::state_machine::publish_map;
+use crate::raft::registry::{Registry, RegistryConfig, RegistryError};
 use crate::raft::transport::{http_client, NetKind, NetListener};
-use crate::raft::{GroupId, Request};
+use crate::raft::{GroupId, GroupKind};
 use crate::security::NodeTls;
+use crate::shard::store::{ShardGroup, ShardKind, ShardState};
 use crate::shard::DEFAULT_HISTORY_VERSIONS;
 
 /// How often a leader recomputes a split point for a shard over a threshold.
@@ -373,7 +375,10 @@ pub struct ClusterView {
 
 pub struct Node {
     pub config: NodeConfig,
-    pub registry: Arc<Registry>,
+    /// The shard replicas this node hosts.
+    pub shards: Arc<Registry<ShardKind>>,
+    /// This node's replica of the placement driver's group, if it hosts one.
+    pub pd: Arc<Registry<PdKind>>,
     pub map_rx: watch::Receiver<Arc<ClusterMap>>,
     map_tx: watch::Sender<Arc<ClusterMap>>,
     pub(crate) pd_state: Arc<std::sync::Mutex<PdLeaderState>>,
@@ -438,15 +443,39 @@ impl Node {
     /// The node believed to lead `group`: the local replica's knowledge first, then the
     /// PD's hints, then the shard's first replica.
     pub fn leader_hint(&self, group: GroupId) -> Option<NodeId> {
-        if let Some(local) = self.registry.get(group) {
-            if let Some(leader) = local.current_leader() {
-                return Some(leader);
-            }
+        if let Some(leader) = self.local_leader(group) {
+            return Some(leader);
         }
         if let Some(hint) = self.view.read().unwrap().leader_hints.get(&group) {
             return Some(*hint);
         }
         self.map().shards.get(&group).and_then(|s| s.replicas.first().copied())
+    }
+
+    /// The leader this node's own replica of `group` knows of.
+    pub fn local_leader(&self, group: GroupId) -> Option<NodeId> {
+        if group == PD_GROUP {
+            self.pd.get(group).and_then(|g| g.current_leader())
+        } else {
+            self.shards.get(group).and_then(|g| g.current_leader())
+        }
+    }
+
+    /// Performs an admin request on this node's replica of `group`; `None` if it hosts none.
+    pub async fn admin_local(&self, group: GroupId, request: AdminRequest) -> Option<AdminReply> {
+        let timeout = Duration::from_millis(membership::ADMIN_TIMEOUT_MS);
+        if group == PD_GROUP {
+            let replica = self.pd.get(group)?;
+            Some(membership::perform(&self.pd, replica, request, timeout).await)
+        } else {
+            let replica = self.shards.get(group)?;
+            Some(membership::perform(&self.shards, replica, request, timeout).await)
+        }
+    }
+
+    /// Whether this node leads the placement driver.
+    pub fn leads_pd(&self) -> bool {
+        self.pd.get(PD_GROUP).is_some_and(|g| g.is_leader())
     }
 
     /// A node's state as `/v1/cluster` shows it: stored state, refined by liveness.
@@ -470,11 +499,7 @@ impl Node {
 
     /// The PD leader's address as this node knows it (itself excluded).
     pub fn pd_leader_addr(&self) -> Option<String> {
-        let leader = self.registry.get(PD_GROUP).and_then(|g| g.current_leader()).or(self
-            .view
-            .read()
-            .unwrap()
-            .pd_leader)?;
+        let leader = self.local_leader(PD_GROUP).or(self.view.read().unwrap().pd_leader)?;
         (leader != self.config.node_id).then(|| self.addr_of(leader)).flatten()
     }
 
@@ -485,7 +510,15 @@ impl Node {
     }
 
     fn heartbeat(&self) -> Heartbeat {
-        let credentials = self.registry.credentials();
+        let credentials = self.shards.credentials();
+        let pd_led = self.pd.all().into_iter().filter(|g| g.is_leader()).map(|g| LedGroup {
+            group: g.id,
+            term: g.term(),
+            keys: 0,
+            bytes: 0,
+            ops_total: 0,
+            split_at: None,
+        });
         Heartbeat {
             node_id: self.config.node_id,
             incarnation: credentials.incarnation,
@@ -494,7 +527,7 @@ impl Node {
             revision: self.map().revision,
             joining: !self.config.join.is_empty() && !self.map().is_active_member(self.config.node_id),
             leading: self
-                .registry
+                .shards
                 .all()
                 .iter()
                 .filter(|g| g.is_leader())
@@ -503,9 +536,10 @@ impl Node {
                     term: g.term(),
                     keys: g.view.live_keys(),
                     bytes: g.view.live_bytes(),
-                    ops_total: g.ops_served(),
+                    ops_total: g.view.ops_served(),
                     split_at: self.split_point(g),
                 })
+                .chain(pd_led)
                 .collect(),
         }
     }
@@ -515,7 +549,7 @@ impl Node {
     /// redirects there.
     async fn heartbeat_remote(&self, hb: &Heartbeat) -> Option<HeartbeatReply> {
         let mut candidates: Vec<NodeId> = Vec::new();
-        if let Some(leader) = self.registry.get(PD_GROUP).and_then(|g| g.current_leader()) {
+        if let Some(leader) = self.local_leader(PD_GROUP) {
             candidates.push(leader);
         }
         if let Some(leader) = self.view.read().unwrap().pd_leader {
@@ -538,10 +572,10 @@ impl Node {
                 continue;
             }
             let answer = post_internal::<Heartbeat, HeartbeatReply>(
-                self.registry.client(),
+                self.shards.client(),
                 &addr,
                 "/internal/pd/heartbeat",
-                self.registry.credentials(),
+                self.shards.credentials(),
                 hb,
                 timeout,
             )
@@ -559,19 +593,20 @@ impl Node {
 
     /// Where a shard this node leads should split, while it is over a size threshold (or
     /// busy): computed from its keys at most every [`SPLIT_POINT_REFRESH_MS`].
-    fn split_point(&self, group: &crate::raft::registry::Group) -> Option<u64> {
+    fn split_point(&self, group: &ShardGroup) -> Option<u64> {
         let map = self.map();
         let settings = &map.settings;
-        let over = group.id != PD_GROUP
-            && (group.view.live_keys() > settings.split_max_keys
-                || group.view.live_bytes() > settings.split_max_bytes
-                || group.ops_rate() > settings.split_qps);
+        let over = group.view.live_keys() > settings.split_max_keys
+            || group.view.live_bytes() > settings.split_max_bytes
+            || group.view.ops_rate() > settings.split_qps;
         if !over {
             return None;
         }
-        group.cached_split_point(Duration::from_millis(SPLIT_POINT_REFRESH_MS), || {
-            group.view.median_key_hash(crate::raft::membership::SPLIT_POINT_SAMPLES)
-        })
+        group
+            .view
+            .cached_split_point(Duration::from_millis(SPLIT_POINT_REFRESH_MS), || {
+                group.view.median_key_hash(crate::raft::membership::SPLIT_POINT_SAMPLES)
+            })
     }
 
     /// One round of reporting to the PD leader.
@@ -582,7 +617,7 @@ impl Node {
                 // This node leads the PD: its map is the cluster's once its state machine
                 // has applied everything committed.
                 if !self.pd_synced.load(Ordering::Acquire) {
-                    if let Some(pd) = self.registry.get(PD_GROUP) {
+                    if let Some(pd) = self.pd.get(PD_GROUP) {
                         if pd.raft.ensure_linearizable().await.is_ok() {
                             self.pd_synced.store(true, Ordering::Release);
                         }
@@ -621,7 +656,7 @@ impl Node {
     /// Once the map names the cluster, this node's identity record names it too (durably),
     /// and every internal request it sends carries it.
     async fn adopt_cluster_id(&self, map: &ClusterMap) {
-        let credentials = self.registry.credentials();
+        let credentials = self.shards.credentials();
         if map.cluster_id == 0 || *self.recorded_cluster.lock().unwrap() == Some(map.cluster_id) {
             return;
         }
@@ -631,7 +666,8 @@ impl Node {
         }
         // The record of the hosted replicas must be durable before the identity names the
         // cluster: a restart reads "cluster named, nothing hosted" as a lost database.
-        if self.registry.all().is_empty() || self.registry.flush().await.is_err() {
+        let hosts_nothing = self.shards.all().is_empty() && self.pd.all().is_empty();
+        if hosts_nothing || self.shards.flush().await.is_err() {
             return;
         }
         let record = Identity {
@@ -656,8 +692,8 @@ impl Node {
         }
         let me = self.config.node_id;
         for shard in map.shards_on(me) {
-            if self.registry.get(shard.id).is_some()
-                || self.registry.is_blocked(shard.id, Some(shard.epoch))
+            if self.shards.get(shard.id).is_some()
+                || self.shards.is_blocked(shard.id, Some(shard.epoch))
                 || self.split_pending(shard)
             {
                 continue;
@@ -673,12 +709,12 @@ impl Node {
             // initialized by every replica that holds the split's data (same membership,
             // so the same first entry); one without it waits for a snapshot.
             let designated = match shard.parent {
-                Some(_) => shard.epoch == 1 && self.registry.has_state(shard.id),
+                Some(_) => shard.epoch == 1 && self.shards.has_state(shard.id),
                 None => shard.epoch == 1 && shard.replicas.first() == Some(&me),
             };
             self.note_missing_split_state(shard);
             if let Err(e) = self
-                .registry
+                .shards
                 .ensure(shard.id, designated.then_some(members), Some(shard.epoch))
                 .await
             {
@@ -686,9 +722,8 @@ impl Node {
             }
         }
         let pd = &map.pd_group;
-        if pd.hosts(me) && self.registry.get(PD_GROUP).is_none() && !self.registry.is_blocked(PD_GROUP, Some(pd.epoch))
-        {
-            if let Err(e) = self.registry.ensure(PD_GROUP, None, Some(pd.epoch)).await {
+        if pd.hosts(me) && self.pd.get(PD_GROUP).is_none() && !self.pd.is_blocked(PD_GROUP, Some(pd.epoch)) {
+            if let Err(e) = self.pd.ensure(PD_GROUP, None, Some(pd.epoch)).await {
                 tracing::warn!(error = %e, "could not create the placement driver replica");
             }
         }
@@ -699,16 +734,8 @@ impl Node {
         if !self.pd_synced.load(Ordering::Acquire) {
             return;
         }
-        for group in self.registry.all() {
-            let shard = map.group(group.id);
-            if !shard.is_some_and(|s| s.hosts(me)) {
-                tracing::info!(group = group.id, "map no longer assigns this replica; removing");
-                let epoch = shard.map_or(u64::MAX, |s| s.epoch);
-                if let Err(e) = self.registry.remove(group.id, epoch).await {
-                    tracing::warn!(group = group.id, error = %e, "could not remove replica");
-                }
-            }
-        }
+        remove_unassigned(&self.shards, map, me).await;
+        remove_unassigned(&self.pd, map, me).await;
     }
 
     /// A split child whose parent replica here has not applied the split yet: its data
@@ -716,7 +743,7 @@ impl Node {
     /// would create it too early). Once the parent's range ends before the child's start,
     /// by applying the split or from a snapshot taken after it, the child may start.
     fn split_pending(&self, shard: &crate::placement::ShardInfo) -> bool {
-        let Some(parent) = shard.parent.and_then(|p| self.registry.get(p)) else {
+        let Some(parent) = shard.parent.and_then(|p| self.shards.get(p)) else {
             return false;
         };
         parent.view.covers(shard.start)
@@ -725,8 +752,8 @@ impl Node {
     /// A split child about to start here without the split's data must not take entries
     /// from an empty log (it would serve an empty shard): it waits for a snapshot.
     pub fn note_missing_split_state(&self, shard: &crate::placement::ShardInfo) {
-        if shard.parent.is_some() && self.registry.get(shard.id).is_none() && !self.registry.has_state(shard.id) {
-            self.registry.mark_awaiting_snapshot(shard.id);
+        if shard.parent.is_some() && self.shards.get(shard.id).is_none() && !self.shards.has_state(shard.id) {
+            self.shards.mark_awaiting_snapshot(shard.id);
         }
     }
 
@@ -764,9 +791,9 @@ impl Node {
             if self.map().is_bootstrapped() || *stop.borrow() {
                 return;
             }
-            if let Some(pd) = self.registry.get(PD_GROUP) {
+            if let Some(pd) = self.pd.get(PD_GROUP) {
                 if pd.is_leader() {
-                    match pd.raft.client_write(Request::Pd(command.clone())).await {
+                    match pd.raft.client_write(command.clone()).await {
                         Ok(resp) => tracing::info!(result = ?resp.data, "bootstrap proposed"),
                         Err(e) => tracing::debug!(error = %e, "bootstrap proposal failed"),
                     }
@@ -782,7 +809,7 @@ impl Node {
     /// When a peer refuses this node's identity (it lost its disk while no peer could tell
     /// it at start-up), stop every replica at once: it must not act as that member.
     async fn refusal_watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut refusal = self.registry.credentials().refusal();
+        let mut refusal = self.shards.credentials().refusal();
         let reason = tokio::select! {
             changed = refusal.wait_for(Option::is_some) => match changed {
                 Ok(reason) => reason.clone().unwrap_or_default(),
@@ -792,8 +819,14 @@ impl Node {
         };
         tracing::error!("{reason}; this node stops acting as node {}", self.config.node_id);
         self.draining.store(true, Ordering::Relaxed);
-        self.registry.shutdown().await;
+        self.shutdown_replicas().await;
         let _ = self.refused_tx.send(Some(reason));
+    }
+
+    /// Stops every replica (data stays on disk).
+    pub async fn shutdown_replicas(&self) {
+        self.shards.shutdown().await;
+        self.pd.shutdown().await;
     }
 
     /// Resolves with the reason if the node stopped because peers refused its identity.
@@ -811,7 +844,7 @@ impl Node {
             }
             self.sync_with_pd().await;
             metrics::gauge!("midasflow_storage_size_bytes", "node" => label.clone())
-                .set(self.registry.storage_bytes() as f64);
+                .set(self.shards.storage_bytes() as f64);
         }
     }
 
@@ -841,6 +874,21 @@ impl Node {
                 changed = map_rx.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(Duration::from_millis(RECONCILE_INTERVAL_MS)) => {}
                 _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// Removes the replicas of kind `K` the map no longer assigns to `me`, leaving a
+/// tombstone at the epoch that dropped each.
+async fn remove_unassigned<K: GroupKind>(registry: &Registry<K>, map: &ClusterMap, me: NodeId) {
+    for group in registry.all() {
+        let assigned = map.group(group.id);
+        if !assigned.is_some_and(|s| s.hosts(me)) {
+            tracing::info!(group = group.id, "map no longer assigns this replica; removing");
+            let epoch = assigned.map_or(u64::MAX, |s| s.epoch);
+            if let Err(e) = registry.remove(group.id, epoch).await {
+                tracing::warn!(group = group.id, error = %e, "could not remove replica");
             }
         }
     }
@@ -1006,6 +1054,7 @@ fn new_random_id(seed: Option<u64>, node: NodeId, salt: u64) -> u128 {
     id.max(1)
 }
 
+#[allow(clippy::result_large_err)] // the state openers return openraft's storage error
 pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     config.validate().map_err(StartError::Config)?;
     let raft_config = Arc::new(config.raft_config().map_err(StartError::Config)?);
@@ -1024,30 +1073,42 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             source,
         })?;
     let (map_tx, map_rx) = watch::channel(Arc::new(ClusterMap::default()));
-    let registry = Arc::new(Registry::new(
-        db,
-        client,
-        RegistryConfig {
-            node_id: config.node_id,
-            db_dir: db_path.clone(),
-            raft_config,
-            flush_mode: config.flush_mode,
-            rng_seed: config.rng_seed,
-            credentials: Arc::new(Credentials::new(
-                config.cluster_secret.clone(),
-                config.node_id,
-                identity.incarnation,
-                identity.cluster_id,
-            )),
-            probe: config.probe(),
-            planted_no_range_check: config.has_planted_bug(PlantedBug::SplitWithoutRangeCheck),
-        },
-        map_tx.clone(),
+    let files = DurableFiles::open(&db_path)
+        .map_err(|e| RegistryError::Storage(format!("making {} durable: {e}", db_path.display())))?;
+    // One flusher for every group of every kind: one group commit per node.
+    let flusher = Flusher::start(db.clone(), files, config.flush_mode, config.node_id.to_string());
+    let registry_config = Arc::new(RegistryConfig {
+        node_id: config.node_id,
+        raft_config,
+        rng_seed: config.rng_seed,
+        credentials: Arc::new(Credentials::new(
+            config.cluster_secret.clone(),
+            config.node_id,
+            identity.incarnation,
+            identity.cluster_id,
+        )),
+        probe: config.probe(),
+    });
+    let skip_range_check = config.has_planted_bug(PlantedBug::SplitWithoutRangeCheck);
+    let shards = Arc::new(Registry::<ShardKind>::new(
+        db.clone(),
+        flusher.clone(),
+        client.clone(),
+        registry_config.clone(),
+        Arc::new(move |db, group| ShardState::open(db, group, skip_range_check)),
     )?);
-    let hosted = registry.hosted_on_disk()?;
+    let pd_map_tx = map_tx.clone();
+    let pd = Arc::new(Registry::<PdKind>::new(
+        db,
+        flusher,
+        client,
+        registry_config,
+        Arc::new(move |db, group| PdState::open(db, group, pd_map_tx.clone())),
+    )?);
+    let hosted = shards.hosted_on_disk()?;
     // A node whose replicas all moved away keeps their tombstones: only a store with
     // neither lost its data.
-    if let (Some(cluster), true) = (recorded_cluster, hosted.is_empty() && !registry.has_tombstones()) {
+    if let (Some(cluster), true) = (recorded_cluster, hosted.is_empty() && !shards.has_tombstones()) {
         return Err(StartError::Identity(format!(
             "{} says this is node {} of cluster {}, but the database in {} holds no replica: it lost its data \
              (an unreadable or empty store is never started as a fresh one). Recover as for a lost disk \
@@ -1059,19 +1120,21 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         )));
     }
     for group in hosted {
-        if !registry.is_tombstoned(group) {
-            registry.ensure(group, None, None).await?;
+        match group {
+            _ if shards.is_tombstoned(group) => {}
+            PD_GROUP => drop(pd.ensure(group, None, None).await?),
+            _ => drop(shards.ensure(group, None, None).await?),
         }
     }
     let voters = pd_voters(&config.initial_cluster);
     // An initial PD voter whose PD replica moved away keeps its tombstone.
-    if voters.contains(&config.node_id) && registry.get(PD_GROUP).is_none() && !registry.is_tombstoned(PD_GROUP) {
+    if voters.contains(&config.node_id) && pd.get(PD_GROUP).is_none() && !pd.is_tombstoned(PD_GROUP) {
         let members: BTreeMap<u64, BasicNode> = voters
             .iter()
             .map(|v| (*v, BasicNode::new(&config.initial_cluster[v])))
             .collect();
         let designated = voters.first() == Some(&config.node_id);
-        registry.ensure(PD_GROUP, designated.then_some(members), None).await?;
+        pd.ensure(PD_GROUP, designated.then_some(members), None).await?;
     }
     let listener = NetListener::bind(config.net, &config.listen)
         .await
@@ -1088,7 +1151,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let node_body_budget = config.limits.max_buffered_body_bytes;
     let node = Arc::new(Node {
         config,
-        registry,
+        shards,
+        pd,
         map_rx,
         map_tx,
         pd_state: Default::default(),
@@ -1144,7 +1208,7 @@ impl RunningNode {
         }
         // Open keep-alive connections can hold graceful shutdown; don't wait on them forever.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.server).await;
-        self.node.registry.shutdown().await;
+        self.node.shutdown_replicas().await;
     }
 }
 

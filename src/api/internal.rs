@@ -27,12 +27,13 @@ use super::server::PeerInfo;
 use crate::codec;
 use crate::identity::{self, IdentityAnswer, IdentityQuery};
 use crate::node::{Heartbeat, Node, MAX_HEARTBEAT_BODY_BYTES, MAX_VOTE_BODY_BYTES, SNAPSHOT_FRAMING_BYTES};
-use crate::raft::membership::{self, AdminRequest};
+use crate::placement::PD_GROUP;
+use crate::raft::membership::AdminRequest;
 use crate::raft::network::{CLUSTER_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER};
-use crate::raft::registry::{Group, RegistryError};
+use crate::raft::registry::{Group, Registry, RegistryError};
 use crate::raft::state_machine::check_snapshot_data;
 use crate::raft::validate::{self, Local};
-use crate::raft::{GroupId, SnapshotMeta, TypeConfig};
+use crate::raft::{Config, GroupId, GroupKind, SnapshotMeta};
 use crate::security::credential_matches;
 
 /// Largest snapshot a node assembles from chunks.
@@ -117,7 +118,7 @@ fn check_sender(node: &Node, request: &Request) -> Result<Sender, ApiError> {
                 .ok_or_else(|| reject(node, "missing_identity", format!("unreadable cluster id {text:?}")))?,
         ),
     };
-    if let (Some(mine), Some(theirs)) = (node.registry.credentials().cluster_id(), theirs) {
+    if let (Some(mine), Some(theirs)) = (node.shards.credentials().cluster_id(), theirs) {
         if mine != theirs {
             return Err(reject(
                 node,
@@ -221,13 +222,15 @@ fn encoded<T: Serialize>(value: &T) -> Response {
     }
 }
 
-fn local(node: &Node, group: Option<&Group>) -> Local {
+fn local<K: GroupKind>(node: &Node, group: Option<&Group<K>>) -> Local {
     Local {
         node_id: node.config.node_id,
         vote: group.map_or_else(Vote::default, |g| g.raft.metrics().borrow().vote),
         max_entries: node.config.limits.max_payload_entries(),
-        max_key_bytes: node.config.limits.max_key_bytes,
-        max_value_bytes: node.config.limits.max_value_bytes,
+        limits: validate::Limits {
+            max_key_bytes: node.config.limits.max_key_bytes,
+            max_value_bytes: node.config.limits.max_value_bytes,
+        },
     }
 }
 
@@ -237,7 +240,7 @@ fn local(node: &Node, group: Option<&Group>) -> Local {
 /// otherwise win with an empty log's vote and overwrite committed entries (simulation
 /// seed 55). A replica with no configuration at all votes only in a group the bootstrap
 /// or a split created (epoch 1), where every replica starts that way.
-fn may_vote(node: &Node, group: &Group) -> bool {
+fn may_vote<K: GroupKind>(node: &Node, group: &Group<K>) -> bool {
     let membership = group.raft.metrics().borrow().membership_config.clone();
     let membership = membership.membership();
     if membership.nodes().next().is_none() {
@@ -247,15 +250,19 @@ fn may_vote(node: &Node, group: &Group) -> bool {
 }
 
 /// The group's replica, created on its first RPC if the map assigns it here.
-async fn hosted_group(node: &Node, group: GroupId) -> Result<Arc<Group>, ApiError> {
-    match node.registry.get(group) {
+async fn hosted_group<K: GroupKind>(
+    node: &Node,
+    registry: &Registry<K>,
+    group: GroupId,
+) -> Result<Arc<Group<K>>, ApiError> {
+    match registry.get(group) {
         Some(g) => Ok(g),
         None => match node.assignment(group) {
             Some(epoch) => {
                 if let Some(shard) = node.map().shards.get(&group) {
                     node.note_missing_split_state(shard);
                 }
-                node.registry.ensure(group, None, epoch).await.map_err(|e| match e {
+                registry.ensure(group, None, epoch).await.map_err(|e| match e {
                     RegistryError::Tombstoned(_) => ApiError::not_found(e.to_string()),
                     other => ApiError::unavailable(other.to_string()),
                 })
@@ -277,15 +284,30 @@ pub async fn raft_rpc(
         _ => 0,
     };
     let (body, _permit) = admit(&node, request, limit).await?;
-    let existing = node.registry.get(group_id);
-    match op.as_str() {
+    if group_id == PD_GROUP {
+        raft_rpc_of(&node, &node.pd, group_id, &op, &body).await
+    } else {
+        raft_rpc_of(&node, &node.shards, group_id, &op, &body).await
+    }
+}
+
+/// One Raft RPC for a group of kind `K`.
+async fn raft_rpc_of<K: GroupKind>(
+    node: &Node,
+    registry: &Registry<K>,
+    group_id: GroupId,
+    op: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let existing = registry.get(group_id);
+    match op {
         "append" => {
-            let rpc: AppendEntriesRequest<TypeConfig> = decode(&body)?;
-            validate::check_append(&rpc, &local(&node, existing.as_deref())).map_err(refused)?;
-            let group = hosted_group(&node, group_id).await?;
+            let rpc: AppendEntriesRequest<Config<K>> = decode(body)?;
+            validate::check_append(&rpc, &local(node, existing.as_deref())).map_err(refused)?;
+            let group = hosted_group(node, registry, group_id).await?;
             // A split child without the split's data takes a snapshot first (its leader
             // purged the log behind one); entries alone would leave it an empty shard.
-            if rpc.prev_log_id.is_none() && !rpc.entries.is_empty() && node.registry.awaiting_snapshot(&group) {
+            if rpc.prev_log_id.is_none() && !rpc.entries.is_empty() && registry.awaiting_snapshot(&group) {
                 return Err(ApiError::unavailable(format!(
                     "group {group_id} starts here from a snapshot, not from an empty log"
                 )));
@@ -293,10 +315,10 @@ pub async fn raft_rpc(
             Ok(encoded(&group.raft.append_entries(rpc).await))
         }
         "vote" => {
-            let rpc: VoteRequest<u64> = decode(&body)?;
-            validate::check_vote_request(&rpc, &local(&node, existing.as_deref())).map_err(refused)?;
-            let group = hosted_group(&node, group_id).await?;
-            if !may_vote(&node, &group) {
+            let rpc: VoteRequest<u64> = decode(body)?;
+            validate::check_vote_request(&rpc, &local(node, existing.as_deref())).map_err(refused)?;
+            let group = hosted_group(node, registry, group_id).await?;
+            if !may_vote(node, &group) {
                 return Err(ApiError::unavailable(format!(
                     "this replica of group {group_id} is not a voter of its own configuration"
                 )));
@@ -304,10 +326,10 @@ pub async fn raft_rpc(
             Ok(encoded(&group.raft.vote(rpc).await))
         }
         "snapshot" => {
-            let rpc: InstallSnapshotRequest<TypeConfig> = decode(&body)?;
-            validate::check_snapshot_meta(&rpc.vote, &rpc.meta, &local(&node, existing.as_deref())).map_err(refused)?;
-            let group = hosted_group(&node, group_id).await?;
-            install_snapshot_chunk(&node, &group, rpc).await
+            let rpc: InstallSnapshotRequest<Config<K>> = decode(body)?;
+            validate::check_snapshot_meta(&rpc.vote, &rpc.meta, &local(node, existing.as_deref())).map_err(refused)?;
+            let group = hosted_group(node, registry, group_id).await?;
+            install_snapshot_chunk(node, &group, rpc).await
         }
         other => Err(ApiError::not_found(format!("unknown raft operation {other:?}"))),
     }
@@ -315,10 +337,10 @@ pub async fn raft_rpc(
 
 /// Adds one chunk to the group's receive; on the last, checks the whole snapshot and
 /// hands it to openraft in one piece.
-async fn install_snapshot_chunk(
+async fn install_snapshot_chunk<K: GroupKind>(
     node: &Node,
-    group: &Group,
-    rpc: InstallSnapshotRequest<TypeConfig>,
+    group: &Group<K>,
+    rpc: InstallSnapshotRequest<Config<K>>,
 ) -> Result<Response, ApiError> {
     let InstallSnapshotRequest {
         vote,
@@ -349,8 +371,7 @@ async fn install_snapshot_chunk(
             openraft::error::RaftError<u64, openraft::error::InstallSnapshotError>,
         >(InstallSnapshotResponse { vote })));
     };
-    check_snapshot_data(&data, group.id == crate::placement::PD_GROUP)
-        .map_err(|e| ApiError::bad_request(format!("refused snapshot: {e}")))?;
+    check_snapshot_data::<K>(&data).map_err(|e| ApiError::bad_request(format!("refused snapshot: {e}")))?;
     let snapshot = Snapshot {
         meta,
         snapshot: Box::new(Cursor::new(data)),
@@ -437,14 +458,11 @@ pub async fn admin(
     let (body, _permit) = admit(&node, request, MAX_VOTE_BODY_BYTES).await?;
     let call: AdminRequest = decode(&body)?;
     call.validate().map_err(ApiError::bad_request)?;
-    let group = node
-        .registry
-        .get(group_id)
+    let reply = node
+        .admin_local(group_id, call)
+        .await
         .ok_or_else(|| ApiError::not_found(format!("group {group_id} is not hosted here")))?;
-    let timeout = Duration::from_millis(membership::ADMIN_TIMEOUT_MS);
-    Ok(encoded(
-        &membership::perform(&node.registry, group, call, timeout).await,
-    ))
+    Ok(encoded(&reply))
 }
 
 /// A starting node asks whether a cluster exists and what it knows of the asker. No
@@ -454,7 +472,7 @@ pub async fn identity_query(State(node): State<Arc<Node>>, request: Request) -> 
     let query: IdentityQuery = decode(&body)?;
     let mut answer = IdentityAnswer::from_map(&node.map(), query.node_id);
     // Before the map arrives, this node's own record still names its cluster.
-    answer.cluster_id = answer.cluster_id.or(node.registry.credentials().cluster_id());
+    answer.cluster_id = answer.cluster_id.or(node.shards.credentials().cluster_id());
     Ok(encoded(&answer))
 }
 

@@ -19,8 +19,8 @@ use super::error::ApiError;
 use super::routing_json;
 use crate::node::{Node, PlantedBug};
 use crate::raft::network::send;
-use crate::raft::registry::Group;
-use crate::raft::{GroupId, Request as RaftRequest, Response as RaftResponse};
+use crate::raft::GroupId;
+use crate::shard::store::{ShardCommand, ShardGroup, ShardReply};
 use crate::shard::{read, KeyRecord, KvOp, KvResult, Precondition, ReadOutcome};
 
 pub const HOPS_HEADER: &str = "x-midasflow-hops";
@@ -307,7 +307,7 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
         if let Some(current) = map.shard_for_hash(hash) {
             shard = current.id;
         }
-        let attempt = match node.registry.get(shard) {
+        let attempt = match node.shards.get(shard) {
             // This replica already split the key away; the map will follow.
             Some(group) if range_checked && !group.view.covers(hash) => Attempt::Wait,
             Some(group) if !call.needs_leader() => Attempt::Done(serve_local(&group, &call, false).await?),
@@ -317,7 +317,7 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
                 Attempt::Done(serve_local(&group, &call, true).await?)
             }
             Some(group) if group.is_leader() && !(group.proposals_paused() && call.needs_leader()) => {
-                group.count_op();
+                group.view.count_op();
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(remaining, serve_on_leader(node, &group, &call, &mut proposed)).await {
                     Ok(result) => result?,
@@ -375,12 +375,17 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
 /// joint configuration it can still commit after this node lost leadership; proposing it
 /// again could apply it twice (or make a CAS report 412 for its own success). So every
 /// outcome but a confirmed result is "unknown" (504).
-async fn serve_on_leader(node: &Node, group: &Group, call: &KvCall, proposed: &mut bool) -> Result<Attempt, ApiError> {
+async fn serve_on_leader(
+    node: &Node,
+    group: &ShardGroup,
+    call: &KvCall,
+    proposed: &mut bool,
+) -> Result<Attempt, ApiError> {
     match call {
         KvCall::Write(op) => {
             let started = Instant::now();
             *proposed = true;
-            let write = group.raft.client_write(RaftRequest::Kv(op.clone()));
+            let write = group.raft.client_write(ShardCommand::Kv(op.clone()));
             let result = if node.config.has_planted_bug(PlantedBug::ReproposeWrites) {
                 match tokio::time::timeout(Duration::from_millis(PLANTED_REPROPOSE_AFTER_MS), write).await {
                     Ok(result) => result,
@@ -397,11 +402,11 @@ async fn serve_on_leader(node: &Node, group: &Group, call: &KvCall, proposed: &m
             match result {
                 Ok(written) => match written.data {
                     // Refused at apply, so certainly not applied: it may go to the new shard.
-                    RaftResponse::Kv(KvResult::WrongShard) => {
+                    ShardReply::Kv(KvResult::WrongShard) => {
                         *proposed = false;
                         Ok(Attempt::Wait)
                     }
-                    RaftResponse::Kv(result) => Ok(Attempt::Done(write_response(op, group.id, result))),
+                    ShardReply::Kv(result) => Ok(Attempt::Done(write_response(op, group.id, result))),
                     other => Err(ApiError::internal(format!("unexpected apply result {other:?}"))),
                 },
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
@@ -461,19 +466,19 @@ fn set_version_headers(headers: &mut HeaderMap, version: u64, shard: GroupId) {
     headers.insert("x-shard", HeaderValue::from(shard));
 }
 
-/// The two loads of a local read, as [`GroupView`](crate::raft::state_machine::GroupView)
-/// offers them.
+/// The two loads of a local read, as a shard replica offers them.
 trait AppliedState {
     fn applied_index(&self) -> u64;
     fn record(&self, key: &[u8]) -> Result<Option<KeyRecord>, ApiError>;
 }
 
-impl AppliedState for crate::raft::state_machine::GroupView {
+impl AppliedState for ShardGroup {
     fn applied_index(&self) -> u64 {
-        crate::raft::state_machine::GroupView::applied_index(self)
+        self.applied.index()
     }
     fn record(&self, key: &[u8]) -> Result<Option<KeyRecord>, ApiError> {
-        self.get(key)
+        self.view
+            .get(key)
             .map_err(|e| ApiError::internal(format!("reading the key: {e}")))
     }
 }
@@ -488,8 +493,8 @@ fn read_applied<S: AppliedState>(state: &S, key: &[u8]) -> Result<(u64, Option<K
 }
 
 /// Reads from this replica's applied state (after the leader check, for linearizable reads).
-async fn serve_local(group: &Group, call: &KvCall, linearizable: bool) -> Result<Response, ApiError> {
-    let (applied, record) = read_applied(group.view.as_ref(), call.key())?;
+async fn serve_local(group: &ShardGroup, call: &KvCall, linearizable: bool) -> Result<Response, ApiError> {
+    let (applied, record) = read_applied(group, call.key())?;
     let mut response = match call {
         KvCall::Read { version, .. } => match read(record.as_ref(), *version) {
             ReadOutcome::Value { version, value } => {
@@ -571,7 +576,7 @@ pub(super) async fn forward_to(
     })?;
     let mut builder = hyper::Request::builder()
         .method(forward.method.clone())
-        .uri(node.registry.client().url(&addr, &forward.path_and_query))
+        .uri(node.shards.client().url(&addr, &forward.path_and_query))
         .header(HOPS_HEADER, hops);
     for name in FORWARDED_HEADERS {
         if let Some(value) = forward.headers.get(&name) {
@@ -585,7 +590,7 @@ pub(super) async fn forward_to(
             retryable_for_write: true,
         })?;
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let response = send(node.registry.client(), request, remaining)
+    let response = send(node.shards.client(), request, remaining)
         .await
         .map_err(|e| ForwardError {
             retryable_for_write: matches!(e, crate::raft::network::TransportError::Connect { .. }),

@@ -321,11 +321,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> impl IntoResponse {
             json!({"id": n.id, "addr": n.addr, "state": node.node_state(n.id, n.state), "shards": shards, "leaders": leaders, "incarnation": incarnation})
         })
         .collect();
-    let pd_leader = node
-        .registry
-        .get(PD_GROUP)
-        .and_then(|g| g.current_leader())
-        .or(view.pd_leader);
+    let pd_leader = node.local_leader(PD_GROUP).or(view.pd_leader);
     let cluster_id = (map.cluster_id != 0).then(|| crate::identity::hex(map.cluster_id));
     axum::Json(json!({
         "cluster_id": cluster_id,
@@ -340,16 +336,16 @@ async fn cluster(State(node): State<Arc<Node>>) -> impl IntoResponse {
 /// One shard as seen from this node: map facts plus, where a replica is local, its state.
 fn shard_detail(node: &Node, shard: &ShardInfo) -> Value {
     let mut detail = shard_json(node, shard);
-    if let Some(group) = node.registry.get(shard.id) {
+    if let Some(group) = node.shards.get(shard.id) {
         let metrics = group.raft.metrics().borrow().clone();
         let membership = crate::raft::membership::status(&group);
         detail["local_replica"] = json!({
             "state": format!("{:?}", metrics.state),
             "term": metrics.current_term,
             "last_log_index": metrics.last_log_index,
-            "applied_index": group.view.applied_index(),
+            "applied_index": group.applied.index(),
             "snapshot_index": metrics.snapshot.map(|s| s.index),
-            "snapshot_installs": group.view.snapshot_installs(),
+            "snapshot_installs": group.applied.snapshot_installs(),
             "keys": group.view.live_keys(),
             "bytes": group.view.live_bytes(),
             // The group's own membership as this replica knows it (the map's view is
@@ -358,7 +354,7 @@ fn shard_detail(node: &Node, shard: &ShardInfo) -> Value {
             "group_learners": membership.learners,
         });
         detail["term"] = json!(metrics.current_term);
-        detail["applied_index"] = json!(group.view.applied_index());
+        detail["applied_index"] = json!(group.applied.index());
         detail["keys"] = json!(group.view.live_keys());
         detail["bytes"] = json!(group.view.live_bytes());
     }
@@ -387,7 +383,7 @@ async fn stats(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let map = node.map();
     let mut shards = Vec::new();
     let (mut keys, mut bytes) = (0u64, 0u64);
-    for group in node.registry.all().iter().filter(|g| g.id != PD_GROUP) {
+    for group in node.shards.all().iter() {
         keys += group.view.live_keys();
         bytes += group.view.live_bytes();
         shards.push(json!({"id": group.id, "keys": group.view.live_keys(), "bytes": group.view.live_bytes(), "leader_here": group.is_leader()}));
@@ -395,7 +391,7 @@ async fn stats(State(node): State<Arc<Node>>) -> impl IntoResponse {
     axum::Json(json!({
         "node_id": node.config.node_id,
         "routing_version": map.routing_version,
-        "node": {"replicas": shards.len(), "keys": keys, "bytes": bytes, "storage_bytes": node.registry.storage_bytes()},
+        "node": {"replicas": shards.len(), "keys": keys, "bytes": bytes, "storage_bytes": node.shards.storage_bytes()},
         "shards": shards,
         "uptime_seconds": node.started.elapsed().as_secs(),
         "requests": {
@@ -434,7 +430,7 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
         .values()
         .map(|s| {
             let leader = node.leader_hint(s.id);
-            let local = node.registry.get(s.id);
+            let local = node.shards.get(s.id);
             json!({
                 "id": s.id,
                 "leader": leader,

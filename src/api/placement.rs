@@ -32,14 +32,12 @@ where
 {
     let (parts, body) = request.into_parts();
     let body = super::read_body_within(body, MAX_PLACEMENT_BODY_BYTES, node.config.limits.body_read_timeout_ms).await?;
-    if node.registry.get(PD_GROUP).is_some_and(|g| g.is_leader()) {
+    if node.leads_pd() {
         return serve(node.clone(), body).await;
     }
     let hops = forwarded_hops(&parts.headers);
     let leader = node
-        .registry
-        .get(PD_GROUP)
-        .and_then(|g| g.current_leader())
+        .local_leader(PD_GROUP)
         .or(node.cluster_view().pd_leader)
         .filter(|l| *l != node.config.node_id && hops == 0)
         .ok_or_else(|| ApiError::unavailable("the placement driver has no known leader; retry"))?;

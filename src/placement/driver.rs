@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use super::operator::{Operator, OperatorKind, Outcome, Step};
 use super::{ClusterMap, NodeId, PdCommand};
-use crate::raft::membership::{AdminReply, AdminRequest};
+use crate::raft::membership::{AdminReply, AdminRequest, SplitPlan};
 
 /// A learner this close to the leader's last log index counts as caught up; the rest
 /// arrives during joint consensus.
@@ -95,12 +95,12 @@ pub fn next_action(op: &Operator, map: &ClusterMap, facts: &Facts) -> Action {
             }
             Action::Admin {
                 node: status_leader(status),
-                request: AdminRequest::Split {
+                request: AdminRequest::Split(SplitPlan {
                     child: *child,
                     at: *at,
                     start: shard.start,
                     end: shard.end,
-                },
+                }),
             }
         }
         OperatorKind::TransferLeader { to, .. } => {
@@ -338,12 +338,12 @@ mod tests {
             Action::Admin {
                 node: 1,
                 request:
-                    AdminRequest::Split {
+                    AdminRequest::Split(SplitPlan {
                         child: 3,
                         at: a,
                         start: s,
                         end: e,
-                    },
+                    }),
             } => assert_eq!((a, s, e), (at, from, end)),
             other => panic!("{other:?}"),
         }

@@ -18,7 +18,6 @@ use super::{ClusterMap, NodeId, PdCommand, PdResult, ShardId, PD_GROUP};
 use crate::node::{Node, PD_HEARTBEAT_INTERVAL_MS};
 use crate::raft::membership::{self, AdminReply, AdminRequest};
 use crate::raft::network::post_internal;
-use crate::raft::Request;
 
 /// How often the executor drives operators and the scheduler plans.
 pub const EXECUTOR_TICK_MS: u64 = 500;
@@ -51,8 +50,7 @@ impl Snapshot {
 
 /// The scheduler's view on this node, if it leads the PD.
 pub fn snapshot(node: &Node) -> Option<Snapshot> {
-    let pd = node.registry.get(PD_GROUP)?;
-    if !pd.is_leader() {
+    if !node.leads_pd() {
         return None;
     }
     let now = Instant::now();
@@ -76,15 +74,12 @@ pub fn snapshot(node: &Node) -> Option<Snapshot> {
 /// Proposes a PD command on this node (which must lead the PD).
 pub async fn propose(node: &Node, command: PdCommand) -> Result<PdResult, String> {
     let pd = node
-        .registry
+        .pd
         .get(PD_GROUP)
         .filter(|g| g.is_leader())
         .ok_or_else(|| "this node does not lead the placement driver".to_string())?;
-    match pd.raft.client_write(Request::Pd(command)).await {
-        Ok(response) => match response.data {
-            crate::raft::Response::Pd(result) => Ok(result),
-            other => Err(format!("unexpected response {other:?}")),
-        },
+    match pd.raft.client_write(command).await {
+        Ok(response) => response.data.ok_or_else(|| "an empty reply".to_string()),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -92,21 +87,19 @@ pub async fn propose(node: &Node, command: PdCommand) -> Result<PdResult, String
 /// Sends an admin request to `target`'s replica of `group` (locally if it is this node).
 pub async fn admin(node: &Node, target: NodeId, group: ShardId, request: AdminRequest) -> Result<AdminReply, String> {
     if target == node.config.node_id {
-        let replica = node
-            .registry
-            .get(group)
-            .ok_or_else(|| format!("group {group} is not hosted here"))?;
-        let timeout = Duration::from_millis(membership::ADMIN_TIMEOUT_MS);
-        return Ok(membership::perform(&node.registry, replica, request, timeout).await);
+        return node
+            .admin_local(group, request)
+            .await
+            .ok_or_else(|| format!("group {group} is not hosted here"));
     }
     let addr = node
         .addr_of(target)
         .ok_or_else(|| format!("no address for node {target}"))?;
     post_internal(
-        node.registry.client(),
+        node.shards.client(),
         &addr,
         &membership::admin_path(group),
-        node.registry.credentials(),
+        node.shards.credentials(),
         &request,
         Duration::from_millis(ADMIN_CALL_TIMEOUT_MS),
     )
@@ -315,7 +308,7 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        let is_leader = node.registry.get(PD_GROUP).is_some_and(|g| g.is_leader());
+        let is_leader = node.leads_pd();
         if is_leader != leading {
             leading = is_leader;
             // Liveness is only known from the heartbeats this leader receives.

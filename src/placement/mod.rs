@@ -14,6 +14,7 @@ pub mod executor;
 pub mod operator;
 pub mod scheduler;
 pub mod server;
+pub mod store;
 
 use operator::{
     FinishedOperator, Operator, OperatorKind, Outcome, ScheduleSettings, Step, MAX_FINISHED_OPERATORS,
@@ -37,10 +38,7 @@ pub const MAX_NODE_ADDR_BYTES: usize = 256;
 /// Replicas per shard, and the most PD voters.
 pub const REPLICATION_FACTOR: usize = 3;
 
-/// A key's position on the ring.
-pub fn key_hash(key: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key)
-}
+pub use crate::shard::key_hash;
 
 /// The stored part of a node's state; `suspect` and `down` are derived from liveness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

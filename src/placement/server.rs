@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{ClusterMap, NodeId, PdCommand, ShardId, PD_GROUP};
 use crate::node::Node;
-use crate::raft::{GroupId, Request};
+use crate::raft::GroupId;
 
 /// What a node reports to the PD leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,7 +138,7 @@ impl Node {
     /// Handles a heartbeat on the PD leader: `Ok(None)` if this node does not lead the
     /// PD, an error for a sender that is not a member.
     pub fn handle_heartbeat(&self, hb: &Heartbeat) -> Result<Option<HeartbeatReply>, String> {
-        let Some(pd) = self.registry.get(PD_GROUP) else {
+        let Some(pd) = self.pd.get(PD_GROUP) else {
             return Ok(None);
         };
         if !pd.is_leader() {
@@ -208,13 +208,13 @@ impl Node {
 
     /// On the PD leader: records a member's incarnation or a joining node (a proposal at
     /// a time per node; retried on its next heartbeat).
-    fn propose_once(&self, pd: Arc<crate::raft::registry::Group>, node: NodeId, command: PdCommand) {
+    fn propose_once(&self, pd: Arc<super::store::PdGroup>, node: NodeId, command: PdCommand) {
         if !self.pd_state.lock().unwrap().registering.insert(node) {
             return;
         }
         let node_ref = self.pd_state_handle();
         tokio::spawn(async move {
-            match pd.raft.client_write(Request::Pd(command)).await {
+            match pd.raft.client_write(command).await {
                 Ok(resp) => tracing::info!(node, result = ?resp.data, "recorded a member"),
                 Err(e) => {
                     tracing::debug!(node, error = %e, "member record not committed; retried on the next heartbeat")

@@ -11,6 +11,7 @@ use std::ffi::OsString;
 use std::fmt::Debug;
 use std::fs::File;
 use std::io;
+use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use tokio::time::Instant;
@@ -20,7 +21,7 @@ use openraft::{LogState, RaftLogId, RaftLogReader, Vote};
 use tokio::sync::{mpsc, oneshot};
 
 use super::probe::{NodeEvent, Probe};
-use super::{group_prefix, storage_io_error, Entry, GroupId, LogId, StorageError, TypeConfig};
+use super::{group_prefix, storage_io_error, Config, Entry, GroupId, GroupKind, LogId, StorageError};
 use crate::codec;
 
 /// Most flush requests waiting at once; appends beyond it wait for room.
@@ -30,8 +31,11 @@ const META_VOTE: u8 = 1;
 const META_COMMITTED: u8 = 2;
 const META_PURGED: u8 = 3;
 
+/// openraft's append callback, whatever the group's kind.
+type LogCallback = Box<dyn FnOnce(io::Result<()>) + Send>;
+
 enum FlushWaiter {
-    Log(LogFlushed<TypeConfig>),
+    Log(LogCallback),
     Notify(oneshot::Sender<io::Result<()>>),
 }
 
@@ -42,7 +46,7 @@ impl FlushWaiter {
             Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
         };
         match self {
-            FlushWaiter::Log(callback) => callback.log_io_completed(copy()),
+            FlushWaiter::Log(callback) => callback(copy()),
             FlushWaiter::Notify(tx) => {
                 let _ = tx.send(copy());
             }
@@ -211,22 +215,52 @@ impl Flusher {
         rx.await.map_err(|_| io::Error::other("flusher stopped"))?
     }
 
-    async fn flush_then(&self, callback: LogFlushed<TypeConfig>) -> io::Result<()> {
+    async fn flush_then<K: GroupKind>(&self, callback: LogFlushed<Config<K>>) -> io::Result<()> {
         self.tx
-            .send(FlushWaiter::Log(callback))
+            .send(FlushWaiter::Log(Box::new(move |result| {
+                callback.log_io_completed(result)
+            })))
             .await
             .map_err(|_| io::Error::other("flusher stopped"))
     }
 }
 
+/// Removes every log entry and piece of Raft metadata the group has (replica removal).
+/// Deletes a removed replica's log. Its vote stays: if the shard moves back here,
+/// the new replica must not vote again in a term this node already voted in.
+pub fn destroy_log(db: &sled::Db, group: GroupId) -> sled::Result<()> {
+    let log = db.open_tree("raft_log")?;
+    for key in log.scan_prefix(group_prefix(group)).keys() {
+        log.remove(key?)?;
+    }
+    let meta = db.open_tree("raft_meta")?;
+    for tag in [META_COMMITTED, META_PURGED] {
+        meta.remove(meta_key(group, tag))?;
+    }
+    Ok(())
+}
+
 /// One group's view of the log tree.
-#[derive(Clone)]
-pub struct LogStore {
+pub struct LogStore<K> {
     group: GroupId,
     log: sled::Tree,
     meta: sled::Tree,
     flusher: Flusher,
     probe: Probe,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for LogStore<K> {
+    fn clone(&self) -> Self {
+        LogStore {
+            group: self.group,
+            log: self.log.clone(),
+            meta: self.meta.clone(),
+            flusher: self.flusher.clone(),
+            probe: self.probe.clone(),
+            kind: PhantomData,
+        }
+    }
 }
 
 fn entry_key(group: GroupId, index: u64) -> [u8; 16] {
@@ -243,7 +277,7 @@ fn meta_key(group: GroupId, tag: u8) -> [u8; 9] {
     key
 }
 
-impl LogStore {
+impl<K: GroupKind> LogStore<K> {
     pub fn open(db: &sled::Db, group: GroupId, flusher: Flusher, probe: Probe) -> sled::Result<Self> {
         Ok(LogStore {
             group,
@@ -251,22 +285,8 @@ impl LogStore {
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
             flusher,
+            kind: PhantomData,
         })
-    }
-
-    /// Removes every log entry and piece of Raft metadata the group has (replica removal).
-    /// Deletes a removed replica's log. Its vote stays: if the shard moves back here,
-    /// the new replica must not vote again in a term this node already voted in.
-    pub fn destroy(db: &sled::Db, group: GroupId) -> sled::Result<()> {
-        let log = db.open_tree("raft_log")?;
-        for key in log.scan_prefix(group_prefix(group)).keys() {
-            log.remove(key?)?;
-        }
-        let meta = db.open_tree("raft_meta")?;
-        for tag in [META_COMMITTED, META_PURGED] {
-            meta.remove(meta_key(group, tag))?;
-        }
-        Ok(())
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, tag: u8) -> Result<Option<T>, StorageError> {
@@ -307,11 +327,11 @@ impl LogStore {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<K: GroupKind> RaftLogReader<Config<K>> for LogStore<K> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry<K>>, StorageError> {
         let start = match range.start_bound() {
             Bound::Included(&i) => i,
             Bound::Excluded(&i) => i + 1,
@@ -325,16 +345,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut entries = Vec::new();
         for item in self.log.range((Bound::Included(entry_key(self.group, start)), end)) {
             let (_, bytes) = item.map_err(storage_io_error)?;
-            entries.push(codec::decode::<Entry>(&bytes).map_err(storage_io_error)?);
+            entries.push(codec::decode::<Entry<K>>(&bytes).map_err(storage_io_error)?);
         }
         Ok(entries)
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<K: GroupKind> RaftLogStorage<Config<K>> for LogStore<K> {
+    type LogReader = LogStore<K>;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<Config<K>>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_meta(META_PURGED)?;
         let last = self
             .log
@@ -343,7 +363,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .transpose()
             .map_err(storage_io_error)?;
         let last_log_id = match last {
-            Some((_, bytes)) => Some(*codec::decode::<Entry>(&bytes).map_err(storage_io_error)?.get_log_id()),
+            Some((_, bytes)) => Some(
+                *codec::decode::<Entry<K>>(&bytes)
+                    .map_err(storage_io_error)?
+                    .get_log_id(),
+            ),
             None => last_purged_log_id,
         };
         Ok(LogState {
@@ -388,9 +412,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<Config<K>>) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + Send,
+        I: IntoIterator<Item = Entry<K>> + Send,
         I::IntoIter: Send,
     {
         let mut batch = sled::Batch::default();
@@ -400,7 +424,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Readable as soon as applied; durable (and acknowledged) after the group flush.
         self.log.apply_batch(batch).map_err(storage_io_error)?;
-        self.flusher.flush_then(callback).await.map_err(storage_io_error)
+        self.flusher.flush_then::<K>(callback).await.map_err(storage_io_error)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::network::post_internal;
 use super::registry::{Group, Registry};
-use super::GroupId;
+use super::{AppliedView, GroupId, GroupKind};
 
 /// Longest a transfer waits for the target to catch up, and for it to win.
 pub const TRANSFER_CATCH_UP_MS: u64 = 2_000;
@@ -47,13 +47,20 @@ pub enum AdminRequest {
     Elect,
     /// The median hash of the group's keys on this replica (a split point).
     SplitPoint,
-    /// On the leader: propose a split of the group in its own log (see [`super::Request::Split`]).
-    Split {
-        child: GroupId,
-        at: u64,
-        start: u64,
-        end: Option<u64>,
-    },
+    /// On the leader: propose a split of the group in its own log (kinds whose groups
+    /// split, see [`GroupKind::split_command`]).
+    Split(SplitPlan),
+}
+
+/// A split the placement driver planned: keys hashing to `[at, end)` go to group `child`.
+/// `start`/`end` are the range it planned against; a replica whose range differs refuses
+/// (a stale or repeated split).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitPlan {
+    pub child: GroupId,
+    pub at: u64,
+    pub start: u64,
+    pub end: Option<u64>,
 }
 
 impl AdminRequest {
@@ -76,6 +83,9 @@ impl AdminRequest {
                 if addr.is_empty() || addr.len() > crate::placement::MAX_NODE_ADDR_BYTES =>
             {
                 Err("a bad node address".into())
+            }
+            AdminRequest::Split(plan) if plan.at <= plan.start || plan.end.is_some_and(|end| plan.at >= end) => {
+                Err("a split point outside its range".into())
             }
             _ => Ok(()),
         }
@@ -104,7 +114,7 @@ pub struct AdminReply {
     pub outcome: Result<(), String>,
 }
 
-pub fn status(group: &Group) -> AdminReply {
+pub fn status<K: GroupKind>(group: &Group<K>) -> AdminReply {
     let m = group.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let configs = membership.get_joint_config();
@@ -129,10 +139,15 @@ pub fn status(group: &Group) -> AdminReply {
 }
 
 /// Carries out `request` on this node's replica of a group, bounded by `timeout`.
-pub async fn perform(registry: &Registry, group: Arc<Group>, request: AdminRequest, timeout: Duration) -> AdminReply {
+pub async fn perform<K: GroupKind>(
+    registry: &Registry<K>,
+    group: Arc<Group<K>>,
+    request: AdminRequest,
+    timeout: Duration,
+) -> AdminReply {
     if request == AdminRequest::SplitPoint {
         return AdminReply {
-            split_point: group.view.median_key_hash(SPLIT_POINT_SAMPLES),
+            split_point: group.view.split_point(SPLIT_POINT_SAMPLES),
             ..status(&group)
         };
     }
@@ -146,7 +161,11 @@ pub async fn perform(registry: &Registry, group: Arc<Group>, request: AdminReque
     }
 }
 
-async fn perform_inner(registry: &Registry, group: &Arc<Group>, request: AdminRequest) -> Result<(), String> {
+async fn perform_inner<K: GroupKind>(
+    registry: &Registry<K>,
+    group: &Arc<Group<K>>,
+    request: AdminRequest,
+) -> Result<(), String> {
     let raft = &group.raft;
     let needs_leader = !matches!(
         request,
@@ -197,20 +216,22 @@ async fn perform_inner(registry: &Registry, group: &Arc<Group>, request: AdminRe
         }
         AdminRequest::TransferLeader { to, to_addr } => transfer_leader(registry, group, to, &to_addr).await,
         AdminRequest::Elect => raft.trigger().elect().await.map_err(|e| e.to_string()),
-        AdminRequest::Split { child, at, start, end } => {
-            let split = super::Request::Split { child, at, start, end };
-            match raft.client_write(split).await.map_err(|e| e.to_string())?.data {
-                super::Response::Split(super::SplitResult::Done { .. }) => Ok(()),
-                super::Response::Split(super::SplitResult::Rejected { reason }) => Err(reason),
-                other => Err(format!("unexpected answer {other:?}")),
-            }
+        AdminRequest::Split(plan) => {
+            let command = K::split_command(plan).ok_or_else(|| format!("{} groups do not split", K::NAME))?;
+            let reply = raft.client_write(command).await.map_err(|e| e.to_string())?.data;
+            K::split_outcome(&reply)
         }
     }
 }
 
 /// See the module doc. Proposals wait while `group.transferring` is set; heartbeats are
 /// switched back on whatever happens.
-async fn transfer_leader(registry: &Registry, group: &Arc<Group>, to: u64, to_addr: &str) -> Result<(), String> {
+async fn transfer_leader<K: GroupKind>(
+    registry: &Registry<K>,
+    group: &Arc<Group<K>>,
+    to: u64,
+    to_addr: &str,
+) -> Result<(), String> {
     if to == registry.node_id {
         return Ok(());
     }

@@ -1,6 +1,8 @@
-//! openraft plumbing shared by every group: the type config, sled log storage with group
-//! commit, the sled-backed state machine, the group-tagged HTTP network, the group
-//! registry and the seeded runtime.
+//! openraft plumbing shared by every group, generic over what a group's log carries and
+//! how it applies it ([`GroupKind`]): sled log storage with group commit, the generic
+//! sled-backed state machine store, the group-tagged HTTP network, the group registry,
+//! admin requests and the seeded runtime. Nothing here knows keys, shards or the
+//! placement map: `crate::shard` and `crate::placement` each implement a kind.
 
 // openraft's storage traits fix the error type at `StorageError`, which is large; our
 // helpers return it unchanged rather than boxing and unboxing at every trait boundary.
@@ -18,70 +20,63 @@ pub mod validate;
 
 use std::io::Cursor;
 
-use serde::{Deserialize, Serialize};
+use openraft::{AppData, AppDataResponse, BasicNode, RaftTypeConfig};
 
-use crate::placement::{PdCommand, PdResult};
-use crate::shard::{KvOp, KvResult};
+pub use state_machine::{AppliedView, GroupState};
 
 /// A Raft group: 0 is the placement driver, every other id is the shard of that id.
 pub type GroupId = u64;
 
-/// The application command carried by every group's log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Request {
-    Kv(KvOp),
-    Pd(PdCommand),
-    /// Split this shard at hash `at`: keys hashing to `[at, end)` go to shard `child`.
-    /// `start`/`end` are the range the placement driver planned against; a replica whose
-    /// range differs refuses (a stale or repeated split).
-    Split {
-        child: GroupId,
-        at: u64,
-        start: u64,
-        end: Option<u64>,
-    },
-}
+/// What one kind of group is: its openraft type config (the command its log carries and
+/// the reply applying it gives), its state machine and what the node reads of that state
+/// without going through Raft.
+pub trait GroupKind: Sized + Send + Sync + 'static {
+    type Config: RaftTypeConfig<
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<Self::Config>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = runtime::SeamRuntime,
+        Responder = openraft::impls::OneshotResponder<Self::Config>,
+        D: Command,
+        R: Default,
+    >;
+    type State: GroupState<Self>;
+    /// Shared with the node: the applied state's figures and reads.
+    type View: AppliedView;
+    /// Names the kind in logs.
+    const NAME: &'static str;
 
-/// The outcome of a [`Request::Split`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SplitResult {
-    Done { child: GroupId },
-    Rejected { reason: String },
-}
+    /// The command that splits a group as planned (`None`: this kind's groups never split).
+    fn split_command(_plan: membership::SplitPlan) -> Option<Cmd<Self>> {
+        None
+    }
 
-impl std::fmt::Display for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Request::Kv(KvOp::Put { key, value, .. }) => write!(f, "put({}B key, {}B value)", key.len(), value.len()),
-            Request::Kv(KvOp::Delete { key, .. }) => write!(f, "delete({}B key)", key.len()),
-            Request::Pd(cmd) => write!(f, "pd({cmd:?})"),
-            Request::Split { child, at, .. } => write!(f, "split(at {at:#x}, child {child})"),
-        }
+    /// What a split command's reply says: done, or why it was refused.
+    fn split_outcome(_reply: &Reply<Self>) -> Result<(), String> {
+        Err(format!("{} groups do not split", Self::NAME))
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Response {
-    Kv(KvResult),
-    Pd(PdResult),
-    Split(SplitResult),
-    /// Blank and membership entries, and commands sent to the wrong kind of group.
-    Empty,
+/// A command in a group's log, as received from a peer: checked before openraft sees it.
+pub trait Command: AppData + std::fmt::Display {
+    /// Why this command could never have come from an honest leader, if so.
+    fn check(&self, limits: &validate::Limits) -> Result<(), String>;
 }
 
-openraft::declare_raft_types!(
-    pub TypeConfig:
-        D = Request,
-        R = Response,
-        AsyncRuntime = runtime::SeamRuntime,
-);
-
-pub type Raft = openraft::Raft<TypeConfig>;
+pub type Config<K> = <K as GroupKind>::Config;
+pub type Cmd<K> = <Config<K> as RaftTypeConfig>::D;
+pub type Reply<K> = <Config<K> as RaftTypeConfig>::R;
+pub type Raft<K> = openraft::Raft<Config<K>>;
+pub type Entry<K> = openraft::Entry<Config<K>>;
 pub type LogId = openraft::LogId<u64>;
-pub type Entry = openraft::Entry<TypeConfig>;
 pub type StorageError = openraft::StorageError<u64>;
 pub type StoredMembership = openraft::StoredMembership<u64, openraft::BasicNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<u64, openraft::BasicNode>;
+
+/// Requirements openraft puts on replies, restated for kinds' reply types.
+pub trait ReplyData: AppDataResponse + Default {}
+impl<T: AppDataResponse + Default> ReplyData for T {}
 
 /// Key prefix of everything a group stores in a shared tree: its id, big-endian, so one
 /// group's keys are contiguous and ordered.

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::transport::HttpClient;
-use super::{GroupId, TypeConfig};
+use super::{Config, GroupId, GroupKind};
 use crate::codec;
 
 /// Header carrying the cluster secret on internal requests.
@@ -195,23 +195,24 @@ pub async fn post_internal<Req: Serialize, Resp: DeserializeOwned>(
 }
 
 /// Builds clients for one group.
-#[derive(Clone)]
-pub struct GroupNetworkFactory {
+pub struct GroupNetworkFactory<K> {
     pub group: GroupId,
     pub client: HttpClient,
     pub credentials: std::sync::Arc<Credentials>,
+    pub kind: std::marker::PhantomData<fn() -> K>,
 }
 
-pub struct GroupNetwork {
+pub struct GroupNetwork<K> {
     group: GroupId,
     target: u64,
     addr: String,
     client: HttpClient,
     credentials: std::sync::Arc<Credentials>,
+    kind: std::marker::PhantomData<fn() -> K>,
 }
 
-impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
-    type Network = GroupNetwork;
+impl<K: GroupKind> RaftNetworkFactory<Config<K>> for GroupNetworkFactory<K> {
+    type Network = GroupNetwork<K>;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
         GroupNetwork {
@@ -220,13 +221,14 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
             addr: node.addr.clone(),
             client: self.client.clone(),
             credentials: self.credentials.clone(),
+            kind: std::marker::PhantomData,
         }
     }
 }
 
 type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
 
-impl GroupNetwork {
+impl<K> GroupNetwork<K> {
     async fn call<Req, Resp, E>(&self, op: &str, rpc: &Req, option: &RPCOption) -> RpcResult<Resp, E>
     where
         Req: Serialize,
@@ -246,10 +248,10 @@ impl GroupNetwork {
     }
 }
 
-impl RaftNetwork<TypeConfig> for GroupNetwork {
+impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<Config<K>>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
         self.call("append", &rpc, &option).await
@@ -257,7 +259,7 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: InstallSnapshotRequest<Config<K>>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
         self.call("snapshot", &rpc, &option).await

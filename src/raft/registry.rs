@@ -13,88 +13,40 @@ use std::time::Duration;
 use rand::Rng;
 
 use openraft::{BasicNode, ServerState};
-use tokio::sync::watch;
 
-use super::log_store::{DurableFiles, FlushMode, Flusher, LogStore};
+use super::log_store::{destroy_log, Flusher, LogStore};
 use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
-use super::state_machine::{GroupView, StateMachineStore};
+use super::state_machine::{self, Applied, AppliedView, StateMachineStore};
 use super::transport::HttpClient;
-use super::{group_prefix, GroupId, Raft};
-use crate::placement::{ClusterMap, PD_GROUP};
+use super::{group_prefix, GroupId, GroupKind, Raft, StorageError};
 
 /// One hosted replica.
-pub struct Group {
+pub struct Group<K: GroupKind> {
     pub id: GroupId,
-    pub raft: Raft,
-    pub view: Arc<GroupView>,
+    pub raft: Raft<K>,
+    pub applied: Arc<Applied>,
+    pub view: Arc<K::View>,
     is_leader: AtomicBool,
     term: AtomicU64,
-    ops_served: AtomicU64,
     /// Set while leadership is being handed over: new proposals wait.
     proposals_paused: AtomicBool,
-    /// The last split point computed and when; the last (time, ops) sample for the rate.
-    split_point: std::sync::Mutex<Option<(tokio::time::Instant, Option<u64>)>>,
-    ops_sample: std::sync::Mutex<Option<(tokio::time::Instant, u64, u64)>>,
 }
 
 /// Pauses a group's proposals until dropped.
-pub struct PauseGuard<'a>(&'a Group);
+pub struct PauseGuard<'a>(&'a AtomicBool);
 
 impl Drop for PauseGuard<'_> {
     fn drop(&mut self) {
-        self.0.proposals_paused.store(false, Ordering::Release);
+        self.0.store(false, Ordering::Release);
     }
 }
 
-impl Group {
-    /// Counts a client operation served by this replica (the scheduler's load figure).
-    pub fn count_op(&self) {
-        self.ops_served.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn ops_served(&self) -> u64 {
-        self.ops_served.load(Ordering::Relaxed)
-    }
-
-    /// `compute`'s answer, reused for `refresh` while the replica still covers it (a split
-    /// of this shard makes the old point its end).
-    pub fn cached_split_point(&self, refresh: Duration, compute: impl FnOnce() -> Option<u64>) -> Option<u64> {
-        let mut cached = self.split_point.lock().unwrap();
-        let still_inside = |point: Option<u64>| point.is_none_or(|p| self.view.covers(p));
-        match *cached {
-            Some((at, point)) if at.elapsed() < refresh && still_inside(point) => point,
-            _ => {
-                let point = compute();
-                *cached = Some((tokio::time::Instant::now(), point));
-                point
-            }
-        }
-    }
-
-    /// Operations served per second, measured between calls at least a second apart.
-    pub fn ops_rate(&self) -> u64 {
-        let now = tokio::time::Instant::now();
-        let ops = self.ops_served();
-        let mut sample = self.ops_sample.lock().unwrap();
-        match *sample {
-            Some((at, _, rate)) if now.duration_since(at) < Duration::from_secs(1) => rate,
-            Some((at, before, _)) => {
-                let rate = (ops.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64()) as u64;
-                *sample = Some((now, ops, rate));
-                rate
-            }
-            None => {
-                *sample = Some((now, ops, 0));
-                0
-            }
-        }
-    }
-
+impl<K: GroupKind> Group<K> {
     pub fn pause_proposals(&self) -> PauseGuard<'_> {
         self.proposals_paused.store(true, Ordering::Release);
-        PauseGuard(self)
+        PauseGuard(&self.proposals_paused)
     }
 
     pub fn proposals_paused(&self) -> bool {
@@ -118,26 +70,28 @@ impl Group {
 /// Everything needed to create a group's Raft instance.
 pub struct RegistryConfig {
     pub node_id: u64,
-    /// sled's directory, whose files the flusher makes durable.
-    pub db_dir: std::path::PathBuf,
     pub raft_config: Arc<openraft::Config>,
-    pub flush_mode: FlushMode,
     /// Set under simulation: seeds each group's RNG from (seed, node, group).
     pub rng_seed: Option<u64>,
     pub credentials: Arc<Credentials>,
     pub probe: Probe,
-    /// Planted bug (simulation only): state machines skip the split range check.
-    pub planted_no_range_check: bool,
 }
 
-pub struct Registry {
+/// Opens a group's state of kind `K` from the node's database.
+pub type OpenState<K> = Arc<dyn Fn(&sled::Db, GroupId) -> Result<<K as GroupKind>::State, StorageError> + Send + Sync>;
+
+/// The hosted groups of one kind. The kinds share the database, the flusher (one group
+/// commit for the whole node) and the hosted-group and tombstone records, which are keyed
+/// by group id.
+pub struct Registry<K: GroupKind> {
     pub node_id: u64,
     label: String,
     db: sled::Db,
     flusher: Flusher,
     client: HttpClient,
-    config: RegistryConfig,
-    groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
+    config: Arc<RegistryConfig>,
+    open_state: OpenState<K>,
+    groups: RwLock<BTreeMap<GroupId, Arc<Group<K>>>>,
     /// Serializes creation and removal so a group is never built twice.
     lifecycle: tokio::sync::Mutex<()>,
     hosted: sled::Tree,
@@ -146,7 +100,6 @@ pub struct Registry {
     /// skipped the split through a snapshot): they must start from a snapshot of the
     /// child, never from an empty log (see `api::internal`).
     awaiting_snapshot: std::sync::Mutex<std::collections::BTreeSet<GroupId>>,
-    map_tx: watch::Sender<Arc<ClusterMap>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,18 +112,16 @@ pub enum RegistryError {
     Raft(String),
 }
 
-impl Registry {
+impl<K: GroupKind> Registry<K> {
     pub fn new(
         db: sled::Db,
+        flusher: Flusher,
         client: HttpClient,
-        config: RegistryConfig,
-        map_tx: watch::Sender<Arc<ClusterMap>>,
+        config: Arc<RegistryConfig>,
+        open_state: OpenState<K>,
     ) -> Result<Self, RegistryError> {
         let storage = |e: sled::Error| RegistryError::Storage(e.to_string());
         let label = config.node_id.to_string();
-        let files = DurableFiles::open(&config.db_dir)
-            .map_err(|e| RegistryError::Storage(format!("making {} durable: {e}", config.db_dir.display())))?;
-        let flusher = Flusher::start(db.clone(), files, config.flush_mode, label.clone());
         Ok(Registry {
             node_id: config.node_id,
             label,
@@ -180,10 +131,10 @@ impl Registry {
             flusher,
             client,
             config,
+            open_state,
             groups: RwLock::new(BTreeMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             awaiting_snapshot: Default::default(),
-            map_tx,
         })
     }
 
@@ -207,11 +158,11 @@ impl Registry {
         &self.db
     }
 
-    pub fn get(&self, group: GroupId) -> Option<Arc<Group>> {
+    pub fn get(&self, group: GroupId) -> Option<Arc<Group<K>>> {
         self.groups.read().unwrap().get(&group).cloned()
     }
 
-    pub fn all(&self) -> Vec<Arc<Group>> {
+    pub fn all(&self) -> Vec<Arc<Group<K>>> {
         self.groups.read().unwrap().values().cloned().collect()
     }
 
@@ -276,7 +227,7 @@ impl Registry {
         group: GroupId,
         initial_members: Option<BTreeMap<u64, BasicNode>>,
         epoch: Option<u64>,
-    ) -> Result<Arc<Group>, RegistryError> {
+    ) -> Result<Arc<Group<K>>, RegistryError> {
         if let Some(existing) = self.get(group) {
             return Ok(existing);
         }
@@ -288,32 +239,30 @@ impl Registry {
             return Err(RegistryError::Tombstoned(group));
         }
         let storage = |e: openraft::StorageError<u64>| RegistryError::Storage(e.to_string());
-        let log_store = LogStore::open(&self.db, group, self.flusher.clone(), self.config.probe.clone())
+        let log_store = LogStore::<K>::open(&self.db, group, self.flusher.clone(), self.config.probe.clone())
             .map_err(|e| RegistryError::Storage(e.to_string()))?;
-        let map_tx = (group == PD_GROUP).then(|| self.map_tx.clone());
-        let mut state_machine = StateMachineStore::open(
+        let state = (self.open_state)(&self.db, group).map_err(storage)?;
+        let state_machine = StateMachineStore::<K>::open(
             &self.db,
             group,
+            state,
             self.flusher.clone(),
-            map_tx,
             self.label.clone(),
             self.config.probe.clone(),
         )
         .map_err(storage)?;
-        if self.config.planted_no_range_check {
-            state_machine.plant_no_range_check();
-        }
-        let view = state_machine.view();
-        let network = GroupNetworkFactory {
+        let (applied, view) = (state_machine.applied(), state_machine.view());
+        let network = GroupNetworkFactory::<K> {
             group,
             client: self.client.clone(),
             credentials: self.config.credentials.clone(),
+            kind: std::marker::PhantomData,
         };
         if let Some(seed) = self.config.rng_seed {
             // openraft draws this group's election timeout inside Raft::new.
             seed_thread_rng(group_seed(seed, self.node_id, group));
         }
-        let raft = Raft::new(
+        let raft = Raft::<K>::new(
             self.node_id,
             self.config.raft_config.clone(),
             network,
@@ -346,19 +295,17 @@ impl Registry {
         let created = Arc::new(Group {
             id: group,
             raft,
+            applied,
             view,
             is_leader: AtomicBool::new(false),
             term: AtomicU64::new(0),
-            ops_served: AtomicU64::new(0),
             proposals_paused: AtomicBool::new(false),
-            split_point: std::sync::Mutex::new(None),
-            ops_sample: std::sync::Mutex::new(None),
         });
         self.groups.write().unwrap().insert(group, created.clone());
         self.spawn_monitor(created.clone());
         metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone())
             .set(self.groups.read().unwrap().len() as f64);
-        tracing::info!(group, "replica started");
+        tracing::info!(group, kind = K::NAME, "replica started");
         Ok(created)
     }
 
@@ -371,7 +318,7 @@ impl Registry {
     /// round (seen: 5-6 s with no leader). A voter that has had no leader for
     /// `election_timeout_max` plus a random part of it starts an election itself, which
     /// breaks the lockstep. A normal election finishes well before that.
-    fn spawn_monitor(&self, group: Arc<Group>) {
+    fn spawn_monitor(&self, group: Arc<Group<K>>) {
         let label = self.label.clone();
         let node_id = self.node_id;
         let probe = self.config.probe.clone();
@@ -477,8 +424,8 @@ impl Registry {
             let _ = removed.raft.shutdown().await;
         }
         self.config.probe.emit(|| NodeEvent::ReplicaRemoved { group });
-        LogStore::destroy(&self.db, group).map_err(storage)?;
-        StateMachineStore::destroy(&self.db, group).map_err(storage)?;
+        destroy_log(&self.db, group).map_err(storage)?;
+        state_machine::destroy_state(&self.db, group).map_err(storage)?;
         self.hosted.remove(group_prefix(group)).map_err(storage)?;
         self.flusher
             .flush()
@@ -491,7 +438,7 @@ impl Registry {
 
     /// Stops every replica (clean shutdown); data stays on disk.
     pub async fn shutdown(&self) {
-        let groups: Vec<Arc<Group>> = std::mem::take(&mut *self.groups.write().unwrap())
+        let groups: Vec<Arc<Group<K>>> = std::mem::take(&mut *self.groups.write().unwrap())
             .into_values()
             .collect();
         for group in groups {
@@ -502,7 +449,7 @@ impl Registry {
 
     /// Whether this node holds state for `group` already.
     pub fn has_state(&self, group: GroupId) -> bool {
-        StateMachineStore::has_state(&self.db, group)
+        state_machine::has_state(&self.db, group)
     }
 
     pub fn mark_awaiting_snapshot(&self, group: GroupId) {
@@ -510,9 +457,9 @@ impl Registry {
     }
 
     /// Whether `group` must refuse appends that would start its log from nothing.
-    pub fn awaiting_snapshot(&self, group: &Group) -> bool {
+    pub fn awaiting_snapshot(&self, group: &Group<K>) -> bool {
         let mut waiting = self.awaiting_snapshot.lock().unwrap();
-        if waiting.contains(&group.id) && group.view.snapshot_installs() > 0 {
+        if waiting.contains(&group.id) && group.applied.snapshot_installs() > 0 {
             waiting.remove(&group.id);
         }
         waiting.contains(&group.id)
@@ -525,7 +472,7 @@ impl Registry {
 }
 
 /// Snapshots a group and purges its log up to the snapshot (see `spawn_monitor`).
-async fn compact_after_split(group: Arc<Group>) {
+async fn compact_after_split<K: GroupKind>(group: Arc<Group<K>>) {
     const WAIT_FOR_SNAPSHOT_MS: u64 = 10_000;
     if group.raft.trigger().snapshot().await.is_err() {
         return;

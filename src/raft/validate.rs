@@ -8,9 +8,13 @@
 
 use openraft::{EntryPayload, Membership, Vote};
 
-use super::{Entry, LogId, Request, SnapshotMeta};
-use crate::placement::PdCommand;
-use crate::shard::InvalidData;
+use openraft::{BasicNode, RaftTypeConfig};
+
+use super::{Command, LogId, SnapshotMeta};
+
+/// The type configs these checks read: every group's.
+pub trait Plain: RaftTypeConfig<NodeId = u64, Node = BasicNode, Entry = openraft::Entry<Self>> {}
+impl<C: RaftTypeConfig<NodeId = u64, Node = BasicNode, Entry = openraft::Entry<C>>> Plain for C {}
 
 /// Terms and log indices stay below this, so openraft's `+ 1`s never overflow.
 pub const MAX_TERM_OR_INDEX: u64 = 1 << 62;
@@ -32,6 +36,12 @@ pub struct Local {
     /// The replica's current vote (for the committed-vote conflict check).
     pub vote: Vote<u64>,
     pub max_entries: u64,
+    pub limits: Limits,
+}
+
+/// The limits a leader enforces on commands, which entries from peers must respect too.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
 }
@@ -99,34 +109,25 @@ pub fn check_membership(membership: &Membership<u64, openraft::BasicNode>) -> Re
 }
 
 /// The application command inside an entry, against the limits a leader enforces.
-fn check_payload(entry: &Entry, local: &Local) -> Result<(), Invalid> {
+fn check_payload<C: Plain>(entry: &openraft::Entry<C>, local: &Local) -> Result<(), Invalid>
+where
+    C::D: Command,
+{
     match &entry.payload {
         EntryPayload::Blank => Ok(()),
         EntryPayload::Membership(m) => check_membership(m),
-        EntryPayload::Normal(Request::Kv(op)) => op
-            .validate(local.max_key_bytes, local.max_value_bytes)
-            .map_err(|e: InvalidData| invalid(format!("entry {}: {e}", entry.log_id))),
-        EntryPayload::Normal(Request::Pd(command)) => check_pd_command(command),
-        EntryPayload::Normal(Request::Split { at, start, end, .. }) => {
-            let inside = *at > *start && end.is_none_or(|end| *at < end);
-            inside
-                .then_some(())
-                .ok_or_else(|| invalid(format!("entry {}: a split point outside its range", entry.log_id)))
-        }
+        EntryPayload::Normal(command) => command
+            .check(&local.limits)
+            .map_err(|e| invalid(format!("entry {}: {e}", entry.log_id))),
     }
-}
-
-/// PD commands are bounded like the CLI bounds them.
-pub fn check_pd_command(command: &PdCommand) -> Result<(), Invalid> {
-    command.validate().map_err(invalid)
 }
 
 /// AppendEntries: bounded, entries consecutive after `prev_log_id`, terms non-decreasing
 /// and never above the leader's term, and a commit point consistent with the entries.
-pub fn check_append(
-    rpc: &openraft::raft::AppendEntriesRequest<super::TypeConfig>,
-    local: &Local,
-) -> Result<(), Invalid> {
+pub fn check_append<C: Plain>(rpc: &openraft::raft::AppendEntriesRequest<C>, local: &Local) -> Result<(), Invalid>
+where
+    C::D: Command,
+{
     check_vote(&rpc.vote, true, local)?;
     let term = rpc.vote.leader_id.term;
     if rpc.entries.len() as u64 > local.max_entries {
@@ -228,7 +229,30 @@ mod tests {
     use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload};
 
     use super::*;
-    use crate::shard::{KvOp, Precondition};
+    use std::io::Cursor;
+
+    /// A command whose payload must stay under 100, standing in for a kind's limits.
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    struct Bounded(u32);
+
+    impl std::fmt::Display for Bounded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "bounded({})", self.0)
+        }
+    }
+
+    impl Command for Bounded {
+        fn check(&self, _: &Limits) -> Result<(), String> {
+            (self.0 < 100).then_some(()).ok_or_else(|| "too big".into())
+        }
+    }
+
+    openraft::declare_raft_types!(
+        TestConfig:
+            D = Bounded,
+            R = (),
+            AsyncRuntime = crate::raft::runtime::SeamRuntime,
+    );
 
     fn log_id(term: u64, index: u64) -> LogId {
         LogId::new(CommittedLeaderId::new(term, 0), index)
@@ -239,29 +263,26 @@ mod tests {
             node_id,
             vote: Vote::default(),
             max_entries: 64,
-            max_key_bytes: 4096,
-            max_value_bytes: 1 << 20,
+            limits: Limits {
+                max_key_bytes: 4096,
+                max_value_bytes: 1 << 20,
+            },
         }
     }
 
-    fn put(term: u64, index: u64, history_versions: u32) -> super::Entry {
+    fn put(term: u64, index: u64, size: u32) -> Entry<TestConfig> {
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Request::Kv(KvOp::Put {
-                key: b"k".to_vec(),
-                value: b"v".to_vec(),
-                precondition: Precondition::None,
-                history_versions,
-            })),
+            payload: EntryPayload::Normal(Bounded(size)),
         }
     }
 
     fn append(
         term: u64,
         prev: Option<LogId>,
-        entries: Vec<super::Entry>,
+        entries: Vec<Entry<TestConfig>>,
         commit: Option<LogId>,
-    ) -> AppendEntriesRequest<super::super::TypeConfig> {
+    ) -> AppendEntriesRequest<TestConfig> {
         AppendEntriesRequest {
             vote: Vote::new_committed(term, 1),
             prev_log_id: prev,
@@ -289,7 +310,10 @@ mod tests {
             ("overlap", append(3, Some(log_id(2, 4)), vec![put(2, 4, 8)], None)),
             ("falling term", append(3, None, vec![put(3, 0, 8), put(2, 1, 8)], None)),
             ("term above the leader's", append(3, None, vec![put(4, 0, 8)], None)),
-            ("huge history", append(3, None, vec![put(3, 0, u32::MAX)], None)),
+            (
+                "a command over its limits",
+                append(3, None, vec![put(3, 0, u32::MAX)], None),
+            ),
             ("index overflow", append(3, Some(log_id(3, u64::MAX)), vec![], None)),
             (
                 "commit past the log",

@@ -1,10 +1,17 @@
 //! The key-value state machine of one shard group (docs/API.md).
 //!
 //! Everything here is pure: [`apply_op`] maps the key's current record and one command to
-//! the new record and the client-visible result. The sled-backed wrapper in
-//! `raft::state_machine` only loads and stores records around it.
+//! the new record and the client-visible result. [`store`] is the shard kind of Raft
+//! group, which loads and stores records around it in sled.
 
 use serde::{Deserialize, Serialize};
+
+pub mod store;
+
+/// A key's position on the ring.
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
 
 /// Default number of versions retained per key (`--history-versions`).
 pub const DEFAULT_HISTORY_VERSIONS: u32 = 8;

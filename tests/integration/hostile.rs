@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::Method;
 use midasflow::codec;
-use midasflow::raft::{LogId, Request, TypeConfig};
+use midasflow::raft::LogId;
+use midasflow::shard::store::{ShardCommand, ShardConfig as TypeConfig};
 use midasflow::shard::{KvOp, Precondition};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, Membership, SnapshotMeta, StoredMembership, Vote};
@@ -29,7 +30,7 @@ fn log_id(term: u64, index: u64) -> LogId {
 fn put_entry(term: u64, index: u64, history_versions: u32) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(Request::Kv(KvOp::Put {
+        payload: EntryPayload::Normal(ShardCommand::Kv(KvOp::Put {
             key: b"hostile".to_vec(),
             value: b"x".to_vec(),
             precondition: Precondition::None,

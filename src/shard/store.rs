@@ -1,0 +1,637 @@
+//! The shard kind of Raft group: its log's commands, and its state in sled around the
+//! pure [`apply_op`].
+//!
+//! Layout in the `sm` tree under the group's prefix (tag 0 is the Raft store's applied
+//! meta): `0x01 ‖ key` one [`KeyRecord`] per key, `0x03` the [`ShardMeta`] (live counts and
+//! range). A write outside the applied range is refused with [`KvResult::WrongShard`] and
+//! changes nothing. A split moves the upper records to the child's prefix, writes the
+//! child's meta and shrinks this range, all in the batch of the split's own log entry.
+
+// sled and openraft errors pass through unchanged (see `crate::raft`).
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{apply_op, key_hash, KeyRecord, KvOp, KvResult};
+use crate::codec;
+use crate::raft::membership::SplitPlan;
+use crate::raft::registry::Group;
+use crate::raft::state_machine::state_key;
+use crate::raft::validate::Limits;
+use crate::raft::{storage_io_error, AppliedView, Command, GroupId, GroupKind, GroupState, StorageError};
+
+const TAG_RECORD: u8 = 1;
+const TAG_SHARD_META: u8 = 3;
+
+/// Shard groups.
+pub struct ShardKind;
+
+openraft::declare_raft_types!(
+    pub ShardConfig:
+        D = ShardCommand,
+        R = ShardReply,
+        AsyncRuntime = crate::raft::runtime::SeamRuntime,
+);
+
+impl GroupKind for ShardKind {
+    type Config = ShardConfig;
+    type State = ShardState;
+    type View = ShardView;
+    const NAME: &'static str = "shard";
+
+    fn split_command(plan: SplitPlan) -> Option<ShardCommand> {
+        Some(ShardCommand::Split(plan))
+    }
+
+    fn split_outcome(reply: &ShardReply) -> Result<(), String> {
+        match reply {
+            ShardReply::Split(SplitResult::Done { .. }) => Ok(()),
+            ShardReply::Split(SplitResult::Rejected { reason }) => Err(reason.clone()),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+}
+
+pub type ShardGroup = Group<ShardKind>;
+
+/// What a shard's log carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardCommand {
+    Kv(KvOp),
+    /// Split this shard as planned.
+    Split(SplitPlan),
+}
+
+impl std::fmt::Display for ShardCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardCommand::Kv(KvOp::Put { key, value, .. }) => {
+                write!(f, "put({}B key, {}B value)", key.len(), value.len())
+            }
+            ShardCommand::Kv(KvOp::Delete { key, .. }) => write!(f, "delete({}B key)", key.len()),
+            ShardCommand::Split(plan) => write!(f, "split(at {:#x}, child {})", plan.at, plan.child),
+        }
+    }
+}
+
+impl Command for ShardCommand {
+    fn check(&self, limits: &Limits) -> Result<(), String> {
+        match self {
+            ShardCommand::Kv(op) => op
+                .validate(limits.max_key_bytes, limits.max_value_bytes)
+                .map_err(|e| e.to_string()),
+            ShardCommand::Split(plan) => {
+                let inside = plan.at > plan.start && plan.end.is_none_or(|end| plan.at < end);
+                inside
+                    .then_some(())
+                    .ok_or_else(|| "a split point outside its range".into())
+            }
+        }
+    }
+}
+
+/// The outcome of a [`ShardCommand::Split`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SplitResult {
+    Done { child: GroupId },
+    Rejected { reason: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardReply {
+    /// Blank and membership entries.
+    #[default]
+    Empty,
+    Kv(KvResult),
+    Split(SplitResult),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ShardMeta {
+    live_keys: u64,
+    live_bytes: u64,
+    /// The shard's hash range `[start, end)` once it took part in a split (as the parent
+    /// or the child); `None` for a shard as bootstrap cut it, which has never changed.
+    range: Option<(u64, Option<u64>)>,
+}
+
+/// Whether `range` (`None`: unchanged since bootstrap) covers `hash`.
+fn range_covers(range: Option<(u64, Option<u64>)>, hash: u64) -> bool {
+    range.is_none_or(|(start, end)| hash >= start && end.is_none_or(|end| hash < end))
+}
+
+/// Decodes a stored or received record, refusing any shape apply never writes.
+fn decode_record(bytes: &[u8]) -> Result<KeyRecord, StorageError> {
+    let record: KeyRecord = codec::decode(bytes).map_err(storage_io_error)?;
+    record.validate().map_err(storage_io_error)?;
+    Ok(record)
+}
+
+/// What the rest of the node reads of a shard replica without going through Raft, and
+/// the load it counts for the scheduler.
+pub struct ShardView {
+    group: GroupId,
+    sm: sled::Tree,
+    range: RwLock<Option<(u64, Option<u64>)>>,
+    live_keys: AtomicU64,
+    live_bytes: AtomicU64,
+    ops_served: AtomicU64,
+    /// The last split point computed and when; the last (time, ops, rate) sample.
+    split_point: Mutex<Option<(tokio::time::Instant, Option<u64>)>>,
+    ops_sample: Mutex<Option<(tokio::time::Instant, u64, u64)>>,
+}
+
+impl ShardView {
+    /// The key's record as of this replica's applied state.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyRecord>, StorageError> {
+        match self
+            .sm
+            .get(state_key(self.group, TAG_RECORD, key))
+            .map_err(storage_io_error)?
+        {
+            Some(bytes) => Ok(Some(decode_record(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether this replica's applied state serves keys hashing to `hash`.
+    pub fn covers(&self, hash: u64) -> bool {
+        range_covers(self.range(), hash)
+    }
+
+    /// The median hash of up to `samples` keys spread over the shard (every n-th key in
+    /// key order, which is random in hash order). `None` if the shard has fewer than two
+    /// keys in its range.
+    pub fn median_key_hash(&self, samples: usize) -> Option<u64> {
+        let prefix = state_key(self.group, TAG_RECORD, &[]);
+        let total = (self.live_keys() as usize).max(1);
+        let step = (total / samples.max(1)).max(1);
+        let range = self.range();
+        let mut hashes: Vec<u64> = self
+            .sm
+            .scan_prefix(&prefix)
+            .keys()
+            .step_by(step)
+            .filter_map(Result::ok)
+            .map(|k| key_hash(&k[prefix.len()..]))
+            .filter(|h| range_covers(range, *h))
+            .take(samples.max(2))
+            .collect();
+        if hashes.len() < 2 {
+            return None;
+        }
+        hashes.sort_unstable();
+        // The upper median: the split leaves at least one sampled key on each side.
+        Some(hashes[hashes.len() / 2])
+    }
+
+    pub fn live_keys(&self) -> u64 {
+        self.live_keys.load(Ordering::Relaxed)
+    }
+
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts a client operation served by this replica (the scheduler's load figure).
+    pub fn count_op(&self) {
+        self.ops_served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ops_served(&self) -> u64 {
+        self.ops_served.load(Ordering::Relaxed)
+    }
+
+    /// Operations served per second, measured between calls at least a second apart.
+    pub fn ops_rate(&self) -> u64 {
+        let now = tokio::time::Instant::now();
+        let ops = self.ops_served();
+        let mut sample = self.ops_sample.lock().unwrap();
+        match *sample {
+            Some((at, _, rate)) if now.duration_since(at) < Duration::from_secs(1) => rate,
+            Some((at, before, _)) => {
+                let rate = (ops.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64()) as u64;
+                *sample = Some((now, ops, rate));
+                rate
+            }
+            None => {
+                *sample = Some((now, ops, 0));
+                0
+            }
+        }
+    }
+
+    /// `compute`'s answer, reused for `refresh` while the replica still covers it (a split
+    /// of this shard makes the old point its end).
+    pub fn cached_split_point(&self, refresh: Duration, compute: impl FnOnce() -> Option<u64>) -> Option<u64> {
+        let mut cached = self.split_point.lock().unwrap();
+        let still_inside = |point: Option<u64>| point.is_none_or(|p| self.covers(p));
+        match *cached {
+            Some((at, point)) if at.elapsed() < refresh && still_inside(point) => point,
+            _ => {
+                let point = compute();
+                *cached = Some((tokio::time::Instant::now(), point));
+                point
+            }
+        }
+    }
+
+    fn publish(&self, meta: &ShardMeta) {
+        *self.range.write().unwrap() = meta.range;
+        self.live_keys.store(meta.live_keys, Ordering::Relaxed);
+        self.live_bytes.store(meta.live_bytes, Ordering::Relaxed);
+    }
+}
+
+impl AppliedView for ShardView {
+    fn range(&self) -> Option<(u64, Option<u64>)> {
+        *self.range.read().unwrap()
+    }
+
+    fn split_point(&self, samples: usize) -> Option<u64> {
+        self.median_key_hash(samples)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ShardSnapshot {
+    live_keys: u64,
+    live_bytes: u64,
+    range: Option<(u64, Option<u64>)>,
+    /// (user key, encoded [`KeyRecord`]) in key order.
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Why a received shard snapshot was refused.
+#[derive(Debug, thiserror::Error)]
+enum BadRecords {
+    #[error("undecodable: {0}")]
+    Decode(#[from] codec::CodecError),
+    #[error("record {index}: {why}")]
+    Record { index: usize, why: String },
+    #[error("record {0}: keys are not strictly increasing")]
+    KeyOrder(usize),
+}
+
+/// Checks every record of a peer's snapshot; returns the live key and byte counts
+/// recomputed from the records, never taken from the sender.
+fn validate_records(records: &[(Vec<u8>, Vec<u8>)]) -> Result<(u64, u64), BadRecords> {
+    let (mut keys, mut bytes) = (0u64, 0u64);
+    for (index, (key, encoded)) in records.iter().enumerate() {
+        if key.is_empty() {
+            return Err(BadRecords::Record {
+                index,
+                why: "empty key".into(),
+            });
+        }
+        if index > 0 && records[index - 1].0 >= *key {
+            return Err(BadRecords::KeyOrder(index));
+        }
+        let record = decode_record(encoded).map_err(|e| BadRecords::Record {
+            index,
+            why: e.to_string(),
+        })?;
+        keys += u64::from(record.is_live());
+        bytes += record.live_value_bytes();
+    }
+    Ok((keys, bytes))
+}
+
+fn decode_snapshot(data: &[u8]) -> Result<(ShardSnapshot, (u64, u64)), BadRecords> {
+    let snapshot: ShardSnapshot = codec::decode(data)?;
+    let counts = validate_records(&snapshot.records)?;
+    Ok((snapshot, counts))
+}
+
+pub struct ShardState {
+    group: GroupId,
+    sm: sled::Tree,
+    meta: ShardMeta,
+    /// Records written by this apply call and not yet committed.
+    overlay: BTreeMap<Vec<u8>, KeyRecord>,
+    view: Arc<ShardView>,
+    /// Planted bug (simulation only): apply writes whatever the key's hash.
+    skip_range_check: bool,
+}
+
+impl ShardState {
+    /// Opens a shard replica's state. `skip_range_check` plants the "no range check after
+    /// a split" bug (simulation only).
+    pub fn open(db: &sled::Db, group: GroupId, skip_range_check: bool) -> Result<Self, StorageError> {
+        let sm = db.open_tree("sm").map_err(storage_io_error)?;
+        let meta: ShardMeta = match sm
+            .get(state_key(group, TAG_SHARD_META, &[]))
+            .map_err(storage_io_error)?
+        {
+            Some(bytes) => codec::decode(&bytes).map_err(storage_io_error)?,
+            None => ShardMeta::default(),
+        };
+        let view = Arc::new(ShardView {
+            group,
+            sm: sm.clone(),
+            range: RwLock::new(None),
+            live_keys: AtomicU64::new(0),
+            live_bytes: AtomicU64::new(0),
+            ops_served: AtomicU64::new(0),
+            split_point: Mutex::new(None),
+            ops_sample: Mutex::new(None),
+        });
+        view.publish(&meta);
+        Ok(ShardState {
+            group,
+            sm,
+            meta,
+            overlay: BTreeMap::new(),
+            view,
+            skip_range_check,
+        })
+    }
+
+    fn apply_kv(&mut self, op: KvOp) -> Result<KvResult, StorageError> {
+        // A shard never split has no range to check: no hash on that path.
+        if !self.skip_range_check && self.meta.range.is_some() && !range_covers(self.meta.range, key_hash(op.key())) {
+            return Ok(KvResult::WrongShard);
+        }
+        let current = match self.overlay.get(op.key()) {
+            Some(record) => Some(record.clone()),
+            None => self.view.get(op.key())?,
+        };
+        let (next, result) = apply_op(current.as_ref(), &op);
+        if let Some(next) = next {
+            let was_live = current.as_ref().is_some_and(KeyRecord::is_live);
+            let old_bytes = current.as_ref().map_or(0, KeyRecord::live_value_bytes);
+            self.meta.live_keys = self.meta.live_keys + u64::from(next.is_live()) - u64::from(was_live);
+            self.meta.live_bytes = self.meta.live_bytes + next.live_value_bytes() - old_bytes;
+            self.overlay.insert(op.key().to_vec(), next);
+        }
+        Ok(result)
+    }
+
+    /// Applies a split (a barrier: everything before it is committed). The records hashing
+    /// to `[at, end)` move under the child's prefix, the child's meta is written (its
+    /// range; no log yet: its replicas start it from this state), and this shard's range
+    /// ends at `at`. A replica whose range is not the planned one refuses, except a repeat
+    /// of the split it already applied.
+    fn split(&mut self, plan: SplitPlan, batch: &mut sled::Batch) -> Result<SplitResult, StorageError> {
+        let SplitPlan { child, at, .. } = plan;
+        let planned = (plan.start, plan.end);
+        let (start, end) = self.meta.range.unwrap_or(planned);
+        let rejected = |reason: String| {
+            tracing::warn!(group = self.group, child, at, %reason, "split refused");
+            Ok(SplitResult::Rejected { reason })
+        };
+        if (start, end) != planned {
+            if start == planned.0 && end == Some(at) {
+                return Ok(SplitResult::Done { child });
+            }
+            return rejected(format!(
+                "this shard's range is {start:#x}..{end:?}, not the planned {planned:?}"
+            ));
+        }
+        if at <= start || end.is_some_and(|end| at >= end) {
+            return rejected(format!("{at:#x} is not inside {start:#x}..{end:?}"));
+        }
+        if crate::raft::state_machine::has_state_in(&self.sm, child) {
+            return rejected(format!("shard {child} already has state on this node"));
+        }
+        let prefix = state_key(self.group, TAG_RECORD, &[]);
+        let (mut keys, mut bytes) = (0u64, 0u64);
+        for item in self.sm.scan_prefix(&prefix) {
+            let (key, value) = item.map_err(storage_io_error)?;
+            let user_key = &key[prefix.len()..];
+            if key_hash(user_key) < at {
+                continue;
+            }
+            let record = decode_record(&value)?;
+            keys += u64::from(record.is_live());
+            bytes += record.live_value_bytes();
+            batch.insert(state_key(child, TAG_RECORD, user_key), value);
+            batch.remove(key);
+        }
+        let child_meta = ShardMeta {
+            live_keys: keys,
+            live_bytes: bytes,
+            range: Some((at, end)),
+        };
+        batch.insert(
+            state_key(child, TAG_SHARD_META, &[]),
+            codec::encode(&child_meta).map_err(storage_io_error)?,
+        );
+        self.meta.range = Some((start, Some(at)));
+        self.meta.live_keys = self.meta.live_keys.saturating_sub(keys);
+        self.meta.live_bytes = self.meta.live_bytes.saturating_sub(bytes);
+        tracing::info!(group = self.group, child, at = %format!("{at:#x}"), keys, "split applied");
+        Ok(SplitResult::Done { child })
+    }
+}
+
+impl GroupState<ShardKind> for ShardState {
+    fn view(&self) -> Arc<ShardView> {
+        self.view.clone()
+    }
+
+    fn apply(&mut self, command: ShardCommand, batch: &mut sled::Batch) -> Result<ShardReply, StorageError> {
+        match command {
+            ShardCommand::Kv(op) => self.apply_kv(op).map(ShardReply::Kv),
+            ShardCommand::Split(plan) => self.split(plan, batch).map(ShardReply::Split),
+        }
+    }
+
+    fn is_barrier(command: &ShardCommand) -> bool {
+        // The split scans the committed records.
+        matches!(command, ShardCommand::Split(_))
+    }
+
+    fn stage(&mut self, batch: &mut sled::Batch) -> Result<(), StorageError> {
+        for (key, record) in std::mem::take(&mut self.overlay) {
+            let bytes = codec::encode(&record).map_err(storage_io_error)?;
+            batch.insert(state_key(self.group, TAG_RECORD, &key), bytes);
+        }
+        batch.insert(
+            state_key(self.group, TAG_SHARD_META, &[]),
+            codec::encode(&self.meta).map_err(storage_io_error)?,
+        );
+        Ok(())
+    }
+
+    fn committed(&mut self) {
+        self.view.publish(&self.meta);
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, StorageError> {
+        let prefix = state_key(self.group, TAG_RECORD, &[]);
+        let mut records = Vec::new();
+        for item in self.sm.scan_prefix(&prefix) {
+            let (key, value) = item.map_err(storage_io_error)?;
+            // A record this node cannot read must fail the build, not travel to followers.
+            decode_record(&value)?;
+            records.push((key[prefix.len()..].to_vec(), value.to_vec()));
+        }
+        codec::encode(&ShardSnapshot {
+            live_keys: self.meta.live_keys,
+            live_bytes: self.meta.live_bytes,
+            range: self.meta.range,
+            records,
+        })
+        .map_err(storage_io_error)
+    }
+
+    fn check_snapshot(data: &[u8]) -> Result<(), String> {
+        decode_snapshot(data).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn install(&mut self, data: &[u8], batch: &mut sled::Batch) -> Result<(), StorageError> {
+        let (snapshot, (live_keys, live_bytes)) = decode_snapshot(data).map_err(storage_io_error)?;
+        for (key, record) in snapshot.records {
+            batch.insert(state_key(self.group, TAG_RECORD, &key), record);
+        }
+        self.overlay.clear();
+        self.meta = ShardMeta {
+            live_keys,
+            live_bytes,
+            range: snapshot.range,
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::log_store::{DurableFiles, FlushMode, Flusher};
+    use crate::raft::probe::Probe;
+    use crate::raft::state_machine::{check_snapshot_data, StateMachineStore};
+    use crate::raft::{Entry, LogId};
+    use crate::shard::{Precondition, VersionEntry};
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+
+    fn store(db: &sled::Db, dir: &std::path::Path) -> StateMachineStore<ShardKind> {
+        let files = DurableFiles::open(dir).unwrap();
+        let flusher = Flusher::start(db.clone(), files, FlushMode::Inline, "t".into());
+        let state = ShardState::open(db, 7, false).unwrap();
+        StateMachineStore::open(db, 7, state, flusher, "t".into(), Probe::new(1, None)).unwrap()
+    }
+
+    fn entry(index: u64, command: ShardCommand) -> Entry<ShardKind> {
+        openraft::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn put(index: u64, key: &[u8]) -> Entry<ShardKind> {
+        entry(
+            index,
+            ShardCommand::Kv(KvOp::Put {
+                key: key.to_vec(),
+                value: b"v".to_vec(),
+                precondition: Precondition::None,
+                history_versions: 4,
+            }),
+        )
+    }
+
+    /// The silent-data-loss finding: a state read that failed used to produce a snapshot
+    /// with no records and the real applied index, which openraft then shipped and purged
+    /// the log behind. Now the build fails and nothing is stored.
+    #[tokio::test]
+    async fn a_snapshot_of_unreadable_state_fails_instead_of_shipping_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let mut sm = store(&db, dir.path());
+        sm.apply(vec![put(1, b"a"), put(2, b"b")]).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        let good = builder.build_snapshot().await.unwrap();
+        check_snapshot_data::<ShardKind>(good.snapshot.get_ref()).unwrap();
+
+        db.open_tree("sm")
+            .unwrap()
+            .insert(state_key(7, TAG_RECORD, b"c"), b"\x01garbage".to_vec())
+            .unwrap();
+        db.open_tree("snapshots")
+            .unwrap()
+            .remove(crate::raft::group_prefix(7))
+            .unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        assert!(builder.build_snapshot().await.is_err(), "a partial snapshot was built");
+        assert!(sm.get_current_snapshot().await.unwrap().is_none(), "nothing stored");
+    }
+
+    /// Writes applied in one call see each other, a split moves exactly the upper keys to
+    /// the child in the split entry's own batch, and a write outside the shrunk range is
+    /// refused with nothing changed.
+    #[tokio::test]
+    async fn a_split_moves_the_upper_keys_and_later_writes_outside_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let mut sm = store(&db, dir.path());
+        let keys: Vec<Vec<u8>> = (0..40u32).map(|i| format!("key-{i}").into_bytes()).collect();
+        let puts: Vec<_> = keys.iter().enumerate().map(|(i, k)| put(i as u64 + 1, k)).collect();
+        sm.apply(puts).await.unwrap();
+        let view = sm.view();
+        let at = view.median_key_hash(1024).expect("a split point");
+        let plan = SplitPlan {
+            child: 9,
+            at,
+            start: 0,
+            end: None,
+        };
+        let replies = sm.apply(vec![entry(41, ShardCommand::Split(plan))]).await.unwrap();
+        assert_eq!(replies, vec![ShardReply::Split(SplitResult::Done { child: 9 })]);
+        let child = ShardState::open(&db, 9, false).unwrap();
+        for key in &keys {
+            let upper = key_hash(key) >= at;
+            assert_eq!(view.get(key).unwrap().is_some(), !upper, "parent holds the lower half");
+            assert_eq!(
+                child.view.get(key).unwrap().is_some(),
+                upper,
+                "child holds the upper half"
+            );
+        }
+        assert_eq!(view.live_keys() + child.view.live_keys(), keys.len() as u64);
+        assert_eq!(child.view.range(), Some((at, None)));
+        let upper = keys.iter().find(|k| key_hash(k) >= at).unwrap();
+        let replies = sm.apply(vec![put(42, upper)]).await.unwrap();
+        assert_eq!(replies, vec![ShardReply::Kv(KvResult::WrongShard)]);
+        assert!(view.get(upper).unwrap().is_none(), "nothing written");
+        // A repeat of the same split is done already; another plan is refused.
+        let again = sm.apply(vec![entry(43, ShardCommand::Split(plan))]).await.unwrap();
+        assert_eq!(again, vec![ShardReply::Split(SplitResult::Done { child: 9 })]);
+    }
+
+    #[test]
+    fn received_snapshots_are_checked_record_by_record() {
+        let record = |versions: Vec<VersionEntry>| codec::encode(&KeyRecord { versions }).unwrap();
+        let live = VersionEntry {
+            version: 1,
+            deleted: false,
+            value: b"v".to_vec(),
+        };
+        let payload = |records: Vec<(Vec<u8>, Vec<u8>)>| {
+            codec::encode(&ShardSnapshot {
+                live_keys: 0,
+                live_bytes: 0,
+                range: None,
+                records,
+            })
+            .unwrap()
+        };
+        let check = |data: &[u8]| ShardState::check_snapshot(data);
+        assert!(check(&payload(vec![(b"a".to_vec(), record(vec![live.clone()]))])).is_ok());
+        assert!(check(&payload(vec![(b"a".to_vec(), record(vec![]))])).is_err());
+        let unordered = payload(vec![
+            (b"b".to_vec(), record(vec![live.clone()])),
+            (b"a".to_vec(), record(vec![live.clone()])),
+        ]);
+        assert!(check(&unordered).is_err());
+        assert!(check(&payload(vec![(Vec::new(), record(vec![live]))])).is_err());
+        assert!(check(b"\x01\xff\xff").is_err());
+    }
+}
