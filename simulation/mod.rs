@@ -1,6 +1,6 @@
 //! Deterministic simulations of whole clusters under turmoil (see `docs/simulation.md`).
 //!
-//! Every host runs the real node (`node::start`), with turmoil's network and clock in
+//! Every host runs the real node (`launch::start`), with turmoil's network and clock in
 //! place of the real ones, sled in a per-host directory that survives crashes, and the
 //! flusher inline on the host's runtime. Client hosts issue reads, writes, CAS and deletes
 //! through random nodes and record what they were told; the checkers then decide whether
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::client::{encode_key_str, Client};
-use crate::node::{self, NodeConfig, PlantedBug};
+use crate::node::{NodeConfig, PlantedBug};
 use crate::raft::log_store::FlushMode;
 use crate::raft::probe::{NodeEvent, Observer};
 use crate::raft::transport::NetKind;
@@ -830,7 +830,7 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
             let config = config.clone();
             let refusals = refusals.clone();
             async move {
-                match node::start(config).await {
+                match crate::launch::start(config).await {
                     Ok(_running) => std::future::pending::<()>().await,
                     Err(e) => {
                         {

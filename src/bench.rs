@@ -65,7 +65,7 @@ pub struct BenchArgs {
     pub out: Option<std::path::PathBuf>,
     /// With --ca-cert, nodes are reached over https.
     #[command(flatten)]
-    pub security: crate::cli::ClientSecurity,
+    pub security: crate::api::client::ClientSecurity,
 }
 
 /// A 16-byte key, as the benchmark method specifies.

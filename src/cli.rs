@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use hyper::Method;
 use serde_json::Value;
 
-use crate::client::{encode_key_str, Client, ClientAuth};
-use crate::node::{self, Limits, NodeConfig, RaftTimings, RunningNode};
+use crate::client::{encode_key_str, Client, ClientSecurity};
+use crate::launch::{self, RunningNode};
+use crate::node::{Limits, NodeConfig, RaftTimings};
 use crate::placement::operator::ScheduleSettings;
 use crate::security::{is_loopback, NodeTls};
 
@@ -193,35 +194,6 @@ impl ServerSecurity {
             )),
             (None, true) => Ok(None),
         }
-    }
-}
-
-/// How the CLI reaches a node: `https` endpoints need --ca-cert; --token for API tokens.
-#[derive(Args, Debug, Clone)]
-pub struct ClientSecurity {
-    /// CA certificate to verify `https` endpoints with.
-    #[arg(long, global = true, env = "MIDASFLOW_CA_CERT")]
-    pub ca_cert: Option<PathBuf>,
-    /// File holding the API token to send (first line).
-    #[arg(long, global = true, env = "MIDASFLOW_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-}
-
-impl ClientSecurity {
-    pub fn auth(&self) -> Result<ClientAuth, String> {
-        let tls = match &self.ca_cert {
-            Some(path) => Some(crate::security::client_config(path).map_err(|e| e.to_string())?),
-            None => None,
-        };
-        let token = match &self.token_file {
-            Some(path) => Some(
-                crate::security::read_token_file(path)
-                    .map_err(|e| e.to_string())?
-                    .swap_remove(0),
-            ),
-            None => None,
-        };
-        Ok(ClientAuth { tls, token })
     }
 }
 
@@ -477,7 +449,7 @@ pub async fn run_server(args: ServerArgs) -> Result<(), String> {
     if config.tls.is_none() {
         tracing::warn!("running insecure (--insecure): no TLS, and no client certificates between nodes");
     }
-    let running = node::start(config).await.map_err(|e| e.to_string())?;
+    let running = launch::start(config).await.map_err(|e| e.to_string())?;
     println!(
         "midasflow node {} serving on {scheme}://{}",
         args.node_id, running.local_addr
@@ -520,7 +492,7 @@ pub async fn run_demo(args: DemoArgs) -> Result<(), String> {
             initial_cluster.clone(),
         );
         args.tuning.apply(&mut config)?;
-        match node::start(config).await {
+        match launch::start(config).await {
             Ok(running) => nodes.push(running),
             Err(e) => {
                 for started in nodes {

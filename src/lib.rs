@@ -8,6 +8,7 @@ pub mod bench_storage;
 pub mod cli;
 pub mod codec;
 pub mod identity;
+pub mod launch;
 pub mod node;
 pub mod placement;
 pub mod raft;

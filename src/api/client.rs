@@ -312,3 +312,32 @@ impl SmartClient {
         last.expect("at least one attempt")
     }
 }
+
+/// How the CLI reaches a node: `https` endpoints need --ca-cert; --token for API tokens.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientSecurity {
+    /// CA certificate to verify `https` endpoints with.
+    #[arg(long, global = true, env = "MIDASFLOW_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// File holding the API token to send (first line).
+    #[arg(long, global = true, env = "MIDASFLOW_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl ClientSecurity {
+    pub fn auth(&self) -> Result<ClientAuth, String> {
+        let tls = match &self.ca_cert {
+            Some(path) => Some(crate::security::client_config(path).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let token = match &self.token_file {
+            Some(path) => Some(
+                crate::security::read_token_file(path)
+                    .map_err(|e| e.to_string())?
+                    .swap_remove(0),
+            ),
+            None => None,
+        };
+        Ok(ClientAuth { tls, token })
+    }
+}

@@ -24,9 +24,10 @@ use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::server::PeerInfo;
+use super::Api;
 use crate::codec;
 use crate::identity::{self, IdentityAnswer, IdentityQuery};
-use crate::node::{Heartbeat, Node, MAX_HEARTBEAT_BODY_BYTES, MAX_VOTE_BODY_BYTES, SNAPSHOT_FRAMING_BYTES};
+use crate::node::{Heartbeat, MAX_HEARTBEAT_BODY_BYTES, MAX_VOTE_BODY_BYTES, SNAPSHOT_FRAMING_BYTES};
 use crate::placement::PD_GROUP;
 use crate::raft::membership::AdminRequest;
 use crate::raft::network::{CLUSTER_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER};
@@ -61,7 +62,7 @@ enum ChunkRefused {
 #[derive(Default)]
 pub struct SnapshotReceives(std::sync::Mutex<BTreeMap<GroupId, SnapshotReceive>>);
 
-fn authorize(node: &Node, request: &Request) -> Result<(), ApiError> {
+fn authorize(node: &Api, request: &Request) -> Result<(), ApiError> {
     if node.config.tls.is_some() {
         let verified = request
             .extensions()
@@ -84,7 +85,7 @@ fn authorize(node: &Node, request: &Request) -> Result<(), ApiError> {
 
 /// Why a peer's request was refused on identity, as counted in
 /// `midasflow_rpc_rejected_total{reason}`.
-fn reject(node: &Node, reason: &'static str, message: String) -> ApiError {
+fn reject(node: &Api, reason: &'static str, message: String) -> ApiError {
     metrics::counter!("midasflow_rpc_rejected_total", "node" => node.label(), "reason" => reason).increment(1);
     tracing::warn!(reason, "refused an internal request: {message}");
     ApiError::forbidden(reason, message)
@@ -100,7 +101,7 @@ struct Sender {
 /// Every internal request names its sender (node id, incarnation, cluster). A sender of
 /// another cluster, or a node id that comes with an incarnation the cluster does not know
 /// for it (a wiped disk, an impostor), is refused and nothing it sent is applied.
-fn check_sender(node: &Node, request: &Request) -> Result<Sender, ApiError> {
+fn check_sender(node: &Api, request: &Request) -> Result<Sender, ApiError> {
     let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
     let sender: Option<u64> = header(NODE_HEADER).and_then(|v| v.parse().ok());
     let incarnation = header(INCARNATION_HEADER).and_then(identity::parse_hex);
@@ -153,12 +154,12 @@ fn check_sender(node: &Node, request: &Request) -> Result<Sender, ApiError> {
 
 /// Authenticates the request and its sender, reads the body within `limit` bytes, and
 /// admits it.
-async fn admit(node: &Node, request: Request, limit: usize) -> Result<(bytes::Bytes, Admitted<'_>), ApiError> {
+async fn admit(node: &Api, request: Request, limit: usize) -> Result<(bytes::Bytes, Admitted<'_>), ApiError> {
     admit_checked(node, request, limit, true).await
 }
 
 async fn admit_checked(
-    node: &Node,
+    node: &Api,
     request: Request,
     limit: usize,
     check_identity: bool,
@@ -222,7 +223,7 @@ fn encoded<T: Serialize>(value: &T) -> Response {
     }
 }
 
-fn local<K: GroupKind>(node: &Node, group: Option<&Group<K>>) -> Local {
+fn local<K: GroupKind>(node: &Api, group: Option<&Group<K>>) -> Local {
     Local {
         node_id: node.config.node_id,
         vote: group.map_or_else(Vote::default, |g| g.raft.metrics().borrow().vote),
@@ -240,7 +241,7 @@ fn local<K: GroupKind>(node: &Node, group: Option<&Group<K>>) -> Local {
 /// otherwise win with an empty log's vote and overwrite committed entries (simulation
 /// seed 55). A replica with no configuration at all votes only in a group the bootstrap
 /// or a split created (epoch 1), where every replica starts that way.
-fn may_vote<K: GroupKind>(node: &Node, group: &Group<K>) -> bool {
+fn may_vote<K: GroupKind>(node: &Api, group: &Group<K>) -> bool {
     let membership = group.raft.metrics().borrow().membership_config.clone();
     let membership = membership.membership();
     if membership.nodes().next().is_none() {
@@ -251,7 +252,7 @@ fn may_vote<K: GroupKind>(node: &Node, group: &Group<K>) -> bool {
 
 /// The group's replica, created on its first RPC if the map assigns it here.
 async fn hosted_group<K: GroupKind>(
-    node: &Node,
+    node: &Api,
     registry: &Registry<K>,
     group: GroupId,
 ) -> Result<Arc<Group<K>>, ApiError> {
@@ -273,7 +274,7 @@ async fn hosted_group<K: GroupKind>(
 }
 
 pub async fn raft_rpc(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<Api>>,
     Path((group_id, op)): Path<(GroupId, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -293,7 +294,7 @@ pub async fn raft_rpc(
 
 /// One Raft RPC for a group of kind `K`.
 async fn raft_rpc_of<K: GroupKind>(
-    node: &Node,
+    node: &Api,
     registry: &Registry<K>,
     group_id: GroupId,
     op: &str,
@@ -338,7 +339,7 @@ async fn raft_rpc_of<K: GroupKind>(
 /// Adds one chunk to the group's receive; on the last, checks the whole snapshot and
 /// hands it to openraft in one piece.
 async fn install_snapshot_chunk<K: GroupKind>(
-    node: &Node,
+    node: &Api,
     group: &Group<K>,
     rpc: InstallSnapshotRequest<Config<K>>,
 ) -> Result<Response, ApiError> {
@@ -451,7 +452,7 @@ impl SnapshotReceives {
 /// The placement driver's executor asks a replica for its group's status, or (on the
 /// leader) for a membership change or a leadership transfer.
 pub async fn admin(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<Api>>,
     Path(group_id): Path<GroupId>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -467,7 +468,7 @@ pub async fn admin(
 
 /// A starting node asks whether a cluster exists and what it knows of the asker. No
 /// identity headers are checked here: the asker may be new.
-pub async fn identity_query(State(node): State<Arc<Node>>, request: Request) -> Result<Response, ApiError> {
+pub async fn identity_query(State(node): State<Arc<Api>>, request: Request) -> Result<Response, ApiError> {
     let (body, _permit) = admit_checked(&node, request, MAX_VOTE_BODY_BYTES, false).await?;
     let query: IdentityQuery = decode(&body)?;
     let mut answer = IdentityAnswer::from_map(&node.map(), query.node_id);
@@ -476,7 +477,7 @@ pub async fn identity_query(State(node): State<Arc<Node>>, request: Request) -> 
     Ok(encoded(&answer))
 }
 
-pub async fn pd_heartbeat(State(node): State<Arc<Node>>, request: Request) -> Result<Response, ApiError> {
+pub async fn pd_heartbeat(State(node): State<Arc<Api>>, request: Request) -> Result<Response, ApiError> {
     let (body, admitted) = admit(&node, request, MAX_HEARTBEAT_BODY_BYTES).await?;
     let hb: Heartbeat = decode(&body)?;
     hb.validate().map_err(ApiError::bad_request)?;

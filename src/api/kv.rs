@@ -17,7 +17,8 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::routing_json;
-use crate::node::{Node, PlantedBug};
+use super::Api;
+use crate::node::PlantedBug;
 use crate::raft::network::send;
 use crate::raft::GroupId;
 use crate::shard::store::{ShardCommand, ShardGroup, ShardReply};
@@ -154,7 +155,7 @@ fn parse_query(query: Option<&str>) -> Result<(Consistency, Option<u64>), ApiErr
 /// Parses the call from method, path, query, headers and body, enforcing every limit.
 /// The body is read first, so an error never answers a client that is still sending.
 async fn parse_call(
-    node: &Node,
+    node: &Api,
     request: Request,
 ) -> Result<(KvCall, HeaderMap, Bytes, tokio::sync::SemaphorePermit<'_>), ApiError> {
     let limits = &node.config.limits;
@@ -229,7 +230,7 @@ async fn parse_call(
     Ok((call, parts.headers, body, budget))
 }
 
-pub async fn handle(State(node): State<Arc<Node>>, request: Request) -> Response {
+pub async fn handle(State(node): State<Arc<Api>>, request: Request) -> Response {
     let method = request.method().clone();
     let path_and_query = request
         .uri()
@@ -287,7 +288,7 @@ enum Attempt {
     Wait,
 }
 
-async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: Instant) -> Result<Response, ApiError> {
+async fn execute(node: &Arc<Api>, call: KvCall, forward: &Forward, deadline: Instant) -> Result<Response, ApiError> {
     let hash = crate::placement::key_hash(call.key());
     let mut shard = node
         .map()
@@ -376,7 +377,7 @@ async fn execute(node: &Arc<Node>, call: KvCall, forward: &Forward, deadline: In
 /// again could apply it twice (or make a CAS report 412 for its own success). So every
 /// outcome but a confirmed result is "unknown" (504).
 async fn serve_on_leader(
-    node: &Node,
+    node: &Api,
     group: &ShardGroup,
     call: &KvCall,
     proposed: &mut bool,
@@ -536,7 +537,7 @@ async fn serve_local(group: &ShardGroup, call: &KvCall, linearizable: bool) -> R
 }
 
 /// 421 with the current map, for clients that asked not to be forwarded.
-fn misdirected(node: &Node) -> Response {
+fn misdirected(node: &Api) -> Response {
     (StatusCode::MISDIRECTED_REQUEST, axum::Json(routing_json(node))).into_response()
 }
 
@@ -564,7 +565,7 @@ const RELAYED_HEADERS: [&str; 6] = [
 ];
 
 pub(super) async fn forward_to(
-    node: &Node,
+    node: &Api,
     target: u64,
     forward: &Forward,
     hops: u32,

@@ -48,8 +48,31 @@ pub fn install_metrics() -> &'static PrometheusHandle {
     })
 }
 
+/// What the HTTP handlers share: the node, and the HTTP side's own bounded resources.
+/// Handlers reach the node's fields and methods through it (`Deref`).
+pub struct Api {
+    pub node: Arc<Node>,
+    /// Bytes of request bodies held at once (`Limits::max_buffered_body_bytes`).
+    pub body_budget: BodyBudget,
+    /// Snapshots being assembled from chunks.
+    pub snapshot_receives: internal::SnapshotReceives,
+}
+
+impl std::ops::Deref for Api {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
 pub fn router(node: Arc<Node>) -> Router {
     install_metrics();
+    let node = Arc::new(Api {
+        body_budget: BodyBudget::new(node.config.limits.max_buffered_body_bytes),
+        snapshot_receives: Default::default(),
+        node,
+    });
     Router::new()
         .route("/v1/kv", any(empty_key))
         .route("/v1/kv/", any(empty_key))
@@ -100,7 +123,7 @@ const OPEN_ROUTES: [&str; 4] = ["/livez", "/readyz", "/health", "/metrics"];
 
 /// With `--api-token-file`, public routes need `Authorization: Bearer <token>` (401
 /// otherwise). Internal routes have their own checks (certificate, secret).
-async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+async fn authenticate(State(node): State<Arc<Api>>, request: Request, next: Next) -> Response {
     let Some(tokens) = &node.config.api_tokens else {
         return next.run(request).await;
     };
@@ -126,7 +149,7 @@ async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Nex
 }
 
 /// Adds `X-Routing-Version` to every response and records request metrics.
-async fn observe(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+async fn observe(State(node): State<Arc<Api>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
         .extensions()
@@ -280,7 +303,7 @@ fn hex(value: u128) -> String {
     format!("{value:#018x}")
 }
 
-fn shard_json(node: &Node, shard: &ShardInfo) -> Value {
+fn shard_json(node: &Api, shard: &ShardInfo) -> Value {
     let map = node.map();
     let replicas: Vec<Value> = shard
         .replicas
@@ -298,17 +321,17 @@ fn shard_json(node: &Node, shard: &ShardInfo) -> Value {
 }
 
 /// The routing table, as `/v1/routing` and 421 responses carry it.
-pub fn routing_json(node: &Node) -> Value {
+pub fn routing_json(node: &Api) -> Value {
     let map = node.map();
     let shards: Vec<Value> = map.shards.values().map(|s| shard_json(node, s)).collect();
     json!({"routing_version": map.routing_version, "shards": shards})
 }
 
-async fn routing(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn routing(State(node): State<Arc<Api>>) -> impl IntoResponse {
     axum::Json(routing_json(&node))
 }
 
-async fn cluster(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn cluster(State(node): State<Arc<Api>>) -> impl IntoResponse {
     let map = node.map();
     let view = node.cluster_view();
     let nodes: Vec<Value> = map
@@ -334,7 +357,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 /// One shard as seen from this node: map facts plus, where a replica is local, its state.
-fn shard_detail(node: &Node, shard: &ShardInfo) -> Value {
+fn shard_detail(node: &Api, shard: &ShardInfo) -> Value {
     let mut detail = shard_json(node, shard);
     if let Some(group) = node.shards.get(shard.id) {
         let metrics = group.raft.metrics().borrow().clone();
@@ -361,13 +384,13 @@ fn shard_detail(node: &Node, shard: &ShardInfo) -> Value {
     detail
 }
 
-async fn shards(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn shards(State(node): State<Arc<Api>>) -> impl IntoResponse {
     let map = node.map();
     let shards: Vec<Value> = map.shards.values().map(|s| shard_detail(&node, s)).collect();
     axum::Json(json!({"routing_version": map.routing_version, "shards": shards}))
 }
 
-async fn shard(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn shard(State(node): State<Arc<Api>>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let id: u64 = id
         .parse()
         .map_err(|_| ApiError::bad_request(format!("shard id must be a number, got {id:?}")))?;
@@ -379,7 +402,7 @@ async fn shard(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<
     Ok(axum::Json(shard_detail(&node, shard)))
 }
 
-async fn stats(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn stats(State(node): State<Arc<Api>>) -> impl IntoResponse {
     let map = node.map();
     let mut shards = Vec::new();
     let (mut keys, mut bytes) = (0u64, 0u64);
@@ -408,7 +431,7 @@ async fn livez() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(node): State<Arc<Node>>) -> Response {
+async fn readyz(State(node): State<Arc<Api>>) -> Response {
     let draining = node.draining.load(std::sync::atomic::Ordering::Relaxed);
     let bootstrapped = node.map().is_bootstrapped();
     let pd = node.pd_reachable();
@@ -423,7 +446,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     (status, body).into_response()
 }
 
-async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn health(State(node): State<Arc<Api>>) -> impl IntoResponse {
     let map = node.map();
     let shards: Vec<Value> = map
         .shards

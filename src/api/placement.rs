@@ -15,19 +15,20 @@ use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::kv::{forward_to, forwarded_hops, Forward};
-use crate::node::Node;
+use super::Api;
 use crate::placement::executor::{self, propose};
 use crate::placement::operator::{OperatorKind, Origin, ScheduleSettings};
 use crate::placement::scheduler::{self, Health};
+use crate::placement::server::PdHost;
 use crate::placement::{NodeId, NodeState, PdCommand, PdResult, ShardId, PD_GROUP};
 
 /// Largest body a placement request may carry (its JSON is a few fields).
 pub const MAX_PLACEMENT_BODY_BYTES: usize = 16 << 10;
 
 /// Serves `request` here if this node leads the PD, else forwards it to the PD leader.
-async fn on_pd_leader<F, Fut>(node: &Arc<Node>, request: Request, serve: F) -> Result<Response, ApiError>
+async fn on_pd_leader<F, Fut>(node: &Arc<Api>, request: Request, serve: F) -> Result<Response, ApiError>
 where
-    F: FnOnce(Arc<Node>, bytes::Bytes) -> Fut,
+    F: FnOnce(Arc<Api>, bytes::Bytes) -> Fut,
     Fut: std::future::Future<Output = Result<Response, ApiError>>,
 {
     let (parts, body) = request.into_parts();
@@ -58,8 +59,8 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 /// Proposes and maps the PD's verdict onto HTTP: a refusal is a 409 with its reason.
-async fn propose_checked(node: &Node, command: PdCommand) -> Result<PdResult, ApiError> {
-    match propose(node, command).await {
+async fn propose_checked(node: &Api, command: PdCommand) -> Result<PdResult, ApiError> {
+    match propose(node.node.as_ref(), command).await {
         Ok(PdResult::Rejected { reason }) => Err(ApiError::conflict(reason)),
         Ok(result) => Ok(result),
         Err(e) => Err(ApiError::unavailable(format!(
@@ -74,7 +75,7 @@ fn parse_id(text: &str, what: &str) -> Result<u64, ApiError> {
 }
 
 /// Proposes a node's new state on the PD leader and answers `status` with it.
-async fn set_node_state(node: &Node, id: NodeId, state: NodeState, status: StatusCode) -> Result<Response, ApiError> {
+async fn set_node_state(node: &Api, id: NodeId, state: NodeState, status: StatusCode) -> Result<Response, ApiError> {
     if !node.map().nodes.contains_key(&id) {
         return Err(ApiError::not_found(format!("node {id} is not a member")));
     }
@@ -84,7 +85,7 @@ async fn set_node_state(node: &Node, id: NodeId, state: NodeState, status: Statu
 
 /// `POST /v1/nodes/{id}/drain`: every replica and leader leaves the node.
 pub async fn drain_node(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<Api>>,
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -97,7 +98,7 @@ pub async fn drain_node(
 
 /// `DELETE /v1/nodes/{id}/drain`: cancels a drain (the node takes replicas again).
 pub async fn undrain_node(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<Api>>,
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -110,13 +111,14 @@ pub async fn undrain_node(
 
 /// `DELETE /v1/nodes/{id}`: retires a drained or down node for good.
 pub async fn remove_node(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<Api>>,
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "node id")?;
     on_pd_leader(&node, request, |node, _| async move {
-        let snap = executor::snapshot(&node).ok_or_else(|| ApiError::unavailable("leadership moved; retry"))?;
+        let snap =
+            executor::snapshot(node.node.as_ref()).ok_or_else(|| ApiError::unavailable("leadership moved; retry"))?;
         if !snap.map.nodes.contains_key(&id) {
             return Err(ApiError::not_found(format!("node {id} is not a member")));
         }
@@ -145,7 +147,7 @@ struct TransferBody {
     to: NodeId,
 }
 
-async fn start_manual(node: &Node, kind: OperatorKind, reason: String) -> Result<Response, ApiError> {
+async fn start_manual(node: &Api, kind: OperatorKind, reason: String) -> Result<Response, ApiError> {
     let shard = node
         .map()
         .shards
@@ -169,7 +171,7 @@ async fn start_manual(node: &Node, kind: OperatorKind, reason: String) -> Result
 
 /// `POST /v1/shards/{id}/move` `{"from": A, "to": B}`.
 pub async fn move_shard(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<Api>>,
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -189,7 +191,7 @@ pub async fn move_shard(
 
 /// `POST /v1/shards/{id}/transfer-leader` `{"to": N}`.
 pub async fn transfer_leader(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<Api>>,
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -228,7 +230,7 @@ fn parse_hash(value: &Value) -> Result<u64, ApiError> {
 /// `POST /v1/shards/{id}/split` `{"at": HASH}` (optional): splits at `at`, or at the
 /// median hash of the shard's keys as its leader reports it.
 pub async fn split_shard(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<Api>>,
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -242,7 +244,7 @@ pub async fn split_shard(
         let at = match at {
             Some(value) => parse_hash(&value)?,
             None => {
-                let point = executor::split_point(&node, shard).await;
+                let point = executor::split_point(node.node.as_ref(), shard).await;
                 point.ok_or_else(|| {
                     ApiError::conflict(format!(
                         "shard {shard} has no split point from its data (fewer than two keys, or no leader answered); \
@@ -258,10 +260,10 @@ pub async fn split_shard(
 }
 
 /// `GET /v1/operators`: running operators with step and age, and the last finished ones.
-pub async fn operators(State(node): State<Arc<Node>>) -> impl IntoResponse {
+pub async fn operators(State(node): State<Arc<Api>>) -> impl IntoResponse {
     let map = node.map();
     let now = node.now_ms();
-    let waiting = node.executor_state().lock().unwrap().waiting.clone();
+    let waiting = node.pd_server.executor().lock().unwrap().waiting.clone();
     let running: Vec<Value> = map
         .operators
         .values()
@@ -290,9 +292,9 @@ pub async fn operators(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 /// `GET /v1/schedule/explain`: what every checker would do now, and why (or why not).
-pub async fn explain(State(node): State<Arc<Node>>, request: Request) -> Result<Response, ApiError> {
+pub async fn explain(State(node): State<Arc<Api>>, request: Request) -> Result<Response, ApiError> {
     on_pd_leader(&node, request, |node, _| async move {
-        let snap = executor::snapshot(&node).ok_or_else(|| ApiError::unavailable("leadership moved; retry"))?;
+        let snap = executor::snapshot(node.node.as_ref()).ok_or_else(|| ApiError::unavailable("leadership moved; retry"))?;
         let plan = scheduler::plan(&snap.view());
         let nodes: Vec<Value> = snap
             .map
@@ -316,12 +318,12 @@ pub async fn explain(State(node): State<Arc<Node>>, request: Request) -> Result<
 }
 
 /// `GET /v1/schedule/config`.
-pub async fn get_config(State(node): State<Arc<Node>>) -> impl IntoResponse {
+pub async fn get_config(State(node): State<Arc<Api>>) -> impl IntoResponse {
     axum::Json(node.map().settings.clone())
 }
 
 /// `PUT /v1/schedule/config`: a JSON object with any of the settings' fields.
-pub async fn put_config(State(node): State<Arc<Node>>, request: Request) -> Result<Response, ApiError> {
+pub async fn put_config(State(node): State<Arc<Api>>, request: Request) -> Result<Response, ApiError> {
     on_pd_leader(&node, request, |node, body| async move {
         let changes: serde_json::Map<String, Value> = parse(&body)?;
         let mut merged = serde_json::to_value(&node.map().settings).map_err(|e| ApiError::internal(e.to_string()))?;

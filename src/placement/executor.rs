@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use super::driver::{next_action, Action, Facts};
 use super::operator::{Origin, Outcome};
 use super::scheduler::{self, Health, ShardStats, View};
-use super::{ClusterMap, NodeId, PdCommand, PdResult, ShardId, PD_GROUP};
-use crate::node::{Node, PD_HEARTBEAT_INTERVAL_MS};
+use super::server::{ExecutorState, PdHost, PD_HEARTBEAT_INTERVAL_MS};
+use super::{ClusterMap, NodeId, PdCommand, PdResult, ShardId};
 use crate::raft::membership::{self, AdminReply, AdminRequest};
 use crate::raft::network::post_internal;
 
@@ -49,7 +49,7 @@ impl Snapshot {
 }
 
 /// The scheduler's view on this node, if it leads the PD.
-pub fn snapshot(node: &Node) -> Option<Snapshot> {
+pub fn snapshot<H: PdHost>(node: &H) -> Option<Snapshot> {
     if !node.leads_pd() {
         return None;
     }
@@ -60,7 +60,7 @@ pub fn snapshot(node: &Node) -> Option<Snapshot> {
         .iter()
         .map(|(n, t)| (*n, now.duration_since(*t).as_millis() as u64))
         .collect();
-    last_seen_ms.insert(node.config.node_id, 0);
+    last_seen_ms.insert(node.node_id(), 0);
     Some(Snapshot {
         map: node.map(),
         last_seen_ms,
@@ -72,10 +72,9 @@ pub fn snapshot(node: &Node) -> Option<Snapshot> {
 }
 
 /// Proposes a PD command on this node (which must lead the PD).
-pub async fn propose(node: &Node, command: PdCommand) -> Result<PdResult, String> {
+pub async fn propose<H: PdHost>(node: &H, command: PdCommand) -> Result<PdResult, String> {
     let pd = node
-        .pd
-        .get(PD_GROUP)
+        .pd_replica()
         .filter(|g| g.is_leader())
         .ok_or_else(|| "this node does not lead the placement driver".to_string())?;
     match pd.raft.client_write(command).await {
@@ -85,8 +84,13 @@ pub async fn propose(node: &Node, command: PdCommand) -> Result<PdResult, String
 }
 
 /// Sends an admin request to `target`'s replica of `group` (locally if it is this node).
-pub async fn admin(node: &Node, target: NodeId, group: ShardId, request: AdminRequest) -> Result<AdminReply, String> {
-    if target == node.config.node_id {
+pub async fn admin<H: PdHost>(
+    node: &H,
+    target: NodeId,
+    group: ShardId,
+    request: AdminRequest,
+) -> Result<AdminReply, String> {
+    if target == node.node_id() {
         return node
             .admin_local(group, request)
             .await
@@ -96,10 +100,10 @@ pub async fn admin(node: &Node, target: NodeId, group: ShardId, request: AdminRe
         .addr_of(target)
         .ok_or_else(|| format!("no address for node {target}"))?;
     post_internal(
-        node.shards.client(),
+        node.client(),
         &addr,
         &membership::admin_path(group),
-        node.shards.credentials(),
+        node.credentials(),
         &request,
         Duration::from_millis(ADMIN_CALL_TIMEOUT_MS),
     )
@@ -109,7 +113,7 @@ pub async fn admin(node: &Node, target: NodeId, group: ShardId, request: AdminRe
 
 /// The shard's status from its leader: asks the likeliest leaders first (this node's
 /// idea, the leaders' own heartbeats), then every replica, and follows whoever is named.
-async fn leader_status(node: &Node, shard: ShardId) -> Option<AdminReply> {
+async fn leader_status<H: PdHost>(node: &H, shard: ShardId) -> Option<AdminReply> {
     let mut candidates: Vec<NodeId> = Vec::new();
     candidates.extend(node.pd_state().leader_hints.get(&shard).map(|(n, _)| *n));
     candidates.extend(node.leader_hint(shard));
@@ -136,7 +140,7 @@ async fn leader_status(node: &Node, shard: ShardId) -> Option<AdminReply> {
 }
 
 /// A split point for `shard` from its data, asked of its leader.
-pub async fn split_point(node: &Node, shard: ShardId) -> Option<u64> {
+pub async fn split_point<H: PdHost>(node: &H, shard: ShardId) -> Option<u64> {
     let status = leader_status(node, shard).await?;
     let leader = status.leader?;
     match admin(node, leader, shard, AdminRequest::SplitPoint).await {
@@ -145,14 +149,7 @@ pub async fn split_point(node: &Node, shard: ShardId) -> Option<u64> {
     }
 }
 
-/// Operators being driven right now (one task each) and why each is waiting.
-#[derive(Default)]
-pub struct ExecutorState {
-    active: BTreeSet<u64>,
-    pub waiting: BTreeMap<u64, String>,
-}
-
-fn record_finish(node: &Node, command: &PdCommand, map: &ClusterMap) {
+fn record_finish<H: PdHost>(node: &H, command: &PdCommand, map: &ClusterMap) {
     if let PdCommand::SplitShard { .. } = command {
         metrics::counter!("midasflow_pd_splits_total", "node" => node.label()).increment(1);
     }
@@ -171,9 +168,9 @@ fn record_finish(node: &Node, command: &PdCommand, map: &ClusterMap) {
 /// One step of one operator.
 /// Drives one operator for this tick: step after step while each one succeeds at once,
 /// so an operator takes one tick per wait, not one per step.
-async fn drive(node: Arc<Node>, operator: u64, state: Arc<Mutex<ExecutorState>>) {
+async fn drive<H: PdHost>(node: Arc<H>, operator: u64, state: Arc<Mutex<ExecutorState>>) {
     for _ in 0..MAX_STEPS_PER_TICK {
-        if !step(&node, operator, &state).await {
+        if !step(node.as_ref(), operator, &state).await {
             break;
         }
     }
@@ -181,7 +178,7 @@ async fn drive(node: Arc<Node>, operator: u64, state: Arc<Mutex<ExecutorState>>)
 }
 
 /// One step of one operator; `true` if it made progress and may go on at once.
-async fn step(node: &Arc<Node>, operator: u64, state: &Mutex<ExecutorState>) -> bool {
+async fn step<H: PdHost>(node: &H, operator: u64, state: &Mutex<ExecutorState>) -> bool {
     let map = node.map();
     let Some(op) = map.operators.get(&operator).cloned() else {
         return false;
@@ -200,9 +197,7 @@ async fn step(node: &Arc<Node>, operator: u64, state: &Mutex<ExecutorState>) -> 
             now_ms: node.now_ms(),
         };
         let mut action = next_action(&op, &map, &facts);
-        if node
-            .config
-            .has_planted_bug(crate::node::PlantedBug::MapBeforeMembership)
+        if node.plants_map_before_membership()
             && op.step == super::operator::Step::LearnerListed
             && op.kind.target().is_some()
         {
@@ -271,7 +266,7 @@ async fn step(node: &Arc<Node>, operator: u64, state: &Mutex<ExecutorState>) -> 
 }
 
 /// Runs the scheduler once and records its proposals; returns how many were started.
-async fn schedule(node: &Node, snap: &Snapshot) -> usize {
+async fn schedule<H: PdHost>(node: &H, snap: &Snapshot) -> usize {
     let plan = scheduler::plan(&snap.view());
     let mut started = 0;
     for proposal in plan.proposals {
@@ -300,7 +295,7 @@ async fn schedule(node: &Node, snap: &Snapshot) -> usize {
 }
 
 /// The executor loop; it acts only while this node leads the PD.
-pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+pub async fn run<H: PdHost>(node: Arc<H>, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(EXECUTOR_TICK_MS));
     let mut leading = false;
     loop {
@@ -316,25 +311,25 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             state.last_seen.clear();
             state.leading_since = is_leader.then(Instant::now);
         }
-        let Some(snap) = snapshot(&node) else { continue };
+        let Some(snap) = snapshot(node.as_ref()) else { continue };
         if !snap.map.is_bootstrapped() {
             continue;
         }
-        publish_gauges(&node, &snap);
-        let executor = node.executor_state();
+        publish_gauges(node.as_ref(), &snap);
+        let executor = node.pd_server().executor();
         for operator in snap.map.operators.keys() {
             if executor.lock().unwrap().active.insert(*operator) {
                 tokio::spawn(drive(node.clone(), *operator, executor.clone()));
             }
         }
         if snap.leading_for_ms >= SCHEDULE_WARMUP_MS {
-            schedule(&node, &snap).await;
+            schedule(node.as_ref(), &snap).await;
         }
     }
 }
 
 /// Cluster-level gauges, exported by the PD leader only (so alerts fire once).
-fn publish_gauges(node: &Node, snap: &Snapshot) {
+fn publish_gauges<H: PdHost>(node: &H, snap: &Snapshot) {
     let label = node.label();
     let view = snap.view();
     let under_replicated = snap

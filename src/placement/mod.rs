@@ -34,7 +34,8 @@ pub const MAX_INITIAL_SHARDS: u32 = 65_536;
 pub const MAX_NODES: usize = 1_024;
 /// Most shards a map may hold (splits stop proposing beyond it).
 pub const MAX_SHARDS: usize = 1 << 20;
-pub const MAX_NODE_ADDR_BYTES: usize = 256;
+
+pub use crate::raft::network::MAX_NODE_ADDR_BYTES;
 /// Replicas per shard, and the most PD voters.
 pub const REPLICATION_FACTOR: usize = 3;
 

@@ -7,12 +7,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
+
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::store::PdGroup;
 use super::{ClusterMap, NodeId, PdCommand, ShardId, PD_GROUP};
-use crate::node::Node;
+use crate::raft::membership::{AdminReply, AdminRequest};
+use crate::raft::network::Credentials;
+use crate::raft::transport::HttpClient;
 use crate::raft::GroupId;
+
+/// How often a node reports to the PD leader and picks up map changes.
+pub const PD_HEARTBEAT_INTERVAL_MS: u64 = 400;
 
 /// What a node reports to the PD leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,129 +129,157 @@ impl ShardLoad {
     }
 }
 
-impl Node {
-    fn pd_state_handle(&self) -> Arc<std::sync::Mutex<PdLeaderState>> {
-        self.pd_state.clone()
-    }
+/// Operators being driven right now (one task each) and why each is waiting.
+#[derive(Default)]
+pub struct ExecutorState {
+    pub(super) active: std::collections::BTreeSet<u64>,
+    pub waiting: BTreeMap<u64, String>,
+}
 
-    /// Whether `node` may report to the PD: a member of the map, or (before bootstrap)
-    /// of the initial cluster.
-    fn is_member(&self, map: &ClusterMap, node: NodeId) -> bool {
-        if map.is_bootstrapped() {
-            map.is_active_member(node)
-        } else {
-            self.config.initial_cluster.contains_key(&node)
-        }
-    }
+/// The placement driver's state on a node: what only the PD leader keeps, and the
+/// executor's bookkeeping. Used while the node leads the PD.
+#[derive(Default)]
+pub struct PdServer {
+    state: Arc<Mutex<PdLeaderState>>,
+    executor: Arc<Mutex<ExecutorState>>,
+}
 
-    /// Handles a heartbeat on the PD leader: `Ok(None)` if this node does not lead the
-    /// PD, an error for a sender that is not a member.
-    pub fn handle_heartbeat(&self, hb: &Heartbeat) -> Result<Option<HeartbeatReply>, String> {
-        let Some(pd) = self.pd.get(PD_GROUP) else {
-            return Ok(None);
-        };
-        if !pd.is_leader() {
-            return Ok(None);
-        }
-        let map = self.map();
-        if !self.is_member(&map, hb.node_id) {
-            if hb.joining && map.is_bootstrapped() && !map.nodes.contains_key(&hb.node_id) {
-                let join = PdCommand::Join {
-                    node: hb.node_id,
-                    addr: hb.addr.clone(),
-                    incarnation: hb.incarnation,
-                };
-                self.propose_once(pd.clone(), hb.node_id, join);
-                return Err(format!("node {} is joining; try again shortly", hb.node_id));
-            }
-            return Err(format!("node {} is not a member of this cluster", hb.node_id));
-        }
-        // The sender's cluster and incarnation were checked with its request
-        // (`api::internal::check_sender`); here it only gets registered, once.
-        match map.incarnations.get(&hb.node_id) {
-            Some(_) => {}
-            None if map.is_bootstrapped() => {
-                let register = PdCommand::Register {
-                    node: hb.node_id,
-                    incarnation: hb.incarnation,
-                };
-                self.propose_once(pd.clone(), hb.node_id, register)
-            }
-            None => {}
-        }
-        let now = Instant::now();
-        let mut state = self.pd_state.lock().unwrap();
-        // Liveness is kept for members only, so the table stays as small as the cluster.
-        state.last_seen.retain(|n, _| self.is_member(&map, *n));
-        state.last_seen.insert(hb.node_id, now);
-        for led in &hb.leading {
-            let entry = state.leader_hints.entry(led.group).or_insert((hb.node_id, led.term));
-            if led.term >= entry.1 {
-                *entry = (hb.node_id, led.term);
-                if led.group != PD_GROUP {
-                    state.shard_stats.entry(led.group).or_default().record(
-                        led,
-                        hb.node_id,
-                        now,
-                        map.settings.split_qps,
-                    );
-                }
-            }
-        }
-        state
-            .leader_hints
-            .retain(|g, _| *g == PD_GROUP || map.shards.contains_key(g) || !map.is_bootstrapped());
-        state.shard_stats.retain(|g, _| map.shards.contains_key(g));
-        Ok(Some(HeartbeatReply {
-            redirect: None,
-            pd_leader: self.config.node_id,
-            map: (map.revision > hb.revision).then(|| (*map).clone()),
-            leader_hints: state.leader_hints.iter().map(|(g, (n, _))| (*g, *n)).collect(),
-            last_seen_ms: state
-                .last_seen
-                .iter()
-                .map(|(n, t)| (*n, now.duration_since(*t).as_millis() as u64))
-                .collect(),
-        }))
-    }
-
-    /// On the PD leader: records a member's incarnation or a joining node (a proposal at
-    /// a time per node; retried on its next heartbeat).
-    fn propose_once(&self, pd: Arc<super::store::PdGroup>, node: NodeId, command: PdCommand) {
-        if !self.pd_state.lock().unwrap().registering.insert(node) {
-            return;
-        }
-        let node_ref = self.pd_state_handle();
-        tokio::spawn(async move {
-            match pd.raft.client_write(command).await {
-                Ok(resp) => tracing::info!(node, result = ?resp.data, "recorded a member"),
-                Err(e) => {
-                    tracing::debug!(node, error = %e, "member record not committed; retried on the next heartbeat")
-                }
-            }
-            node_ref.lock().unwrap().registering.remove(&node);
-        });
-    }
-
-    pub fn executor_state(&self) -> Arc<std::sync::Mutex<crate::placement::executor::ExecutorState>> {
+impl PdServer {
+    pub fn executor(&self) -> Arc<Mutex<ExecutorState>> {
         self.executor.clone()
     }
+}
 
+/// What the placement driver needs of the node it runs on. `crate::node::Node`
+/// implements it; the PD server and executor are written against it alone.
+pub trait PdHost: Send + Sync + 'static {
+    fn node_id(&self) -> NodeId;
+    /// The node's metrics label.
+    fn label(&self) -> String;
+    fn map(&self) -> Arc<ClusterMap>;
+    /// The initial cluster's members (who may report before the map exists).
+    fn initial_cluster(&self) -> &BTreeMap<NodeId, String>;
+    /// This node's replica of the PD group, if it hosts one.
+    fn pd_replica(&self) -> Option<Arc<PdGroup>>;
+    fn pd_server(&self) -> &PdServer;
+    /// The node believed to lead `group`.
+    fn leader_hint(&self, group: GroupId) -> Option<NodeId>;
+    fn addr_of(&self, node: NodeId) -> Option<String>;
+    /// Performs an admin request on this node's replica of `group` (`None`: not hosted).
+    fn admin_local(&self, group: GroupId, request: AdminRequest) -> impl Future<Output = Option<AdminReply>> + Send;
+    fn client(&self) -> &HttpClient;
+    fn credentials(&self) -> &Arc<Credentials>;
     /// The clock operators are stamped with: wall-clock ms, or under simulation the
-    /// simulated time since the process's first call (deterministic).
-    pub fn now_ms(&self) -> u64 {
-        if self.config.rng_seed.is_some() {
-            static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-            let origin = *ORIGIN.get_or_init(Instant::now);
-            return Instant::now().duration_since(origin).as_millis() as u64;
-        }
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
+    /// simulated time (deterministic).
+    fn now_ms(&self) -> u64;
+    /// Planted bug (simulation only): see `crate::node::PlantedBug::MapBeforeMembership`.
+    fn plants_map_before_membership(&self) -> bool;
 
     /// The PD leader's state (liveness, leader hints, shard figures).
-    pub fn pd_state(&self) -> std::sync::MutexGuard<'_, PdLeaderState> {
-        self.pd_state.lock().unwrap()
+    fn pd_state(&self) -> MutexGuard<'_, PdLeaderState> {
+        self.pd_server().state.lock().unwrap()
     }
+
+    /// Whether this node leads the placement driver.
+    fn leads_pd(&self) -> bool {
+        self.pd_replica().is_some_and(|g| g.is_leader())
+    }
+}
+
+/// Whether `node` may report to the PD: a member of the map, or (before bootstrap) of the
+/// initial cluster.
+fn is_member<H: PdHost>(host: &H, map: &ClusterMap, node: NodeId) -> bool {
+    if map.is_bootstrapped() {
+        map.is_active_member(node)
+    } else {
+        host.initial_cluster().contains_key(&node)
+    }
+}
+
+/// Handles a heartbeat on the PD leader: `Ok(None)` if this node does not lead the PD, an
+/// error for a sender that is not a member.
+pub fn handle_heartbeat<H: PdHost>(host: &H, hb: &Heartbeat) -> Result<Option<HeartbeatReply>, String> {
+    let Some(pd) = host.pd_replica() else {
+        return Ok(None);
+    };
+    if !pd.is_leader() {
+        return Ok(None);
+    }
+    let map = host.map();
+    if !is_member(host, &map, hb.node_id) {
+        if hb.joining && map.is_bootstrapped() && !map.nodes.contains_key(&hb.node_id) {
+            let join = PdCommand::Join {
+                node: hb.node_id,
+                addr: hb.addr.clone(),
+                incarnation: hb.incarnation,
+            };
+            propose_once(host, pd.clone(), hb.node_id, join);
+            return Err(format!("node {} is joining; try again shortly", hb.node_id));
+        }
+        return Err(format!("node {} is not a member of this cluster", hb.node_id));
+    }
+    // The sender's cluster and incarnation were checked with its request
+    // (`api::internal::check_sender`); here it only gets registered, once.
+    match map.incarnations.get(&hb.node_id) {
+        Some(_) => {}
+        None if map.is_bootstrapped() => {
+            let register = PdCommand::Register {
+                node: hb.node_id,
+                incarnation: hb.incarnation,
+            };
+            propose_once(host, pd.clone(), hb.node_id, register)
+        }
+        None => {}
+    }
+    let now = Instant::now();
+    let mut state = host.pd_state();
+    // Liveness is kept for members only, so the table stays as small as the cluster.
+    state.last_seen.retain(|n, _| is_member(host, &map, *n));
+    state.last_seen.insert(hb.node_id, now);
+    for led in &hb.leading {
+        let entry = state.leader_hints.entry(led.group).or_insert((hb.node_id, led.term));
+        if led.term >= entry.1 {
+            *entry = (hb.node_id, led.term);
+            if led.group != PD_GROUP {
+                state
+                    .shard_stats
+                    .entry(led.group)
+                    .or_default()
+                    .record(led, hb.node_id, now, map.settings.split_qps);
+            }
+        }
+    }
+    state
+        .leader_hints
+        .retain(|g, _| *g == PD_GROUP || map.shards.contains_key(g) || !map.is_bootstrapped());
+    state.shard_stats.retain(|g, _| map.shards.contains_key(g));
+    Ok(Some(HeartbeatReply {
+        redirect: None,
+        pd_leader: host.node_id(),
+        map: (map.revision > hb.revision).then(|| (*map).clone()),
+        leader_hints: state.leader_hints.iter().map(|(g, (n, _))| (*g, *n)).collect(),
+        last_seen_ms: state
+            .last_seen
+            .iter()
+            .map(|(n, t)| (*n, now.duration_since(*t).as_millis() as u64))
+            .collect(),
+    }))
+}
+
+/// On the PD leader: records a member's incarnation or a joining node (a proposal at a
+/// time per node; retried on its next heartbeat).
+fn propose_once<H: PdHost>(host: &H, pd: Arc<PdGroup>, node: NodeId, command: PdCommand) {
+    if !host.pd_state().registering.insert(node) {
+        return;
+    }
+    let state = host.pd_server().state.clone();
+    tokio::spawn(async move {
+        match pd.raft.client_write(command).await {
+            Ok(resp) => tracing::info!(node, result = ?resp.data, "recorded a member"),
+            Err(e) => {
+                tracing::debug!(node, error = %e, "member record not committed; retried on the next heartbeat")
+            }
+        }
+        state.lock().unwrap().registering.remove(&node);
+    });
 }

@@ -80,7 +80,7 @@ impl AdminRequest {
         }
         match self {
             AdminRequest::AddLearner { addr, .. } | AdminRequest::TransferLeader { to_addr: addr, .. }
-                if addr.is_empty() || addr.len() > crate::placement::MAX_NODE_ADDR_BYTES =>
+                if addr.is_empty() || addr.len() > super::network::MAX_NODE_ADDR_BYTES =>
             {
                 Err("a bad node address".into())
             }

@@ -194,6 +194,9 @@ pub async fn post_internal<Req: Serialize, Resp: DeserializeOwned>(
     codec::decode(response.body()).map_err(|e| decode_error(e.to_string()))
 }
 
+/// Longest node address accepted (in the map, heartbeats and admin requests).
+pub const MAX_NODE_ADDR_BYTES: usize = 256;
+
 /// Builds clients for one group.
 pub struct GroupNetworkFactory<K> {
     pub group: GroupId,

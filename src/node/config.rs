@@ -1,0 +1,365 @@
+//! What a node is configured with: identity, addresses, limits, Raft timings, security,
+//! and the bugs the simulation may plant. The CLI fills it from flags and env vars.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::placement::operator::ScheduleSettings;
+use crate::placement::{NodeId, PdCommand};
+use crate::raft::log_store::FlushMode;
+use crate::raft::probe::{Observer, Probe};
+use crate::raft::transport::NetKind;
+use crate::security::NodeTls;
+use crate::shard::DEFAULT_HISTORY_VERSIONS;
+
+/// Everything a node is configured with; the CLI fills it from flags and env vars.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub listen: String,
+    /// The address other nodes and clients use; defaults to `listen`.
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    /// Empty for a node started with `--join`.
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    /// Addresses of existing members to join through (`--join`); empty for initial members.
+    pub join: Vec<String>,
+    pub initial_shards: u32,
+    /// Scheduler settings the bootstrap records (later changed through the PD).
+    pub schedule: ScheduleSettings,
+    pub history_versions: u32,
+    pub limits: Limits,
+    pub raft: RaftTimings,
+    pub cluster_secret: Option<String>,
+    /// TLS for the public API and internal RPC (mutual between nodes); `None` runs in the
+    /// clear, which the CLI allows only with `--insecure`.
+    pub tls: Option<NodeTls>,
+    /// Bearer tokens the public API requires; `None` leaves it open.
+    pub api_tokens: Option<Vec<String>>,
+    pub net: NetKind,
+    pub flush_mode: FlushMode,
+    pub rng_seed: Option<u64>,
+    /// Watches the node from outside (simulation checkers); `None` in production.
+    pub observer: Option<Arc<dyn Observer>>,
+    /// A deliberate bug for proving the simulation's checkers can fail. Honoured only in
+    /// debug builds (`cfg!(debug_assertions)`); no CLI flag of `server` or `demo` sets it.
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// Bugs the simulation plants to show its checkers catch them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Serve linearizable reads from any replica's applied state, without a leader check.
+    FollowerReads,
+    /// Propose a write again when its first proposal is not confirmed quickly or meets a
+    /// leader change: the "retry after a possible proposal" bug (a write applied twice).
+    ReproposeWrites,
+    /// No identity guard: a node that lost its disk starts as its old self, and peers
+    /// accept it (a voter that forgot its votes and its log).
+    NoIdentityGuard,
+    /// The placement executor records a move's new replicas in the map as soon as the
+    /// target is listed, without adding it to the group or changing the group's voters:
+    /// the source deletes its replica while the group still counts on it.
+    MapBeforeMembership,
+    /// A shard applies writes for keys its split gave away (no range check at apply): a
+    /// write routed with an old map lands where no read will look.
+    SplitWithoutRangeCheck,
+}
+
+impl std::fmt::Debug for dyn Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+/// Named bounds on what a client or a peer may send or queue (documented in docs/API.md).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Public key requests worked on at once (after their bodies are read); more get 429.
+    pub max_inflight_requests: usize,
+    /// Internal requests (Raft RPCs, PD heartbeats) worked on at once; more get 429. Kept
+    /// apart from the public limit so clients cannot starve replication, nor it them.
+    pub max_inflight_internal: usize,
+    /// Open connections a node serves at once; further connections are closed at accept.
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head this long after it opened or
+    /// after its last response is closed (slow-header clients).
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive whole within this time (slow-body clients); else 408.
+    pub body_read_timeout_ms: u64,
+    /// A TLS handshake must finish within this time.
+    pub tls_handshake_timeout_ms: u64,
+    /// Request bodies held in memory at once, in bytes (each charged its declared length
+    /// or its route's limit before it is read); more get 429.
+    pub max_buffered_body_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub max_forward_hops: u32,
+}
+
+/// The largest `--max-value-bytes` a node accepts: every append RPC must hold at least one
+/// full-size entry within [`MAX_APPEND_BODY_BYTES`].
+pub const MAX_VALUE_BYTES_CEILING: usize = 32 << 20;
+/// Largest key, in bytes (1 to 4096).
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Bytes one log entry may take beyond its key and value (framing, log id, op fields).
+pub const ENTRY_OVERHEAD_BYTES: usize = 1024;
+/// The byte budget of one append RPC: the entries per append are derived from it and the
+/// value limit, so a full append always fits the internal body limit.
+pub const MAX_APPEND_BODY_BYTES: usize = 64 << 20;
+/// Most log entries in one append RPC, when values are small.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
+/// Body limits of the internal routes that carry no log entries.
+pub const MAX_VOTE_BODY_BYTES: usize = 4 << 10;
+pub const MAX_HEARTBEAT_BODY_BYTES: usize = 1 << 20;
+/// Framing around a snapshot chunk's data (meta, membership, ids).
+pub const SNAPSHOT_FRAMING_BYTES: usize = 1 << 20;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: MAX_KEY_BYTES,
+            max_value_bytes: 1 << 20,
+            max_inflight_requests: 4096,
+            max_inflight_internal: 4096,
+            max_connections: 4096,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            tls_handshake_timeout_ms: 10_000,
+            max_buffered_body_bytes: 1 << 30,
+            request_timeout_ms: 5_000,
+            max_forward_hops: 3,
+        }
+    }
+}
+
+impl Limits {
+    /// The largest log entry a client write can produce.
+    pub fn max_entry_bytes(&self) -> usize {
+        self.max_value_bytes + self.max_key_bytes + ENTRY_OVERHEAD_BYTES
+    }
+
+    /// Entries per append RPC: as many full-size entries as fit the append budget, at
+    /// most [`MAX_PAYLOAD_ENTRIES`], at least one.
+    pub fn max_payload_entries(&self) -> u64 {
+        ((MAX_APPEND_BODY_BYTES / self.max_entry_bytes()) as u64).clamp(1, MAX_PAYLOAD_ENTRIES)
+    }
+
+    /// The body limit of an append RPC: a full append of full-size entries always fits, so
+    /// a group never stalls on a 413 from its own followers.
+    pub fn max_append_body_bytes(&self) -> usize {
+        self.max_payload_entries() as usize * self.max_entry_bytes() + ENTRY_OVERHEAD_BYTES
+    }
+
+    /// Checks the limits at start-up, with a message naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_value_bytes > MAX_VALUE_BYTES_CEILING {
+            return Err(format!(
+                "--max-value-bytes {} is over the ceiling of {MAX_VALUE_BYTES_CEILING} bytes",
+                self.max_value_bytes
+            ));
+        }
+        let min_header_ms = 2 * crate::raft::transport::POOL_IDLE_TIMEOUT_MS;
+        if self.header_read_timeout_ms < min_header_ms {
+            return Err(format!(
+                "--header-read-timeout-ms must be at least {min_header_ms} (twice the idle time of pooled \
+                 connections between nodes)"
+            ));
+        }
+        if self.max_buffered_body_bytes < self.max_append_body_bytes() {
+            return Err(format!(
+                "--max-buffered-body-bytes must hold at least one full append ({} bytes)",
+                self.max_append_body_bytes()
+            ));
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > MAX_KEY_BYTES {
+            return Err(format!("the key limit must be 1 to {MAX_KEY_BYTES} bytes"));
+        }
+        for (value, flag) in [
+            (self.max_inflight_requests, "--max-inflight-requests"),
+            (self.max_inflight_internal, "--max-inflight-internal"),
+            (self.max_connections, "--max-connections"),
+        ] {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        for (value, flag) in [
+            (self.request_timeout_ms, "--request-timeout-ms"),
+            (self.header_read_timeout_ms, "--header-read-timeout-ms"),
+            (self.body_read_timeout_ms, "--body-read-timeout-ms"),
+            (self.tls_handshake_timeout_ms, "--tls-handshake-timeout-ms"),
+        ] {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RaftTimings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_interval_entries: u64,
+    pub log_keep_entries: u64,
+    pub snapshot_chunk_bytes: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            // A follower of a healthy leader waits its lease (election_timeout_max) plus a
+            // random election timeout before campaigning: 0.9 to 1.2 s here, well inside
+            // the 3 s failover goal even with a second round.
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_interval_entries: 10_000,
+            log_keep_entries: 1_000,
+            snapshot_chunk_bytes: 4 << 20,
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn new(node_id: NodeId, listen: String, data_dir: PathBuf, initial_cluster: BTreeMap<NodeId, String>) -> Self {
+        NodeConfig {
+            node_id,
+            advertise: listen.clone(),
+            listen,
+            data_dir,
+            initial_cluster,
+            join: Vec::new(),
+            initial_shards: crate::placement::DEFAULT_INITIAL_SHARDS,
+            schedule: ScheduleSettings::default(),
+            history_versions: DEFAULT_HISTORY_VERSIONS,
+            limits: Limits::default(),
+            raft: RaftTimings::default(),
+            cluster_secret: None,
+            tls: None,
+            api_tokens: None,
+            net: NetKind::Tokio,
+            flush_mode: FlushMode::Thread,
+            rng_seed: None,
+            observer: None,
+            planted_bug: None,
+        }
+    }
+
+    /// Checks every setting that could make the node misbehave later, with a message
+    /// naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        self.limits.validate()?;
+        if let Some(secret) = &self.cluster_secret {
+            crate::security::check_secret(secret)?;
+        }
+        if self.api_tokens.as_ref().is_some_and(|t| t.is_empty()) {
+            return Err("the API token list is empty".into());
+        }
+        if !(1..=crate::shard::MAX_HISTORY_VERSIONS).contains(&self.history_versions) {
+            return Err(format!(
+                "--history-versions must be 1 to {}",
+                crate::shard::MAX_HISTORY_VERSIONS
+            ));
+        }
+        match (self.initial_cluster.is_empty(), self.join.is_empty()) {
+            (true, true) => return Err("give --initial-cluster (a new cluster) or --join (an existing one)".into()),
+            (false, false) => return Err("--initial-cluster and --join exclude each other".into()),
+            (false, true) if !self.initial_cluster.contains_key(&self.node_id) => {
+                return Err(format!("--initial-cluster does not name this node ({})", self.node_id))
+            }
+            _ => {}
+        }
+        if self.join.len() > crate::placement::MAX_NODES
+            || self
+                .join
+                .iter()
+                .any(|a| a.is_empty() || a.len() > crate::placement::MAX_NODE_ADDR_BYTES)
+        {
+            return Err("--join: too many addresses, or an empty or overlong one".into());
+        }
+        if self.initial_cluster.is_empty() {
+            self.schedule
+                .validate()
+                .map_err(|e| format!("scheduler settings: {e}"))?;
+        } else {
+            PdCommand::Bootstrap {
+                nodes: self.initial_cluster.iter().map(|(i, a)| (*i, a.clone())).collect(),
+                initial_shards: self.initial_shards,
+                cluster_id: 1,
+                settings: self.schedule.clone(),
+            }
+            .validate()
+            .map_err(|e| format!("--initial-shards / --initial-cluster / scheduler settings: {e}"))?;
+        }
+        if self.raft.snapshot_chunk_bytes == 0 || self.raft.snapshot_chunk_bytes > 64 << 20 {
+            return Err("the snapshot chunk size must be 1 byte to 64 MiB".into());
+        }
+        Ok(())
+    }
+
+    pub fn probe(&self) -> Probe {
+        Probe::new(self.node_id, self.observer.clone())
+    }
+
+    /// Whether `bug` is planted; always false in release builds.
+    pub fn has_planted_bug(&self, bug: PlantedBug) -> bool {
+        cfg!(debug_assertions) && self.planted_bug == Some(bug)
+    }
+
+    pub(crate) fn raft_config(&self) -> Result<openraft::Config, String> {
+        let t = &self.raft;
+        openraft::Config {
+            cluster_name: "midasflow".into(),
+            heartbeat_interval: t.heartbeat_interval_ms,
+            election_timeout_min: t.election_timeout_min_ms,
+            election_timeout_max: t.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_interval_entries),
+            max_in_snapshot_log_to_keep: t.log_keep_entries,
+            snapshot_max_chunk_size: t.snapshot_chunk_bytes,
+            install_snapshot_timeout: 2_000,
+            // Bounds one append RPC: this many entries of at most --max-value-bytes each
+            // stay under the append body limit (`Limits::max_append_body_bytes`).
+            max_payload_entries: self.limits.max_payload_entries(),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stalled-group finding: 64 entries of a 2 MiB value did not fit the fixed 96 MiB
+    /// internal body limit, so a full append got 413 forever. Now entries per append are
+    /// derived from the value limit, and a full append always fits the append body limit.
+    #[test]
+    fn a_full_append_always_fits_its_body_limit() {
+        for max_value_bytes in [0, 1, 1 << 10, 1 << 20, 3 << 20, 16 << 20, MAX_VALUE_BYTES_CEILING] {
+            let limits = Limits {
+                max_value_bytes,
+                ..Limits::default()
+            };
+            assert!(limits.validate().is_ok());
+            let entries = limits.max_payload_entries();
+            assert!((1..=MAX_PAYLOAD_ENTRIES).contains(&entries));
+            assert!(entries as usize * limits.max_entry_bytes() <= limits.max_append_body_bytes());
+            assert!(
+                limits.max_append_body_bytes()
+                    <= MAX_APPEND_BODY_BYTES + limits.max_entry_bytes() + ENTRY_OVERHEAD_BYTES
+            );
+        }
+        let too_big = Limits {
+            max_value_bytes: MAX_VALUE_BYTES_CEILING + 1,
+            ..Limits::default()
+        };
+        assert!(too_big.validate().unwrap_err().contains("--max-value-bytes"));
+    }
+}
