@@ -7,14 +7,16 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Format version of every encoding written by this build.
-pub const FORMAT_V1: u8 = 1;
+/// Format version of every encoding written by this build. 2: each kind of Raft group has
+/// its own log commands and state layout (version 1 had one command enum for all groups);
+/// a data dir or peer of version 1 is refused by name rather than misread.
+pub const FORMAT: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("empty buffer")]
     Empty,
-    #[error("unknown format version {0}")]
+    #[error("unknown format version {0} (this build reads version {FORMAT}; no in-place upgrade from older versions)")]
     UnknownFormat(u8),
     #[error("decode: {0}")]
     Decode(#[from] bincode::error::DecodeError),
@@ -59,7 +61,7 @@ fn decode_limited<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
 
 /// Encodes `value` behind the format version byte.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![FORMAT_V1];
+    let mut out = vec![FORMAT];
     bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())?;
     Ok(out)
 }
@@ -68,7 +70,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// Safe on untrusted bytes: nothing it allocates exceeds a small multiple of `bytes.len()`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&format, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if format != FORMAT_V1 {
+    if format != FORMAT {
         return Err(CodecError::UnknownFormat(format));
     }
     decode_limited(body)
@@ -82,7 +84,7 @@ mod tests {
     fn round_trip_and_format_byte() {
         let value: (u64, Option<String>, Vec<u8>) = (7, Some("k".into()), vec![1, 2, 3]);
         let bytes = encode(&value).unwrap();
-        assert_eq!(bytes[0], FORMAT_V1);
+        assert_eq!(bytes[0], FORMAT);
         let back: (u64, Option<String>, Vec<u8>) = decode(&bytes).unwrap();
         assert_eq!(back, value);
     }
@@ -102,10 +104,10 @@ mod tests {
     #[test]
     fn huge_length_prefix_is_an_error_not_an_allocation() {
         // 253 marks a varint whose value follows as a little-endian u64.
-        let mut bytes = vec![FORMAT_V1, 253];
+        let mut bytes = vec![FORMAT, 253];
         bytes.extend_from_slice(&(1u64 << 40).to_le_bytes()[..]);
         assert!(decode::<String>(&bytes).is_err());
-        assert!(decode::<(u64, String)>(&[FORMAT_V1, 1, 253, 0, 0, 0, 0, 0, 1, 0, 0]).is_err());
+        assert!(decode::<(u64, String)>(&[FORMAT, 1, 253, 0, 0, 0, 0, 0, 1, 0, 0]).is_err());
         assert!(decode::<Vec<Vec<u8>>>(&bytes).is_err());
     }
 
@@ -114,7 +116,7 @@ mod tests {
         /// under the limit.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
-            let mut framed = vec![FORMAT_V1];
+            let mut framed = vec![FORMAT];
             framed.extend_from_slice(&bytes);
             let _ = decode::<String>(&framed);
             let _ = decode::<Vec<(Vec<u8>, Vec<u8>)>>(&framed);

@@ -146,12 +146,15 @@ pub fn has_state_in(sm: &sled::Tree, group: GroupId) -> bool {
     sm.scan_prefix(group_prefix(group)).next().is_some()
 }
 
-/// Removes a group's state and snapshot (replica removal).
+/// Removes a group's state (in one batch: a crash never leaves part of it) and its
+/// snapshot (replica removal).
 pub fn destroy_state(db: &sled::Db, group: GroupId) -> sled::Result<()> {
     let sm = db.open_tree("sm")?;
+    let mut batch = sled::Batch::default();
     for key in sm.scan_prefix(group_prefix(group)).keys() {
-        sm.remove(key?)?;
+        batch.remove(key?);
     }
+    sm.apply_batch(batch)?;
     db.open_tree("snapshots")?.remove(group_prefix(group))?;
     Ok(())
 }
@@ -353,6 +356,18 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
             batch.remove(key.map_err(storage_io_error)?);
         }
         self.state.install(&payload.state, &mut batch)?;
+        // The state and its applied meta first, in one batch; then the snapshot record.
+        let before = std::mem::replace(
+            &mut self.meta,
+            AppliedMeta {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            },
+        );
+        if let Err(e) = self.commit(batch) {
+            self.meta = before;
+            return Err(e);
+        }
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
@@ -363,11 +378,6 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
                 codec::encode(&stored).map_err(storage_io_error)?,
             )
             .map_err(storage_io_error)?;
-        self.meta = AppliedMeta {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-        };
-        self.commit(batch)?;
         self.flusher.flush().await.map_err(storage_io_error)?;
         self.applied.snapshot_installs.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("midasflow_raft_snapshot_installs_total", "node" => self.node_label.clone()).increment(1);

@@ -68,39 +68,48 @@ fn snapshot_chunk(offset: u64, data: Vec<u8>, done: bool) -> Vec<u8> {
     .unwrap()
 }
 
-/// A snapshot payload holding one record with no versions (apply never writes one, and
-/// reading it used to panic): meta, no PD map, one (key, record) pair.
+/// A shard snapshot holding one record with no versions (apply never writes one, and
+/// reading it used to panic): the applied meta, then the shard's state with one
+/// (key, record) pair. The layout mirrors `raft::state_machine` and `shard::store`.
 fn snapshot_with_empty_record() -> Vec<u8> {
     #[derive(serde::Serialize)]
-    struct Meta {
+    struct Applied {
         last_applied: Option<LogId>,
         membership: StoredMembership<u64, BasicNode>,
-        live_keys: u64,
-        live_bytes: u64,
     }
     #[derive(serde::Serialize)]
     struct Payload {
-        meta: Meta,
-        pd_map: Option<()>,
+        applied: Applied,
+        state: Vec<u8>,
+    }
+    #[derive(serde::Serialize)]
+    struct ShardState {
+        live_keys: u64,
+        live_bytes: u64,
+        range: Option<(u64, Option<u64>)>,
         records: Vec<(Vec<u8>, Vec<u8>)>,
     }
     let empty_record = codec::encode(&midasflow::shard::KeyRecord { versions: vec![] }).unwrap();
+    let state = codec::encode(&ShardState {
+        live_keys: 1,
+        live_bytes: 0,
+        range: None,
+        records: vec![(b"k0".to_vec(), empty_record)],
+    })
+    .unwrap();
     codec::encode(&Payload {
-        meta: Meta {
+        applied: Applied {
             last_applied: Some(log_id(HIGH_TERM, 1 << 20)),
             membership: StoredMembership::default(),
-            live_keys: 1,
-            live_bytes: 0,
         },
-        pd_map: None,
-        records: vec![(b"k0".to_vec(), empty_record)],
+        state,
     })
     .unwrap()
 }
 
 /// A varint length prefix claiming 2^40 bytes, behind the format byte.
 fn huge_length_prefix() -> Vec<u8> {
-    let mut body = vec![codec::FORMAT_V1, 253];
+    let mut body = vec![codec::FORMAT, 253];
     body.extend_from_slice(&(1u64 << 40).to_le_bytes());
     body
 }
