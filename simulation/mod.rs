@@ -28,7 +28,7 @@ use crate::raft::probe::{NodeEvent, Observer};
 use crate::raft::transport::NetKind;
 use crate::shard::Precondition;
 use checker::{Op, OpKind, Outcome, Verdict};
-use nemesis::{AdminAction, AdminStep, Fault, Scenario, Scheduled};
+use nemesis::{AdminAction, AdminStep, Fault, Scenario, Scheduled, QUIET_BURST_MS, QUIET_CYCLE_MS};
 
 /// Phases, in simulated milliseconds: clients start after the warm-up, faults run until
 /// `FAULTS_END_MS`, then everything heals; ops invoked after `LIVENESS_FROM_MS` must all
@@ -56,6 +56,10 @@ pub const SIM_DOWN_AFTER_SECS: u64 = 4;
 pub const SIM_SPLIT_MAX_KEYS: u64 = 2;
 /// After a fault heals, every group must have a leader within this long.
 pub const HEAL_LEADER_BOUND_MS: u64 = 10_000;
+/// Quiet scenario: groups go quiet after this much idleness (the bursts are in `nemesis`).
+pub const SIM_QUIET_AFTER_MS: u64 = 1_000;
+/// Quiet scenario: more shards than clients touch at once.
+pub const QUIET_SHARDS: u32 = 6;
 /// Nodes of the initial cluster in the placement scenario; the others join.
 pub const PLACEMENT_INITIAL_NODES: u64 = 3;
 
@@ -91,6 +95,11 @@ pub struct SimReport {
     pub admin: Vec<AdminStep>,
     #[serde(default)]
     pub operators_finished: u64,
+    /// Times a replica went quiet, and woke again by reason (request, leader_lost, activity).
+    #[serde(default)]
+    pub quiet_entered: u64,
+    #[serde(default)]
+    pub wakeups: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<String>,
 }
@@ -123,6 +132,9 @@ struct Shared {
     epochs: BTreeMap<(u64, u64), u64>,
     /// Operators the placement driver finished (placement scenario).
     operators_finished: u64,
+    /// Replicas that went quiet, and wake-ups by reason.
+    quiet_entered: u64,
+    wakeups: BTreeMap<&'static str, u64>,
 }
 
 impl Shared {
@@ -175,6 +187,8 @@ impl Observer for SimObserver {
                 }
             }
             NodeEvent::ReplicaRemoved { .. } => {}
+            NodeEvent::Quiet { quiet: true, .. } => s.quiet_entered += 1,
+            NodeEvent::Quiet { reason, .. } => *s.wakeups.entry(reason).or_default() += 1,
             NodeEvent::MapInstalled {
                 routing_version,
                 tiling,
@@ -302,7 +316,15 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
         } else {
             rng.gen_range(0..known + 2)
         };
-        let kind = match rng.gen_range(0..100) {
+        let roll = rng.gen_range(0..100);
+        // The quiet scenario reads more (75%, the writes in their usual proportions): a
+        // quiet group's first requests are then mostly reads.
+        let roll = match roll {
+            _ if settings.scenario != Scenario::Quiet => roll,
+            0..75 => 0,
+            _ => 40 + (roll - 75) * 60 / 25,
+        };
+        let kind = match roll {
             0..40 => OpKind::Get,
             40..65 => OpKind::Put {
                 value: format!("c{id}-{written}"),
@@ -328,6 +350,7 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
         }
         // Clients stop using a node that refused to start, as a load balancer would.
         let mut target = rng.gen_range(0..clients.len());
+
         while shared.lock().unwrap().refused.contains(&(target as u64 + 1)) {
             target = (target + 1) % clients.len();
         }
@@ -358,6 +381,14 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
         // Think time keeps histories a size the checker searches quickly, and lets faults
         // land between operations as well as during them.
         tokio::time::sleep(Duration::from_millis(rng.gen_range(THINK_MS.0..THINK_MS.1))).await;
+        if settings.scenario == Scenario::Quiet {
+            // Between bursts, nothing: the groups go quiet. The final phase stays busy.
+            let now_ms = now_ns() / 1_000_000;
+            let into_cycle = now_ms % QUIET_CYCLE_MS;
+            if into_cycle >= QUIET_BURST_MS && now_ms < LIVENESS_FROM_MS {
+                tokio::time::sleep(Duration::from_millis(QUIET_CYCLE_MS - into_cycle)).await;
+            }
+        }
     }
     if id == 1 {
         // Every acknowledged write must be visible to a linearizable read after heal.
@@ -816,6 +847,10 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
             config.schedule.split_max_keys = SIM_SPLIT_MAX_KEYS;
         }
         config.initial_shards = 3;
+        if settings.scenario == Scenario::Quiet {
+            config.initial_shards = QUIET_SHARDS;
+            config.raft.quiet_after_ms = SIM_QUIET_AFTER_MS;
+        }
         config.net = NetKind::Turmoil;
         config.flush_mode = FlushMode::Inline;
         config.rng_seed = Some(settings.seed);
@@ -969,6 +1004,8 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         max_heal_to_leaders_ms,
         admin: admin_steps,
         operators_finished: s.operators_finished,
+        quiet_entered: s.quiet_entered,
+        wakeups: s.wakeups.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         trace: if settings.keep_trace {
             std::mem::take(&mut s.trace)
         } else {

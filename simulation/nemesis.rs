@@ -5,6 +5,13 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+/// Quiet scenario: the clients work for the first `QUIET_BURST_MS` of every
+/// `QUIET_CYCLE_MS` (all together, so groups do go idle); faults start
+/// `QUIET_FAULT_OFFSET_MS` into a cycle, in the idle gap.
+pub const QUIET_CYCLE_MS: u64 = 5_000;
+pub const QUIET_BURST_MS: u64 = 1_500;
+pub const QUIET_FAULT_OFFSET_MS: u64 = 3_500;
+
 /// Which family of faults a run draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 pub enum Scenario {
@@ -24,16 +31,21 @@ pub enum Scenario {
     /// nodes crash for longer than `down-after` (their replicas are re-created elsewhere),
     /// and partitions and network faults hit all of it.
     Placement,
+    /// Quiet groups: clients work in short bursts with idle gaps, so groups go quiet (no
+    /// heartbeats, no election timers); then the leader of quiet groups is isolated or
+    /// crashed, or a minority cut off, and the next burst must find new leaders.
+    Quiet,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Partitions,
         Scenario::Crashes,
         Scenario::Network,
         Scenario::Mixed,
         Scenario::Disk,
         Scenario::Placement,
+        Scenario::Quiet,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +56,7 @@ impl Scenario {
             Scenario::Mixed => "mixed",
             Scenario::Disk => "disk",
             Scenario::Placement => "placement",
+            Scenario::Quiet => "quiet",
         }
     }
 }
@@ -191,12 +204,31 @@ pub fn schedule(rng: &mut SmallRng, scenario: Scenario, nodes: u64, first_ms: u6
                 1 => partitions(rng),
                 _ => network(rng),
             },
+            Scenario::Quiet => match rng.gen_range(0..4) {
+                0 | 1 => Fault::IsolateLeader,
+                2 => Fault::Crash { nodes: pick(rng, 1) },
+                _ => Fault::MinorityPartition {
+                    nodes: pick(rng, minority),
+                },
+            },
         };
         let duration_ms = match (&fault, scenario) {
             // Longer than the simulation's down-after: the crashed node's replicas move.
             (Fault::Crash { .. }, Scenario::Placement) => rng.gen_range(4_500..7_000).min(end_ms - at),
+            // Long enough for the majority to elect by node liveness (a few seconds) and
+            // for the next burst of the clients to meet the new leaders.
+            (_, Scenario::Quiet) => rng.gen_range(6_500..9_000).min(end_ms - at),
             _ => duration_ms,
         };
+        if scenario == Scenario::Quiet {
+            // Faults strike in an idle gap, once the groups are quiet: the next burst
+            // then meets quiet groups whose leader is gone.
+            at = (at.saturating_sub(QUIET_FAULT_OFFSET_MS)).div_ceil(QUIET_CYCLE_MS) * QUIET_CYCLE_MS
+                + QUIET_FAULT_OFFSET_MS;
+            if at + duration_ms > end_ms {
+                break;
+            }
+        }
         faults.push(Scheduled {
             start_ms: at,
             duration_ms,

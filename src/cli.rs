@@ -108,6 +108,13 @@ pub struct Tuning {
     pub election_timeout_min_ms: u64,
     #[arg(long, env = "MIDASFLOW_ELECTION_TIMEOUT_MAX_MS", default_value_t = RaftTimings::default().election_timeout_max_ms)]
     pub election_timeout_max_ms: u64,
+    /// An idle shard group stops ticking (no heartbeats, no election timers) after this
+    /// long without activity; 0 keeps every group ticking.
+    #[arg(long, env = "MIDASFLOW_QUIET_AFTER_MS", default_value_t = RaftTimings::default().quiet_after_ms)]
+    pub quiet_after_ms: u64,
+    /// sled's page cache, in bytes.
+    #[arg(long, env = "MIDASFLOW_CACHE_CAPACITY_BYTES", default_value_t = crate::node::DEFAULT_CACHE_CAPACITY_BYTES)]
+    pub cache_capacity_bytes: u64,
     /// Build a snapshot after this many log entries since the last one.
     #[arg(long, env = "MIDASFLOW_SNAPSHOT_INTERVAL_ENTRIES", default_value_t = RaftTimings::default().snapshot_interval_entries)]
     pub snapshot_interval_entries: u64,
@@ -405,8 +412,10 @@ impl Tuning {
             election_timeout_max_ms: self.election_timeout_max_ms,
             snapshot_interval_entries: self.snapshot_interval_entries,
             log_keep_entries: self.log_keep_entries,
+            quiet_after_ms: self.quiet_after_ms,
             ..RaftTimings::default()
         };
+        config.cache_capacity_bytes = self.cache_capacity_bytes;
         config.cluster_secret = match (&self.cluster_secret, &self.cluster_secret_file) {
             (Some(secret), _) => Some(secret.clone()),
             (None, Some(path)) => Some(crate::security::read_secret_file(path).map_err(|e| e.to_string())?),

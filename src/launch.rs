@@ -174,6 +174,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     // background thread would make simulations nondeterministic.
     let db = sled::Config::new()
         .path(&db_path)
+        .cache_capacity(config.cache_capacity_bytes)
         .flush_every_ms(None)
         .open()
         .map_err(|source| StartError::Storage {

@@ -26,6 +26,8 @@ pub enum BugArg {
     MapBeforeMembership,
     /// Apply writes for keys a split gave away.
     SplitWithoutRangeCheck,
+    /// Serve reads on a quiet leader without confirming leadership.
+    QuietReadsWithoutQuorum,
 }
 
 #[derive(Args, Debug)]
@@ -107,6 +109,7 @@ fn run_one(args: &SimArgs, seed: u64) -> Result<(), String> {
             BugArg::NoIdentityGuard => PlantedBug::NoIdentityGuard,
             BugArg::MapBeforeMembership => PlantedBug::MapBeforeMembership,
             BugArg::SplitWithoutRangeCheck => PlantedBug::SplitWithoutRangeCheck,
+            BugArg::QuietReadsWithoutQuorum => PlantedBug::QuietReadsWithoutQuorum,
         }),
         keep_trace: args.trace,
     };

@@ -20,6 +20,7 @@ use super::routing_json;
 use super::Api;
 use crate::node::PlantedBug;
 use crate::raft::network::send;
+use crate::raft::registry::Wake;
 use crate::raft::GroupId;
 use crate::shard::store::{ShardCommand, ShardGroup, ShardReply};
 use crate::shard::{read, KeyRecord, KvOp, KvResult, Precondition, ReadOutcome};
@@ -317,8 +318,17 @@ async fn execute(node: &Arc<Api>, call: KvCall, forward: &Forward, deadline: Ins
             {
                 Attempt::Done(serve_local(&group, &call, true).await?)
             }
+            Some(group)
+                if group.is_leader()
+                    && group.is_quiet()
+                    && !matches!(call, KvCall::Write(_))
+                    && node.config.has_planted_bug(PlantedBug::QuietReadsWithoutQuorum) =>
+            {
+                Attempt::Done(serve_local(&group, &call, true).await?)
+            }
             Some(group) if group.is_leader() && !(group.proposals_paused() && call.needs_leader()) => {
                 group.view.count_op();
+                group.touch(Wake::Request);
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(remaining, serve_on_leader(node, &group, &call, &mut proposed)).await {
                     Ok(result) => result?,
@@ -350,7 +360,14 @@ async fn execute(node: &Arc<Api>, call: KvCall, forward: &Forward, deadline: Ins
                             e.message
                         )))
                     }
-                    Err(e) => tracing::debug!(target, error = %e.message, "forward failed; retrying"),
+                    Err(e) => {
+                        tracing::debug!(target, error = %e.message, "forward failed; retrying");
+                        // A quiet follower runs no election timer: the request itself is
+                        // the sign its leader may be gone.
+                        if let Some(group) = node.shards.get(shard) {
+                            group.touch(Wake::Request);
+                        }
+                    }
                 }
             }
             Attempt::Redirect(_) | Attempt::Wait => {}

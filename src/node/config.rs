@@ -13,6 +13,16 @@ use crate::raft::transport::NetKind;
 use crate::security::NodeTls;
 use crate::shard::DEFAULT_HISTORY_VERSIONS;
 
+/// sled's page cache unless `--cache-capacity-bytes` says otherwise (sled's own default is
+/// 1 GiB, too much for several small nodes on one machine), and its bounds.
+pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 64 << 20;
+pub const CACHE_CAPACITY_MIN_BYTES: u64 = 1 << 20;
+pub const CACHE_CAPACITY_MAX_BYTES: u64 = 64 << 30;
+/// Bounds of `--quiet-after-ms` (besides 0): long enough for a few heartbeats to carry the
+/// commit point, short enough that idle groups do go quiet.
+pub const QUIET_AFTER_MIN_MS: u64 = 500;
+pub const QUIET_AFTER_MAX_MS: u64 = 3_600_000;
+
 /// Everything a node is configured with; the CLI fills it from flags and env vars.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -39,6 +49,8 @@ pub struct NodeConfig {
     pub api_tokens: Option<Vec<String>>,
     pub net: NetKind,
     pub flush_mode: FlushMode,
+    /// sled's page cache (`--cache-capacity-bytes`).
+    pub cache_capacity_bytes: u64,
     pub rng_seed: Option<u64>,
     /// Watches the node from outside (simulation checkers); `None` in production.
     pub observer: Option<Arc<dyn Observer>>,
@@ -65,6 +77,10 @@ pub enum PlantedBug {
     /// A shard applies writes for keys its split gave away (no range check at apply): a
     /// write routed with an old map lands where no read will look.
     SplitWithoutRangeCheck,
+    /// A quiet leader serves reads from its applied state without confirming it still
+    /// leads, and reads do not wake it ("nothing happened while it was quiet"): isolated,
+    /// it keeps answering while the majority elects another leader and moves on.
+    QuietReadsWithoutQuorum,
 }
 
 impl std::fmt::Debug for dyn Observer {
@@ -208,6 +224,8 @@ pub struct RaftTimings {
     pub snapshot_interval_entries: u64,
     pub log_keep_entries: u64,
     pub snapshot_chunk_bytes: u64,
+    /// An idle shard group goes quiet after this long (`crate::raft::quiet`); 0: never.
+    pub quiet_after_ms: u64,
 }
 
 impl Default for RaftTimings {
@@ -222,6 +240,7 @@ impl Default for RaftTimings {
             snapshot_interval_entries: 10_000,
             log_keep_entries: 1_000,
             snapshot_chunk_bytes: 4 << 20,
+            quiet_after_ms: 2_000,
         }
     }
 }
@@ -245,6 +264,7 @@ impl NodeConfig {
             api_tokens: None,
             net: NetKind::Tokio,
             flush_mode: FlushMode::Thread,
+            cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
             rng_seed: None,
             observer: None,
             planted_bug: None,
@@ -296,6 +316,17 @@ impl NodeConfig {
             }
             .validate()
             .map_err(|e| format!("--initial-shards / --initial-cluster / scheduler settings: {e}"))?;
+        }
+        let quiet = self.raft.quiet_after_ms;
+        if quiet != 0 && !(QUIET_AFTER_MIN_MS..=QUIET_AFTER_MAX_MS).contains(&quiet) {
+            return Err(format!(
+                "--quiet-after-ms must be 0 (never quiet) or {QUIET_AFTER_MIN_MS} to {QUIET_AFTER_MAX_MS}"
+            ));
+        }
+        if !(CACHE_CAPACITY_MIN_BYTES..=CACHE_CAPACITY_MAX_BYTES).contains(&self.cache_capacity_bytes) {
+            return Err(format!(
+                "--cache-capacity-bytes must be {CACHE_CAPACITY_MIN_BYTES} to {CACHE_CAPACITY_MAX_BYTES}"
+            ));
         }
         if self.raft.snapshot_chunk_bytes == 0 || self.raft.snapshot_chunk_bytes > 64 << 20 {
             return Err("the snapshot chunk size must be 1 byte to 64 MiB".into());

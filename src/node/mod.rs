@@ -26,7 +26,8 @@ use crate::raft::membership::{self, AdminReply, AdminRequest};
 use crate::raft::network::post_internal;
 use crate::raft::network::Credentials;
 use crate::raft::probe::NodeEvent;
-use crate::raft::registry::Registry;
+use crate::raft::quiet::Liveness;
+use crate::raft::registry::{Registry, TEND_INTERVAL_MS};
 use crate::raft::transport::HttpClient;
 use crate::raft::{GroupId, GroupKind};
 use crate::shard::store::{ShardGroup, ShardKind};
@@ -121,6 +122,7 @@ impl Node {
             tokio::spawn(self.clone().refusal_watch(stop.clone())),
             tokio::spawn(self.clone().heartbeat_loop(stop.clone())),
             tokio::spawn(self.clone().reconcile_loop(stop.clone())),
+            tokio::spawn(self.clone().tend_loop(stop.clone())),
             tokio::spawn(crate::placement::executor::run(self.clone(), stop.clone())),
         ];
         if pd_voters(&self.config.initial_cluster).contains(&self.config.node_id) {
@@ -577,6 +579,46 @@ impl Node {
             self.sync_with_pd().await;
             metrics::gauge!("midasflow_storage_size_bytes", "node" => label.clone())
                 .set(self.shards.storage_bytes() as f64);
+        }
+    }
+
+    /// What node liveness says of `node`: silent for less than [`SUSPECT_AFTER_MS`] as of
+    /// this node's last PD reply, counting the time since that reply. `Unknown` when this
+    /// node has not reached the PD lately (its view would be a guess).
+    pub fn liveness_of(&self, node: NodeId) -> Liveness {
+        if node == self.config.node_id {
+            return Liveness::Live;
+        }
+        let view = self.view.read().unwrap();
+        let Some(contact) = view
+            .last_pd_contact
+            .filter(|t| t.elapsed() < Duration::from_millis(SUSPECT_AFTER_MS))
+        else {
+            return Liveness::Unknown;
+        };
+        match view.last_seen_ms.get(&node) {
+            Some(ms) if ms + contact.elapsed().as_millis() as u64 >= SUSPECT_AFTER_MS => Liveness::Lost,
+            Some(_) => Liveness::Live,
+            None => Liveness::Unknown,
+        }
+    }
+
+    /// Runs the registries' periodic pass: quiet groups (shards only; the PD group always
+    /// ticks) and split-child compaction.
+    async fn tend_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(TEND_INTERVAL_MS));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let quiet_after_ms = self.config.raft.quiet_after_ms;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let liveness = |node: NodeId| self.liveness_of(node);
+            let quiet = (quiet_after_ms > 0).then_some((&liveness as &dyn Fn(u64) -> Liveness, quiet_after_ms));
+            let quiet_groups = self.shards.tend(quiet);
+            metrics::gauge!("midasflow_raft_quiet_groups", "node" => self.label()).set(quiet_groups as f64);
+            self.pd.tend(None);
         }
     }
 

@@ -258,12 +258,27 @@ pub fn handle_heartbeat<H: PdHost>(host: &H, hb: &Heartbeat) -> Result<Option<He
         pd_leader: host.node_id(),
         map: (map.revision > hb.revision).then(|| (*map).clone()),
         leader_hints: state.leader_hints.iter().map(|(g, (n, _))| (*g, *n)).collect(),
-        last_seen_ms: state
-            .last_seen
-            .iter()
-            .map(|(n, t)| (*n, now.duration_since(*t).as_millis() as u64))
-            .collect(),
+        last_seen_ms: last_seen_ms(&state, &map, now),
     }))
+}
+
+/// Milliseconds since the PD leader last heard from each member. A member not heard from
+/// since this node became leader gets the time since then: silent at least that long (a
+/// node that died with the previous leader must still show as lost).
+fn last_seen_ms(state: &PdLeaderState, map: &ClusterMap, now: Instant) -> BTreeMap<NodeId, u64> {
+    let since_leading = state
+        .leading_since
+        .map_or(0, |t| now.duration_since(t).as_millis() as u64);
+    let mut seen: BTreeMap<NodeId, u64> = map
+        .nodes
+        .keys()
+        .filter(|n| map.is_active_member(**n))
+        .map(|n| (*n, since_leading))
+        .collect();
+    for (node, at) in &state.last_seen {
+        seen.insert(*node, now.duration_since(*at).as_millis() as u64);
+    }
+    seen
 }
 
 /// On the PD leader: records a member's incarnation or a joining node (a proposal at a

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::network::post_internal;
-use super::registry::{Group, Registry};
+use super::registry::{Group, Registry, Wake};
 use super::{AppliedView, GroupId, GroupKind};
 
 /// Longest a transfer waits for the target to catch up, and for it to win.
@@ -167,6 +167,11 @@ async fn perform_inner<K: GroupKind>(
     request: AdminRequest,
 ) -> Result<(), String> {
     let raft = &group.raft;
+    if !matches!(request, AdminRequest::Status | AdminRequest::SplitPoint) {
+        // Membership changes and transfers need ticking replicas (heartbeats carry the
+        // new configuration's commit; a transfer's target must be caught up).
+        group.touch(Wake::Request);
+    }
     let needs_leader = !matches!(
         request,
         AdminRequest::Status | AdminRequest::Elect | AdminRequest::SplitPoint

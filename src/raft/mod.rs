@@ -12,6 +12,7 @@ pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod probe;
+pub mod quiet;
 pub mod registry;
 pub mod runtime;
 pub mod state_machine;

@@ -257,6 +257,11 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         rpc: AppendEntriesRequest<Config<K>>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
+        if rpc.entries.is_empty() {
+            // A heartbeat (or a bare commit-point update): what quiet groups save.
+            metrics::counter!("midasflow_raft_heartbeat_rpcs_total", "node" => self.credentials.node_id.to_string())
+                .increment(1);
+        }
         self.call("append", &rpc, &option).await
     }
 
@@ -273,6 +278,8 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
+        metrics::counter!("midasflow_raft_vote_rpcs_total", "node" => self.credentials.node_id.to_string())
+            .increment(1);
         self.call("vote", &rpc, &option).await
     }
 }

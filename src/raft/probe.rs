@@ -28,6 +28,12 @@ pub enum NodeEvent {
     },
     /// The node stopped and deleted its replica of a group (the map moved it away).
     ReplicaRemoved { group: GroupId },
+    /// A replica stopped ticking (`quiet`), or started again and why.
+    Quiet {
+        group: GroupId,
+        quiet: bool,
+        reason: &'static str,
+    },
 }
 
 pub trait Observer: Send + Sync {

@@ -17,6 +17,7 @@ use openraft::{BasicNode, ServerState};
 use super::log_store::{destroy_log, Flusher, LogStore};
 use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
+use super::quiet::{decide, Decision, Inputs, Liveness, Role};
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
 use super::state_machine::{self, Applied, AppliedView, StateMachineStore};
 use super::transport::HttpClient;
@@ -32,6 +33,37 @@ pub struct Group<K: GroupKind> {
     term: AtomicU64,
     /// Set while leadership is being handed over: new proposals wait.
     proposals_paused: AtomicBool,
+    /// Quiet groups (see `quiet.rs`): ticking is off while `quiet` is set. Activity is
+    /// measured in ms since `clock`, the registry's start.
+    quiet: AtomicBool,
+    active_at_ms: AtomicU64,
+    seen_log_index: AtomicU64,
+    clock: tokio::time::Instant,
+    /// A snapshot-and-purge after a split is running (see `tend`).
+    compacting: Arc<AtomicBool>,
+    label: String,
+    probe: Probe,
+}
+
+/// Why a quiet group woke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A client request or an admin request reached it.
+    Request,
+    /// A follower's leader's node was lost.
+    LeaderLost,
+    /// Log growth, or a leader, term or membership change.
+    Activity,
+}
+
+impl Wake {
+    fn name(self) -> &'static str {
+        match self {
+            Wake::Request => "request",
+            Wake::LeaderLost => "leader_lost",
+            Wake::Activity => "activity",
+        }
+    }
 }
 
 /// Pauses a group's proposals until dropped.
@@ -44,6 +76,38 @@ impl Drop for PauseGuard<'_> {
 }
 
 impl<K: GroupKind> Group<K> {
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Records activity; a quiet replica starts ticking again at once.
+    pub fn touch(&self, why: Wake) {
+        self.active_at_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.set_quiet(false, why);
+    }
+
+    /// Whether ticking is off (no heartbeats, no election timer).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.load(Ordering::Relaxed)
+    }
+
+    fn set_quiet(&self, quiet: bool, why: Wake) {
+        if self.quiet.swap(quiet, Ordering::AcqRel) == quiet {
+            return;
+        }
+        self.raft.runtime_config().tick(!quiet);
+        if !quiet {
+            metrics::counter!("midasflow_raft_group_wakeups_total", "node" => self.label.clone(), "reason" => why.name())
+                .increment(1);
+        }
+        tracing::trace!(group = self.id, quiet, reason = why.name(), "group tick changed");
+        self.probe.emit(|| NodeEvent::Quiet {
+            group: self.id,
+            quiet,
+            reason: why.name(),
+        });
+    }
+
     pub fn pause_proposals(&self) -> PauseGuard<'_> {
         self.proposals_paused.store(true, Ordering::Release);
         PauseGuard(&self.proposals_paused)
@@ -66,6 +130,9 @@ impl<K: GroupKind> Group<K> {
         self.raft.metrics().borrow().current_leader
     }
 }
+
+/// How often the node runs [`Registry::tend`].
+pub const TEND_INTERVAL_MS: u64 = 500;
 
 /// Everything needed to create a group's Raft instance.
 pub struct RegistryConfig {
@@ -100,6 +167,7 @@ pub struct Registry<K: GroupKind> {
     /// skipped the split through a snapshot): they must start from a snapshot of the
     /// child, never from an empty log (see `api::internal`).
     awaiting_snapshot: std::sync::Mutex<std::collections::BTreeSet<GroupId>>,
+    clock: tokio::time::Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +203,7 @@ impl<K: GroupKind> Registry<K> {
             groups: RwLock::new(BTreeMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             awaiting_snapshot: Default::default(),
+            clock: tokio::time::Instant::now(),
         })
     }
 
@@ -300,6 +369,13 @@ impl<K: GroupKind> Registry<K> {
             is_leader: AtomicBool::new(false),
             term: AtomicU64::new(0),
             proposals_paused: AtomicBool::new(false),
+            quiet: AtomicBool::new(false),
+            active_at_ms: AtomicU64::new(self.clock.elapsed().as_millis() as u64),
+            seen_log_index: AtomicU64::new(0),
+            clock: self.clock,
+            compacting: Arc::new(AtomicBool::new(false)),
+            label: self.label.clone(),
+            probe: self.config.probe.clone(),
         });
         self.groups.write().unwrap().insert(group, created.clone());
         self.spawn_monitor(created.clone());
@@ -309,8 +385,10 @@ impl<K: GroupKind> Registry<K> {
         Ok(created)
     }
 
-    /// Follows a group's metrics: leadership for routing, leader changes for /metrics, and
-    /// the election nudge.
+    /// Follows a group's server metrics (vote, state, leader, membership; openraft
+    /// reports them only when they change, so an idle group costs this task nothing):
+    /// leadership for routing, leader changes for /metrics, activity for quiet groups,
+    /// and the election nudge.
     ///
     /// Why the nudge: openraft 0.9 draws a replica's election timeout once, in `Raft::new`,
     /// and checks it on a tick of 1.5 heartbeats, so the effective timeouts fall into a few
@@ -323,44 +401,29 @@ impl<K: GroupKind> Registry<K> {
         let node_id = self.node_id;
         let probe = self.config.probe.clone();
         let stall_ms = self.config.raft_config.election_timeout_max;
-        let mut metrics_rx = group.raft.metrics();
+        let mut metrics_rx = group.raft.server_metrics();
         tokio::spawn(async move {
             let mut last_leader = None;
+            let mut last_membership = None;
             let mut nudge_at: Option<tokio::time::Instant> = None;
-            let compacting = Arc::new(AtomicBool::new(false));
             loop {
-                let (leader, term, leading, voter, has_snapshot, applied) = {
+                let (leader, term, leading, voter, membership) = {
                     let m = metrics_rx.borrow_and_update();
                     let voter = m.membership_config.membership().voter_ids().any(|v| v == node_id);
-                    let leading = m.state == ServerState::Leader;
-                    let applied = m.last_applied.map_or(0, |l| l.index);
                     (
                         m.current_leader,
-                        m.current_term,
-                        leading,
+                        m.vote.leader_id.term,
+                        m.state == ServerState::Leader,
                         voter,
-                        m.snapshot.is_some(),
-                        applied,
+                        m.membership_config.log_id().map(|l| l.index),
                     )
                 };
-                // A split child's first state came from its parent, not from its log: a
-                // replica added later (or one that missed the split) must get it as a
-                // snapshot, so its leader snapshots it and purges the log behind, once it
-                // applied its own first entry (until a snapshot exists).
-                if leading
-                    && !has_snapshot
-                    && applied >= 1
-                    && group.view.range().is_some()
-                    && !compacting.swap(true, Ordering::AcqRel)
-                {
-                    let (group, compacting) = (group.clone(), compacting.clone());
-                    tokio::spawn(async move {
-                        compact_after_split(group).await;
-                        compacting.store(false, Ordering::Release);
-                    });
-                }
                 let changed = group.term.swap(term, Ordering::Relaxed) != term || leader != last_leader;
                 let was_leading = group.is_leader.swap(leading, Ordering::Relaxed);
+                if changed || was_leading != leading || membership != last_membership {
+                    group.touch(Wake::Activity);
+                    last_membership = membership;
+                }
                 if was_leading != leading {
                     let delta = if leading { 1.0 } else { -1.0 };
                     metrics::gauge!("midasflow_raft_leaders", "node" => label.clone()).increment(delta);
@@ -409,6 +472,77 @@ impl<K: GroupKind> Registry<K> {
                 }
             }
         });
+    }
+
+    /// The periodic pass over every replica (the node runs it every
+    /// [`TEND_INTERVAL_MS`]): notes log growth as activity, makes idle groups quiet and
+    /// wakes them (`quiet`: the liveness of a node and the idle threshold; `None` keeps
+    /// every group ticking), and has a split child's first leader snapshot it and purge
+    /// the log behind, so replicas added later start from the snapshot. Returns how many
+    /// replicas are quiet.
+    pub fn tend(&self, quiet: Option<(&dyn Fn(u64) -> Liveness, u64)>) -> usize {
+        let mut quiet_count = 0;
+        for group in self.all() {
+            let (inputs, compact) = {
+                let m = group.raft.metrics();
+                let m = m.borrow();
+                let last_log = m.last_log_index.unwrap_or(0);
+                if group.seen_log_index.swap(last_log, Ordering::Relaxed) != last_log {
+                    group.active_at_ms.store(group.now_ms(), Ordering::Relaxed);
+                }
+                let leading = m.state == ServerState::Leader;
+                let membership = m.membership_config.membership();
+                // From the configs directly: `voter_ids` and `learner_ids` build sets, and
+                // this runs for every replica several times a second.
+                let configs = membership.get_joint_config();
+                let voter = configs.iter().any(|c| c.contains(&self.node_id));
+                let settled = configs.len() == 1 && membership.nodes().count() == configs[0].len();
+                let role = match m.current_leader {
+                    _ if leading => Role::Leader,
+                    Some(leader) if leader != self.node_id && voter => Role::Follower,
+                    _ => Role::Other,
+                };
+                let liveness = |node: u64| quiet.map_or(Liveness::Unknown, |(live, _)| live(node));
+                let replicas_caught_up = m.replication.as_ref().is_none_or(|r| {
+                    r.iter().all(|(id, matched)| {
+                        matched.map(|l| l.index) == Some(last_log) || liveness(*id) == Liveness::Lost
+                    })
+                });
+                let inputs = Inputs {
+                    role,
+                    idle_ms: group
+                        .now_ms()
+                        .saturating_sub(group.active_at_ms.load(Ordering::Relaxed)),
+                    replicas_caught_up,
+                    membership_settled: settled,
+                    leader: m.current_leader.map_or(Liveness::Unknown, liveness),
+                };
+                let applied = m.last_applied.map_or(0, |l| l.index);
+                (inputs, leading && m.snapshot.is_none() && applied >= 1)
+            };
+            if compact && group.view.range().is_some() && !group.compacting.swap(true, Ordering::AcqRel) {
+                let group = group.clone();
+                tokio::spawn(async move {
+                    compact_after_split(group.clone()).await;
+                    group.compacting.store(false, Ordering::Release);
+                });
+            }
+            let decision = match quiet {
+                Some((_, quiet_after_ms)) => decide(&inputs, quiet_after_ms),
+                None => Decision::Active,
+            };
+            tracing::trace!(group = group.id, ?inputs, ?decision, "tend");
+            match decision {
+                Decision::Quiet => group.set_quiet(true, Wake::Activity),
+                Decision::Active if inputs.leader == Liveness::Lost && inputs.role == Role::Follower => {
+                    group.set_quiet(false, Wake::LeaderLost)
+                }
+                Decision::Active => group.set_quiet(false, Wake::Activity),
+                Decision::Keep => {}
+            }
+            quiet_count += usize::from(group.is_quiet());
+        }
+        quiet_count
     }
 
     /// Stops a replica, deletes its data and leaves a tombstone at `epoch`, the shard epoch

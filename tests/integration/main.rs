@@ -12,5 +12,6 @@ mod identity;
 mod kv;
 mod placement;
 mod powercut_fs;
+mod quiet;
 mod security;
 mod simulation;

@@ -1,0 +1,151 @@
+//! When a group goes quiet and when it wakes (pure: no IO, no clock).
+//!
+//! An idle group costs nothing: its leader stops ticking, so it sends no heartbeats, and
+//! its followers stop ticking, so they run no election timers. What a follower's election
+//! timer was for, noticing that the leader is gone, comes from node liveness instead: the
+//! one node-level heartbeat every node sends the placement driver. A request, log growth,
+//! a leader or term change, or a membership change wakes the group; so does a follower
+//! seeing its leader's node lost, which then campaigns as usual.
+//!
+//! Quiet changes only timers. Votes, terms, appends and `ensure_linearizable` work the
+//! same, so "at most one leader per term" and linearizable reads do not depend on it.
+
+/// What this replica is in its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    /// A voter following a leader other than itself.
+    Follower,
+    /// A candidate, a learner, or a replica that knows no leader.
+    Other,
+}
+
+/// What node liveness says of a follower's leader's node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Live,
+    /// Silent past the suspect threshold.
+    Lost,
+    /// This node's liveness view is stale (it has not reached the placement driver).
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inputs {
+    pub role: Role,
+    /// Milliseconds since the group's last activity (a request, log growth, a leader,
+    /// term or membership change).
+    pub idle_ms: u64,
+    /// Leader: every replica whose node is not lost has matched the last log index.
+    pub replicas_caught_up: bool,
+    /// One voter set and no learners: no membership change in flight.
+    pub membership_settled: bool,
+    /// Follower: liveness of the leader's node.
+    pub leader: Liveness,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Tick: heartbeats on a leader, the election timer on a follower.
+    Active,
+    /// No tick.
+    Quiet,
+    /// Leave the replica as it is.
+    Keep,
+}
+
+/// The decision for one replica. A leader goes quiet after `quiet_after_ms` of idleness
+/// once its live replicas have caught up; a follower after half of it, so followers stop
+/// their election timers before the leader stops the heartbeats that feed them.
+pub fn decide(inputs: &Inputs, quiet_after_ms: u64) -> Decision {
+    let idle_for = |ms: u64| inputs.idle_ms >= ms && inputs.membership_settled;
+    match inputs.role {
+        Role::Leader if idle_for(quiet_after_ms) && inputs.replicas_caught_up => Decision::Quiet,
+        Role::Leader => Decision::Active,
+        Role::Follower => match inputs.leader {
+            // The leader's node is gone: the election timer must run.
+            Liveness::Lost => Decision::Active,
+            // Waking on a stale view would depose live leaders by the thousand.
+            Liveness::Unknown => Decision::Keep,
+            Liveness::Live if idle_for(quiet_after_ms / 2) => Decision::Quiet,
+            Liveness::Live => Decision::Active,
+        },
+        Role::Other => Decision::Active,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(role: Role, idle_ms: u64) -> Inputs {
+        Inputs {
+            role,
+            idle_ms,
+            replicas_caught_up: true,
+            membership_settled: true,
+            leader: Liveness::Live,
+        }
+    }
+
+    #[test]
+    fn table() {
+        use Decision::*;
+        let q = 2_000;
+        let cases: Vec<(&str, Inputs, Decision)> = vec![
+            ("busy leader", inputs(Role::Leader, 100), Active),
+            ("idle leader", inputs(Role::Leader, 2_000), Quiet),
+            (
+                "idle leader, a live follower behind",
+                Inputs {
+                    replicas_caught_up: false,
+                    ..inputs(Role::Leader, 9_000)
+                },
+                Active,
+            ),
+            (
+                "idle leader, membership changing",
+                Inputs {
+                    membership_settled: false,
+                    ..inputs(Role::Leader, 9_000)
+                },
+                Active,
+            ),
+            ("busy follower", inputs(Role::Follower, 500), Active),
+            ("idle follower goes quiet first", inputs(Role::Follower, 1_000), Quiet),
+            (
+                "follower of a lost leader, however idle",
+                Inputs {
+                    leader: Liveness::Lost,
+                    ..inputs(Role::Follower, 60_000)
+                },
+                Active,
+            ),
+            (
+                "follower with a stale liveness view",
+                Inputs {
+                    leader: Liveness::Unknown,
+                    ..inputs(Role::Follower, 60_000)
+                },
+                Keep,
+            ),
+            ("candidate or learner", inputs(Role::Other, 60_000), Active),
+        ];
+        for (name, case, want) in cases {
+            assert_eq!(decide(&case, q), want, "{name}");
+        }
+    }
+
+    /// Whatever the idleness, a follower is never quiet while its leader is active:
+    /// it goes quiet at half the leader's threshold.
+    #[test]
+    fn followers_quiet_no_later_than_their_leader() {
+        for idle_ms in (0..10_000).step_by(50) {
+            let leader = decide(&inputs(Role::Leader, idle_ms), 2_000);
+            let follower = decide(&inputs(Role::Follower, idle_ms), 2_000);
+            if leader == Decision::Quiet {
+                assert_eq!(follower, Decision::Quiet, "idle {idle_ms} ms");
+            }
+        }
+    }
+}
