@@ -197,6 +197,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             identity.cluster_id,
         )),
         probe: config.probe(),
+        planted_quiet_ignores_own_view: config.has_planted_bug(PlantedBug::QuietReadsWithoutQuorum),
     });
     let skip_range_check = config.has_planted_bug(PlantedBug::SplitWithoutRangeCheck);
     let shards = Arc::new(Registry::<ShardKind>::new(

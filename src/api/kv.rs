@@ -362,10 +362,12 @@ async fn execute(node: &Arc<Api>, call: KvCall, forward: &Forward, deadline: Ins
                     }
                     Err(e) => {
                         tracing::debug!(target, error = %e.message, "forward failed; retrying");
-                        // A quiet follower runs no election timer: the request itself is
-                        // the sign its leader may be gone.
-                        if let Some(group) = node.shards.get(shard) {
-                            group.touch(Wake::Request);
+                        // A quiet follower runs no election timer: a leader that could not
+                        // even be reached may be gone. (A slow answer is no such sign.)
+                        if e.retryable_for_write {
+                            if let Some(group) = node.shards.get(shard) {
+                                group.touch(Wake::Request);
+                            }
                         }
                     }
                 }

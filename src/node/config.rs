@@ -78,8 +78,9 @@ pub enum PlantedBug {
     /// write routed with an old map lands where no read will look.
     SplitWithoutRangeCheck,
     /// A quiet leader serves reads from its applied state without confirming it still
-    /// leads, and reads do not wake it ("nothing happened while it was quiet"): isolated,
-    /// it keeps answering while the majority elects another leader and moves on.
+    /// leads, reads do not wake it ("nothing happened while it was quiet"), and it stays
+    /// quiet when its own node loses touch with the cluster: isolated, it keeps answering
+    /// while the majority elects another leader and moves on.
     QuietReadsWithoutQuorum,
 }
 

@@ -26,7 +26,7 @@ use crate::raft::membership::{self, AdminReply, AdminRequest};
 use crate::raft::network::post_internal;
 use crate::raft::network::Credentials;
 use crate::raft::probe::NodeEvent;
-use crate::raft::quiet::Liveness;
+use crate::raft::quiet::{Liveness, NodeView};
 use crate::raft::registry::{Registry, TEND_INTERVAL_MS};
 use crate::raft::transport::HttpClient;
 use crate::raft::{GroupId, GroupKind};
@@ -582,22 +582,19 @@ impl Node {
         }
     }
 
-    /// What node liveness says of `node`: silent for less than [`SUSPECT_AFTER_MS`] as of
-    /// this node's last PD reply, counting the time since that reply. `Unknown` when this
-    /// node has not reached the PD lately (its view would be a guess).
+    /// What node liveness says of `node`, from this node's last PD reply: lost once the PD
+    /// leader has not heard from it for [`SUSPECT_AFTER_MS`]. `Unknown` when that reply is
+    /// older than [`FRESH_VIEW_MS`] (this node's view would be a guess).
     pub fn liveness_of(&self, node: NodeId) -> Liveness {
         if node == self.config.node_id {
             return Liveness::Live;
         }
         let view = self.view.read().unwrap();
-        let Some(contact) = view
-            .last_pd_contact
-            .filter(|t| t.elapsed() < Duration::from_millis(SUSPECT_AFTER_MS))
-        else {
+        if !view_is_fresh(&view) {
             return Liveness::Unknown;
-        };
+        }
         match view.last_seen_ms.get(&node) {
-            Some(ms) if ms + contact.elapsed().as_millis() as u64 >= SUSPECT_AFTER_MS => Liveness::Lost,
+            Some(ms) if *ms >= SUSPECT_AFTER_MS => Liveness::Lost,
             Some(_) => Liveness::Live,
             None => Liveness::Unknown,
         }
@@ -614,8 +611,7 @@ impl Node {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => return,
             }
-            let liveness = |node: NodeId| self.liveness_of(node);
-            let quiet = (quiet_after_ms > 0).then_some((&liveness as &dyn Fn(u64) -> Liveness, quiet_after_ms));
+            let quiet = (quiet_after_ms > 0).then_some((self.as_ref() as &dyn NodeView, quiet_after_ms));
             let quiet_groups = self.shards.tend(quiet);
             metrics::gauge!("midasflow_raft_quiet_groups", "node" => self.label()).set(quiet_groups as f64);
             self.pd.tend(None);
@@ -704,6 +700,29 @@ impl PdHost for Node {
 
     fn plants_map_before_membership(&self) -> bool {
         self.config.has_planted_bug(PlantedBug::MapBeforeMembership)
+    }
+}
+
+/// A PD reply older than this makes this node's liveness view stale: two heartbeat
+/// rounds missed.
+pub const FRESH_VIEW_MS: u64 = 2 * PD_HEARTBEAT_INTERVAL_MS + 200;
+
+fn view_is_fresh(view: &ClusterView) -> bool {
+    view.last_pd_contact
+        .is_some_and(|t| t.elapsed() < Duration::from_millis(FRESH_VIEW_MS))
+}
+
+impl NodeView for Node {
+    fn liveness(&self, node: u64) -> Liveness {
+        self.liveness_of(node)
+    }
+
+    fn fresh(&self) -> bool {
+        view_is_fresh(&self.view.read().unwrap())
+    }
+
+    fn leader_hint(&self, group: u64) -> Option<u64> {
+        self.view.read().unwrap().leader_hints.get(&group).copied()
     }
 }
 

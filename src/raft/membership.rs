@@ -167,17 +167,18 @@ async fn perform_inner<K: GroupKind>(
     request: AdminRequest,
 ) -> Result<(), String> {
     let raft = &group.raft;
-    if !matches!(request, AdminRequest::Status | AdminRequest::SplitPoint) {
-        // Membership changes and transfers need ticking replicas (heartbeats carry the
-        // new configuration's commit; a transfer's target must be caught up).
-        group.touch(Wake::Request);
-    }
     let needs_leader = !matches!(
         request,
         AdminRequest::Status | AdminRequest::Elect | AdminRequest::SplitPoint
     );
     if needs_leader && !group.is_leader() {
         return Err("this replica does not lead the group".into());
+    }
+    if needs_leader || request == AdminRequest::Elect {
+        // Membership changes and transfers need a ticking leader (heartbeats carry the new
+        // configuration's commit); a transfer's target campaigns. Not before the check: a
+        // follower woken by a stale request would campaign against a live quiet leader.
+        group.touch(Wake::Request);
     }
     match request {
         AdminRequest::Status | AdminRequest::SplitPoint => Ok(()),

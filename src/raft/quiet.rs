@@ -30,6 +30,17 @@ pub enum Liveness {
     Unknown,
 }
 
+/// What the node knows that the decision needs (from its heartbeats to the placement
+/// driver).
+pub trait NodeView {
+    /// Liveness of a node, from a fresh view only.
+    fn liveness(&self, node: u64) -> Liveness;
+    /// Whether this node's view is fresh (it reached the placement driver lately).
+    fn fresh(&self) -> bool;
+    /// The leader of `group` as the placement driver last heard of it.
+    fn leader_hint(&self, group: u64) -> Option<u64>;
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inputs {
     pub role: Role,
@@ -42,6 +53,11 @@ pub struct Inputs {
     pub membership_settled: bool,
     /// Follower: liveness of the leader's node.
     pub leader: Liveness,
+    /// This node's own liveness view is fresh (it reached the placement driver lately).
+    pub view_fresh: bool,
+    /// The replica was reopened from disk and has not yet been judged on a fresh view: it
+    /// knows no leader (its vote comes back uncommitted), but the group most likely has one.
+    pub starting: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,22 +70,27 @@ pub enum Decision {
     Keep,
 }
 
-/// The decision for one replica. A leader goes quiet after `quiet_after_ms` of idleness
-/// once its live replicas have caught up; a follower after half of it, so followers stop
-/// their election timers before the leader stops the heartbeats that feed them.
+/// The decision for one replica.
+/// - A leader goes quiet after `quiet_after_ms` of idleness once its live replicas have
+///   caught up, and only while its own node reaches the placement driver (otherwise its
+///   followers could judge its node lost and depose it, back and forth).
+/// - A follower goes quiet after half of it, so followers stop their election timers
+///   before the leader stops the heartbeats that feed them.
+/// - A stale view never wakes anyone: waking on it would depose live leaders by the
+///   thousand.
 pub fn decide(inputs: &Inputs, quiet_after_ms: u64) -> Decision {
     let idle_for = |ms: u64| inputs.idle_ms >= ms && inputs.membership_settled;
     match inputs.role {
-        Role::Leader if idle_for(quiet_after_ms) && inputs.replicas_caught_up => Decision::Quiet,
+        Role::Leader if idle_for(quiet_after_ms) && inputs.replicas_caught_up && inputs.view_fresh => Decision::Quiet,
         Role::Leader => Decision::Active,
         Role::Follower => match inputs.leader {
             // The leader's node is gone: the election timer must run.
             Liveness::Lost => Decision::Active,
-            // Waking on a stale view would depose live leaders by the thousand.
-            Liveness::Unknown => Decision::Keep,
-            Liveness::Live if idle_for(quiet_after_ms / 2) => Decision::Quiet,
+            Liveness::Live | Liveness::Unknown if idle_for(quiet_after_ms / 2) => Decision::Quiet,
             Liveness::Live => Decision::Active,
+            Liveness::Unknown => Decision::Keep,
         },
+        Role::Other if inputs.starting && !inputs.view_fresh => Decision::Keep,
         Role::Other => Decision::Active,
     }
 }
@@ -85,6 +106,8 @@ mod tests {
             replicas_caught_up: true,
             membership_settled: true,
             leader: Liveness::Live,
+            view_fresh: true,
+            starting: false,
         }
     }
 
@@ -122,14 +145,47 @@ mod tests {
                 Active,
             ),
             (
-                "follower with a stale liveness view",
+                "idle follower with a stale liveness view",
                 Inputs {
                     leader: Liveness::Unknown,
                     ..inputs(Role::Follower, 60_000)
                 },
+                Quiet,
+            ),
+            (
+                "busy follower with a stale liveness view",
+                Inputs {
+                    leader: Liveness::Unknown,
+                    ..inputs(Role::Follower, 100)
+                },
                 Keep,
             ),
+            (
+                "idle leader whose own view is stale",
+                Inputs {
+                    view_fresh: false,
+                    ..inputs(Role::Leader, 60_000)
+                },
+                Active,
+            ),
             ("candidate or learner", inputs(Role::Other, 60_000), Active),
+            (
+                "reopened replica before its node's first fresh view",
+                Inputs {
+                    starting: true,
+                    view_fresh: false,
+                    ..inputs(Role::Other, 60_000)
+                },
+                Keep,
+            ),
+            (
+                "reopened replica of a group nobody leads",
+                Inputs {
+                    starting: true,
+                    ..inputs(Role::Other, 60_000)
+                },
+                Active,
+            ),
         ];
         for (name, case, want) in cases {
             assert_eq!(decide(&case, q), want, "{name}");

@@ -17,7 +17,7 @@ use openraft::{BasicNode, ServerState};
 use super::log_store::{destroy_log, Flusher, LogStore};
 use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
-use super::quiet::{decide, Decision, Inputs, Liveness, Role};
+use super::quiet::{decide, Decision, Inputs, Liveness, NodeView, Role};
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
 use super::state_machine::{self, Applied, AppliedView, StateMachineStore};
 use super::transport::HttpClient;
@@ -36,6 +36,9 @@ pub struct Group<K: GroupKind> {
     /// Quiet groups (see `quiet.rs`): ticking is off while `quiet` is set. Activity is
     /// measured in ms since `clock`, the registry's start.
     quiet: AtomicBool,
+    quiet_lock: std::sync::Mutex<()>,
+    /// Reopened from disk and not yet judged on a fresh view of the cluster.
+    starting: AtomicBool,
     active_at_ms: AtomicU64,
     seen_log_index: AtomicU64,
     clock: tokio::time::Instant,
@@ -83,6 +86,7 @@ impl<K: GroupKind> Group<K> {
     /// Records activity; a quiet replica starts ticking again at once.
     pub fn touch(&self, why: Wake) {
         self.active_at_ms.store(self.now_ms(), Ordering::Relaxed);
+        let _guard = self.quiet_lock.lock().unwrap();
         self.set_quiet(false, why);
     }
 
@@ -91,6 +95,20 @@ impl<K: GroupKind> Group<K> {
         self.quiet.load(Ordering::Relaxed)
     }
 
+    /// Applies `tend`'s decision. A touch since `seen_active_at` (what the decision was
+    /// computed from) cancels going quiet. Under the lock, so the flag and openraft's
+    /// tick always agree, whatever raced.
+    fn apply(&self, decision: Decision, why: Wake, seen_active_at: u64) {
+        let _guard = self.quiet_lock.lock().unwrap();
+        match decision {
+            Decision::Quiet if self.active_at_ms.load(Ordering::Relaxed) == seen_active_at => self.set_quiet(true, why),
+            Decision::Active => self.set_quiet(false, why),
+            Decision::Quiet | Decision::Keep => {}
+        }
+        self.raft.runtime_config().tick(!self.is_quiet());
+    }
+
+    /// Call with `quiet_lock` held.
     fn set_quiet(&self, quiet: bool, why: Wake) {
         if self.quiet.swap(quiet, Ordering::AcqRel) == quiet {
             return;
@@ -142,6 +160,9 @@ pub struct RegistryConfig {
     pub rng_seed: Option<u64>,
     pub credentials: Arc<Credentials>,
     pub probe: Probe,
+    /// Planted bug (simulation only): a leader goes quiet even when its own node's view
+    /// of the cluster is stale (see `crate::node::PlantedBug::QuietReadsWithoutQuorum`).
+    pub planted_quiet_ignores_own_view: bool,
 }
 
 /// Opens a group's state of kind `K` from the node's database.
@@ -321,6 +342,10 @@ impl<K: GroupKind> Registry<K> {
         )
         .map_err(storage)?;
         let (applied, view) = (state_machine.applied(), state_machine.view());
+        // A replica reopened after a restart starts quiet: its group most likely has a
+        // quiet leader, which sends no heartbeat to hold off this replica's election
+        // timer. `tend` wakes it if no one leads the group (see `quiet.rs`).
+        let reopened = initial_members.is_none() && epoch.is_none();
         let network = GroupNetworkFactory::<K> {
             group,
             client: self.client.clone(),
@@ -361,6 +386,9 @@ impl<K: GroupKind> Registry<K> {
                 }
             }
         }
+        if reopened {
+            raft.runtime_config().tick(false);
+        }
         let created = Arc::new(Group {
             id: group,
             raft,
@@ -369,8 +397,15 @@ impl<K: GroupKind> Registry<K> {
             is_leader: AtomicBool::new(false),
             term: AtomicU64::new(0),
             proposals_paused: AtomicBool::new(false),
-            quiet: AtomicBool::new(false),
-            active_at_ms: AtomicU64::new(self.clock.elapsed().as_millis() as u64),
+            quiet: AtomicBool::new(reopened),
+            quiet_lock: std::sync::Mutex::new(()),
+            starting: AtomicBool::new(reopened),
+            // A reopened replica has been idle as far as anyone knows.
+            active_at_ms: AtomicU64::new(if reopened {
+                0
+            } else {
+                self.clock.elapsed().as_millis() as u64
+            }),
             seen_log_index: AtomicU64::new(0),
             clock: self.clock,
             compacting: Arc::new(AtomicBool::new(false)),
@@ -405,6 +440,7 @@ impl<K: GroupKind> Registry<K> {
         tokio::spawn(async move {
             let mut last_leader = None;
             let mut last_membership = None;
+            let mut first = true;
             let mut nudge_at: Option<tokio::time::Instant> = None;
             loop {
                 let (leader, term, leading, voter, membership) = {
@@ -420,10 +456,11 @@ impl<K: GroupKind> Registry<K> {
                 };
                 let changed = group.term.swap(term, Ordering::Relaxed) != term || leader != last_leader;
                 let was_leading = group.is_leader.swap(leading, Ordering::Relaxed);
-                if changed || was_leading != leading || membership != last_membership {
+                // The first observation is the replica's starting state, not activity.
+                if (changed || was_leading != leading || membership != last_membership) && !first {
                     group.touch(Wake::Activity);
-                    last_membership = membership;
                 }
+                (last_membership, first) = (membership, false);
                 if was_leading != leading {
                     let delta = if leading { 1.0 } else { -1.0 };
                     metrics::gauge!("midasflow_raft_leaders", "node" => label.clone()).increment(delta);
@@ -480,10 +517,10 @@ impl<K: GroupKind> Registry<K> {
     /// every group ticking), and has a split child's first leader snapshot it and purge
     /// the log behind, so replicas added later start from the snapshot. Returns how many
     /// replicas are quiet.
-    pub fn tend(&self, quiet: Option<(&dyn Fn(u64) -> Liveness, u64)>) -> usize {
+    pub fn tend(&self, quiet: Option<(&dyn NodeView, u64)>) -> usize {
         let mut quiet_count = 0;
         for group in self.all() {
-            let (inputs, compact) = {
+            let (inputs, seen_active_at, compact) = {
                 let m = group.raft.metrics();
                 let m = m.borrow();
                 let last_log = m.last_log_index.unwrap_or(0);
@@ -497,28 +534,42 @@ impl<K: GroupKind> Registry<K> {
                 let configs = membership.get_joint_config();
                 let voter = configs.iter().any(|c| c.contains(&self.node_id));
                 let settled = configs.len() == 1 && membership.nodes().count() == configs[0].len();
-                let role = match m.current_leader {
+                let view = quiet.map(|(view, _)| view);
+                // After a restart the vote comes back uncommitted: no leader is known until
+                // the leader speaks, which a quiet one does not. The PD knows who leads.
+                let leader = m
+                    .current_leader
+                    .or_else(|| view.filter(|v| v.fresh()).and_then(|v| v.leader_hint(group.id)));
+                let role = match leader {
                     _ if leading => Role::Leader,
-                    Some(leader) if leader != self.node_id && voter => Role::Follower,
+                    // A leader outside its own configuration is about to step down.
+                    Some(leader) if leader != self.node_id && voter && configs.iter().any(|c| c.contains(&leader)) => {
+                        Role::Follower
+                    }
                     _ => Role::Other,
                 };
-                let liveness = |node: u64| quiet.map_or(Liveness::Unknown, |(live, _)| live(node));
+                let liveness = |node: u64| view.map_or(Liveness::Unknown, |v| v.liveness(node));
                 let replicas_caught_up = m.replication.as_ref().is_none_or(|r| {
                     r.iter().all(|(id, matched)| {
                         matched.map(|l| l.index) == Some(last_log) || liveness(*id) == Liveness::Lost
                     })
                 });
+                let seen_active_at = group.active_at_ms.load(Ordering::Relaxed);
+                let view_fresh = view.is_some_and(|v| v.fresh()) || self.config.planted_quiet_ignores_own_view;
                 let inputs = Inputs {
                     role,
-                    idle_ms: group
-                        .now_ms()
-                        .saturating_sub(group.active_at_ms.load(Ordering::Relaxed)),
+                    idle_ms: group.now_ms().saturating_sub(seen_active_at),
                     replicas_caught_up,
                     membership_settled: settled,
-                    leader: m.current_leader.map_or(Liveness::Unknown, liveness),
+                    leader: leader.map_or(Liveness::Unknown, liveness),
+                    view_fresh,
+                    starting: group.starting.load(Ordering::Relaxed),
                 };
+                if view_fresh {
+                    group.starting.store(false, Ordering::Relaxed);
+                }
                 let applied = m.last_applied.map_or(0, |l| l.index);
-                (inputs, leading && m.snapshot.is_none() && applied >= 1)
+                (inputs, seen_active_at, leading && m.snapshot.is_none() && applied >= 1)
             };
             if compact && group.view.range().is_some() && !group.compacting.swap(true, Ordering::AcqRel) {
                 let group = group.clone();
@@ -532,14 +583,11 @@ impl<K: GroupKind> Registry<K> {
                 None => Decision::Active,
             };
             tracing::trace!(group = group.id, ?inputs, ?decision, "tend");
-            match decision {
-                Decision::Quiet => group.set_quiet(true, Wake::Activity),
-                Decision::Active if inputs.leader == Liveness::Lost && inputs.role == Role::Follower => {
-                    group.set_quiet(false, Wake::LeaderLost)
-                }
-                Decision::Active => group.set_quiet(false, Wake::Activity),
-                Decision::Keep => {}
-            }
+            let why = match inputs.role {
+                Role::Follower if inputs.leader == Liveness::Lost => Wake::LeaderLost,
+                _ => Wake::Activity,
+            };
+            group.apply(decision, why, seen_active_at);
             quiet_count += usize::from(group.is_quiet());
         }
         quiet_count

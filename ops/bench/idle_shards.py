@@ -8,77 +8,22 @@ keys, lets the cluster idle, then samples over a window:
   - RSS of each process (VmRSS);
   - leader changes, heartbeat RPCs and vote RPCs counted by /metrics during the window;
   - quiet groups per node.
-With --failover it then kill -9s the node leading one idle shard and times the first
-successful write to that shard through another node.
+With --restart it then stops all three nodes (SIGTERM) and times their restart until
+every group has a leader again and a write succeeds through each node. With --failover
+it then kill -9s the node leading one idle shard and times the first successful write to
+that shard through another node.
 
-Usage: idle-shards.py BINARY [--shards N] [--idle-secs S] [--window-secs S]
-                      [--failover] [--out FILE] [-- extra server flags]
-Results are printed as JSON and appended to --out. Standard library only. Every process
-it starts is stopped by PID; the data dirs are deleted.
+Usage: idle_shards.py BINARY [--shards N] [--idle-secs S] [--window-secs S]
+                      [--restart] [--failover] [--out FILE] [-- extra server flags]
+Results are printed as JSON and appended to --out.
 """
 import argparse
-import http.client
 import json
-import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 
-HOST = "127.0.0.1"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def call(port, method, path, body=None, timeout=10.0):
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    except (OSError, http.client.HTTPException) as e:
-        return -1, str(e).encode()
-    finally:
-        conn.close()
-
-
-def metric_sums(port):
-    """Sums every sample of each metric name on one node's /metrics."""
-    status, body = call(port, "GET", "/metrics")
-    sums = {}
-    if status != 200:
-        return sums
-    for line in body.decode().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name = line.split("{")[0].split(" ")[0]
-        try:
-            sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-        except ValueError:
-            pass
-    return sums
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from cluster import Cluster, call, cpu_seconds, metric_sums, rss_mb, split_extra
 
 
 def main():
@@ -88,36 +33,19 @@ def main():
     parser.add_argument("--idle-secs", type=float, default=30)
     parser.add_argument("--window-secs", type=float, default=60)
     parser.add_argument("--probe-keys", type=int, default=200)
+    parser.add_argument("--restart", action="store_true")
     parser.add_argument("--failover", action="store_true")
     parser.add_argument("--out")
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-    args.extra = extra
+    own, extra = split_extra(sys.argv[1:])
+    args = parser.parse_args(own)
 
-    root = tempfile.mkdtemp(prefix="midasflow-idle-")
-    ports = {n: free_port() for n in (1, 2, 3)}
-    initial = ",".join(f"{n}={HOST}:{p}" for n, p in ports.items())
-    procs = {}
-    result = {"shards": args.shards, "flags": args.extra}
+    cluster = Cluster(args.binary, args.shards, extra)
+    ports, procs = cluster.ports, cluster.procs
+    result = {"shards": args.shards, "flags": extra}
     try:
         started = time.time()
-        for n, port in ports.items():
-            log = open(os.path.join(root, f"node{n}.log"), "w")
-            cmd = [args.binary, "server", "--insecure", "--node-id", str(n), "--listen", f"{HOST}:{port}",
-                   "--data-dir", os.path.join(root, f"d{n}"), "--initial-cluster", initial,
-                   "--initial-shards", str(args.shards)] + args.extra
-            procs[n] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-            log.close()
-        groups = args.shards + 1
-        deadline = time.time() + 600
-        while True:
-            leaders = sum(metric_sums(p).get("midasflow_raft_leaders", 0) for p in ports.values())
-            if leaders >= groups:
-                break
-            if time.time() > deadline:
-                raise SystemExit(f"only {leaders} of {groups} groups have a leader after 600 s")
-            time.sleep(0.5)
+        cluster.start()
+        cluster.wait_all_leaders()
         result["secs_to_all_leaders"] = round(time.time() - started, 1)
 
         probe_started, shards_written = time.time(), set()
@@ -154,6 +82,20 @@ def main():
         result["vote_rpcs_in_window"] = delta("midasflow_raft_vote_rpcs_total")
         result["quiet_groups"] = {n: int(after[n].get("midasflow_raft_quiet_groups", 0)) for n in ports}
 
+        if args.restart:
+            cluster.stop()
+            restarted = time.time()
+            cluster.start()
+            cluster.wait_all_leaders()
+            result["restart_secs_to_all_leaders"] = round(time.time() - restarted, 1)
+            for n, port in ports.items():
+                while call(port, "PUT", "/v1/kv/idle-probe-1", body=b"r")[0] != 200:
+                    if time.time() - restarted > 600:
+                        raise SystemExit(f"no write through node {n} after the restart")
+                    time.sleep(0.1)
+            result["restart_secs_to_writes_through_every_node"] = round(time.time() - restarted, 1)
+            time.sleep(args.idle_secs)
+
         if args.failover:
             status, body = call(ports[1], "PUT", "/v1/kv/idle-probe-0", body=b"w")
             shard = json.loads(body)["shard"]
@@ -172,16 +114,7 @@ def main():
             result["failover_shard"] = shard
             result["secs_to_first_write_after_leader_kill"] = round(time.time() - killed, 2) if status == 200 else None
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.remove()
     print(json.dumps(result, indent=2))
     if args.out:
         with open(args.out, "a") as f:
