@@ -724,6 +724,17 @@ impl NodeView for Node {
     fn leader_hint(&self, group: u64) -> Option<u64> {
         self.view.read().unwrap().leader_hints.get(&group).copied()
     }
+
+    fn campaigns_first(&self, group: u64) -> bool {
+        let map = self.map();
+        let first_live = map.group(group).and_then(|g| {
+            g.replicas
+                .iter()
+                .copied()
+                .find(|r| self.liveness_of(*r) == Liveness::Live)
+        });
+        first_live == Some(self.config.node_id)
+    }
 }
 
 /// Removes the replicas of kind `K` the map no longer assigns to `me`, leaving a

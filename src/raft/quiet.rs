@@ -39,7 +39,14 @@ pub trait NodeView {
     fn fresh(&self) -> bool;
     /// The leader of `group` as the placement driver last heard of it.
     fn leader_hint(&self, group: u64) -> Option<u64>;
+    /// Whether this node is the one to campaign first for a leaderless `group`: its first
+    /// replica in the map whose node is live.
+    fn campaigns_first(&self, group: u64) -> bool;
 }
+
+/// How long a reopened replica that is not its group's first candidate waits for a
+/// leader before it ticks (and may campaign) itself.
+pub const STARTING_GRACE_MS: u64 = 3_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inputs {
@@ -55,9 +62,14 @@ pub struct Inputs {
     pub leader: Liveness,
     /// This node's own liveness view is fresh (it reached the placement driver lately).
     pub view_fresh: bool,
-    /// The replica was reopened from disk and has not yet been judged on a fresh view: it
-    /// knows no leader (its vote comes back uncommitted), but the group most likely has one.
+    /// The replica was reopened from disk and has seen no leader yet: it knows none (its
+    /// vote comes back uncommitted), but the group most likely has one.
     pub starting: bool,
+    /// Starting: milliseconds since the replica was reopened, and whether this node is the
+    /// group's first candidate (after a whole-cluster restart, one replica per group
+    /// campaigns instead of three).
+    pub starting_for_ms: u64,
+    pub first_candidate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +103,9 @@ pub fn decide(inputs: &Inputs, quiet_after_ms: u64) -> Decision {
             Liveness::Unknown => Decision::Keep,
         },
         Role::Other if inputs.starting && !inputs.view_fresh => Decision::Keep,
+        Role::Other if inputs.starting && !inputs.first_candidate && inputs.starting_for_ms < STARTING_GRACE_MS => {
+            Decision::Keep
+        }
         Role::Other => Decision::Active,
     }
 }
@@ -108,6 +123,8 @@ mod tests {
             leader: Liveness::Live,
             view_fresh: true,
             starting: false,
+            starting_for_ms: 0,
+            first_candidate: false,
         }
     }
 
@@ -179,9 +196,28 @@ mod tests {
                 Keep,
             ),
             (
-                "reopened replica of a group nobody leads",
+                "reopened first candidate of a group nobody leads",
                 Inputs {
                     starting: true,
+                    first_candidate: true,
+                    ..inputs(Role::Other, 60_000)
+                },
+                Active,
+            ),
+            (
+                "reopened replica of a group nobody leads, not the first candidate",
+                Inputs {
+                    starting: true,
+                    starting_for_ms: 1_000,
+                    ..inputs(Role::Other, 60_000)
+                },
+                Keep,
+            ),
+            (
+                "... until the grace runs out",
+                Inputs {
+                    starting: true,
+                    starting_for_ms: STARTING_GRACE_MS,
                     ..inputs(Role::Other, 60_000)
                 },
                 Active,

@@ -17,7 +17,7 @@ use openraft::{BasicNode, ServerState};
 use super::log_store::{destroy_log, Flusher, LogStore};
 use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
-use super::quiet::{decide, Decision, Inputs, Liveness, NodeView, Role};
+use super::quiet::{decide, Decision, Inputs, Liveness, NodeView, Role, STARTING_GRACE_MS};
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
 use super::state_machine::{self, Applied, AppliedView, StateMachineStore};
 use super::transport::HttpClient;
@@ -39,6 +39,7 @@ pub struct Group<K: GroupKind> {
     quiet_lock: std::sync::Mutex<()>,
     /// Reopened from disk and not yet judged on a fresh view of the cluster.
     starting: AtomicBool,
+    created_at_ms: u64,
     active_at_ms: AtomicU64,
     seen_log_index: AtomicU64,
     clock: tokio::time::Instant,
@@ -400,6 +401,7 @@ impl<K: GroupKind> Registry<K> {
             quiet: AtomicBool::new(reopened),
             quiet_lock: std::sync::Mutex::new(()),
             starting: AtomicBool::new(reopened),
+            created_at_ms: self.clock.elapsed().as_millis() as u64,
             // A reopened replica has been idle as far as anyone knows.
             active_at_ms: AtomicU64::new(if reopened {
                 0
@@ -493,9 +495,13 @@ impl<K: GroupKind> Registry<K> {
                     Some(at) => tokio::select! {
                         changed = metrics_rx.changed() => changed.is_err(),
                         _ = tokio::time::sleep_until(at) => {
-                            tracing::debug!(group = group.id, node = node_id, term, "no leader for a while; starting an election");
-                            metrics::counter!("midasflow_raft_election_nudges_total", "node" => label.clone()).increment(1);
-                            let _ = group.raft.trigger().elect().await;
+                            // A quiet replica is waiting on purpose (a restart's replicas
+                            // let one candidate per group go first): `tend` wakes it.
+                            if !group.is_quiet() {
+                                tracing::debug!(group = group.id, node = node_id, term, "no leader for a while; starting an election");
+                                metrics::counter!("midasflow_raft_election_nudges_total", "node" => label.clone()).increment(1);
+                                let _ = group.raft.trigger().elect().await;
+                            }
                             nudge_at = None;
                             false
                         }
@@ -556,6 +562,7 @@ impl<K: GroupKind> Registry<K> {
                 });
                 let seen_active_at = group.active_at_ms.load(Ordering::Relaxed);
                 let view_fresh = view.is_some_and(|v| v.fresh()) || self.config.planted_quiet_ignores_own_view;
+                let starting = group.starting.load(Ordering::Relaxed);
                 let inputs = Inputs {
                     role,
                     idle_ms: group.now_ms().saturating_sub(seen_active_at),
@@ -563,9 +570,12 @@ impl<K: GroupKind> Registry<K> {
                     membership_settled: settled,
                     leader: leader.map_or(Liveness::Unknown, liveness),
                     view_fresh,
-                    starting: group.starting.load(Ordering::Relaxed),
+                    starting,
+                    starting_for_ms: group.now_ms().saturating_sub(group.created_at_ms),
+                    first_candidate: starting && view.is_some_and(|v| v.campaigns_first(group.id)),
                 };
-                if view_fresh {
+                // Starting ends once a leader is known, or the grace is over.
+                if role != Role::Other || inputs.starting_for_ms >= STARTING_GRACE_MS {
                     group.starting.store(false, Ordering::Relaxed);
                 }
                 let applied = m.last_applied.map_or(0, |l| l.index);
