@@ -86,9 +86,14 @@ impl<K: GroupKind> Group<K> {
 
     /// Records activity; a quiet replica starts ticking again at once.
     pub fn touch(&self, why: Wake) {
-        self.active_at_ms.store(self.now_ms(), Ordering::Relaxed);
-        let _guard = self.quiet_lock.lock().unwrap();
-        self.set_quiet(false, why);
+        // On every client request: no lock unless quiet. A `tend` that decided "quiet"
+        // from an older activity time backs off if it sees this store; if it wins the race
+        // instead, its next pass (500 ms) sees recent activity and wakes the group.
+        self.active_at_ms.store(self.now_ms(), Ordering::SeqCst);
+        if self.quiet.load(Ordering::SeqCst) {
+            let _guard = self.quiet_lock.lock().unwrap();
+            self.set_quiet(false, why);
+        }
     }
 
     /// Whether ticking is off (no heartbeats, no election timer).
@@ -111,7 +116,7 @@ impl<K: GroupKind> Group<K> {
 
     /// Call with `quiet_lock` held.
     fn set_quiet(&self, quiet: bool, why: Wake) {
-        if self.quiet.swap(quiet, Ordering::AcqRel) == quiet {
+        if self.quiet.swap(quiet, Ordering::SeqCst) == quiet {
             return;
         }
         self.raft.runtime_config().tick(!quiet);
