@@ -14,22 +14,6 @@ use crate::node::PlantedBug;
 use crate::simulation::nemesis::Scenario;
 use crate::simulation::{self, SimReport, SimSettings};
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BugArg {
-    /// Serve linearizable reads from any replica without a leader check.
-    FollowerReads,
-    /// Propose a write again when it is not confirmed quickly (applies it twice).
-    ReproposeWrites,
-    /// Let a node that lost its disk rejoin as its old self.
-    NoIdentityGuard,
-    /// Record a move's new replicas in the map before the group's membership changes.
-    MapBeforeMembership,
-    /// Apply writes for keys a split gave away.
-    SplitWithoutRangeCheck,
-    /// Serve reads on a quiet leader without confirming leadership.
-    QuietReadsWithoutQuorum,
-}
-
 #[derive(Args, Debug)]
 pub struct SimArgs {
     /// Run this one seed in this process and print its report (and trace with --trace).
@@ -47,7 +31,7 @@ pub struct SimArgs {
     pub clients: u64,
     /// Plant a bug the checkers must catch (debug builds only).
     #[arg(long, value_enum)]
-    pub planted_bug: Option<BugArg>,
+    pub planted_bug: Option<PlantedBug>,
     /// Print the full semantic trace (with --seed).
     #[arg(long)]
     pub trace: bool,
@@ -103,14 +87,7 @@ fn run_one(args: &SimArgs, seed: u64) -> Result<(), String> {
         nodes: args.nodes,
         clients: args.clients,
         scenario,
-        planted_bug: args.planted_bug.map(|bug| match bug {
-            BugArg::FollowerReads => PlantedBug::FollowerReads,
-            BugArg::ReproposeWrites => PlantedBug::ReproposeWrites,
-            BugArg::NoIdentityGuard => PlantedBug::NoIdentityGuard,
-            BugArg::MapBeforeMembership => PlantedBug::MapBeforeMembership,
-            BugArg::SplitWithoutRangeCheck => PlantedBug::SplitWithoutRangeCheck,
-            BugArg::QuietReadsWithoutQuorum => PlantedBug::QuietReadsWithoutQuorum,
-        }),
+        planted_bug: args.planted_bug,
         keep_trace: args.trace,
     };
     let report = simulation::run(&settings)?;

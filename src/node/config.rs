@@ -59,8 +59,9 @@ pub struct NodeConfig {
     pub planted_bug: Option<PlantedBug>,
 }
 
-/// Bugs the simulation plants to show its checkers catch them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Bugs the simulation plants to show its checkers catch them (`midasflow sim
+/// --planted-bug NAME`, debug builds only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PlantedBug {
     /// Serve linearizable reads from any replica's applied state, without a leader check.
     FollowerReads,
