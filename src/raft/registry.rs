@@ -541,7 +541,7 @@ impl<K: GroupKind> Registry<K> {
                 let leading = m.state == ServerState::Leader;
                 let membership = m.membership_config.membership();
                 // From the configs directly: `voter_ids` and `learner_ids` build sets, and
-                // this runs for every replica several times a second.
+                // this runs for every replica twice a second.
                 let configs = membership.get_joint_config();
                 let voter = configs.iter().any(|c| c.contains(&self.node_id));
                 let settled = configs.len() == 1 && membership.nodes().count() == configs[0].len();

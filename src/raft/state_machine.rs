@@ -229,7 +229,9 @@ impl<K: GroupKind> StateMachineStore<K> {
     }
 }
 
-pub struct SnapshotBuilder {
+/// Builds a snapshot of one group of kind `K` (openraft ties the builder to the type
+/// config, hence the marker).
+pub struct SnapshotBuilder<K> {
     group: GroupId,
     snapshots: sled::Tree,
     flusher: Flusher,
@@ -237,20 +239,20 @@ pub struct SnapshotBuilder {
     /// from part of the state would let openraft purge the log and ship the hole to
     /// followers, so a failed read fails the build.
     payload: Result<SnapshotPayload, StorageError>,
+    kind: std::marker::PhantomData<fn() -> K>,
 }
 
-impl<K: GroupKind> RaftSnapshotBuilder<Config<K>> for SnapshotBuilderOf<K> {
+impl<K: GroupKind> RaftSnapshotBuilder<Config<K>> for SnapshotBuilder<K> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<Config<K>>, StorageError> {
-        let builder = &mut self.0;
-        let payload = builder.payload.as_ref().map_err(Clone::clone)?;
+        let payload = self.payload.as_ref().map_err(Clone::clone)?;
         let data = codec::encode(payload).map_err(storage_io_error)?;
         let last = payload.applied.last_applied;
         let meta = SnapshotMeta {
             last_log_id: last,
             last_membership: payload.applied.membership.clone(),
             snapshot_id: match last {
-                Some(l) => format!("{}-{}-{}", builder.group, l.leader_id.term, l.index),
-                None => format!("{}-empty", builder.group),
+                Some(l) => format!("{}-{}-{}", self.group, l.leader_id.term, l.index),
+                None => format!("{}-empty", self.group),
             },
         };
         let stored = StoredSnapshot {
@@ -258,12 +260,11 @@ impl<K: GroupKind> RaftSnapshotBuilder<Config<K>> for SnapshotBuilderOf<K> {
             data: data.clone(),
         };
         let bytes = codec::encode(&stored).map_err(storage_io_error)?;
-        builder
-            .snapshots
-            .insert(group_prefix(builder.group), bytes)
+        self.snapshots
+            .insert(group_prefix(self.group), bytes)
             .map_err(storage_io_error)?;
         // openraft purges the log this snapshot covers once we return: it must be durable.
-        builder.flusher.flush().await.map_err(storage_io_error)?;
+        self.flusher.flush().await.map_err(storage_io_error)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -271,11 +272,8 @@ impl<K: GroupKind> RaftSnapshotBuilder<Config<K>> for SnapshotBuilderOf<K> {
     }
 }
 
-/// [`SnapshotBuilder`] for one kind (openraft ties the builder to the type config).
-pub struct SnapshotBuilderOf<K>(SnapshotBuilder, std::marker::PhantomData<fn() -> K>);
-
 impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
-    type SnapshotBuilder = SnapshotBuilderOf<K>;
+    type SnapshotBuilder = SnapshotBuilder<K>;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         Ok((self.meta.last_applied, self.meta.membership.clone()))
@@ -327,15 +325,13 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
         if let Err(e) = &payload {
             tracing::error!(group = self.group, error = %e, "reading state for a snapshot failed; the build fails");
         }
-        SnapshotBuilderOf(
-            SnapshotBuilder {
-                group: self.group,
-                snapshots: self.snapshots.clone(),
-                flusher: self.flusher.clone(),
-                payload,
-            },
-            std::marker::PhantomData,
-        )
+        SnapshotBuilder {
+            group: self.group,
+            snapshots: self.snapshots.clone(),
+            flusher: self.flusher.clone(),
+            payload,
+            kind: std::marker::PhantomData,
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
