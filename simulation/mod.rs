@@ -100,6 +100,14 @@ pub struct SimReport {
     pub quiet_entered: u64,
     #[serde(default)]
     pub wakeups: BTreeMap<String, u64>,
+    /// Batches of Raft messages sent between nodes, the messages in them, and how many
+    /// batches carried more than one message.
+    #[serde(default)]
+    pub raft_batches: u64,
+    #[serde(default)]
+    pub raft_batched_messages: u64,
+    #[serde(default)]
+    pub raft_shared_batches: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<String>,
 }
@@ -135,6 +143,10 @@ struct Shared {
     /// Replicas that went quiet, and wake-ups by reason.
     quiet_entered: u64,
     wakeups: BTreeMap<&'static str, u64>,
+    /// Raft batches sent, their messages, and batches of more than one message.
+    raft_batches: u64,
+    raft_batched_messages: u64,
+    raft_shared_batches: u64,
 }
 
 impl Shared {
@@ -148,6 +160,13 @@ struct SimObserver(Arc<Mutex<Shared>>);
 impl Observer for SimObserver {
     fn observe(&self, node: u64, event: NodeEvent) {
         let mut s = self.0.lock().unwrap();
+        if let NodeEvent::RaftBatch { messages } = event {
+            // Counted, not traced: there is one per round trip.
+            s.raft_batches += 1;
+            s.raft_batched_messages += messages as u64;
+            s.raft_shared_batches += u64::from(messages > 1);
+            return;
+        }
         s.record(format!("n{node} {event:?}"));
         if let NodeEvent::Leadership { group, leader, .. } = &event {
             s.known_leader.insert((node, *group), *leader);
@@ -186,7 +205,7 @@ impl Observer for SimObserver {
                     ));
                 }
             }
-            NodeEvent::ReplicaRemoved { .. } => {}
+            NodeEvent::ReplicaRemoved { .. } | NodeEvent::RaftBatch { .. } => {}
             NodeEvent::Quiet { quiet: true, .. } => s.quiet_entered += 1,
             NodeEvent::Quiet { reason, .. } => *s.wakeups.entry(reason).or_default() += 1,
             NodeEvent::MapInstalled {
@@ -779,8 +798,51 @@ impl Nemesis {
 }
 
 /// Runs one seeded simulation and checks it.
+/// Panics seen while a simulation runs. Node code must never panic (a task that panics
+/// dies quietly inside its runtime: a group without its core, a request never answered),
+/// so each one is a violation, whatever the other checkers say.
+static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Records every panic while it lives, then puts the previous hook back.
+struct PanicWatch;
+
+impl PanicWatch {
+    fn start() -> Self {
+        PANICS.lock().unwrap().clear();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            if let Ok(mut panics) = PANICS.lock() {
+                panics.push(format!("{message}{at}"));
+            }
+            previous(info);
+        }));
+        PanicWatch
+    }
+
+    fn panics(&self) -> Vec<String> {
+        PANICS.lock().unwrap().clone()
+    }
+}
+
+impl Drop for PanicWatch {
+    fn drop(&mut self) {
+        let _ = std::panic::take_hook();
+    }
+}
+
 pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
     let wall = std::time::Instant::now();
+    let panic_watch = PanicWatch::start();
     let placement = settings.scenario == Scenario::Placement;
     let mut settings = settings.clone();
     if placement {
@@ -853,6 +915,7 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         }
         config.net = NetKind::Turmoil;
         config.flush_mode = FlushMode::Inline;
+        config.raft.batches_in_flight_per_peer = 1;
         config.rng_seed = Some(settings.seed);
         config.observer = Some(observer.clone());
         config.planted_bug = settings.planted_bug;
@@ -966,6 +1029,7 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
     drop(sim);
     let mut s = shared.lock().unwrap();
     let mut violations = std::mem::take(&mut s.violations);
+    violations.extend(panic_watch.panics().into_iter().map(|p| format!("panic: {p}")));
     // Liveness: at the end of the quiet phase every replica of every group knows a leader.
     for ((node, group), leader) in s.known_leader.iter().filter(|((node, _), _)| !s.refused.contains(node)) {
         if leader.is_none() {
@@ -1006,6 +1070,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         operators_finished: s.operators_finished,
         quiet_entered: s.quiet_entered,
         wakeups: s.wakeups.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        raft_batches: s.raft_batches,
+        raft_batched_messages: s.raft_batched_messages,
+        raft_shared_batches: s.raft_shared_batches,
         trace: if settings.keep_trace {
             std::mem::take(&mut s.trace)
         } else {

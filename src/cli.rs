@@ -112,6 +112,10 @@ pub struct Tuning {
     /// long without activity; 0 keeps every group ticking.
     #[arg(long, env = "MIDASFLOW_QUIET_AFTER_MS", default_value_t = RaftTimings::default().quiet_after_ms)]
     pub quiet_after_ms: u64,
+    /// Batches of Raft messages (appends and votes of every group) in flight to one peer;
+    /// messages queued meanwhile travel together in the next batch.
+    #[arg(long, env = "MIDASFLOW_RAFT_BATCHES_IN_FLIGHT", default_value_t = RaftTimings::default().batches_in_flight_per_peer)]
+    pub raft_batches_in_flight: usize,
     /// sled's page cache, in bytes.
     #[arg(long, env = "MIDASFLOW_CACHE_CAPACITY_BYTES", default_value_t = crate::node::DEFAULT_CACHE_CAPACITY_BYTES)]
     pub cache_capacity_bytes: u64,
@@ -413,6 +417,7 @@ impl Tuning {
             snapshot_interval_entries: self.snapshot_interval_entries,
             log_keep_entries: self.log_keep_entries,
             quiet_after_ms: self.quiet_after_ms,
+            batches_in_flight_per_peer: self.raft_batches_in_flight,
             ..RaftTimings::default()
         };
         config.cache_capacity_bytes = self.cache_capacity_bytes;

@@ -14,6 +14,7 @@ use crate::identity::{self, Identity, IdentityAnswer, IdentityQuery};
 use crate::node::{new_random_id, Node, NodeConfig, PlantedBug};
 use crate::placement::store::{PdKind, PdState};
 use crate::placement::{pd_voters, ClusterMap, NodeId, PD_GROUP};
+use crate::raft::batch::RaftSender;
 use crate::raft::log_store::{DurableFiles, Flusher};
 use crate::raft::network::{post_internal, Credentials};
 use crate::raft::registry::{Registry, RegistryConfig, RegistryError};
@@ -199,11 +200,20 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         probe: config.probe(),
         planted_quiet_ignores_own_view: config.has_planted_bug(PlantedBug::QuietReadsWithoutQuorum),
     });
+    // One batching sender for every group of every kind: a peer gets one request per
+    // round trip, whatever the number of groups.
+    let sender = RaftSender::new(
+        client,
+        registry_config.credentials.clone(),
+        registry_config.probe.clone(),
+        config.limits.max_append_body_bytes(),
+        config.raft.batches_in_flight_per_peer,
+    );
     let skip_range_check = config.has_planted_bug(PlantedBug::SplitWithoutRangeCheck);
     let shards = Arc::new(Registry::<ShardKind>::new(
         db.clone(),
         flusher.clone(),
-        client.clone(),
+        sender.clone(),
         registry_config.clone(),
         Arc::new(move |db, group| ShardState::open(db, group, skip_range_check)),
     )?);
@@ -211,7 +221,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let pd = Arc::new(Registry::<PdKind>::new(
         db,
         flusher,
-        client,
+        sender,
         registry_config,
         Arc::new(move |db, group| PdState::open(db, group, pd_map_tx.clone())),
     )?);

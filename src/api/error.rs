@@ -81,6 +81,19 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    /// The JSON body of this error, as a response carries it.
+    pub fn json_body(&self) -> Vec<u8> {
+        json!({"error": {"code": self.code, "message": self.message}})
+            .to_string()
+            .into_bytes()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});

@@ -27,8 +27,10 @@ use super::server::PeerInfo;
 use super::Api;
 use crate::codec;
 use crate::identity::{self, IdentityAnswer, IdentityQuery};
+use crate::node::PlantedBug;
 use crate::node::{Heartbeat, MAX_HEARTBEAT_BODY_BYTES, MAX_VOTE_BODY_BYTES, SNAPSHOT_FRAMING_BYTES};
 use crate::placement::PD_GROUP;
+use crate::raft::batch::{self, BatchItem, ItemAnswer, RaftOp};
 use crate::raft::membership::AdminRequest;
 use crate::raft::network::{CLUSTER_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER};
 use crate::raft::registry::{Group, Registry, RegistryError};
@@ -216,10 +218,14 @@ fn refused(e: validate::Invalid) -> ApiError {
     ApiError::bad_request(format!("refused: {e}"))
 }
 
+fn encode_answer<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
+    codec::encode(value).map_err(|e| ApiError::internal(e.to_string()))
+}
+
 fn encoded<T: Serialize>(value: &T) -> Response {
-    match codec::encode(value) {
+    match encode_answer(value) {
         Ok(bytes) => (StatusCode::OK, Body::from(bytes)).into_response(),
-        Err(e) => ApiError::internal(e.to_string()).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -278,31 +284,96 @@ pub async fn raft_rpc(
     Path((group_id, op)): Path<(GroupId, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let limit = match op.as_str() {
-        "append" => node.config.limits.max_append_body_bytes(),
-        "vote" => MAX_VOTE_BODY_BYTES,
-        "snapshot" => node.config.raft.snapshot_chunk_bytes as usize + SNAPSHOT_FRAMING_BYTES,
-        _ => 0,
+    let op = match op.as_str() {
+        "append" => Some(RaftOp::Append),
+        "vote" => Some(RaftOp::Vote),
+        "snapshot" => None,
+        other => return Err(ApiError::not_found(format!("unknown raft operation {other:?}"))),
+    };
+    let limit = match op {
+        Some(op) => message_limit(&node, op),
+        None => node.config.raft.snapshot_chunk_bytes as usize + SNAPSHOT_FRAMING_BYTES,
     };
     let (body, _permit) = admit(&node, request, limit).await?;
-    if group_id == PD_GROUP {
-        raft_rpc_of(&node, &node.pd, group_id, &op, &body).await
-    } else {
-        raft_rpc_of(&node, &node.shards, group_id, &op, &body).await
+    match op {
+        Some(op) => raft_message(&node, group_id, op, &body)
+            .await
+            .map(|answer| (StatusCode::OK, Body::from(answer)).into_response()),
+        None if group_id == PD_GROUP => snapshot_rpc(&node, &node.pd, group_id, &body).await,
+        None => snapshot_rpc(&node, &node.shards, group_id, &body).await,
     }
 }
 
-/// One Raft RPC for a group of kind `K`.
-async fn raft_rpc_of<K: GroupKind>(
+/// The largest body of one append or vote, alone or inside a batch.
+fn message_limit(node: &Api, op: RaftOp) -> usize {
+    match op {
+        RaftOp::Append => node.config.limits.max_append_body_bytes(),
+        RaftOp::Vote => MAX_VOTE_BODY_BYTES,
+    }
+}
+
+/// Appends and votes from one peer, for any groups, in one request (`raft::batch`). Each
+/// message is checked and answered on its own, all of them at once and in the order
+/// sent: one group's refusal or slow flush never changes another's answer.
+pub async fn raft_batch(State(node): State<Arc<Api>>, request: Request) -> Result<Response, ApiError> {
+    let limit = node.config.limits.max_raft_batch_body_bytes();
+    let (body, _permit) = admit(&node, request, limit).await?;
+    let items = batch::decode_request(body).map_err(|e| ApiError::bad_request(format!("undecodable batch: {e}")))?;
+    let answer = |item: BatchItem| {
+        let node = &node;
+        async move {
+            let result = if item.body.len() > message_limit(node, item.op) {
+                Err(ApiError::payload_too_large(format!(
+                    "a raft {} of {} bytes is over its limit of {} bytes",
+                    item.op.name(),
+                    item.body.len(),
+                    message_limit(node, item.op)
+                )))
+            } else {
+                raft_message(node, item.group, item.op, &item.body).await
+            };
+            match result {
+                Ok(body) => ItemAnswer::Ok(body.into()),
+                Err(e) => ItemAnswer::Refused {
+                    status: e.status.as_u16(),
+                    body: e.json_body().into(),
+                },
+            }
+        }
+    };
+    let answers: Vec<ItemAnswer> = if node.config.has_planted_bug(PlantedBug::BatchAnswersInCompletionOrder) {
+        use futures::StreamExt;
+        items
+            .into_iter()
+            .map(answer)
+            .collect::<futures::stream::FuturesUnordered<_>>()
+            .collect()
+            .await
+    } else {
+        futures::future::join_all(items.into_iter().map(answer)).await
+    };
+    Ok((StatusCode::OK, Body::from(batch::encode_response(&answers))).into_response())
+}
+
+/// One append or vote for a group of either kind; the answer is openraft's, encoded.
+async fn raft_message(node: &Api, group_id: GroupId, op: RaftOp, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    if group_id == PD_GROUP {
+        raft_message_of(node, &node.pd, group_id, op, body).await
+    } else {
+        raft_message_of(node, &node.shards, group_id, op, body).await
+    }
+}
+
+async fn raft_message_of<K: GroupKind>(
     node: &Api,
     registry: &Registry<K>,
     group_id: GroupId,
-    op: &str,
+    op: RaftOp,
     body: &[u8],
-) -> Result<Response, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let existing = registry.get(group_id);
     match op {
-        "append" => {
+        RaftOp::Append => {
             let rpc: AppendEntriesRequest<Config<K>> = decode(body)?;
             validate::check_append(&rpc, &local(node, existing.as_deref())).map_err(refused)?;
             let group = hosted_group(node, registry, group_id).await?;
@@ -313,9 +384,9 @@ async fn raft_rpc_of<K: GroupKind>(
                     "group {group_id} starts here from a snapshot, not from an empty log"
                 )));
             }
-            Ok(encoded(&group.raft.append_entries(rpc).await))
+            encode_answer(&group.raft.append_entries(rpc).await)
         }
-        "vote" => {
+        RaftOp::Vote => {
             let rpc: VoteRequest<u64> = decode(body)?;
             validate::check_vote_request(&rpc, &local(node, existing.as_deref())).map_err(refused)?;
             let group = hosted_group(node, registry, group_id).await?;
@@ -324,16 +395,23 @@ async fn raft_rpc_of<K: GroupKind>(
                     "this replica of group {group_id} is not a voter of its own configuration"
                 )));
             }
-            Ok(encoded(&group.raft.vote(rpc).await))
+            encode_answer(&group.raft.vote(rpc).await)
         }
-        "snapshot" => {
-            let rpc: InstallSnapshotRequest<Config<K>> = decode(body)?;
-            validate::check_snapshot_meta(&rpc.vote, &rpc.meta, &local(node, existing.as_deref())).map_err(refused)?;
-            let group = hosted_group(node, registry, group_id).await?;
-            install_snapshot_chunk(node, &group, rpc).await
-        }
-        other => Err(ApiError::not_found(format!("unknown raft operation {other:?}"))),
     }
+}
+
+/// One snapshot chunk for a group of kind `K`.
+async fn snapshot_rpc<K: GroupKind>(
+    node: &Api,
+    registry: &Registry<K>,
+    group_id: GroupId,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let existing = registry.get(group_id);
+    let rpc: InstallSnapshotRequest<Config<K>> = decode(body)?;
+    validate::check_snapshot_meta(&rpc.vote, &rpc.meta, &local(node, existing.as_deref())).map_err(refused)?;
+    let group = hosted_group(node, registry, group_id).await?;
+    install_snapshot_chunk(node, &group, rpc).await
 }
 
 /// Adds one chunk to the group's receive; on the last, checks the whole snapshot and

@@ -100,6 +100,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
+        .route(crate::raft::batch::BATCH_PATH, post(internal::raft_batch))
         .route("/internal/raft/{group}/{op}", post(internal::raft_rpc))
         .route("/internal/pd/heartbeat", post(internal::pd_heartbeat))
         .route("/internal/identity", post(internal::identity_query))

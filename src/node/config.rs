@@ -83,6 +83,10 @@ pub enum PlantedBug {
     /// quiet when its own node loses touch with the cluster: isolated, it keeps answering
     /// while the majority elects another leader and moves on.
     QuietReadsWithoutQuorum,
+    /// A node answers the messages of a Raft batch in the order they finish, not the order
+    /// sent: the sender hands one group's answer (an accepted append, a granted vote) to
+    /// another group.
+    BatchAnswersInCompletionOrder,
 }
 
 impl std::fmt::Debug for dyn Observer {
@@ -171,6 +175,12 @@ impl Limits {
         self.max_payload_entries() as usize * self.max_entry_bytes() + ENTRY_OVERHEAD_BYTES
     }
 
+    /// The body limit of a Raft batch: one full append's bytes (what a sender packs at
+    /// most) plus the batch's framing.
+    pub fn max_raft_batch_body_bytes(&self) -> usize {
+        self.max_append_body_bytes() + crate::raft::batch::MAX_FRAMING_BYTES
+    }
+
     /// Checks the limits at start-up, with a message naming the flag.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_value_bytes > MAX_VALUE_BYTES_CEILING {
@@ -186,10 +196,10 @@ impl Limits {
                  connections between nodes)"
             ));
         }
-        if self.max_buffered_body_bytes < self.max_append_body_bytes() {
+        if self.max_buffered_body_bytes < self.max_raft_batch_body_bytes() {
             return Err(format!(
-                "--max-buffered-body-bytes must hold at least one full append ({} bytes)",
-                self.max_append_body_bytes()
+                "--max-buffered-body-bytes must hold at least one full batch of appends ({} bytes)",
+                self.max_raft_batch_body_bytes()
             ));
         }
         if self.max_key_bytes == 0 || self.max_key_bytes > MAX_KEY_BYTES {
@@ -228,6 +238,8 @@ pub struct RaftTimings {
     pub snapshot_chunk_bytes: u64,
     /// An idle shard group goes quiet after this long (`crate::raft::quiet`); 0: never.
     pub quiet_after_ms: u64,
+    /// Batches of Raft messages in flight to one peer (`crate::raft::batch`).
+    pub batches_in_flight_per_peer: usize,
 }
 
 impl Default for RaftTimings {
@@ -243,6 +255,7 @@ impl Default for RaftTimings {
             log_keep_entries: 1_000,
             snapshot_chunk_bytes: 4 << 20,
             quiet_after_ms: 2_000,
+            batches_in_flight_per_peer: crate::raft::batch::DEFAULT_BATCHES_IN_FLIGHT_PER_PEER,
         }
     }
 }
@@ -323,6 +336,13 @@ impl NodeConfig {
         if quiet != 0 && !(QUIET_AFTER_MIN_MS..=QUIET_AFTER_MAX_MS).contains(&quiet) {
             return Err(format!(
                 "--quiet-after-ms must be 0 (never quiet) or {QUIET_AFTER_MIN_MS} to {QUIET_AFTER_MAX_MS}"
+            ));
+        }
+        let in_flight = self.raft.batches_in_flight_per_peer;
+        if !(1..=crate::raft::batch::MAX_BATCHES_IN_FLIGHT_PER_PEER).contains(&in_flight) {
+            return Err(format!(
+                "--raft-batches-in-flight must be 1 to {}",
+                crate::raft::batch::MAX_BATCHES_IN_FLIGHT_PER_PEER
             ));
         }
         if !(CACHE_CAPACITY_MIN_BYTES..=CACHE_CAPACITY_MAX_BYTES).contains(&self.cache_capacity_bytes) {

@@ -8,6 +8,7 @@
 // helpers return it unchanged rather than boxing and unboxing at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod batch;
 pub mod log_store;
 pub mod membership;
 pub mod network;

@@ -1,9 +1,10 @@
 //! The group-tagged Raft network over HTTP (docs/ARCHITECTURE.md).
 //!
 //! openraft's `new_client` is not told the group, so each group gets its own factory
-//! carrying its id; all share the node's one pooled HTTP client. Every RPC is
-//! `POST /internal/raft/{group}/{append|vote|snapshot}` with a versioned bincode body,
-//! and every RPC has a timeout, because a partition drops bytes silently.
+//! carrying its id; all share the node's one [`RaftSender`], which coalesces appends and
+//! votes to one peer into `POST /internal/raft/batch` (see `batch.rs`). A snapshot chunk
+//! is `POST /internal/raft/{group}/snapshot` alone. Bodies are versioned bincode, and
+//! every RPC has a timeout, because a partition drops bytes silently.
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::batch::{BatchItem, ItemAnswer, RaftOp, RaftSender};
 use super::transport::HttpClient;
 use super::{Config, GroupId, GroupKind};
 use crate::codec;
@@ -104,7 +106,7 @@ impl Credentials {
 /// Upper bound on any one Raft RPC, whatever openraft asks for.
 pub const MAX_RPC_TIMEOUT_MS: u64 = 10_000;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
     #[error("connect to {addr}: {message}")]
     Connect { addr: String, message: String },
@@ -172,26 +174,45 @@ pub async fn post_internal<Req: Serialize, Resp: DeserializeOwned>(
         message,
     };
     let body = codec::encode(body).map_err(|e| decode_error(e.to_string()))?;
+    let answer = post_bytes(client, addr, path, credentials, Bytes::from(body), timeout).await?;
+    codec::decode(&answer).map_err(|e| decode_error(e.to_string()))
+}
+
+/// POSTs bytes to another node's internal route with this node's credentials; anything
+/// but 200 is an error carrying the start of the peer's answer.
+pub async fn post_bytes(
+    client: &HttpClient,
+    addr: &str,
+    path: &str,
+    credentials: &Credentials,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Bytes, TransportError> {
     let builder = credentials.add_to(
         hyper::Request::builder()
             .method(Method::POST)
             .uri(client.url(addr, path))
             .header(hyper::header::CONTENT_TYPE, "application/octet-stream"),
     );
-    let request = builder
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| decode_error(e.to_string()))?;
+    let request = builder.body(Full::new(body)).map_err(|e| TransportError::Decode {
+        addr: addr.to_string(),
+        message: e.to_string(),
+    })?;
     let response = send(client, request, timeout).await?;
     if response.status() != StatusCode::OK {
-        let error = TransportError::Status {
-            addr: addr.to_string(),
-            status: response.status(),
-            body: String::from_utf8_lossy(response.body()).chars().take(400).collect(),
-        };
+        let error = status_error(addr, response.status(), response.body());
         credentials.notice(&error);
         return Err(error);
     }
-    codec::decode(response.body()).map_err(|e| decode_error(e.to_string()))
+    Ok(response.into_body())
+}
+
+fn status_error(addr: &str, status: StatusCode, body: &[u8]) -> TransportError {
+    TransportError::Status {
+        addr: addr.to_string(),
+        status,
+        body: String::from_utf8_lossy(body).chars().take(400).collect(),
+    }
 }
 
 /// Longest node address accepted (in the map, heartbeats and admin requests).
@@ -200,8 +221,7 @@ pub const MAX_NODE_ADDR_BYTES: usize = 256;
 /// Builds clients for one group.
 pub struct GroupNetworkFactory<K> {
     pub group: GroupId,
-    pub client: HttpClient,
-    pub credentials: std::sync::Arc<Credentials>,
+    pub sender: RaftSender,
     pub kind: std::marker::PhantomData<fn() -> K>,
 }
 
@@ -209,8 +229,7 @@ pub struct GroupNetwork<K> {
     group: GroupId,
     target: u64,
     addr: String,
-    client: HttpClient,
-    credentials: std::sync::Arc<Credentials>,
+    sender: RaftSender,
     kind: std::marker::PhantomData<fn() -> K>,
 }
 
@@ -222,8 +241,7 @@ impl<K: GroupKind> RaftNetworkFactory<Config<K>> for GroupNetworkFactory<K> {
             group: self.group,
             target,
             addr: node.addr.clone(),
-            client: self.client.clone(),
-            credentials: self.credentials.clone(),
+            sender: self.sender.clone(),
             kind: std::marker::PhantomData,
         }
     }
@@ -232,7 +250,41 @@ impl<K: GroupKind> RaftNetworkFactory<Config<K>> for GroupNetworkFactory<K> {
 type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
 
 impl<K> GroupNetwork<K> {
-    async fn call<Req, Resp, E>(&self, op: &str, rpc: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    /// Appends and votes travel in the peer's next batch.
+    async fn call<Req, Resp, E>(&self, op: RaftOp, rpc: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let timeout = option.hard_ttl().min(Duration::from_millis(MAX_RPC_TIMEOUT_MS));
+        let answer = async {
+            let body = codec::encode(rpc).map_err(|e| TransportError::Decode {
+                addr: self.addr.clone(),
+                message: e.to_string(),
+            })?;
+            let item = BatchItem {
+                group: self.group,
+                op,
+                body: Bytes::from(body),
+            };
+            match self.sender.call(&self.addr, item, timeout).await? {
+                ItemAnswer::Ok(body) => codec::decode(&body).map_err(|e| TransportError::Decode {
+                    addr: self.addr.clone(),
+                    message: e.to_string(),
+                }),
+                ItemAnswer::Refused { status, body } => Err(status_error(
+                    &self.addr,
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    &body,
+                )),
+            }
+        };
+        Self::outcome(self.target, answer.await)
+    }
+
+    /// Snapshot chunks are large: each travels alone rather than holding up a batch.
+    async fn call_alone<Req, Resp, E>(&self, op: &str, rpc: &Req, option: &RPCOption) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -240,11 +292,23 @@ impl<K> GroupNetwork<K> {
     {
         let timeout = option.hard_ttl().min(Duration::from_millis(MAX_RPC_TIMEOUT_MS));
         let path = format!("/internal/raft/{}/{op}", self.group);
-        let answer: Result<Result<Resp, RaftError<u64, E>>, TransportError> =
-            post_internal(&self.client, &self.addr, &path, &self.credentials, rpc, timeout).await;
+        let (client, credentials) = (self.sender.client(), self.sender.credentials());
+        Self::outcome(
+            self.target,
+            post_internal(client, &self.addr, &path, credentials, rpc, timeout).await,
+        )
+    }
+
+    fn outcome<Resp, E>(
+        target: u64,
+        answer: Result<Result<Resp, RaftError<u64, E>>, TransportError>,
+    ) -> RpcResult<Resp, E>
+    where
+        E: std::error::Error,
+    {
         match answer {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(target, remote))),
             Err(e @ TransportError::Connect { .. }) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
@@ -259,10 +323,10 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
         if rpc.entries.is_empty() {
             // A heartbeat (or a bare commit-point update): what quiet groups save.
-            metrics::counter!("midasflow_raft_heartbeat_rpcs_total", "node" => self.credentials.node_id.to_string())
+            metrics::counter!("midasflow_raft_heartbeat_rpcs_total", "node" => self.sender.credentials().node_id.to_string())
                 .increment(1);
         }
-        self.call("append", &rpc, &option).await
+        self.call(RaftOp::Append, &rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -270,7 +334,7 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         rpc: InstallSnapshotRequest<Config<K>>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.call("snapshot", &rpc, &option).await
+        self.call_alone("snapshot", &rpc, &option).await
     }
 
     async fn vote(
@@ -278,8 +342,8 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
-        metrics::counter!("midasflow_raft_vote_rpcs_total", "node" => self.credentials.node_id.to_string())
+        metrics::counter!("midasflow_raft_vote_rpcs_total", "node" => self.sender.credentials().node_id.to_string())
             .increment(1);
-        self.call("vote", &rpc, &option).await
+        self.call(RaftOp::Vote, &rpc, &option).await
     }
 }

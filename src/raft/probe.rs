@@ -28,6 +28,8 @@ pub enum NodeEvent {
     },
     /// The node stopped and deleted its replica of a group (the map moved it away).
     ReplicaRemoved { group: GroupId },
+    /// The node sent one batch of Raft messages to a peer.
+    RaftBatch { messages: usize },
     /// A replica stopped ticking (`quiet`), or started again and why.
     Quiet {
         group: GroupId,

@@ -14,6 +14,7 @@ use rand::Rng;
 
 use openraft::{BasicNode, ServerState};
 
+use super::batch::RaftSender;
 use super::log_store::{destroy_log, Flusher, LogStore};
 use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
@@ -182,7 +183,7 @@ pub struct Registry<K: GroupKind> {
     label: String,
     db: sled::Db,
     flusher: Flusher,
-    client: HttpClient,
+    sender: RaftSender,
     config: Arc<RegistryConfig>,
     open_state: OpenState<K>,
     groups: RwLock<BTreeMap<GroupId, Arc<Group<K>>>>,
@@ -211,7 +212,7 @@ impl<K: GroupKind> Registry<K> {
     pub fn new(
         db: sled::Db,
         flusher: Flusher,
-        client: HttpClient,
+        sender: RaftSender,
         config: Arc<RegistryConfig>,
         open_state: OpenState<K>,
     ) -> Result<Self, RegistryError> {
@@ -224,7 +225,7 @@ impl<K: GroupKind> Registry<K> {
             tombstones: db.open_tree("tombstones").map_err(storage)?,
             db,
             flusher,
-            client,
+            sender,
             config,
             open_state,
             groups: RwLock::new(BTreeMap::new()),
@@ -247,7 +248,7 @@ impl<K: GroupKind> Registry<K> {
     }
 
     pub fn client(&self) -> &HttpClient {
-        &self.client
+        self.sender.client()
     }
 
     pub fn db(&self) -> &sled::Db {
@@ -354,8 +355,7 @@ impl<K: GroupKind> Registry<K> {
         let reopened = initial_members.is_none() && epoch.is_none();
         let network = GroupNetworkFactory::<K> {
             group,
-            client: self.client.clone(),
-            credentials: self.config.credentials.clone(),
+            sender: self.sender.clone(),
             kind: std::marker::PhantomData,
         };
         if let Some(seed) = self.config.rng_seed {

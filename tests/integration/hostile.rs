@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::Method;
 use midasflow::codec;
+use midasflow::raft::batch::{self, BatchItem, ItemAnswer, RaftOp, BATCH_PATH};
 use midasflow::raft::LogId;
 use midasflow::shard::store::{ShardCommand, ShardConfig as TypeConfig};
 use midasflow::shard::{KvOp, Precondition};
@@ -115,6 +116,11 @@ fn huge_length_prefix() -> Vec<u8> {
 }
 
 fn raw_post(addr: &str, path: &str, headers: &str, body: &[u8]) -> u16 {
+    raw_exchange(addr, path, headers, body).0
+}
+
+/// One request on its own connection; the answer's status and body.
+fn raw_exchange(addr: &str, path: &str, headers: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let head = format!(
@@ -125,11 +131,16 @@ fn raw_post(addr: &str, path: &str, headers: &str, body: &[u8]) -> u16 {
     let _ = stream.write_all(body);
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer)
+    let status = String::from_utf8_lossy(&answer)
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let body = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or_else(Vec::new, |at| answer[at + 4..].to_vec());
+    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,6 +324,39 @@ async fn hostile_internal_requests_change_nothing_and_crash_nothing() {
             stranger_heartbeat(),
             403,
         ),
+        (
+            "batch without a secret",
+            BATCH_PATH.into(),
+            "",
+            vec![2, 0, 0, 0, 0],
+            401,
+        ),
+        (
+            "garbage batch",
+            BATCH_PATH.into(),
+            &with_secret,
+            b"\x02garbage!!".to_vec(),
+            400,
+        ),
+        (
+            "batch claiming 4 billion messages",
+            BATCH_PATH.into(),
+            &with_secret,
+            vec![codec::FORMAT, 0xff, 0xff, 0xff, 0xff],
+            400,
+        ),
+        (
+            "batch with a huge message length",
+            BATCH_PATH.into(),
+            &with_secret,
+            [
+                &[codec::FORMAT, 1, 0, 0, 0][..],
+                &1u64.to_le_bytes(),
+                &[1, 0xff, 0xff, 0xff, 0xff],
+            ]
+            .concat(),
+            400,
+        ),
     ];
     for (name, path, headers, body, status) in &cases {
         // Any node may lead the PD; send heartbeats to all so one of them is the leader.
@@ -329,6 +373,44 @@ async fn hostile_internal_requests_change_nothing_and_crash_nothing() {
             "{name}: expected {status}, got {statuses:?}"
         );
     }
+
+    // Hostile messages inside a well-formed batch: each is refused on its own, with the
+    // status it gets alone, in the order sent.
+    let message = |group: u64, op: RaftOp, body: Vec<u8>| BatchItem {
+        group,
+        op,
+        body: Bytes::from(body),
+    };
+    let hostile = vec![
+        message(
+            1,
+            RaftOp::Append,
+            append(None, vec![put_entry(HIGH_TERM, 0, 8)], None)[..6].to_vec(),
+        ),
+        message(
+            1,
+            RaftOp::Append,
+            append(Some(log_id(1, 1)), vec![put_entry(HIGH_TERM, 5, 8)], None),
+        ),
+        message(
+            3,
+            RaftOp::Append,
+            append(None, vec![put_entry(HIGH_TERM, 0, u32::MAX)], None),
+        ),
+        message(1, RaftOp::Vote, vec![0; 64 << 10]),
+        message(2, RaftOp::Append, huge_length_prefix()),
+    ];
+    let (status, body) = raw_exchange(&addr, BATCH_PATH, &with_secret, &batch::encode_request(&hostile));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let statuses: Vec<u16> = batch::decode_response(Bytes::from(body))
+        .unwrap()
+        .into_iter()
+        .map(|answer| match answer {
+            ItemAnswer::Ok(_) => 200,
+            ItemAnswer::Refused { status, .. } => status,
+        })
+        .collect();
+    assert_eq!(statuses, [400, 400, 400, 413, 400]);
 
     for id in 1..=3 {
         assert_eq!(cluster.client(id).get_path("/livez").await.unwrap().status, 200);

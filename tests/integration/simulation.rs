@@ -171,8 +171,24 @@ async fn planted_quiet_reads_without_quorum_is_caught_within_twelve_seeds() {
     );
 }
 
+/// A node that answers a Raft batch's messages in the order they finish hands one group's
+/// answer to another: a leader counts an append its follower refused, or a vote granted
+/// in another group. openraft's own assertions then panic inside the node (the panic
+/// checker), and groups stall (liveness) or diverge (linearizability).
+#[tokio::test]
+async fn planted_batch_answers_out_of_order_is_caught_within_eight_seeds() {
+    let _serial = serial().await;
+    assert_caught(
+        0..8,
+        "batch-answers-in-completion-order",
+        "partitions",
+        &["panic", "not linearizable", "lost acknowledged write", "liveness"],
+        "Raft answers handed to the wrong groups",
+    );
+}
+
 /// The quiet scenario does what it is for: replicas go quiet, and wake both on requests
-/// and because their leader's node was lost.
+/// and because their leader's node was lost. Its messages also share batches.
 #[tokio::test]
 async fn the_quiet_scenario_quiets_groups_and_wakes_them() {
     let _serial = serial().await;
@@ -188,4 +204,8 @@ async fn the_quiet_scenario_quiets_groups_and_wakes_them() {
             "no {reason} wake-up: {report}"
         );
     }
+    assert!(
+        report["raft_shared_batches"].as_u64().unwrap() > 0,
+        "no batch carried two messages: {report}"
+    );
 }

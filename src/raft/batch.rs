@@ -1,0 +1,471 @@
+//! Coalesced Raft traffic: appends and votes to one peer, from every group on this node,
+//! travel together in one `POST /internal/raft/batch` (docs/ARCHITECTURE.md).
+//!
+//! Each peer has a queue and a sender task. The task takes whatever is queued (up to
+//! [`MAX_BATCH_ITEMS`] messages and one full append's bytes) and sends it while at most
+//! `--raft-batches-in-flight` batches to that peer are unanswered. Nothing waits for a
+//! batch to fill: with nothing in flight, a message leaves at once. With a batch in
+//! flight, the next waits for it to return (at most [`HOLD_BEHIND_IN_FLIGHT_MS`]), taking
+//! along whatever arrived meanwhile. So the number of requests follows the number of
+//! round trips, not the number of active groups, and a batch stuck behind one slow group
+//! (its answer waits for that group) delays the others only briefly.
+//!
+//! The peer answers every message in the order sent, each with its own status: one
+//! group's refusal (unknown group, bad body) never fails the others. Snapshots are not
+//! batched: their chunks are large and would hold up the small messages behind them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+
+use super::network::{post_bytes, Credentials, TransportError};
+use super::probe::{NodeEvent, Probe};
+use super::transport::HttpClient;
+use super::GroupId;
+use crate::codec;
+
+/// Messages in one batch request.
+pub const MAX_BATCH_ITEMS: usize = 256;
+/// Batch requests to one peer in flight at once, by default. More than one, so a batch
+/// waiting on the peer's log flush does not hold up the next group's heartbeat or vote;
+/// fewer means larger batches (`--raft-batches-in-flight`, at most the maximum).
+pub const DEFAULT_BATCHES_IN_FLIGHT_PER_PEER: usize = 4;
+pub const MAX_BATCHES_IN_FLIGHT_PER_PEER: usize = 64;
+/// Messages queued for one peer; past this a message fails at once (openraft retries
+/// it), so a peer that stopped answering cannot grow this node's memory.
+pub const MAX_QUEUED_PER_PEER: usize = 4096;
+/// While a batch to a peer is in flight, the next one waits for it to return, at most this
+/// long: messages meanwhile join it (one batch per round trip under load), and a batch
+/// stuck behind one slow group holds up the others for no longer than this.
+pub const HOLD_BEHIND_IN_FLIGHT_MS: u64 = 5;
+/// A peer's sender task ends after this long with nothing to send (a new message starts
+/// it again), so peers that left the cluster leave no task behind.
+pub const PEER_IDLE_EXIT_MS: u64 = 60_000;
+/// Bytes of framing per message (group, operation, length) and per batch (format, count).
+pub const ITEM_FRAMING_BYTES: usize = 8 + 1 + 4;
+pub const BATCH_FRAMING_BYTES: usize = 1 + 4;
+/// The most framing a batch can add to the bytes of its messages.
+pub const MAX_FRAMING_BYTES: usize = BATCH_FRAMING_BYTES + MAX_BATCH_ITEMS * ITEM_FRAMING_BYTES;
+
+pub const BATCH_PATH: &str = "/internal/raft/batch";
+
+/// The Raft messages that travel in batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftOp {
+    Append,
+    Vote,
+}
+
+impl RaftOp {
+    fn code(self) -> u8 {
+        match self {
+            RaftOp::Append => 1,
+            RaftOp::Vote => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(RaftOp::Append),
+            2 => Some(RaftOp::Vote),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RaftOp::Append => "append",
+            RaftOp::Vote => "vote",
+        }
+    }
+}
+
+/// One message of a batch: a group's encoded openraft request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchItem {
+    pub group: GroupId,
+    pub op: RaftOp,
+    pub body: Bytes,
+}
+
+/// The answer to one message: the encoded openraft reply, or why the peer refused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemAnswer {
+    Ok(Bytes),
+    Refused { status: u16, body: Bytes },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("unknown format version {0}")]
+    Format(u8),
+    #[error("truncated batch")]
+    Truncated,
+    #[error("{0} messages in one batch (at most {MAX_BATCH_ITEMS})")]
+    TooManyItems(usize),
+    #[error("unknown raft operation code {0}")]
+    UnknownOp(u8),
+    #[error("{0} trailing bytes after the batch")]
+    Trailing(usize),
+}
+
+fn put_header(out: &mut BytesMut, count: usize) {
+    out.put_u8(codec::FORMAT);
+    out.put_u32_le(count as u32);
+}
+
+/// Reads the header; the count is checked before anything is allocated for it.
+fn take_header(input: &mut Bytes) -> Result<usize, FrameError> {
+    if input.remaining() < BATCH_FRAMING_BYTES {
+        return Err(FrameError::Truncated);
+    }
+    let format = input.get_u8();
+    if format != codec::FORMAT {
+        return Err(FrameError::Format(format));
+    }
+    let count = input.get_u32_le() as usize;
+    if count > MAX_BATCH_ITEMS {
+        return Err(FrameError::TooManyItems(count));
+    }
+    Ok(count)
+}
+
+/// Takes `len` bytes without copying: the items share the request's buffer.
+fn take_bytes(input: &mut Bytes) -> Result<Bytes, FrameError> {
+    if input.remaining() < 4 {
+        return Err(FrameError::Truncated);
+    }
+    let len = input.get_u32_le() as usize;
+    if input.remaining() < len {
+        return Err(FrameError::Truncated);
+    }
+    Ok(input.split_to(len))
+}
+
+fn finish<T>(input: &Bytes, value: T) -> Result<T, FrameError> {
+    match input.remaining() {
+        0 => Ok(value),
+        n => Err(FrameError::Trailing(n)),
+    }
+}
+
+pub fn encode_request(items: &[BatchItem]) -> Bytes {
+    let bytes: usize = items.iter().map(|i| i.body.len() + ITEM_FRAMING_BYTES).sum();
+    let mut out = BytesMut::with_capacity(BATCH_FRAMING_BYTES + bytes);
+    put_header(&mut out, items.len());
+    for item in items {
+        out.put_u64_le(item.group);
+        out.put_u8(item.op.code());
+        out.put_u32_le(item.body.len() as u32);
+        out.put_slice(&item.body);
+    }
+    out.freeze()
+}
+
+/// Decodes a batch from the network; allocates nothing beyond one small record per
+/// message (at most [`MAX_BATCH_ITEMS`]).
+pub fn decode_request(mut input: Bytes) -> Result<Vec<BatchItem>, FrameError> {
+    let count = take_header(&mut input)?;
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        if input.remaining() < 9 {
+            return Err(FrameError::Truncated);
+        }
+        let group = input.get_u64_le();
+        let code = input.get_u8();
+        let op = RaftOp::from_code(code).ok_or(FrameError::UnknownOp(code))?;
+        let body = take_bytes(&mut input)?;
+        items.push(BatchItem { group, op, body });
+    }
+    finish(&input, items)
+}
+
+pub fn encode_response(answers: &[ItemAnswer]) -> Bytes {
+    let mut out = BytesMut::new();
+    put_header(&mut out, answers.len());
+    for answer in answers {
+        let (status, body) = match answer {
+            ItemAnswer::Ok(body) => (200, body),
+            ItemAnswer::Refused { status, body } => (*status, body),
+        };
+        out.put_u16_le(status);
+        out.put_u32_le(body.len() as u32);
+        out.put_slice(body);
+    }
+    out.freeze()
+}
+
+pub fn decode_response(mut input: Bytes) -> Result<Vec<ItemAnswer>, FrameError> {
+    let count = take_header(&mut input)?;
+    let mut answers = Vec::with_capacity(count);
+    for _ in 0..count {
+        if input.remaining() < 2 {
+            return Err(FrameError::Truncated);
+        }
+        let status = input.get_u16_le();
+        let body = take_bytes(&mut input)?;
+        answers.push(match status {
+            200 => ItemAnswer::Ok(body),
+            status => ItemAnswer::Refused { status, body },
+        });
+    }
+    finish(&input, answers)
+}
+
+/// A message waiting to be sent, and where its answer goes.
+struct Queued {
+    item: BatchItem,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<ItemAnswer, TransportError>>,
+}
+
+/// The node's batching sender, shared by every group of every kind.
+#[derive(Clone)]
+pub struct RaftSender {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: HttpClient,
+    credentials: Arc<Credentials>,
+    probe: Probe,
+    /// Bytes of messages per batch: one full append, so a batch never exceeds what a
+    /// peer accepts (its limit adds [`MAX_FRAMING_BYTES`]).
+    max_batch_bytes: usize,
+    batches_in_flight: usize,
+    peers: Mutex<HashMap<String, mpsc::Sender<Queued>>>,
+}
+
+impl RaftSender {
+    pub fn new(
+        client: HttpClient,
+        credentials: Arc<Credentials>,
+        probe: Probe,
+        max_batch_bytes: usize,
+        batches_in_flight: usize,
+    ) -> Self {
+        RaftSender {
+            inner: Arc::new(Inner {
+                client,
+                credentials,
+                probe,
+                max_batch_bytes,
+                batches_in_flight,
+                peers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn client(&self) -> &HttpClient {
+        &self.inner.client
+    }
+
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.inner.credentials
+    }
+
+    /// Sends one message to the peer at `addr` in the next batch, and waits for its answer
+    /// (the caller bounds the wait; `timeout` bounds the batch request carrying it).
+    pub async fn call(&self, addr: &str, item: BatchItem, timeout: Duration) -> Result<ItemAnswer, TransportError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(addr, Queued { item, timeout, reply })?;
+        answer.await.unwrap_or_else(|_| {
+            Err(TransportError::Io {
+                addr: addr.to_string(),
+                message: "the batch carrying this message was dropped".into(),
+            })
+        })
+    }
+
+    fn enqueue(&self, addr: &str, queued: Queued) -> Result<(), TransportError> {
+        let mut peers = self.inner.peers.lock().unwrap();
+        let queue = peers.entry(addr.to_string()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(MAX_QUEUED_PER_PEER);
+            tokio::spawn(run_peer(self.inner.clone(), addr.to_string(), rx));
+            tx
+        });
+        queue.try_send(queued).map_err(|e| TransportError::Io {
+            addr: addr.to_string(),
+            message: match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    format!("{MAX_QUEUED_PER_PEER} raft messages already queued for this peer")
+                }
+                mpsc::error::TrySendError::Closed(_) => "the peer's sender stopped".into(),
+            },
+        })
+    }
+}
+
+/// One peer's sender: takes what is queued, a batch at a time, within the in-flight bound.
+async fn run_peer(inner: Arc<Inner>, addr: String, mut queue: mpsc::Receiver<Queued>) {
+    let in_flight = Arc::new(Semaphore::new(inner.batches_in_flight));
+    let returned = Arc::new(Notify::new());
+    let idle = Duration::from_millis(PEER_IDLE_EXIT_MS);
+    let mut carried: Option<Queued> = None;
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match tokio::time::timeout(idle, queue.recv()).await {
+                Ok(Some(first)) => first,
+                Ok(None) => return,
+                Err(_) => {
+                    // Leave only if nothing arrived meanwhile: senders enqueue under
+                    // this lock, so no message can slip in between the check and removal.
+                    let mut peers = inner.peers.lock().unwrap();
+                    if queue.is_empty() {
+                        peers.remove(&addr);
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        if in_flight.available_permits() + 1 < inner.batches_in_flight {
+            tokio::select! {
+                _ = returned.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(HOLD_BEHIND_IN_FLIGHT_MS)) => {}
+            }
+        }
+        let mut batch = vec![first];
+        let mut bytes = batch[0].item.body.len();
+        while batch.len() < MAX_BATCH_ITEMS {
+            let Ok(next) = queue.try_recv() else { break };
+            if next.reply.is_closed() {
+                continue; // its caller gave up: do not send what nobody waits for
+            }
+            if bytes + next.item.body.len() > inner.max_batch_bytes {
+                carried = Some(next);
+                break;
+            }
+            bytes += next.item.body.len();
+            batch.push(next);
+        }
+        let (inner, addr, returned) = (inner.clone(), addr.clone(), returned.clone());
+        tokio::spawn(async move {
+            send_batch(inner, addr, batch, permit).await;
+            returned.notify_waiters();
+        });
+    }
+}
+
+async fn send_batch(inner: Arc<Inner>, addr: String, batch: Vec<Queued>, _permit: tokio::sync::OwnedSemaphorePermit) {
+    let timeout = batch.iter().map(|q| q.timeout).max().unwrap_or_default();
+    let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.item, q.reply)).unzip();
+    metrics::counter!("midasflow_raft_batches_total", "node" => inner.credentials.node_id.to_string()).increment(1);
+    metrics::counter!("midasflow_raft_batched_messages_total", "node" => inner.credentials.node_id.to_string())
+        .increment(items.len() as u64);
+    inner.probe.emit(|| NodeEvent::RaftBatch { messages: items.len() });
+    let body = encode_request(&items);
+    let answers = post_bytes(&inner.client, &addr, BATCH_PATH, &inner.credentials, body, timeout)
+        .await
+        .and_then(|answer| {
+            decode_response(answer)
+                .map_err(|e| e.to_string())
+                .and_then(|answers| {
+                    if answers.len() == replies.len() {
+                        Ok(answers)
+                    } else {
+                        Err(format!("{} answers to {} messages", answers.len(), replies.len()))
+                    }
+                })
+                .map_err(|message| TransportError::Decode {
+                    addr: addr.clone(),
+                    message,
+                })
+        });
+    match answers {
+        Ok(answers) => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(answer));
+            }
+        }
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(group: GroupId, op: RaftOp, body: &[u8]) -> BatchItem {
+        BatchItem {
+            group,
+            op,
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
+    #[test]
+    fn requests_and_answers_round_trip_in_order() {
+        let items = vec![
+            item(7, RaftOp::Append, b"abc"),
+            item(0, RaftOp::Vote, b""),
+            item(u64::MAX, RaftOp::Append, &[9; 300]),
+        ];
+        assert_eq!(decode_request(encode_request(&items)).unwrap(), items);
+        let answers = vec![
+            ItemAnswer::Ok(Bytes::from_static(b"ok")),
+            ItemAnswer::Refused {
+                status: 404,
+                body: Bytes::from_static(b"{\"error\":{}}"),
+            },
+            ItemAnswer::Ok(Bytes::new()),
+        ];
+        assert_eq!(decode_response(encode_response(&answers)).unwrap(), answers);
+    }
+
+    #[test]
+    fn hostile_batches_are_refused_without_allocating_for_their_claims() {
+        let valid = encode_request(&[item(1, RaftOp::Append, b"abcdef")]);
+        for cut in 0..valid.len() {
+            assert!(
+                decode_request(valid.slice(..cut)).is_err(),
+                "a batch cut at {cut} bytes decoded"
+            );
+        }
+        let mut trailing = BytesMut::from(&valid[..]);
+        trailing.put_u8(0);
+        assert_eq!(decode_request(trailing.freeze()), Err(FrameError::Trailing(1)));
+
+        let mut many = BytesMut::new();
+        many.put_u8(codec::FORMAT);
+        many.put_u32_le(u32::MAX);
+        assert_eq!(
+            decode_request(many.freeze()),
+            Err(FrameError::TooManyItems(u32::MAX as usize))
+        );
+
+        let mut huge_item = BytesMut::new();
+        put_header(&mut huge_item, 1);
+        huge_item.put_u64_le(1);
+        huge_item.put_u8(1);
+        huge_item.put_u32_le(u32::MAX);
+        assert_eq!(decode_request(huge_item.freeze()), Err(FrameError::Truncated));
+
+        let mut bad_op = BytesMut::from(&valid[..]);
+        bad_op[BATCH_FRAMING_BYTES + 8] = 99;
+        assert_eq!(decode_request(bad_op.freeze()), Err(FrameError::UnknownOp(99)));
+
+        let mut old = BytesMut::from(&valid[..]);
+        old[0] = 1;
+        assert_eq!(decode_request(old.freeze()), Err(FrameError::Format(1)));
+    }
+
+    #[test]
+    fn a_full_batch_of_framing_fits_the_named_bound() {
+        let items: Vec<_> = (0..MAX_BATCH_ITEMS as u64)
+            .map(|g| item(g, RaftOp::Vote, b""))
+            .collect();
+        assert_eq!(encode_request(&items).len(), MAX_FRAMING_BYTES);
+    }
+}
