@@ -60,6 +60,8 @@ pub const HEAL_LEADER_BOUND_MS: u64 = 10_000;
 pub const SIM_QUIET_AFTER_MS: u64 = 1_000;
 /// Quiet scenario: more shards than clients touch at once.
 pub const QUIET_SHARDS: u32 = 6;
+/// Batch scenario: enough groups that every batch to a peer can carry several.
+pub const BATCH_SHARDS: u32 = 16;
 /// Nodes of the initial cluster in the placement scenario; the others join.
 pub const PLACEMENT_INITIAL_NODES: u64 = 3;
 
@@ -909,6 +911,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
             config.schedule.split_max_keys = SIM_SPLIT_MAX_KEYS;
         }
         config.initial_shards = 3;
+        if settings.scenario == Scenario::Batch {
+            config.initial_shards = BATCH_SHARDS;
+        }
         if settings.scenario == Scenario::Quiet {
             config.initial_shards = QUIET_SHARDS;
             config.raft.quiet_after_ms = SIM_QUIET_AFTER_MS;

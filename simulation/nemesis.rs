@@ -35,10 +35,14 @@ pub enum Scenario {
     /// heartbeats, no election timers); then the leader of quiet groups is isolated or
     /// crashed, or a minority cut off, and the next burst must find new leaders.
     Quiet,
+    /// Coalesced Raft traffic: many groups per node, so the appends, heartbeats and votes
+    /// of many groups share each batch to a peer; partitions and crashes make their
+    /// answers differ (refused appends, elections of many groups at once).
+    Batch,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Partitions,
         Scenario::Crashes,
         Scenario::Network,
@@ -46,6 +50,7 @@ impl Scenario {
         Scenario::Disk,
         Scenario::Placement,
         Scenario::Quiet,
+        Scenario::Batch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +62,7 @@ impl Scenario {
             Scenario::Disk => "disk",
             Scenario::Placement => "placement",
             Scenario::Quiet => "quiet",
+            Scenario::Batch => "batch",
         }
     }
 }
@@ -193,7 +199,7 @@ pub fn schedule(rng: &mut SmallRng, scenario: Scenario, nodes: u64, first_ms: u6
             Scenario::Partitions => partitions(rng),
             Scenario::Crashes => crashes(rng),
             Scenario::Network => network(rng),
-            Scenario::Mixed => match rng.gen_range(0..3) {
+            Scenario::Mixed | Scenario::Batch => match rng.gen_range(0..3) {
                 0 => partitions(rng),
                 1 => crashes(rng),
                 _ => network(rng),

@@ -45,6 +45,7 @@ async fn fixed_seeds_pass_in_every_scenario() {
         "partitions",
         "placement",
         "quiet",
+        "batch",
     ] {
         assert!(text.contains(scenario), "summary row for {scenario}");
     }
@@ -173,16 +174,18 @@ async fn planted_quiet_reads_without_quorum_is_caught_within_twelve_seeds() {
 
 /// A node that answers a Raft batch's messages in the order they finish hands one group's
 /// answer to another: a leader counts an append its follower refused, or a vote granted
-/// in another group. openraft's own assertions then panic inside the node (the panic
-/// checker), and groups stall (liveness) or diverge (linearizability).
+/// in another group. Only answers that differ in kind do harm, and most shared batches
+/// carry alike answers (heartbeats), so few seeds catch it: seed 0 of the batch scenario
+/// sees two leaders in one term, a non-linearizable history and openraft's own
+/// assertions panicking inside a node.
 #[tokio::test]
 async fn planted_batch_answers_out_of_order_is_caught_within_eight_seeds() {
     let _serial = serial().await;
     assert_caught(
         0..8,
         "batch-answers-in-completion-order",
-        "partitions",
-        &["panic", "not linearizable", "lost acknowledged write", "liveness"],
+        "batch",
+        &["two leaders", "not linearizable", "lost acknowledged write", "panic"],
         "Raft answers handed to the wrong groups",
     );
 }
