@@ -166,6 +166,9 @@ async fn check_identity(
 #[allow(clippy::result_large_err)] // the state openers return openraft's storage error
 pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     config.validate().map_err(StartError::Config)?;
+    // Before any group starts: a metric recorded with no recorder installed is dropped,
+    // and the leader gauges count by increments (a PD leader elected early went uncounted).
+    crate::api::install_metrics();
     let raft_config = Arc::new(config.raft_config().map_err(StartError::Config)?);
     let db_path = config.data_dir.join("db");
     let client = http_client(config.net, config.tls.as_ref().map(|t| t.client.clone()));

@@ -27,16 +27,21 @@ use super::transport::HttpClient;
 use super::GroupId;
 use crate::codec;
 
-/// Messages in one batch request.
-pub const MAX_BATCH_ITEMS: usize = 256;
-/// Batch requests to one peer in flight at once, by default. More than one, so a batch
-/// waiting on the peer's log flush does not hold up the next group's heartbeat or vote;
-/// fewer means larger batches (`--raft-batches-in-flight`, at most the maximum).
-pub const DEFAULT_BATCHES_IN_FLIGHT_PER_PEER: usize = 4;
+/// Messages in one batch request. A batch is answered when its slowest message is (a vote
+/// for a replica still being created, an append behind a flush), so this bounds how many
+/// messages one slow group holds up; under load more batches go out instead.
+pub const MAX_BATCH_ITEMS: usize = 64;
+/// Batch requests to one peer in flight at once, by default. Many, so batches held up by
+/// one slow group do not hold up the rest; under light load a batch waits behind the one
+/// in flight anyway (`HOLD_BEHIND_IN_FLIGHT_MS`), so batches stay large
+/// (`--raft-batches-in-flight`, at most the maximum).
+pub const DEFAULT_BATCHES_IN_FLIGHT_PER_PEER: usize = 16;
 pub const MAX_BATCHES_IN_FLIGHT_PER_PEER: usize = 64;
 /// Messages queued for one peer; past this a message fails at once (openraft retries
-/// it), so a peer that stopped answering cannot grow this node's memory.
-pub const MAX_QUEUED_PER_PEER: usize = 4096;
+/// it). A group has at most one append and one vote to a peer unanswered, so this holds
+/// every group of a node with tens of thousands of shards: a smaller queue turned the
+/// start of 10,000 shards into an election storm of failed votes.
+pub const MAX_QUEUED_PER_PEER: usize = 65_536;
 /// While a batch to a peer is in flight, the next one waits for it to return, at most this
 /// long: messages meanwhile join it (one batch per round trip under load), and a batch
 /// stuck behind one slow group holds up the others for no longer than this.

@@ -4,8 +4,11 @@
 //! its followers stop ticking, so they run no election timers. What a follower's election
 //! timer was for, noticing that the leader is gone, comes from node liveness instead: the
 //! one node-level heartbeat every node sends the placement driver. A request, log growth,
-//! a leader or term change, or a membership change wakes the group; so does a follower
-//! seeing its leader's node lost, which then campaigns as usual.
+//! a new leader, or a membership change wakes the group; so does a follower seeing its
+//! leader's node lost, which then campaigns as usual. A candidate's vote request (a new
+//! term with no leader yet) does not: the candidate's own timer keeps the election going,
+//! and waking its peers would have them campaign too. Elections that `tend` starts are
+//! rationed per pass ([`MAX_CAMPAIGN_WAKES_PER_PASS`]), first candidates first.
 //!
 //! Quiet changes only timers. Votes, terms, appends and `ensure_linearizable` work the
 //! same, so "at most one leader per term" and linearizable reads do not depend on it.
@@ -110,9 +113,36 @@ pub fn decide(inputs: &Inputs, quiet_after_ms: u64) -> Decision {
     }
 }
 
+/// Quiet replicas a node wakes into an election per `tend` pass, at most. Waking
+/// thousands at once (a whole-cluster restart, or the loss of a node that led thousands
+/// of quiet groups) floods every peer with votes that time out and start over: at 10,000
+/// shards a restart never settled. The rest wait for the next pass, half a second later.
+pub const MAX_CAMPAIGN_WAKES_PER_PASS: usize = 256;
+
+/// Which of the replicas that would wake into an election this pass may: at most
+/// `budget`, groups' first candidates before the others, each kind in the order given.
+pub fn ration_wakes(first_candidates: &[bool], budget: usize) -> Vec<bool> {
+    let mut woken = vec![false; first_candidates.len()];
+    let firsts = (0..first_candidates.len()).filter(|i| first_candidates[*i]);
+    let others = (0..first_candidates.len()).filter(|i| !first_candidates[*i]);
+    for i in firsts.chain(others).take(budget) {
+        woken[i] = true;
+    }
+    woken
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn campaign_wakes_are_rationed_first_candidates_first() {
+        let wants = [false, true, false, true, true];
+        assert_eq!(ration_wakes(&wants, 2), [false, true, false, true, false]);
+        assert_eq!(ration_wakes(&wants, 4), [true, true, false, true, true]);
+        assert_eq!(ration_wakes(&wants, 9), [true; 5]);
+        assert_eq!(ration_wakes(&wants, 0), [false; 5]);
+    }
 
     fn inputs(role: Role, idle_ms: u64) -> Inputs {
         Inputs {

@@ -18,7 +18,7 @@ use super::batch::RaftSender;
 use super::log_store::{destroy_log, Flusher, LogStore};
 use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
-use super::quiet::{decide, Decision, Inputs, Liveness, NodeView, Role, STARTING_GRACE_MS};
+use super::quiet::{decide, ration_wakes, Decision, Inputs, Liveness, NodeView, Role, MAX_CAMPAIGN_WAKES_PER_PASS};
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
 use super::state_machine::{self, Applied, AppliedView, StateMachineStore};
 use super::transport::HttpClient;
@@ -461,10 +461,17 @@ impl<K: GroupKind> Registry<K> {
                         m.membership_config.log_id().map(|l| l.index),
                     )
                 };
-                let changed = group.term.swap(term, Ordering::Relaxed) != term || leader != last_leader;
+                let leader_changed = leader != last_leader;
+                let changed = group.term.swap(term, Ordering::Relaxed) != term || leader_changed;
                 let was_leading = group.is_leader.swap(leading, Ordering::Relaxed);
-                // The first observation is the replica's starting state, not activity.
-                if (changed || was_leading != leading || membership != last_membership) && !first {
+                // The first observation is the replica's starting state, not activity. A
+                // new term alone (a candidate's vote request) wakes nobody: a replica woken
+                // by every candidate campaigns itself when that candidate is slow, and at
+                // 10,000 shards a restart's candidates woke every replica into a storm of
+                // elections that never settled. The candidate's own timer keeps it going.
+                let woken =
+                    (leader_changed && leader.is_some()) || was_leading != leading || membership != last_membership;
+                if woken && !first {
                     group.touch(Wake::Activity);
                 }
                 (last_membership, first) = (membership, false);
@@ -530,6 +537,7 @@ impl<K: GroupKind> Registry<K> {
     /// replicas are quiet.
     pub fn tend(&self, quiet: Option<(&dyn NodeView, u64)>) -> usize {
         let mut quiet_count = 0;
+        let mut campaigns = Vec::new();
         for group in self.all() {
             let (inputs, seen_active_at, compact) = {
                 let m = group.raft.metrics();
@@ -579,8 +587,10 @@ impl<K: GroupKind> Registry<K> {
                     starting_for_ms: group.now_ms().saturating_sub(group.created_at_ms),
                     first_candidate: starting && view.is_some_and(|v| v.campaigns_first(group.id)),
                 };
-                // Starting ends once a leader is known, or the grace is over.
-                if role != Role::Other || inputs.starting_for_ms >= STARTING_GRACE_MS {
+                // Starting ends once a leader is known. Past the grace, a replica that is
+                // not its group's first candidate may campaign too, but first candidates
+                // keep their place ahead of it in the rationed wakes.
+                if role != Role::Other {
                     group.starting.store(false, Ordering::Relaxed);
                 }
                 let applied = m.last_applied.map_or(0, |l| l.index);
@@ -602,7 +612,24 @@ impl<K: GroupKind> Registry<K> {
                 Role::Follower if inputs.leader == Liveness::Lost => Wake::LeaderLost,
                 _ => Wake::Activity,
             };
+            // A quiet non-leader that wakes starts an election: those are rationed.
+            if decision == Decision::Active && group.is_quiet() && inputs.role != Role::Leader {
+                campaigns.push((group, why, seen_active_at, inputs.first_candidate));
+                continue;
+            }
             group.apply(decision, why, seen_active_at);
+            quiet_count += usize::from(group.is_quiet());
+        }
+        let firsts: Vec<bool> = campaigns.iter().map(|c| c.3).collect();
+        for ((group, why, seen_active_at, _), wake) in campaigns
+            .into_iter()
+            .zip(ration_wakes(&firsts, MAX_CAMPAIGN_WAKES_PER_PASS))
+        {
+            group.apply(
+                if wake { Decision::Active } else { Decision::Keep },
+                why,
+                seen_active_at,
+            );
             quiet_count += usize::from(group.is_quiet());
         }
         quiet_count
