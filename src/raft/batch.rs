@@ -287,12 +287,13 @@ impl RaftSender {
 
     fn enqueue(&self, addr: &str, queued: Queued) -> Result<(), TransportError> {
         let mut peers = self.inner.peers.lock().unwrap();
-        let queue = peers.entry(addr.to_string()).or_insert_with(|| {
+        // Looked up by `&str` first: no allocation per message on the hot path.
+        if !peers.contains_key(addr) {
             let (tx, rx) = mpsc::channel(MAX_QUEUED_PER_PEER);
             tokio::spawn(run_peer(self.inner.clone(), addr.to_string(), rx));
-            tx
-        });
-        queue.try_send(queued).map_err(|e| TransportError::Io {
+            peers.insert(addr.to_string(), tx);
+        }
+        peers[addr].try_send(queued).map_err(|e| TransportError::Io {
             addr: addr.to_string(),
             message: match e {
                 mpsc::error::TrySendError::Full(_) => {
