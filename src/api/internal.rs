@@ -322,12 +322,12 @@ pub async fn raft_batch(State(node): State<Arc<Api>>, request: Request) -> Resul
     let answer = |item: BatchItem| {
         let node = &node;
         async move {
-            let result = if item.body.len() > message_limit(node, item.op) {
+            let limit = message_limit(node, item.op);
+            let result = if item.body.len() > limit {
                 Err(ApiError::payload_too_large(format!(
-                    "a raft {} of {} bytes is over its limit of {} bytes",
+                    "a raft {} of {} bytes is over its limit of {limit} bytes",
                     item.op.name(),
                     item.body.len(),
-                    message_limit(node, item.op)
                 )))
             } else {
                 raft_message(node, item.group, item.op, &item.body).await
