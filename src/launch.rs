@@ -169,6 +169,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     // Before any group starts: a metric recorded with no recorder installed is dropped,
     // and the leader gauges count by increments (a PD leader elected early went uncounted).
     crate::api::install_metrics();
+    crate::telemetry::register_node(&config.node_id.to_string());
     let raft_config = Arc::new(config.raft_config().map_err(StartError::Config)?);
     let db_path = config.data_dir.join("db");
     let client = http_client(config.net, config.tls.as_ref().map(|t| t.client.clone()));

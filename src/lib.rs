@@ -17,5 +17,6 @@ pub mod shard;
 pub mod sim_cli;
 #[path = "../simulation/mod.rs"]
 pub mod simulation;
+pub mod telemetry;
 
 pub use api::client;

@@ -380,6 +380,7 @@ async fn execute(node: &Arc<Api>, call: KvCall, forward: &Forward, deadline: Ins
         tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
     }
     if proposed {
+        proposal_failed(node, "timeout");
         Err(ApiError::timeout(
             "the write was proposed but not confirmed in time; it may or may not have happened",
         ))
@@ -426,7 +427,12 @@ async fn serve_on_leader(
                         *proposed = false;
                         Ok(Attempt::Wait)
                     }
-                    ShardReply::Kv(result) => Ok(Attempt::Done(write_response(op, group.id, result))),
+                    ShardReply::Kv(result) => {
+                        if matches!(result, KvResult::Written { .. } | KvResult::Deleted { .. }) {
+                            metrics::counter!("midasflow_kv_writes_total", "node" => node.label()).increment(1);
+                        }
+                        Ok(Attempt::Done(write_response(op, group.id, result)))
+                    }
                     other => Err(ApiError::internal(format!("unexpected apply result {other:?}"))),
                 },
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
@@ -435,11 +441,17 @@ async fn serve_on_leader(
                     *proposed = false;
                     Ok(f.leader_id.map_or(Attempt::Wait, Attempt::Redirect))
                 }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ApiError::timeout(format!(
-                    "leadership moved to {:?} while the write was proposed; it may or may not have happened",
-                    f.leader_id
-                ))),
-                Err(e) => Err(ApiError::timeout(format!("write outcome unknown: {e}"))),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    proposal_failed(node, "leader_changed");
+                    Err(ApiError::timeout(format!(
+                        "leadership moved to {:?} while the write was proposed; it may or may not have happened",
+                        f.leader_id
+                    )))
+                }
+                Err(e) => {
+                    proposal_failed(node, "error");
+                    Err(ApiError::timeout(format!("write outcome unknown: {e}")))
+                }
             }
         }
         _ => match group.raft.ensure_linearizable().await {
@@ -454,6 +466,12 @@ async fn serve_on_leader(
             Err(e) => Err(ApiError::unavailable(format!("cannot confirm leadership: {e}"))),
         },
     }
+}
+
+/// A proposal whose outcome this node could not confirm (`reason` is one of
+/// [`crate::telemetry::PROPOSAL_FAILURE_REASONS`]).
+fn proposal_failed(node: &Api, reason: &'static str) {
+    metrics::counter!("midasflow_raft_proposals_failed_total", "node" => node.label(), "reason" => reason).increment(1);
 }
 
 fn write_response(op: &KvOp, shard: GroupId, result: KvResult) -> Response {

@@ -34,7 +34,7 @@ pub fn install_metrics() -> &'static PrometheusHandle {
         let latency_buckets = [
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
-        PrometheusBuilder::new()
+        let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)
             .and_then(|b| {
                 b.set_buckets_for_metric(
@@ -44,7 +44,9 @@ pub fn install_metrics() -> &'static PrometheusHandle {
             })
             .expect("valid buckets")
             .install_recorder()
-            .expect("install the Prometheus recorder")
+            .expect("install the Prometheus recorder");
+        crate::telemetry::describe();
+        handle
     })
 }
 

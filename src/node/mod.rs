@@ -577,8 +577,7 @@ impl Node {
                 _ = stop.changed() => return,
             }
             self.sync_with_pd().await;
-            metrics::gauge!("midasflow_storage_size_bytes", "node" => label.clone())
-                .set(self.shards.storage_bytes() as f64);
+            crate::telemetry::record_disk(&label, &self.config.data_dir, self.shards.storage_bytes());
         }
     }
 

@@ -310,6 +310,11 @@ pub async fn run<H: PdHost>(node: Arc<H>, mut stop: watch::Receiver<bool>) {
             let mut state = node.pd_state();
             state.last_seen.clear();
             state.leading_since = is_leader.then(Instant::now);
+            drop(state);
+            metrics::gauge!("midasflow_pd_is_leader", "node" => node.label()).set(if is_leader { 1.0 } else { 0.0 });
+            if !is_leader {
+                crate::telemetry::clear_pd_gauges(&node.label());
+            }
         }
         let Some(snap) = snapshot(node.as_ref()) else { continue };
         if !snap.map.is_bootstrapped() {
@@ -331,19 +336,19 @@ pub async fn run<H: PdHost>(node: Arc<H>, mut stop: watch::Receiver<bool>) {
 /// Cluster-level gauges, exported by the PD leader only (so alerts fire once).
 fn publish_gauges<H: PdHost>(node: &H, snap: &Snapshot) {
     let label = node.label();
-    let view = snap.view();
-    let under_replicated = snap
-        .map
-        .shards
-        .values()
-        .filter(|s| {
-            s.replicas.len() < super::REPLICATION_FACTOR
-                || s.replicas.iter().any(|r| scheduler::health(&view, *r) != Health::Up)
-        })
-        .count();
-    metrics::gauge!("midasflow_pd_shards", "node" => label.clone()).set(snap.map.shards.len() as f64);
-    metrics::gauge!("midasflow_pd_under_replicated_shards", "node" => label.clone()).set(under_replicated as f64);
-    metrics::gauge!("midasflow_pd_operators_running", "node" => label.clone()).set(snap.map.operators.len() as f64);
+    let health = scheduler::cluster_health(&snap.view());
+    for (name, value) in [
+        ("midasflow_pd_shards", health.shards),
+        ("midasflow_pd_under_replicated_shards", health.under_replicated),
+        ("midasflow_pd_shards_without_leader", health.without_leader),
+        ("midasflow_pd_shards_quorum_lost", health.quorum_lost),
+        ("midasflow_pd_operators_running", snap.map.operators.len()),
+    ] {
+        metrics::gauge!(name, "node" => label.clone()).set(value as f64);
+    }
+    for (state, count) in Health::ALL.iter().zip(health.nodes) {
+        metrics::gauge!("midasflow_pd_nodes", "node" => label.clone(), "state" => state.word()).set(count as f64);
+    }
     let replicas = scheduler::replica_counts(&snap.map);
     for (id, count) in replicas {
         metrics::gauge!("midasflow_pd_node_replicas", "node" => label.clone(), "store" => id.to_string())

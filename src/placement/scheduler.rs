@@ -71,7 +71,9 @@ pub enum Health {
 }
 
 impl Health {
-    fn word(self) -> &'static str {
+    pub const ALL: [Health; 4] = [Health::Up, Health::Down, Health::Draining, Health::Removed];
+
+    pub fn word(self) -> &'static str {
         match self {
             Health::Up => "up",
             Health::Down => "down",
@@ -98,6 +100,48 @@ pub fn health(view: &View, node: NodeId) -> Health {
             }
         }
     }
+}
+
+/// The cluster's state in numbers, as the PD leader exports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterHealth {
+    pub shards: usize,
+    /// Fewer replicas than the replication factor, or a replica on a node not up.
+    pub under_replicated: usize,
+    /// No leader report, or the reported leader's node is down or removed.
+    pub without_leader: usize,
+    /// Fewer than a majority of the replicas on live (up or draining) nodes.
+    pub quorum_lost: usize,
+    /// Nodes of the map by health, in [`Health::ALL`] order.
+    pub nodes: [usize; 4],
+}
+
+pub fn cluster_health(view: &View) -> ClusterHealth {
+    let alive = |node: NodeId| matches!(health(view, node), Health::Up | Health::Draining);
+    let mut counts = ClusterHealth {
+        shards: view.map.shards.len(),
+        ..Default::default()
+    };
+    for shard in view.map.shards.values() {
+        let live = shard.replicas.iter().filter(|r| alive(**r)).count();
+        if shard.replicas.len() < super::REPLICATION_FACTOR
+            || shard.replicas.iter().any(|r| health(view, *r) != Health::Up)
+        {
+            counts.under_replicated += 1;
+        }
+        if live < shard.replicas.len() / 2 + 1 {
+            counts.quorum_lost += 1;
+        }
+        let leader = view.shards.get(&shard.id).and_then(|s| s.leader);
+        if !leader.is_some_and(|l| alive(l) && shard.replicas.contains(&l)) {
+            counts.without_leader += 1;
+        }
+    }
+    for id in view.map.nodes.keys() {
+        let state = health(view, *id);
+        counts.nodes[Health::ALL.iter().position(|h| *h == state).unwrap_or(0)] += 1;
+    }
+    counts
 }
 
 /// Replicas plus learners on every node that is not removed (0 for empty nodes).
@@ -698,6 +742,10 @@ mod tests {
             }
         }
 
+        fn health(&self) -> ClusterHealth {
+            cluster_health(&self.view())
+        }
+
         fn view(&self) -> View<'_> {
             View {
                 map: &self.map,
@@ -1002,5 +1050,38 @@ mod tests {
         let mut f = cluster(3, 3, &[Join(4), Down(2), Down(3)]);
         f.map.pd_group.replicas = vec![1, 2, 3];
         assert!(findings(&f.plan(), "replica").contains("shard 0 has lost quorum"));
+    }
+
+    #[test]
+    fn cluster_health_counts_what_alerts_need() {
+        let healthy = cluster(3, 4, &[]).health();
+        assert_eq!(
+            healthy,
+            ClusterHealth {
+                shards: 4,
+                nodes: [3, 0, 0, 0],
+                ..Default::default()
+            }
+        );
+        // One of three nodes down: every shard is under-replicated, quorum holds, and the
+        // shards it led have no live leader.
+        let one_down = cluster(3, 4, &[Down(1)]);
+        let led_by_1 = one_down.stats.values().filter(|s| s.leader == Some(1)).count();
+        let one_down = one_down.health();
+        assert_eq!(one_down.under_replicated, 4);
+        assert_eq!(one_down.quorum_lost, 0);
+        assert_eq!(one_down.without_leader, led_by_1);
+        assert_eq!(one_down.nodes, [2, 1, 0, 0]);
+        assert_eq!(cluster(3, 4, &[Down(1), AllLedBy(1)]).health().without_leader, 4);
+        assert_eq!(cluster(3, 4, &[Down(1), AllLedBy(2)]).health().without_leader, 0);
+        // Two down: quorum is lost everywhere.
+        let two_down = cluster(3, 4, &[Down(1), Down(2)]).health();
+        assert_eq!(two_down.quorum_lost, 4);
+        assert_eq!(two_down.nodes, [1, 2, 0, 0]);
+        // Draining still serves: not a lost quorum, not a lost leader; under-replicated.
+        let draining = cluster(3, 2, &[State(3, NodeState::Draining), AllLedBy(3)]).health();
+        assert_eq!((draining.quorum_lost, draining.without_leader), (0, 0));
+        assert_eq!(draining.under_replicated, 2);
+        assert_eq!(draining.nodes, [2, 0, 1, 0]);
     }
 }

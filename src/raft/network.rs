@@ -334,7 +334,13 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         rpc: InstallSnapshotRequest<Config<K>>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.call_alone("snapshot", &rpc, &option).await
+        let last_chunk = rpc.done;
+        let answer = self.call_alone("snapshot", &rpc, &option).await;
+        if last_chunk && answer.is_ok() {
+            metrics::counter!("midasflow_raft_snapshot_sends_total", "node" => self.sender.credentials().node_id.to_string())
+                .increment(1);
+        }
+        answer
     }
 
     async fn vote(

@@ -421,7 +421,7 @@ impl<K: GroupKind> Registry<K> {
         });
         self.groups.write().unwrap().insert(group, created.clone());
         self.spawn_monitor(created.clone());
-        metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone())
+        metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone(), "kind" => K::NAME)
             .set(self.groups.read().unwrap().len() as f64);
         tracing::info!(group, kind = K::NAME, "replica started");
         Ok(created)
@@ -477,7 +477,8 @@ impl<K: GroupKind> Registry<K> {
                 (last_membership, first) = (membership, false);
                 if was_leading != leading {
                     let delta = if leading { 1.0 } else { -1.0 };
-                    metrics::gauge!("midasflow_raft_leaders", "node" => label.clone()).increment(delta);
+                    metrics::gauge!("midasflow_raft_leaders", "node" => label.clone(), "kind" => K::NAME)
+                        .increment(delta);
                 }
                 if changed || was_leading != leading {
                     probe.emit(|| NodeEvent::Leadership {
@@ -521,7 +522,8 @@ impl<K: GroupKind> Registry<K> {
                 };
                 if stopped {
                     if group.is_leader.swap(false, Ordering::Relaxed) {
-                        metrics::gauge!("midasflow_raft_leaders", "node" => label.clone()).decrement(1.0);
+                        metrics::gauge!("midasflow_raft_leaders", "node" => label.clone(), "kind" => K::NAME)
+                            .decrement(1.0);
                     }
                     return;
                 }
@@ -537,6 +539,7 @@ impl<K: GroupKind> Registry<K> {
     /// replicas are quiet.
     pub fn tend(&self, quiet: Option<(&dyn NodeView, u64)>) -> usize {
         let mut quiet_count = 0;
+        let mut without_leader = 0;
         let mut campaigns = Vec::new();
         for group in self.all() {
             let (inputs, seen_active_at, compact) = {
@@ -593,6 +596,7 @@ impl<K: GroupKind> Registry<K> {
                 if role != Role::Other {
                     group.starting.store(false, Ordering::Relaxed);
                 }
+                without_leader += usize::from(!leading && leader.is_none());
                 let applied = m.last_applied.map_or(0, |l| l.index);
                 (inputs, seen_active_at, leading && m.snapshot.is_none() && applied >= 1)
             };
@@ -632,6 +636,8 @@ impl<K: GroupKind> Registry<K> {
             );
             quiet_count += usize::from(group.is_quiet());
         }
+        metrics::gauge!("midasflow_raft_groups_without_leader", "node" => self.label.clone(), "kind" => K::NAME)
+            .set(without_leader as f64);
         quiet_count
     }
 
@@ -655,7 +661,7 @@ impl<K: GroupKind> Registry<K> {
             .flush()
             .await
             .map_err(|e| RegistryError::Storage(e.to_string()))?;
-        metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone())
+        metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone(), "kind" => K::NAME)
             .set(self.groups.read().unwrap().len() as f64);
         Ok(())
     }
