@@ -36,6 +36,14 @@ use Kind::{Counter, Gauge, Histogram};
 /// Values a `reason` label of `midasflow_raft_proposals_failed_total` takes.
 pub const PROPOSAL_FAILURE_REASONS: [&str; 3] = ["leader_changed", "timeout", "error"];
 
+/// Why an internal RPC is refused (`midasflow_rpc_rejected_total{reason}`).
+pub const RPC_REJECT_REASONS: [&str; 3] = ["missing_identity", "wrong_cluster", "wrong_incarnation"];
+
+/// Operator types and outcomes (`midasflow_pd_operators_*_total{type, outcome}`), as
+/// `OperatorKind::name` and the executor's outcome words spell them.
+pub const OPERATOR_TYPES: [&str; 4] = ["move_replica", "add_replica", "transfer_leader", "split"];
+pub const OPERATOR_OUTCOMES: [&str; 3] = ["succeeded", "failed", "cancelled"];
+
 /// States counted by `midasflow_pd_nodes`.
 pub const NODE_STATES: [&str; 4] = ["up", "down", "draining", "removed"];
 
@@ -338,6 +346,31 @@ pub fn register_node(label: &str) {
         metrics::gauge!("midasflow_raft_leaders", "node" => node.clone(), "kind" => kind).increment(0.0);
         metrics::gauge!("midasflow_raft_groups_without_leader", "node" => node.clone(), "kind" => kind).set(0.0);
     }
+    for wake in crate::raft::registry::Wake::ALL {
+        metrics::counter!("midasflow_raft_group_wakeups_total", "node" => node.clone(), "reason" => wake.name())
+            .increment(0);
+    }
+    for reason in RPC_REJECT_REASONS {
+        metrics::counter!("midasflow_rpc_rejected_total", "node" => node.clone(), "reason" => reason).increment(0);
+    }
+    for kind in OPERATOR_TYPES {
+        metrics::counter!("midasflow_pd_operators_started_total", "node" => node.clone(), "type" => kind).increment(0);
+        for outcome in OPERATOR_OUTCOMES {
+            metrics::counter!("midasflow_pd_operators_finished_total", "node" => node.clone(), "type" => kind, "outcome" => outcome)
+                .increment(0);
+        }
+    }
+    for name in [
+        "midasflow_pd_splits_total",
+        "midasflow_raft_heartbeat_rpcs_total",
+        "midasflow_raft_vote_rpcs_total",
+        "midasflow_raft_batches_total",
+        "midasflow_raft_batched_messages_total",
+    ] {
+        metrics::counter!(name, "node" => node.clone()).increment(0);
+    }
+    metrics::counter!("midasflow_http_handler_panics_total").increment(0);
+    metrics::gauge!("midasflow_raft_quiet_groups", "node" => node.clone()).set(0.0);
     metrics::gauge!("midasflow_pd_is_leader", "node" => node.clone()).set(0.0);
     clear_pd_gauges(label);
 }

@@ -62,7 +62,9 @@ pub enum Wake {
 }
 
 impl Wake {
-    fn name(self) -> &'static str {
+    pub const ALL: [Wake; 3] = [Wake::Request, Wake::LeaderLost, Wake::Activity];
+
+    pub fn name(self) -> &'static str {
         match self {
             Wake::Request => "request",
             Wake::LeaderLost => "leader_lost",

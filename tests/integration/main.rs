@@ -10,6 +10,7 @@ mod harness;
 mod hostile;
 mod identity;
 mod kv;
+mod ops;
 mod placement;
 mod powercut_fs;
 mod quiet;
