@@ -4,6 +4,7 @@ pub mod client;
 pub mod error;
 pub mod internal;
 pub mod kv;
+pub mod openapi;
 pub mod placement;
 pub mod server;
 
@@ -84,6 +85,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/shards", get(shards))
         .route("/v1/shards/{id}", get(shard))
         .route("/v1/stats", get(stats))
+        .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/nodes/{id}", axum::routing::delete(placement::remove_node))
         .route(
             "/v1/nodes/{id}/drain",

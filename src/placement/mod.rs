@@ -42,7 +42,7 @@ pub const REPLICATION_FACTOR: usize = 3;
 pub use crate::shard::key_hash;
 
 /// The stored part of a node's state; `suspect` and `down` are derived from liveness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
     Up,

@@ -88,7 +88,7 @@ impl OperatorKind {
 }
 
 /// Who asked for an operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     Scheduler,
@@ -96,7 +96,7 @@ pub enum Origin {
 }
 
 /// Where a running operator is. Steps only move forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     /// Recorded; nothing done yet.
@@ -152,7 +152,7 @@ pub struct FinishedOperator {
 
 /// Scheduler settings: seeded at bootstrap from `midasflow server` flags, changed at run
 /// time through `PUT /v1/schedule/config`. Stored in the PD state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleSettings {
     /// No new scheduler operators while paused (manual ones and running ones continue).
     pub paused: bool,

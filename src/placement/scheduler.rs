@@ -47,7 +47,8 @@ pub struct Proposal {
     pub shard_epoch: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One checker's findings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub checker: &'static str,
     /// One line per finding: what it would do and why, or why nothing ("nothing to do: ...").
@@ -61,7 +62,7 @@ pub struct Plan {
 }
 
 /// Node health as the scheduler sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     Up,
