@@ -239,7 +239,7 @@ pub const CATALOGUE: &[MetricDoc] = &[
         "midasflow_pd_is_leader",
         Gauge,
         "",
-        "1 on the node leading the placement driver, 0 elsewhere.",
+        "1 on the placement driver's leader while it hears from a majority of the PD voters, 0 elsewhere.",
     ),
     doc(
         "midasflow_pd_shards",
@@ -257,7 +257,7 @@ pub const CATALOGUE: &[MetricDoc] = &[
         "midasflow_pd_shards_without_leader",
         Gauge,
         "",
-        "Shards whose replicas report no leader (PD leader only).",
+        "Shards with no leader report in the last 2 s, or whose leader's node is down (PD leader only).",
     ),
     doc(
         "midasflow_pd_shards_quorum_lost",
@@ -372,12 +372,13 @@ pub fn register_node(label: &str) {
     metrics::counter!("midasflow_http_handler_panics_total").increment(0);
     metrics::gauge!("midasflow_raft_quiet_groups", "node" => node.clone()).set(0.0);
     metrics::gauge!("midasflow_pd_is_leader", "node" => node.clone()).set(0.0);
-    clear_pd_gauges(label);
+    clear_pd_gauges(label, std::iter::empty());
 }
 
-/// A node that does not lead the PD exports zeros for the cluster-level gauges: its last
-/// numbers as leader would be stale, and alerts select the leader anyway.
-pub fn clear_pd_gauges(label: &str) {
+/// A node that does not lead the PD exports zeros for the cluster-level gauges (`stores`:
+/// the nodes its per-store gauges may name): its last numbers as leader would be stale,
+/// and alerts select the leader anyway.
+pub fn clear_pd_gauges(label: &str, stores: impl Iterator<Item = u64>) {
     let node = label.to_string();
     for name in [
         "midasflow_pd_shards",
@@ -390,6 +391,11 @@ pub fn clear_pd_gauges(label: &str) {
     }
     for state in NODE_STATES {
         metrics::gauge!("midasflow_pd_nodes", "node" => node.clone(), "state" => state).set(0.0);
+    }
+    for store in stores {
+        for name in ["midasflow_pd_node_replicas", "midasflow_pd_node_leaders"] {
+            metrics::gauge!(name, "node" => node.clone(), "store" => store.to_string()).set(0.0);
+        }
     }
 }
 

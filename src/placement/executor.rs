@@ -67,7 +67,22 @@ pub fn snapshot<H: PdHost>(node: &H) -> Option<Snapshot> {
         leading_for_ms: state
             .leading_since
             .map_or(0, |t| now.duration_since(t).as_millis() as u64),
-        shards: state.shard_stats.iter().map(|(s, l)| (*s, l.stats.clone())).collect(),
+        shards: state
+            .shard_stats
+            .iter()
+            .map(|(s, l)| {
+                let report_age_ms = l
+                    .reported_at
+                    .map_or(u64::MAX, |t| now.duration_since(t).as_millis() as u64);
+                (
+                    *s,
+                    ShardStats {
+                        report_age_ms,
+                        ..l.stats.clone()
+                    },
+                )
+            })
+            .collect(),
     })
 }
 
@@ -298,6 +313,7 @@ async fn schedule<H: PdHost>(node: &H, snap: &Snapshot) -> usize {
 pub async fn run<H: PdHost>(node: Arc<H>, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(EXECUTOR_TICK_MS));
     let mut leading = false;
+    let mut exporting = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -310,17 +326,23 @@ pub async fn run<H: PdHost>(node: Arc<H>, mut stop: watch::Receiver<bool>) {
             let mut state = node.pd_state();
             state.last_seen.clear();
             state.leading_since = is_leader.then(Instant::now);
-            drop(state);
-            metrics::gauge!("midasflow_pd_is_leader", "node" => node.label()).set(if is_leader { 1.0 } else { 0.0 });
-            if !is_leader {
-                crate::telemetry::clear_pd_gauges(&node.label());
+        }
+        let snap = snapshot(node.as_ref()).filter(|s| s.map.is_bootstrapped());
+        // Cluster gauges come from one node, a leader that still hears a quorum of the PD.
+        let export = snap
+            .as_ref()
+            .is_some_and(|s| scheduler::pd_quorum_heard(&s.view(), scheduler::LEADER_REPORT_STALE_MS));
+        if export != exporting {
+            exporting = export;
+            metrics::gauge!("midasflow_pd_is_leader", "node" => node.label()).set(if export { 1.0 } else { 0.0 });
+            if !export {
+                crate::telemetry::clear_pd_gauges(&node.label(), node.map().nodes.keys().copied());
             }
         }
-        let Some(snap) = snapshot(node.as_ref()) else { continue };
-        if !snap.map.is_bootstrapped() {
-            continue;
+        let Some(snap) = snap else { continue };
+        if export {
+            publish_gauges(node.as_ref(), &snap);
         }
-        publish_gauges(node.as_ref(), &snap);
         let executor = node.pd_server().executor();
         for operator in snap.map.operators.keys() {
             if executor.lock().unwrap().active.insert(*operator) {
@@ -349,13 +371,17 @@ fn publish_gauges<H: PdHost>(node: &H, snap: &Snapshot) {
     for (state, count) in Health::ALL.iter().zip(health.nodes) {
         metrics::gauge!("midasflow_pd_nodes", "node" => label.clone(), "state" => state.word()).set(count as f64);
     }
+    // Every node of the map, removed ones at 0, so no store keeps a stale count.
     let replicas = scheduler::replica_counts(&snap.map);
-    for (id, count) in replicas {
+    for id in snap.map.nodes.keys() {
         metrics::gauge!("midasflow_pd_node_replicas", "node" => label.clone(), "store" => id.to_string())
-            .set(count as f64);
+            .set(replicas.get(id).copied().unwrap_or(0) as f64);
     }
     let mut leaders: BTreeMap<NodeId, usize> = BTreeMap::new();
     for stats in snap.shards.values() {
+        if stats.report_age_ms > scheduler::LEADER_REPORT_STALE_MS {
+            continue;
+        }
         if let Some(leader) = stats.leader {
             *leaders.entry(leader).or_default() += 1;
         }

@@ -25,7 +25,15 @@ pub struct ShardStats {
     /// Where the leader would split the shard: the median hash of its keys (reported
     /// only while the shard is over a split threshold).
     pub split_at: Option<u64>,
+    /// How long ago the leader last reported (the map of stats keeps a leader that went
+    /// silent, so `cluster_health` needs the age).
+    #[serde(skip)]
+    pub report_age_ms: u64,
 }
+
+/// A leader report older than this (5 node heartbeats) no longer shows the shard has a
+/// leader.
+pub const LEADER_REPORT_STALE_MS: u64 = 2_000;
 
 /// What the PD leader knows beyond the map.
 pub struct View<'a> {
@@ -109,7 +117,7 @@ pub struct ClusterHealth {
     pub shards: usize,
     /// Fewer replicas than the replication factor, or a replica on a node not up.
     pub under_replicated: usize,
-    /// No leader report, or the reported leader's node is down or removed.
+    /// No recent leader report, or the reported leader's node is down or removed.
     pub without_leader: usize,
     /// Fewer than a majority of the replicas on live (up or draining) nodes.
     pub quorum_lost: usize,
@@ -133,7 +141,11 @@ pub fn cluster_health(view: &View) -> ClusterHealth {
         if live < shard.replicas.len() / 2 + 1 {
             counts.quorum_lost += 1;
         }
-        let leader = view.shards.get(&shard.id).and_then(|s| s.leader);
+        let leader = view
+            .shards
+            .get(&shard.id)
+            .filter(|s| s.report_age_ms <= LEADER_REPORT_STALE_MS)
+            .and_then(|s| s.leader);
         if !leader.is_some_and(|l| alive(l) && shard.replicas.contains(&l)) {
             counts.without_leader += 1;
         }
@@ -143,6 +155,18 @@ pub fn cluster_health(view: &View) -> ClusterHealth {
         counts.nodes[Health::ALL.iter().position(|h| *h == state).unwrap_or(0)] += 1;
     }
     counts
+}
+
+/// Whether this PD leader has heard from a majority of the PD's voters (itself included)
+/// within `within_ms`. openraft 0.9 keeps a leader cut off from its peers in its role until
+/// it hears a higher term; such a leader must not speak for the cluster in its metrics.
+pub fn pd_quorum_heard(view: &View, within_ms: u64) -> bool {
+    let voters = &view.map.pd_group.replicas;
+    let heard = voters
+        .iter()
+        .filter(|v| view.last_seen_ms.get(v).copied().unwrap_or(view.leading_for_ms) <= within_ms)
+        .count();
+    heard > voters.len() / 2
 }
 
 /// Replicas plus learners on every node that is not removed (0 for empty nodes).
@@ -880,6 +904,7 @@ mod tests {
             qps,
             hot_secs,
             split_at: None,
+            report_age_ms: 0,
         };
         let cases = [
             (stats(10, 10, 10, 0), None),
@@ -1075,6 +1100,10 @@ mod tests {
         assert_eq!(one_down.nodes, [2, 1, 0, 0]);
         assert_eq!(cluster(3, 4, &[Down(1), AllLedBy(1)]).health().without_leader, 4);
         assert_eq!(cluster(3, 4, &[Down(1), AllLedBy(2)]).health().without_leader, 0);
+        // A leader that stopped reporting (an election in progress, say) is no leader.
+        let mut silent = cluster(3, 4, &[]);
+        silent.stats.get_mut(&1).unwrap().report_age_ms = LEADER_REPORT_STALE_MS + 1;
+        assert_eq!(silent.health().without_leader, 1);
         // Two down: quorum is lost everywhere.
         let two_down = cluster(3, 4, &[Down(1), Down(2)]).health();
         assert_eq!(two_down.quorum_lost, 4);
@@ -1084,5 +1113,26 @@ mod tests {
         assert_eq!((draining.quorum_lost, draining.without_leader), (0, 0));
         assert_eq!(draining.under_replicated, 2);
         assert_eq!(draining.nodes, [2, 0, 1, 0]);
+    }
+
+    #[test]
+    fn a_pd_leader_cut_off_from_its_voters_does_not_speak_for_the_cluster() {
+        let mut f = cluster(3, 1, &[]);
+        f.map.pd_group.replicas = vec![1, 2, 3];
+        f.seen.insert(1, 0);
+        assert!(pd_quorum_heard(&f.view(), 2_000));
+        f.seen.insert(2, 5_000);
+        assert!(
+            pd_quorum_heard(&f.view(), 2_000),
+            "one voter silent: a majority still heard"
+        );
+        f.seen.insert(3, 5_000);
+        assert!(!pd_quorum_heard(&f.view(), 2_000), "only itself heard");
+        // Unheard voters count from the start of the leadership.
+        f.seen.retain(|n, _| *n == 1);
+        f.leading_for_ms = 500;
+        assert!(pd_quorum_heard(&f.view(), 2_000));
+        f.leading_for_ms = 5_000;
+        assert!(!pd_quorum_heard(&f.view(), 2_000));
     }
 }

@@ -98,6 +98,7 @@ pub struct PdLeaderState {
 #[derive(Debug, Clone, Default)]
 pub struct ShardLoad {
     pub stats: crate::placement::scheduler::ShardStats,
+    pub reported_at: Option<Instant>,
     last_ops: Option<(Instant, u64)>,
     hot_since: Option<Instant>,
 }
@@ -107,6 +108,7 @@ impl ShardLoad {
     /// least a second apart.
     fn record(&mut self, led: &LedGroup, leader: NodeId, now: Instant, split_qps: u64) {
         self.stats.leader = Some(leader);
+        self.reported_at = Some(now);
         self.stats.keys = led.keys;
         self.stats.bytes = led.bytes;
         self.stats.split_at = led.split_at;
