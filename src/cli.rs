@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -79,6 +80,9 @@ pub struct DemoArgs {
     /// Port of node 1; node N listens on base_port + N - 1.
     #[arg(long, default_value_t = 7001)]
     pub base_port: u16,
+    /// Start the background load: one writer per node, writing and reading through it.
+    #[arg(long)]
+    pub load: bool,
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -497,7 +501,8 @@ pub async fn run_demo(args: DemoArgs) -> Result<(), String> {
     let initial_cluster: BTreeMap<u64, String> = (1..=args.nodes)
         .map(|id| (id, format!("127.0.0.1:{}", u64::from(args.base_port) + id - 1)))
         .collect();
-    let mut nodes: Vec<RunningNode> = Vec::new();
+    let (control, mut commands) = crate::demo::DemoControl::new(initial_cluster.clone(), args.load);
+    let mut configs = BTreeMap::new();
     for (id, addr) in &initial_cluster {
         let mut config = NodeConfig::new(
             *id,
@@ -506,39 +511,123 @@ pub async fn run_demo(args: DemoArgs) -> Result<(), String> {
             initial_cluster.clone(),
         );
         args.tuning.apply(&mut config)?;
-        match launch::start(config).await {
-            Ok(running) => nodes.push(running),
+        config.demo = Some(control.clone());
+        configs.insert(*id, config);
+    }
+    let mut nodes: BTreeMap<u64, RunningNode> = BTreeMap::new();
+    for (id, config) in &configs {
+        match launch::start(config.clone()).await {
+            Ok(running) => {
+                nodes.insert(*id, running);
+            }
             Err(e) => {
-                for started in nodes {
+                for started in nodes.into_values() {
                     started.shutdown().await;
                 }
+                let addr = &config.listen;
                 return Err(format!("node {id}: {e} (is port {addr} free? try --base-port)"));
             }
         }
     }
     let first = &initial_cluster[&1];
-    println!("midasflow demo: {} nodes, data in {}", args.nodes, data_dir.display());
-    println!("  insecure on purpose: plain HTTP on 127.0.0.1 only, no TLS, no tokens (see docs/security.md)");
-    for (id, addr) in &initial_cluster {
-        println!("  node {id}: http://{addr}   (metrics: http://{addr}/metrics)");
+    wait_until_serving(first).await;
+    let load = control.spawn_load();
+    print_demo_banner(&initial_cluster, &data_dir, args.load);
+    let stop = wait_for_stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some((command, reply)) = commands.recv() => {
+                let outcome = match command {
+                    crate::demo::NodeCommand::Crash(id) => match nodes.remove(&id) {
+                        Some(running) => {
+                            running.shutdown().await;
+                            Ok(())
+                        }
+                        None => Err(format!("node {id} is not running")),
+                    },
+                    crate::demo::NodeCommand::Restart(id) => restart_demo_node(&configs[&id]).await.map(|running| {
+                        nodes.insert(id, running);
+                    }),
+                };
+                let _ = reply.send(outcome);
+            }
+        }
     }
-    println!();
-    println!("Try:");
-    println!("  curl -X PUT --data-binary 'hello' http://{first}/v1/kv/greeting");
-    println!(
-        "  curl -i http://{}/v1/kv/greeting",
-        initial_cluster.values().last().unwrap()
-    );
-    println!("  curl http://{first}/v1/cluster");
-    println!();
-    println!("Ctrl-C stops the cluster.");
-    wait_for_stop_signal().await;
     println!("stopping...");
-    for running in nodes {
+    load.iter().for_each(|task| task.abort());
+    for running in nodes.into_values() {
         running.shutdown().await;
     }
     println!("stopped; data kept in {}", data_dir.display());
     Ok(())
+}
+
+/// Waits (up to a minute) until node `addr` reports a leader for every shard, so the
+/// banner is printed to a cluster that serves.
+async fn wait_until_serving(addr: &str) {
+    let client = crate::client::Client::new(&format!("http://{addr}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(reply) = client.get_path("/health").await {
+            let healthy = serde_json::from_slice::<serde_json::Value>(&reply.body)
+                .is_ok_and(|v| v["healthy"] == true && v["shards"].as_array().is_some_and(|s| !s.is_empty()));
+            if healthy {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A crashed node's data dir may stay locked for a moment while its last tasks end.
+async fn restart_demo_node(config: &NodeConfig) -> Result<RunningNode, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match launch::start(config.clone()).await {
+            Ok(running) => return Ok(running),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, node = config.node_id, "restart failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(format!("restarting node {}: {e}", config.node_id)),
+        }
+    }
+}
+
+/// The demo's banner: the last thing it prints once the cluster serves.
+fn print_demo_banner(nodes: &BTreeMap<u64, String>, data_dir: &std::path::Path, load: bool) {
+    let first = &nodes[&1];
+    let last = nodes.values().last().unwrap_or(first);
+    println!("midasflow demo: {} nodes, data in {}", nodes.len(), data_dir.display());
+    println!("  insecure on purpose: plain HTTP on 127.0.0.1 only, no TLS, no tokens (see docs/security.md)");
+    for (id, addr) in nodes {
+        println!("  node {id}: http://{addr}   (metrics: http://{addr}/metrics)");
+    }
+    println!();
+    println!("Console: http://{first}/ui");
+    println!();
+    println!("Try:");
+    println!("  curl -X PUT --data-binary 'hello' http://{first}/v1/kv/greeting");
+    println!("  curl -i http://{last}/v1/kv/greeting");
+    println!("  curl http://{first}/v1/cluster");
+    println!();
+    println!("Break it (or use the console's buttons), and watch leaders move:");
+    println!("  curl -X POST -d '{{\"kind\":\"isolate\",\"node\":2}}' http://{first}/v1/demo/faults");
+    println!("  curl -X POST -d '{{\"kind\":\"cut\",\"nodes\":[1,3]}}' http://{first}/v1/demo/faults");
+    println!(
+        "  curl -X POST -d '{{\"kind\":\"crash\",\"node\":3}}' http://{first}/v1/demo/faults   (then \"restart\")"
+    );
+    println!("  curl -X POST -d '{{\"kind\":\"heal\"}}' http://{first}/v1/demo/faults");
+    println!("  curl http://{first}/v1/demo/faults            # what is in force, and the load's counters");
+    if load {
+        println!("  Background load is on: one writer per node (toggle: POST /v1/demo/load {{\"enabled\":false}}).");
+    } else {
+        println!("  Background load: curl -X POST -d '{{\"enabled\":true}}' http://{first}/v1/demo/load (or --load)");
+    }
+    println!();
+    println!("Ctrl-C stops the cluster. RUST_LOG=info shows the nodes' logs.");
 }
 
 fn print_reply(reply: &crate::client::Reply) -> Result<(), String> {

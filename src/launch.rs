@@ -172,7 +172,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     crate::telemetry::register_node(&config.node_id.to_string());
     let raft_config = Arc::new(config.raft_config().map_err(StartError::Config)?);
     let db_path = config.data_dir.join("db");
-    let client = http_client(config.net, config.tls.as_ref().map(|t| t.client.clone()));
+    let mut client = http_client(config.net, config.tls.as_ref().map(|t| t.client.clone()));
+    if let Some(demo) = &config.demo {
+        client = client.with_link_filter(config.node_id, demo.clone());
+    }
     // Before anything opens a Raft group: is this data dir the node it claims to be?
     let (identity, recorded_cluster) = check_identity(&config, &client, &db_path).await?;
     // No background flushing: durability comes only from the group-commit flusher, and a

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bench_storage;
 pub mod cli;
 pub mod codec;
+pub mod demo;
 pub mod identity;
 pub mod launch;
 pub mod node;

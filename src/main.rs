@@ -18,6 +18,9 @@ fn main() {
     // A simulation's nodes fail on purpose all the time: it reports through its checkers.
     let default_filter = match cli.command {
         Command::Sim(_) => "off",
+        // A demo's user sees its banner, not peers failing to connect while nodes start
+        // or while they break the cluster on purpose; RUST_LOG shows everything.
+        Command::Demo(_) => "error,openraft=off",
         _ => "info,openraft=error",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));

@@ -1,12 +1,14 @@
 //! The public HTTP API (docs/API.md) and the internal routes, on one router.
 
 pub mod client;
+pub mod demo;
 pub mod error;
 pub mod internal;
 pub mod kv;
 pub mod openapi;
 pub mod placement;
 pub mod server;
+pub mod ui;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -95,6 +97,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/shards/{id}/split", post(placement::split_shard))
         .route("/v1/shards/{id}/transfer-leader", post(placement::transfer_leader))
         .route("/v1/operators", get(placement::operators))
+        .route("/v1/demo/faults", get(demo::faults).post(demo::inject))
+        .route("/v1/demo/load", post(demo::set_load))
         .route("/v1/schedule/explain", get(placement::explain))
         .route(
             "/v1/schedule/config",
@@ -109,6 +113,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/internal/pd/heartbeat", post(internal::pd_heartbeat))
         .route("/internal/identity", post(internal::identity_query))
         .route("/internal/admin/{group}", post(internal::admin))
+        .merge(ui::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
@@ -133,7 +138,7 @@ async fn authenticate(State(node): State<Arc<Api>>, request: Request, next: Next
         return next.run(request).await;
     };
     let path = request.uri().path();
-    if OPEN_ROUTES.contains(&path) || path.starts_with("/internal/") {
+    if OPEN_ROUTES.contains(&path) || path.starts_with("/internal/") || ui::is_console_path(path) {
         return next.run(request).await;
     }
     let presented = request

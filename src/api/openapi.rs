@@ -67,6 +67,9 @@ const TOKEN_SCHEME: &str = "api_token";
         docs::get_config,
         docs::put_config,
         docs::openapi_document,
+        docs::demo_faults,
+        docs::demo_inject,
+        docs::demo_load,
         docs::livez,
         docs::readyz,
         docs::health,
@@ -86,6 +89,8 @@ const TOKEN_SCHEME: &str = "api_token";
         (name = "placement", description = "Nodes, manual operators and the scheduler. Requests that need the \
             placement driver's leader are forwarded to it (one hop; `X-No-Forward` is not honoured here). \
             Request bodies are at most 16 KiB (`413 value_too_large` above)."),
+        (name = "demo", description = "Fault injection and background load, served by `midasflow demo`'s \
+            nodes only (`midasflow server` answers `404`). Bodies are at most 1 KiB."),
         (name = "probes", description = "Liveness, readiness, health and metrics: open without an API token."),
         (name = "meta", description = "This document."),
     ),
@@ -735,6 +740,53 @@ pub mod schema {
     #[derive(Serialize, ToSchema)]
     #[schema(value_type = String, format = Binary)]
     pub struct RawValue(Vec<u8>);
+
+    /// A fault to inject into the demo's cluster.
+    #[derive(Serialize, ToSchema)]
+    #[serde(tag = "kind", rename_all = "lowercase")]
+    pub enum DemoFault {
+        /// Cut every link between `node` and the others.
+        Isolate { node: u64 },
+        /// Cut the link between two nodes, both ways.
+        Cut { nodes: [u64; 2] },
+        /// Stop a node's server and replicas (its data stays).
+        Crash { node: u64 },
+        /// Start a crashed node again on its data.
+        Restart { node: u64 },
+        /// Restore every link and restart every crashed node.
+        Heal,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct DemoLoadSwitch {
+        pub enabled: bool,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct DemoState {
+        pub nodes: Vec<u64>,
+        pub isolated: Vec<u64>,
+        /// Cut links, each as `[lower id, higher id]`.
+        pub cut: Vec<[u64; 2]>,
+        pub crashed: Vec<u64>,
+        /// One line per fault in force, for people (`"node 2 isolated"`).
+        pub faults: Vec<String>,
+        pub load: DemoLoad,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct DemoLoad {
+        pub enabled: bool,
+        /// By node id: the background writer's successes and failures through that node.
+        pub per_node: std::collections::BTreeMap<String, DemoLoadCounters>,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct DemoLoadCounters {
+        pub ok: u64,
+        pub failed: u64,
+        pub last_error: Option<String>,
+    }
 }
 
 /// Documentation-only operations: each function stands for a route in `super::router`.
@@ -985,6 +1037,41 @@ pub mod docs {
             (status = 503, description = "`unavailable`: no known placement-driver leader, or it did not commit.", body = ErrorBody),
         ))]
     pub fn transfer_leader() {}
+
+    /// Faults in force in the demo, and its background load
+    #[utoipa::path(get, path = "/v1/demo/faults", tag = "demo", operation_id = "get_demo_faults",
+        responses(
+            (status = 200, description = "The faults in force and the load's counters.", body = DemoState),
+            (status = 404, description = "`not_found`: not a demo node.", body = ErrorBody),
+        ))]
+    pub fn demo_faults() {}
+
+    /// Inject a fault into the demo's cluster
+    ///
+    /// Isolating a node or cutting a link drops the requests between nodes on purpose; a
+    /// crash stops a node's server and replicas, and returns once it has.
+    #[utoipa::path(post, path = "/v1/demo/faults", tag = "demo", operation_id = "inject_demo_fault",
+        request_body = DemoFault,
+        responses(
+            (status = 200, description = "The faults now in force.", body = DemoState),
+            (status = 400, description = "`bad_request`: not a fault, an unknown node, or a restart of a running node.", body = ErrorBody),
+            (status = 404, description = "`not_found`: not a demo node.", body = ErrorBody),
+            (status = 408, description = "`request_timeout`: the body did not arrive in time.", body = ErrorBody),
+            (status = 413, description = "`value_too_large`: a body over 1 KiB.", body = ErrorBody),
+        ))]
+    pub fn demo_inject() {}
+
+    /// Start or stop the demo's background load
+    #[utoipa::path(post, path = "/v1/demo/load", tag = "demo", operation_id = "set_demo_load",
+        request_body = DemoLoadSwitch,
+        responses(
+            (status = 200, description = "The demo's state, with the load switched.", body = DemoState),
+            (status = 400, description = "`bad_request`: not `{\"enabled\": bool}`.", body = ErrorBody),
+            (status = 404, description = "`not_found`: not a demo node.", body = ErrorBody),
+            (status = 408, description = "`request_timeout`: the body did not arrive in time.", body = ErrorBody),
+            (status = 413, description = "`value_too_large`: a body over 1 KiB.", body = ErrorBody),
+        ))]
+    pub fn demo_load() {}
 
     /// Operators running and finished
     #[utoipa::path(get, path = "/v1/operators", tag = "placement", operation_id = "list_operators",

@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub rng_seed: Option<u64>,
     /// Watches the node from outside (simulation checkers); `None` in production.
     pub observer: Option<Arc<dyn Observer>>,
+    /// `midasflow demo`'s fault injection: its link filter and `/v1/demo/*` routes.
+    pub demo: Option<Arc<crate::demo::DemoControl>>,
     /// A deliberate bug for proving the simulation's checkers can fail. Honoured only in
     /// debug builds (`cfg!(debug_assertions)`); no CLI flag of `server` or `demo` sets it.
     pub planted_bug: Option<PlantedBug>,
@@ -282,6 +284,7 @@ impl NodeConfig {
             cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
             rng_seed: None,
             observer: None,
+            demo: None,
             planted_bug: None,
         }
     }

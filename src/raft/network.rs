@@ -131,6 +131,12 @@ pub async fn send(
     timeout: Duration,
 ) -> Result<hyper::Response<Bytes>, TransportError> {
     let addr = request.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+    if client.link_cut(&addr) {
+        return Err(TransportError::Connect {
+            addr,
+            message: "the link is cut (demo fault injection)".into(),
+        });
+    }
     let exchange = async {
         let response = client.request(request).await.map_err(|e| {
             if e.is_connect() {

@@ -180,15 +180,36 @@ impl tower::Service<Uri> for Connector {
     }
 }
 
+/// Drops requests between nodes on purpose: the demo's fault injection (`crate::demo`).
+pub trait LinkFilter: Send + Sync {
+    /// Whether a request from node `from` to the node at `to_addr` is dropped.
+    fn blocked(&self, from: u64, to_addr: &str) -> bool;
+}
+
 /// The one pooled HTTP client a node uses for Raft RPCs, PD calls and forwarding, with
 /// the scheme its peers speak.
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<Connector, Full<Bytes>>,
     scheme: &'static str,
+    /// This node's id and the demo's filter, when the demo injects faults.
+    links: Option<(u64, Arc<dyn LinkFilter>)>,
 }
 
 impl HttpClient {
+    /// The same client, with requests from node `from` subject to `filter`.
+    pub fn with_link_filter(mut self, from: u64, filter: Arc<dyn LinkFilter>) -> Self {
+        self.links = Some((from, filter));
+        self
+    }
+
+    /// Whether the link to `addr` is cut (only ever in the demo).
+    pub fn link_cut(&self, addr: &str) -> bool {
+        self.links
+            .as_ref()
+            .is_some_and(|(from, filter)| filter.blocked(*from, addr))
+    }
+
     /// `scheme://addr/path` for a peer's address.
     pub fn url(&self, addr: &str, path: &str) -> String {
         format!("{}://{addr}{path}", self.scheme)
@@ -229,5 +250,9 @@ pub fn http_client(kind: NetKind, tls: Option<Arc<rustls::ClientConfig>>) -> Htt
             connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
             tls,
         });
-    HttpClient { inner, scheme }
+    HttpClient {
+        inner,
+        scheme,
+        links: None,
+    }
 }
