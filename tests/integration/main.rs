@@ -5,6 +5,7 @@
 //! not midasflow.
 
 mod bad_input;
+mod console;
 mod durability;
 mod harness;
 mod hostile;
