@@ -529,29 +529,35 @@ pub async fn run_demo(args: DemoArgs) -> Result<(), String> {
             }
         }
     }
-    let first = &initial_cluster[&1];
-    wait_until_serving(first).await;
-    let load = control.spawn_load();
-    print_demo_banner(&initial_cluster, &data_dir, args.load);
+    // Ctrl-C is handled from here on, also while the cluster elects its first leaders.
     let stop = wait_for_stop_signal();
     tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            Some((command, reply)) = commands.recv() => {
-                let outcome = match command {
-                    crate::demo::NodeCommand::Crash(id) => match nodes.remove(&id) {
-                        Some(running) => {
-                            running.shutdown().await;
-                            Ok(())
-                        }
-                        None => Err(format!("node {id} is not running")),
-                    },
-                    crate::demo::NodeCommand::Restart(id) => restart_demo_node(&configs[&id]).await.map(|running| {
-                        nodes.insert(id, running);
-                    }),
-                };
-                let _ = reply.send(outcome);
+    let first = &initial_cluster[&1];
+    let stopped_early = tokio::select! {
+        _ = &mut stop => true,
+        _ = wait_until_serving(first) => false,
+    };
+    let load = control.spawn_load();
+    if !stopped_early {
+        print_demo_banner(&initial_cluster, &data_dir, args.load);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some((command, reply)) = commands.recv() => {
+                    let outcome = match command {
+                        crate::demo::NodeCommand::Crash(id) => match nodes.remove(&id) {
+                            Some(running) => {
+                                running.shutdown().await;
+                                Ok(())
+                            }
+                            None => Err(format!("node {id} is not running")),
+                        },
+                        crate::demo::NodeCommand::Restart(id) => restart_demo_node(&configs[&id]).await.map(|running| {
+                            nodes.insert(id, running);
+                        }),
+                    };
+                    let _ = reply.send(outcome);
+                }
             }
         }
     }
@@ -565,7 +571,7 @@ pub async fn run_demo(args: DemoArgs) -> Result<(), String> {
 }
 
 /// Waits (up to a minute) until node `addr` reports a leader for every shard, so the
-/// banner is printed to a cluster that serves.
+/// banner is printed to a cluster that serves; says so if it gives up.
 async fn wait_until_serving(addr: &str) {
     let client = crate::client::Client::new(&format!("http://{addr}"));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -579,6 +585,7 @@ async fn wait_until_serving(addr: &str) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!("warning: after 60 s, some shards still have no leader (RUST_LOG=info shows why)");
 }
 
 /// A crashed node's data dir may stay locked for a moment while its last tasks end.
@@ -614,17 +621,19 @@ fn print_demo_banner(nodes: &BTreeMap<u64, String>, data_dir: &std::path::Path, 
     println!("  curl http://{first}/v1/cluster");
     println!();
     println!("Break it (or use the console's buttons), and watch leaders move:");
-    println!("  curl -X POST -d '{{\"kind\":\"isolate\",\"node\":2}}' http://{first}/v1/demo/faults");
-    println!("  curl -X POST -d '{{\"kind\":\"cut\",\"nodes\":[1,3]}}' http://{first}/v1/demo/faults");
+    println!("  curl -X POST -H 'Content-Type: application/json' -d '{{\"kind\":\"isolate\",\"node\":2}}' http://{first}/v1/demo/faults");
+    println!("  curl -X POST -H 'Content-Type: application/json' -d '{{\"kind\":\"cut\",\"nodes\":[1,3]}}' http://{first}/v1/demo/faults");
     println!(
-        "  curl -X POST -d '{{\"kind\":\"crash\",\"node\":3}}' http://{first}/v1/demo/faults   (then \"restart\")"
+        "  curl -X POST -H 'Content-Type: application/json' -d '{{\"kind\":\"crash\",\"node\":3}}' http://{first}/v1/demo/faults   (then \"restart\")"
     );
-    println!("  curl -X POST -d '{{\"kind\":\"heal\"}}' http://{first}/v1/demo/faults");
+    println!(
+        "  curl -X POST -H 'Content-Type: application/json' -d '{{\"kind\":\"heal\"}}' http://{first}/v1/demo/faults"
+    );
     println!("  curl http://{first}/v1/demo/faults            # what is in force, and the load's counters");
     if load {
         println!("  Background load is on: one writer per node (toggle: POST /v1/demo/load {{\"enabled\":false}}).");
     } else {
-        println!("  Background load: curl -X POST -d '{{\"enabled\":true}}' http://{first}/v1/demo/load (or --load)");
+        println!("  Background load: curl -X POST -H 'Content-Type: application/json' -d '{{\"enabled\":true}}' http://{first}/v1/demo/load (or --load)");
     }
     println!();
     println!("Ctrl-C stops the cluster. RUST_LOG=info shows the nodes' logs.");

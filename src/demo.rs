@@ -98,6 +98,17 @@ impl FaultPlan {
     }
 }
 
+/// Why a fault was not (fully) applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    /// It makes no sense for this cluster (an unknown node, a restart of a running one).
+    #[error("{0}")]
+    Refused(String),
+    /// Carrying it out failed (a node did not restart), or the demo is stopping.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A request to the demo's main loop, which owns the running nodes.
 pub enum NodeCommand {
     Crash(NodeId),
@@ -167,25 +178,40 @@ impl DemoControl {
     }
 
     /// Applies a fault; crashes and restarts are carried out by the main loop before this
-    /// returns.
-    pub async fn inject(&self, fault: Fault) -> Result<(), String> {
+    /// returns. The network part takes effect first (a heal restores links even if a
+    /// restart then fails); a node counts as crashed from the moment its crash starts, so
+    /// its writer stops at once.
+    pub async fn inject(&self, fault: Fault) -> Result<(), InjectError> {
         let _one_at_a_time = self.changing.lock().await;
         let before = self.plan();
         let mut after = before.clone();
-        after.apply(&fault, &self.node_ids())?;
-        // Restarts first (a heal restarts every crashed node), then the network changes.
+        after.apply(&fault, &self.node_ids()).map_err(InjectError::Refused)?;
+        {
+            let mut plan = self.plan.write().unwrap();
+            plan.isolated = after.isolated.clone();
+            plan.cut = after.cut.clone();
+        }
+        let mut failures = Vec::new();
         for node in before.crashed.difference(&after.crashed) {
-            self.command(NodeCommand::Restart(*node)).await?;
-            self.plan.write().unwrap().crashed.remove(node);
+            match self.command(NodeCommand::Restart(*node)).await {
+                Ok(()) => {
+                    self.plan.write().unwrap().crashed.remove(node);
+                }
+                Err(e) => failures.push(e),
+            }
         }
         for node in after.crashed.difference(&before.crashed) {
-            self.command(NodeCommand::Crash(*node)).await?;
             self.plan.write().unwrap().crashed.insert(*node);
+            if let Err(e) = self.command(NodeCommand::Crash(*node)).await {
+                self.plan.write().unwrap().crashed.remove(node);
+                failures.push(e);
+            }
         }
-        let mut plan = self.plan.write().unwrap();
-        plan.isolated = after.isolated;
-        plan.cut = after.cut;
-        Ok(())
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(InjectError::Failed(failures.join("; ")))
+        }
     }
 
     async fn command(&self, command: NodeCommand) -> Result<(), String> {
@@ -255,6 +281,8 @@ impl DemoControl {
                         match outcome {
                             Ok(()) => {
                                 counters.ok.fetch_add(1, Ordering::Relaxed);
+                                // The last error is news only while the writer is failing.
+                                counters.last_error.lock().unwrap().take();
                             }
                             Err(e) => {
                                 counters.failed.fetch_add(1, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::Api;
-use crate::demo::{DemoControl, Fault};
+use crate::demo::{DemoControl, Fault, InjectError};
 
 /// A fault or load request is a small JSON object.
 pub const MAX_DEMO_BODY_BYTES: usize = 1 << 10;
@@ -21,7 +21,23 @@ fn control(node: &Api) -> Result<&Arc<DemoControl>, ApiError> {
         .ok_or_else(|| ApiError::not_found("no such route (fault injection exists in `midasflow demo` only)"))
 }
 
+/// A JSON body, declared as such: a plain form or text POST from another site's page
+/// (which a browser sends without asking) must not crash the user's demo.
 async fn json_body<T: serde::de::DeserializeOwned>(node: &Api, request: Request) -> Result<T, ApiError> {
+    let is_json = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return Err(ApiError::unsupported_media_type(
+            "send the body as JSON with Content-Type: application/json",
+        ));
+    }
     let body = super::read_body_within(
         request.into_body(),
         MAX_DEMO_BODY_BYTES,
@@ -49,7 +65,10 @@ pub async fn inject(State(node): State<Arc<Api>>, request: Request) -> Result<Re
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?;
-    outcome.map_err(ApiError::bad_request)?;
+    outcome.map_err(|e| match e {
+        InjectError::Refused(why) => ApiError::bad_request(why),
+        InjectError::Failed(why) => ApiError::unavailable(why),
+    })?;
     Ok(axum::Json(control.state()).into_response())
 }
 

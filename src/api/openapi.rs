@@ -1055,9 +1055,11 @@ pub mod docs {
         responses(
             (status = 200, description = "The faults now in force.", body = DemoState),
             (status = 400, description = "`bad_request`: not a fault, an unknown node, or a restart of a running node.", body = ErrorBody),
+            (status = 503, description = "`unavailable`: a node did not restart, or the demo is stopping (network faults are applied first).", body = ErrorBody),
             (status = 404, description = "`not_found`: not a demo node.", body = ErrorBody),
             (status = 408, description = "`request_timeout`: the body did not arrive in time.", body = ErrorBody),
             (status = 413, description = "`value_too_large`: a body over 1 KiB.", body = ErrorBody),
+            (status = 415, description = "`unsupported_media_type`: the body is not declared `application/json` (a cross-site form post cannot break the demo).", body = ErrorBody),
         ))]
     pub fn demo_inject() {}
 
@@ -1070,6 +1072,7 @@ pub mod docs {
             (status = 404, description = "`not_found`: not a demo node.", body = ErrorBody),
             (status = 408, description = "`request_timeout`: the body did not arrive in time.", body = ErrorBody),
             (status = 413, description = "`value_too_large`: a body over 1 KiB.", body = ErrorBody),
+            (status = 415, description = "`unsupported_media_type`: the body is not declared `application/json` (a cross-site form post cannot break the demo).", body = ErrorBody),
         ))]
     pub fn demo_load() {}
 

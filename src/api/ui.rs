@@ -48,6 +48,10 @@ pub fn asset(path: &str) -> Option<(&'static str, &'static str)> {
     }
 }
 
+/// The console loads only its own assets and calls only its own node's API.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 async fn serve(request: Request) -> Response {
     let path = request.uri().path();
     let Some((content_type, body)) = asset(path) else {
@@ -60,6 +64,9 @@ async fn serve(request: Request) -> Response {
             // Revalidate every load: a node upgraded in place serves its new console at once.
             (header::CACHE_CONTROL, "no-cache"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            // Nothing but its own files, no inline script or style, never in a frame.
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_FRAME_OPTIONS, "DENY"),
         ],
         body,
     )

@@ -415,7 +415,8 @@ impl Node {
                 *self.recorded_cluster.lock().unwrap() = Some(map.cluster_id);
                 tracing::info!(cluster = %identity::hex(map.cluster_id), "this node's identity now names its cluster");
             }
-            Err(e) => tracing::error!(error = %e, "could not record the cluster id; will retry"),
+            // Retried on the next map change; a busy disk at start is no reason to alarm.
+            Err(e) => tracing::warn!(error = %e, "could not record the cluster id; will retry"),
         }
     }
 

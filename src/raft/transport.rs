@@ -215,7 +215,8 @@ impl HttpClient {
         format!("{}://{addr}{path}", self.scheme)
     }
 
-    pub fn request(&self, request: hyper::Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+    /// Only `network::send` calls this: it applies the demo's link filter and the timeout.
+    pub(super) fn request(&self, request: hyper::Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
         self.inner.request(request)
     }
 }

@@ -205,7 +205,7 @@ async fn console_in_a_real_browser() {
         let mut demo = Demo::start(base);
         let banner = wait_for(
             "the demo's banner (its last line: 'Ctrl-C stops the cluster.')",
-            Duration::from_secs(60),
+            Duration::from_secs(90),
             || {
                 let result = if demo.stdout_lines().iter().any(|l| l.starts_with(BANNER_END)) {
                     Ok(true)

@@ -217,7 +217,9 @@ def isolate_and_watch(page, base, node, timeout=15):
         now = time.monotonic() - t0
         st = page_state(page)
         arcs, cell = leads(st, node)
-        if moved_page is None and arcs == 0 and cell == "0":
+        # In one sample: the isolated node leads nothing and every shard shows a leader.
+        all_led = bool(st["arcs"]) and all(a["leader"] for a in st["arcs"])
+        if moved_page is None and arcs == 0 and cell == "0" and all_led:
             moved_page = now
         if moved_api is None:
             shards, _ = try_api_get(base, "/v1/shards")
@@ -225,7 +227,7 @@ def isolate_and_watch(page, base, node, timeout=15):
                     s.get("leader") is not None and s.get("leader") != node for s in shards["shards"]):
                 moved_api = now
         listed = any(f["text"] == f"node {node} isolated" or f"node {node} isolated" in f["text"] for f in st["faults"])
-        done = moved_page is not None and listed
+        done = moved_page is not None and moved_api is not None and listed
         return done, (f"arcs led by N{node}: {arcs}, its leaders cell: {cell!r}, "
                       f"'node {node} isolated' listed: {listed}; {brief(st)}")
 

@@ -62,7 +62,16 @@ function setAttrs(el, attrs) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === null || v === undefined || v === false) continue;
     if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+    else if (k === "style") setStyle(el, String(v));
     else el.setAttribute(k, v === true ? "" : String(v));
+  }
+}
+
+/** Inline declarations through the CSSOM: the page's CSP forbids style attributes. */
+function setStyle(el, declarations) {
+  for (const decl of declarations.split(";")) {
+    const colon = decl.indexOf(":");
+    if (colon > 0) el.style.setProperty(decl.slice(0, colon).trim(), decl.slice(colon + 1).trim());
   }
 }
 
@@ -894,7 +903,7 @@ async function faultAction(button) {
   state.faultBusy = true;
   renderFaults();
   setText($("#faults-status"), "sending…");
-  const r = await api(path, { method: "POST", body, timeout: 15000 });
+  const r = await api(path, { method: "POST", body, timeout: 30000 }); // a heal may restart two nodes
   state.faultBusy = false;
   if (r.ok) {
     setText($("#faults-status"), describeAction(body) + ": done.");
@@ -919,10 +928,18 @@ function describeAction(b) {
 
 /** Each '/'-separated segment percent-encoded; a trailing "/history" segment keeps its
  * slash encoded so the path is not taken for the history route. */
+/**
+ * The key as one path segment: every `/` is sent as %2F (the server decodes it), so no
+ * `.` or `..` segment of a key can be resolved by the browser into another route, and a
+ * key ending in `/history` stays a key. "." and ".." alone are refused by the caller.
+ */
 function encodeKey(key) {
-  let enc = key.split("/").map(encodeURIComponent).join("/");
-  if (enc.endsWith("/history")) enc = enc.slice(0, -"/history".length) + "%2Fhistory";
-  return enc;
+  return encodeURIComponent(key);
+}
+
+function keyProblem(key) {
+  if (key === "." || key === "..") return "a key cannot be \".\" or \"..\" from the console (the browser would resolve it as a path)";
+  return null;
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -945,6 +962,7 @@ function base64Bytes(b64) {
 async function lookupKey(key) {
   const out = $("#key-result");
   if (!key) { out.replaceChildren(h("p", { class: "hint" }, "Type a key first.")); return; }
+  if (keyProblem(key)) { out.replaceChildren(h("p", { class: "hint" }, keyProblem(key))); return; }
   out.replaceChildren(h("p", { class: "hint" }, "looking up…"));
   // History first: when it shows the key absent or deleted, the value is not asked for, so
   // the browser logs no needless 404.
@@ -1005,6 +1023,7 @@ async function writeKey(kind) {
   const key = $("#key-input").value;
   const status = $("#key-status");
   if (!key) { setText(status, "Type a key first."); $("#key-input").focus(); return; }
+  if (keyProblem(key)) { setText(status, keyProblem(key)); return; }
   const value = $("#value-input").value;
   const bytes = new TextEncoder().encode(value).length;
   const ok = kind === "put"
