@@ -330,17 +330,9 @@ pub fn register_node(label: &str) {
         metrics::counter!("midasflow_raft_proposals_failed_total", "node" => node.clone(), "reason" => reason)
             .absolute(0);
     }
-    for name in [
-        "midasflow_kv_writes_total",
-        "midasflow_raft_snapshot_sends_total",
-        "midasflow_raft_snapshot_installs_total",
-        "midasflow_raft_leader_changes_total",
-        "midasflow_raft_election_nudges_total",
-        "midasflow_forwarded_requests_total",
-        "midasflow_connections_rejected_total",
-        "midasflow_log_flushes_total",
-    ] {
-        metrics::counter!(name, "node" => node.clone()).increment(0);
+    // Every counter whose only label is the node starts at 0.
+    for metric in CATALOGUE.iter().filter(|m| m.kind == Counter && m.labels.is_empty()) {
+        metrics::counter!(metric.name, "node" => node.clone()).increment(0);
     }
     for kind in ["shard", "pd"] {
         metrics::gauge!("midasflow_raft_leaders", "node" => node.clone(), "kind" => kind).increment(0.0);
@@ -359,15 +351,6 @@ pub fn register_node(label: &str) {
             metrics::counter!("midasflow_pd_operators_finished_total", "node" => node.clone(), "type" => kind, "outcome" => outcome)
                 .increment(0);
         }
-    }
-    for name in [
-        "midasflow_pd_splits_total",
-        "midasflow_raft_heartbeat_rpcs_total",
-        "midasflow_raft_vote_rpcs_total",
-        "midasflow_raft_batches_total",
-        "midasflow_raft_batched_messages_total",
-    ] {
-        metrics::counter!(name, "node" => node.clone()).increment(0);
     }
     metrics::counter!("midasflow_http_handler_panics_total").increment(0);
     metrics::gauge!("midasflow_raft_quiet_groups", "node" => node.clone()).set(0.0);
