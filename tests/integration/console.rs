@@ -15,7 +15,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{serial, wait_for};
+use crate::harness::{serial, wait_child, wait_for};
 
 const BANNER_END: &str = "Ctrl-C stops the cluster.";
 
@@ -166,22 +166,13 @@ async fn run_console_test(url: String, screenshot: Option<String>, timeout: Dura
             command.args(["--screenshot", path]);
         }
         let mut child = command.spawn().expect("run python3 tests/ui/console_test.py");
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "tests/ui/console_test.py still ran after {timeout:?}; its output:\n{}\n{}",
-                    std::fs::read_to_string(&out_path).unwrap_or_default(),
-                    std::fs::read_to_string(&err_path).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let status = wait_child(&mut child, timeout).unwrap_or_else(|| {
+            panic!(
+                "tests/ui/console_test.py still ran after {timeout:?}; its output:\n{}\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default(),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            )
+        });
         (
             status,
             std::fs::read_to_string(&out_path).unwrap_or_default(),

@@ -119,18 +119,8 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start midasflow server");
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("node {id} was still running after {timeout:?}: it did not refuse to start");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = wait_child(&mut child, timeout)
+            .unwrap_or_else(|| panic!("node {id} was still running after {timeout:?}: it did not refuse to start"));
         let mut stderr = String::new();
         use std::io::Read;
         let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
@@ -526,6 +516,22 @@ impl Drop for Cluster {
                 }
             }
         }
+    }
+}
+
+/// Waits for `child` to exit, at most `timeout`; past it, kills the child and returns `None`.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
