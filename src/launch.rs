@@ -15,10 +15,11 @@ use crate::node::{new_random_id, Node, NodeConfig, PlantedBug};
 use crate::placement::store::{PdKind, PdState};
 use crate::placement::{pd_voters, ClusterMap, NodeId, PD_GROUP};
 use crate::raft::batch::RaftSender;
-use crate::raft::log_store::{DurableFiles, Flusher};
+use crate::raft::log_store::{migrate_from_sled, DurableFiles, Flusher};
 use crate::raft::network::{post_internal, Credentials};
 use crate::raft::registry::{Registry, RegistryConfig, RegistryError};
 use crate::raft::transport::{http_client, NetListener};
+use crate::raft::wal::{Wal, SEGMENT_BYTES_DEFAULT, WAL_DIR};
 use crate::shard::store::{ShardKind, ShardState};
 
 /// A started node; dropping it does not stop it: call [`RunningNode::shutdown`].
@@ -192,8 +193,28 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let (map_tx, _) = watch::channel(Arc::new(ClusterMap::default()));
     let files = DurableFiles::open(&db_path)
         .map_err(|e| RegistryError::Storage(format!("making {} durable: {e}", db_path.display())))?;
-    // One flusher for every group of every kind: one group commit per node.
-    let flusher = Flusher::start(db.clone(), files, config.flush_mode, config.node_id.to_string());
+    // One log and one flusher for every group of every kind: one group commit per node.
+    let wal_path = config.data_dir.join(WAL_DIR);
+    let storage_error =
+        |e: std::io::Error| RegistryError::Storage(format!("the Raft log in {}: {e}", wal_path.display()));
+    let (wal, recovered) = Wal::open(&wal_path, SEGMENT_BYTES_DEFAULT).map_err(storage_error)?;
+    if recovered.torn_bytes > 0 {
+        tracing::warn!(
+            bytes = recovered.torn_bytes,
+            "the Raft log ended in a torn record (a crash mid-write); it was cut at the last whole record"
+        );
+    }
+    let moved = migrate_from_sled(&db, &wal).map_err(storage_error)?;
+    if moved > 0 {
+        tracing::info!(entries = moved, "moved the Raft log out of the state database");
+    }
+    let flusher = Flusher::start(
+        db.clone(),
+        files,
+        Arc::new(wal),
+        config.flush_mode,
+        config.node_id.to_string(),
+    );
     let registry_config = Arc::new(RegistryConfig {
         node_id: config.node_id,
         raft_config,

@@ -1,10 +1,12 @@
-//! Raft log and vote storage in the node's one sled database, with group commit.
+//! Raft log and vote storage for every group, in the node's [`Wal`], with group commit.
 //!
-//! Every group's entries live in the `raft_log` tree under `group ‖ index` (big-endian).
-//! An append is acknowledged to openraft only after a flush that covers it is durable, and
-//! one flush serves every group that appended meanwhile: the [`Flusher`] drains all waiting
-//! callbacks, runs `db.flush()` then `fdatasync` once ([`DurableFiles`]), and completes
-//! them all. See `docs/durability.md`.
+//! An append is written to the log at once (readable), and acknowledged to openraft only
+//! after a sync that covers it: the [`Flusher`] drains every waiting callback, syncs once
+//! and completes them all, so one `fdatasync` serves every group that appended meanwhile.
+//! The state machines' sled database is flushed (and fsynced, [`DurableFiles`]) only when
+//! something needs it durable: a snapshot, a split, a replica created or removed. Until
+//! then the log is the source of truth, and a restart re-applies what sled lost. See
+//! `docs/durability.md`.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -14,6 +16,8 @@ use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::time::Instant;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -21,25 +25,31 @@ use openraft::{LogState, RaftLogId, RaftLogReader, Vote};
 use tokio::sync::{mpsc, oneshot};
 
 use super::probe::{NodeEvent, Probe};
-use super::{group_prefix, storage_io_error, Config, Entry, GroupId, GroupKind, LogId, StorageError};
+use super::wal::Wal;
+use super::{storage_io_error, Config, Entry, GroupId, GroupKind, LogId, StorageError};
 use crate::codec;
 
 /// Most flush requests waiting at once; appends beyond it wait for room.
 pub const FLUSH_QUEUE_CAPACITY: usize = 65_536;
 
-const META_VOTE: u8 = 1;
-const META_COMMITTED: u8 = 2;
-const META_PURGED: u8 = 3;
-
 /// openraft's append callback, whatever the group's kind.
 type LogCallback = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 enum FlushWaiter {
+    /// The log only (an append).
     Log(LogCallback),
-    Notify(oneshot::Sender<io::Result<()>>),
+    /// The log, and the state machines' database too when `db`.
+    Notify {
+        db: bool,
+        tx: oneshot::Sender<io::Result<()>>,
+    },
 }
 
 impl FlushWaiter {
+    fn needs_db(&self) -> bool {
+        matches!(self, FlushWaiter::Notify { db: true, .. })
+    }
+
     fn complete(self, result: &io::Result<()>) {
         let copy = || match result {
             Ok(()) => Ok(()),
@@ -47,7 +57,7 @@ impl FlushWaiter {
         };
         match self {
             FlushWaiter::Log(callback) => callback(copy()),
-            FlushWaiter::Notify(tx) => {
+            FlushWaiter::Notify { tx, .. } => {
                 let _ = tx.send(copy());
             }
         }
@@ -56,9 +66,8 @@ impl FlushWaiter {
 
 /// Makes what sled wrote durable. sled 0.34's flush ends in `sync_file_range`, which
 /// writes neither the file's metadata (the size of an appended log) nor the disk's write
-/// cache: a power cut could lose acknowledged writes on every replica at once. So after
-/// each `db.flush()`, `fdatasync` its log file, and `fsync` every blob file sled created
-/// since (values too large for its log segments) and their directory.
+/// cache. So after each `db.flush()`, `fdatasync` its log file, and `fsync` every blob
+/// file sled created since (values too large for its log segments) and their directory.
 pub struct DurableFiles {
     db_file: File,
     blobs_dir: PathBuf,
@@ -148,26 +157,44 @@ pub enum FlushMode {
     Inline,
 }
 
-/// Group commit for the node's sled database.
+/// Group commit for the node's log, and the sled flushes that must precede it.
 #[derive(Clone)]
 pub struct Flusher {
     tx: mpsc::Sender<FlushWaiter>,
+    /// Set when sled holds writes outside the state machines (a hosted-group record) that
+    /// must be durable before the log entries that follow them: the next round flushes sled
+    /// first.
+    db_dirty: Arc<AtomicBool>,
+    wal: Arc<Wal>,
 }
 
 impl Flusher {
-    pub fn start(db: sled::Db, mut files: DurableFiles, mode: FlushMode, node_label: String) -> Self {
+    pub fn start(db: sled::Db, mut files: DurableFiles, wal: Arc<Wal>, mode: FlushMode, node_label: String) -> Self {
         let (tx, mut rx) = mpsc::channel::<FlushWaiter>(FLUSH_QUEUE_CAPACITY);
+        let db_dirty = Arc::new(AtomicBool::new(false));
+        let dirty = db_dirty.clone();
+        let log = wal.clone();
         let mut flush_batch = move |first: FlushWaiter, rx: &mut mpsc::Receiver<FlushWaiter>| {
             let mut batch = vec![first];
             while let Ok(next) = rx.try_recv() {
                 batch.push(next);
             }
             let started = Instant::now();
-            let result = db.flush().map(|_| ()).map_err(io::Error::other).and_then(|()| {
-                let synced = Instant::now();
-                let result = files.sync();
+            // sled before the log: a log entry may depend on what sled was given before it.
+            let needs_db = dirty.swap(false, Ordering::AcqRel) || batch.iter().any(FlushWaiter::needs_db);
+            let db_result = if needs_db {
+                db.flush()
+                    .map(|_| ())
+                    .map_err(io::Error::other)
+                    .and_then(|()| files.sync())
+            } else {
+                Ok(())
+            };
+            let result = db_result.and_then(|()| {
+                let syncing = Instant::now();
+                let result = log.sync();
                 metrics::histogram!("midasflow_log_fsync_duration_seconds", "node" => node_label.clone())
-                    .record(synced.elapsed().as_secs_f64());
+                    .record(syncing.elapsed().as_secs_f64());
                 result
             });
             // Only after the sync may anyone learn that the batch is durable.
@@ -202,17 +229,36 @@ impl Flusher {
                 });
             }
         }
-        Flusher { tx }
+        Flusher { tx, db_dirty, wal }
     }
 
-    /// Returns once everything written to the database before the call is durable.
-    pub async fn flush(&self) -> io::Result<()> {
+    async fn notify(&self, db: bool) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(FlushWaiter::Notify(tx))
+            .send(FlushWaiter::Notify { db, tx })
             .await
             .map_err(|_| io::Error::other("flusher stopped"))?;
         rx.await.map_err(|_| io::Error::other("flusher stopped"))?
+    }
+
+    /// Returns once everything written before the call, to the log and to sled, is durable.
+    pub async fn flush(&self) -> io::Result<()> {
+        self.notify(true).await
+    }
+
+    /// Returns once everything written to the log before the call is durable.
+    pub async fn sync_log(&self) -> io::Result<()> {
+        self.notify(false).await
+    }
+
+    /// The log this flusher syncs.
+    pub fn wal(&self) -> &Arc<Wal> {
+        &self.wal
+    }
+
+    /// sled was given something the next log entries depend on: the next round flushes it.
+    pub fn mark_db_dirty(&self) {
+        self.db_dirty.store(true, Ordering::Release);
     }
 
     async fn flush_then<K: GroupKind>(&self, callback: LogFlushed<Config<K>>) -> io::Result<()> {
@@ -225,26 +271,77 @@ impl Flusher {
     }
 }
 
-/// Removes every log entry and piece of Raft metadata the group has (replica removal).
-/// Deletes a removed replica's log. Its vote stays: if the shard moves back here,
-/// the new replica must not vote again in a term this node already voted in.
-pub fn destroy_log(db: &sled::Db, group: GroupId) -> sled::Result<()> {
-    let log = db.open_tree("raft_log")?;
-    for key in log.scan_prefix(group_prefix(group)).keys() {
-        log.remove(key?)?;
-    }
-    let meta = db.open_tree("raft_meta")?;
-    for tag in [META_COMMITTED, META_PURGED] {
-        meta.remove(meta_key(group, tag))?;
-    }
-    Ok(())
+/// Deletes a removed replica's log. Its vote stays: if the shard moves back here, the new
+/// replica must not vote again in a term this node already voted in.
+pub fn destroy_log(wal: &Wal, group: GroupId) -> io::Result<()> {
+    wal.drop_group(group)
 }
 
-/// One group's view of the log tree.
+/// Moves a data dir's log from sled (where midasflow kept it before it had its own) into
+/// the [`Wal`]: entries, votes, commit and purge points, byte for byte, then empties the
+/// old trees. A crash midway repeats the copy at the next start, which changes nothing.
+/// Returns the number of entries moved.
+pub fn migrate_from_sled(db: &sled::Db, wal: &Wal) -> io::Result<u64> {
+    const META_VOTE: u8 = 1;
+    const META_COMMITTED: u8 = 2;
+    const META_PURGED: u8 = 3;
+    let sled_error = io::Error::other;
+    let log = db.open_tree("raft_log").map_err(sled_error)?;
+    let meta = db.open_tree("raft_meta").map_err(sled_error)?;
+    if log.is_empty() && meta.is_empty() {
+        return Ok(0);
+    }
+    let split = |key: &[u8], len: usize| -> io::Result<(GroupId, u64)> {
+        if key.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an old log key of the wrong length",
+            ));
+        }
+        let group = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+        let rest = if len == 16 {
+            u64::from_be_bytes(key[8..].try_into().expect("8 bytes"))
+        } else {
+            u64::from(key[8])
+        };
+        Ok((group, rest))
+    };
+    let mut moved = 0;
+    for item in log.iter() {
+        let (key, value) = item.map_err(sled_error)?;
+        let (group, index) = split(&key, 16)?;
+        wal.append(group, &[(index, value.to_vec())])?;
+        moved += 1;
+    }
+    for item in meta.iter() {
+        let (key, value) = item.map_err(sled_error)?;
+        let (group, tag) = split(&key, 9)?;
+        match tag as u8 {
+            META_VOTE => wal.set_vote(group, &value)?,
+            META_COMMITTED => wal.set_committed(group, &value)?,
+            META_PURGED => {
+                let purged: LogId = codec::decode(&value).map_err(io::Error::other)?;
+                wal.purge(group, purged.index, &value)?;
+            }
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("an old log metadata record with tag {other}"),
+                ))
+            }
+        }
+    }
+    wal.sync()?;
+    log.clear().map_err(sled_error)?;
+    meta.clear().map_err(sled_error)?;
+    db.flush().map_err(sled_error)?;
+    Ok(moved)
+}
+
+/// One group's view of the node's log.
 pub struct LogStore<K> {
     group: GroupId,
-    log: sled::Tree,
-    meta: sled::Tree,
+    wal: Arc<Wal>,
     flusher: Flusher,
     probe: Probe,
     kind: PhantomData<fn() -> K>,
@@ -254,8 +351,7 @@ impl<K> Clone for LogStore<K> {
     fn clone(&self) -> Self {
         LogStore {
             group: self.group,
-            log: self.log.clone(),
-            meta: self.meta.clone(),
+            wal: self.wal.clone(),
             flusher: self.flusher.clone(),
             probe: self.probe.clone(),
             kind: PhantomData,
@@ -263,45 +359,21 @@ impl<K> Clone for LogStore<K> {
     }
 }
 
-fn entry_key(group: GroupId, index: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&group_prefix(group));
-    key[8..].copy_from_slice(&index.to_be_bytes());
-    key
-}
-
-fn meta_key(group: GroupId, tag: u8) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[..8].copy_from_slice(&group_prefix(group));
-    key[8] = tag;
-    key
+fn decode_meta<T: serde::de::DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result<Option<T>, StorageError> {
+    bytes
+        .map(|bytes| codec::decode(&bytes).map_err(storage_io_error))
+        .transpose()
 }
 
 impl<K: GroupKind> LogStore<K> {
-    pub fn open(db: &sled::Db, group: GroupId, flusher: Flusher, probe: Probe) -> sled::Result<Self> {
-        Ok(LogStore {
+    pub fn open(wal: Arc<Wal>, group: GroupId, flusher: Flusher, probe: Probe) -> Self {
+        LogStore {
             group,
             probe,
-            log: db.open_tree("raft_log")?,
-            meta: db.open_tree("raft_meta")?,
+            wal,
             flusher,
             kind: PhantomData,
-        })
-    }
-
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, tag: u8) -> Result<Option<T>, StorageError> {
-        match self.meta.get(meta_key(self.group, tag)).map_err(storage_io_error)? {
-            Some(bytes) => Ok(Some(codec::decode(&bytes).map_err(storage_io_error)?)),
-            None => Ok(None),
         }
-    }
-
-    fn write_meta<T: serde::Serialize>(&self, tag: u8, value: &T) -> Result<(), StorageError> {
-        let bytes = codec::encode(value).map_err(storage_io_error)?;
-        self.meta
-            .insert(meta_key(self.group, tag), bytes)
-            .map_err(storage_io_error)?;
-        Ok(())
     }
 
     /// Tells the observer what openraft now considers committed (saved, or reloaded).
@@ -313,18 +385,6 @@ impl<K: GroupKind> LogStore<K> {
             });
         }
     }
-
-    fn remove_range(&self, from: u64, to_inclusive: u64) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for key in self
-            .log
-            .range(entry_key(self.group, from)..=entry_key(self.group, to_inclusive))
-            .keys()
-        {
-            batch.remove(key.map_err(storage_io_error)?);
-        }
-        self.log.apply_batch(batch).map_err(storage_io_error)
-    }
 }
 
 impl<K: GroupKind> RaftLogReader<Config<K>> for LogStore<K> {
@@ -334,20 +394,20 @@ impl<K: GroupKind> RaftLogReader<Config<K>> for LogStore<K> {
     ) -> Result<Vec<Entry<K>>, StorageError> {
         let start = match range.start_bound() {
             Bound::Included(&i) => i,
-            Bound::Excluded(&i) => i + 1,
+            Bound::Excluded(&i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(&i) => Bound::Included(entry_key(self.group, i)),
-            Bound::Excluded(&i) => Bound::Excluded(entry_key(self.group, i)),
-            Bound::Unbounded => Bound::Included(entry_key(self.group, u64::MAX)),
+            Bound::Included(&i) => i.saturating_add(1),
+            Bound::Excluded(&i) => i,
+            Bound::Unbounded => u64::MAX,
         };
-        let mut entries = Vec::new();
-        for item in self.log.range((Bound::Included(entry_key(self.group, start)), end)) {
-            let (_, bytes) = item.map_err(storage_io_error)?;
-            entries.push(codec::decode::<Entry<K>>(&bytes).map_err(storage_io_error)?);
-        }
-        Ok(entries)
+        self.wal
+            .entries(self.group, start, end)
+            .map_err(storage_io_error)?
+            .iter()
+            .map(|bytes| codec::decode::<Entry<K>>(bytes).map_err(storage_io_error))
+            .collect()
     }
 }
 
@@ -355,15 +415,9 @@ impl<K: GroupKind> RaftLogStorage<Config<K>> for LogStore<K> {
     type LogReader = LogStore<K>;
 
     async fn get_log_state(&mut self) -> Result<LogState<Config<K>>, StorageError> {
-        let last_purged_log_id: Option<LogId> = self.read_meta(META_PURGED)?;
-        let last = self
-            .log
-            .scan_prefix(group_prefix(self.group))
-            .next_back()
-            .transpose()
-            .map_err(storage_io_error)?;
-        let last_log_id = match last {
-            Some((_, bytes)) => Some(
+        let last_purged_log_id: Option<LogId> = decode_meta(self.wal.purged(self.group))?;
+        let last_log_id = match self.wal.last(self.group).map_err(storage_io_error)? {
+            Some(bytes) => Some(
                 *codec::decode::<Entry<K>>(&bytes)
                     .map_err(storage_io_error)?
                     .get_log_id(),
@@ -381,9 +435,10 @@ impl<K: GroupKind> RaftLogStorage<Config<K>> for LogStore<K> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        self.write_meta(META_VOTE, vote)?;
+        let bytes = codec::encode(vote).map_err(storage_io_error)?;
+        self.wal.set_vote(self.group, &bytes).map_err(storage_io_error)?;
         // A vote must survive a crash before it is acted on, or a node could vote twice.
-        self.flusher.flush().await.map_err(storage_io_error)
+        self.flusher.sync_log().await.map_err(storage_io_error)
     }
 
     /// Read once, when the replica starts. The vote comes back uncommitted: openraft 0.9
@@ -394,20 +449,21 @@ impl<K: GroupKind> RaftLogStorage<Config<K>> for LogStore<K> {
     /// still refuses any other candidate of that term, and the replica starts as a follower:
     /// whoever leads next commits an entry of a new term, and with it everything before.
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
-        Ok(self.read_meta::<Vote<u64>>(META_VOTE)?.map(|vote| Vote {
+        Ok(decode_meta::<Vote<u64>>(self.wal.vote(self.group))?.map(|vote| Vote {
             leader_id: vote.leader_id,
             committed: false,
         }))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Durable with the next flush; only an optimisation for replay after restart.
+        // Durable with the next sync; only an optimisation for replay after restart.
         self.report_committed(committed);
-        self.write_meta(META_COMMITTED, &committed)
+        let bytes = codec::encode(&committed).map_err(storage_io_error)?;
+        self.wal.set_committed(self.group, &bytes).map_err(storage_io_error)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed = self.read_meta::<Option<LogId>>(META_COMMITTED)?.flatten();
+        let committed = decode_meta::<Option<LogId>>(self.wal.committed(self.group))?.flatten();
         self.report_committed(committed);
         Ok(committed)
     }
@@ -417,23 +473,67 @@ impl<K: GroupKind> RaftLogStorage<Config<K>> for LogStore<K> {
         I: IntoIterator<Item = Entry<K>> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes = codec::encode(&entry).map_err(storage_io_error)?;
-            batch.insert(&entry_key(self.group, entry.log_id.index), bytes);
-        }
-        // Readable as soon as applied; durable (and acknowledged) after the group flush.
-        self.log.apply_batch(batch).map_err(storage_io_error)?;
+        let encoded = entries
+            .into_iter()
+            .map(|entry| Ok((entry.log_id.index, codec::encode(&entry).map_err(storage_io_error)?)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        // Readable at once; durable (and acknowledged) after the group commit's sync.
+        self.wal.append(self.group, &encoded).map_err(storage_io_error)?;
         self.flusher.flush_then::<K>(callback).await.map_err(storage_io_error)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.remove_range(log_id.index, u64::MAX)
+        self.wal.truncate(self.group, log_id.index).map_err(storage_io_error)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Record the purge point first, so a crash midway never leaves a hole unaccounted.
-        self.write_meta(META_PURGED, &log_id)?;
-        self.remove_range(0, log_id.index)
+        let bytes = codec::encode(&log_id).map_err(storage_io_error)?;
+        self.wal
+            .purge(self.group, log_id.index, &bytes)
+            .map_err(storage_io_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::wal::SEGMENT_BYTES_DEFAULT;
+    use openraft::CommittedLeaderId;
+
+    #[test]
+    fn a_log_kept_in_sled_moves_to_the_wal_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path().join("db")).open().unwrap();
+        let log = db.open_tree("raft_log").unwrap();
+        let meta = db.open_tree("raft_meta").unwrap();
+        let key = |group: u64, index: u64| [group.to_be_bytes(), index.to_be_bytes()].concat();
+        let meta_key = |group: u64, tag: u8| [&group.to_be_bytes()[..], &[tag]].concat();
+        for index in 3..=5 {
+            log.insert(key(9, index), format!("entry {index}").as_bytes()).unwrap();
+        }
+        let purged = codec::encode(&LogId::new(CommittedLeaderId::new(1, 0), 2)).unwrap();
+        meta.insert(meta_key(9, 1), &b"vote"[..]).unwrap();
+        meta.insert(meta_key(9, 2), &b"committed"[..]).unwrap();
+        meta.insert(meta_key(9, 3), purged.clone()).unwrap();
+        meta.insert(meta_key(4, 1), &b"vote of a removed replica"[..]).unwrap();
+
+        let wal_dir = dir.path().join("raft-log");
+        let (wal, _) = Wal::open(&wal_dir, SEGMENT_BYTES_DEFAULT).unwrap();
+        assert_eq!(migrate_from_sled(&db, &wal).unwrap(), 3);
+        assert!(log.is_empty() && meta.is_empty());
+        assert_eq!(
+            migrate_from_sled(&db, &wal).unwrap(),
+            0,
+            "a second start has nothing to move"
+        );
+        drop(wal);
+
+        let (wal, _) = Wal::open(&wal_dir, SEGMENT_BYTES_DEFAULT).unwrap();
+        let entries: Vec<Vec<u8>> = (3..=5).map(|i| format!("entry {i}").into_bytes()).collect();
+        assert_eq!(wal.entries(9, 0, u64::MAX).unwrap(), entries);
+        assert_eq!(wal.vote(9).as_deref(), Some(&b"vote"[..]));
+        assert_eq!(wal.committed(9).as_deref(), Some(&b"committed"[..]));
+        assert_eq!(wal.purged(9), Some(purged));
+        assert_eq!(wal.vote(4).as_deref(), Some(&b"vote of a removed replica"[..]));
     }
 }

@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod state_machine;
 pub mod transport;
 pub mod validate;
+pub mod wal;
 
 use std::io::Cursor;
 

@@ -338,8 +338,12 @@ impl<K: GroupKind> Registry<K> {
             return Err(RegistryError::Tombstoned(group));
         }
         let storage = |e: openraft::StorageError<u64>| RegistryError::Storage(e.to_string());
-        let log_store = LogStore::<K>::open(&self.db, group, self.flusher.clone(), self.config.probe.clone())
-            .map_err(|e| RegistryError::Storage(e.to_string()))?;
+        let log_store = LogStore::<K>::open(
+            self.flusher.wal().clone(),
+            group,
+            self.flusher.clone(),
+            self.config.probe.clone(),
+        );
         let state = (self.open_state)(&self.db, group).map_err(storage)?;
         let state_machine = StateMachineStore::<K>::open(
             &self.db,
@@ -382,6 +386,8 @@ impl<K: GroupKind> Registry<K> {
         self.tombstones
             .remove(group_prefix(group))
             .map_err(|e| RegistryError::Storage(e.to_string()))?;
+        // Both records must be durable before the group's first log entry is.
+        self.flusher.mark_db_dirty();
         if let Some(members) = initial_members {
             let initialized = raft
                 .is_initialized()
@@ -656,7 +662,7 @@ impl<K: GroupKind> Registry<K> {
             let _ = removed.raft.shutdown().await;
         }
         self.config.probe.emit(|| NodeEvent::ReplicaRemoved { group });
-        destroy_log(&self.db, group).map_err(storage)?;
+        destroy_log(self.flusher.wal(), group).map_err(|e| RegistryError::Storage(e.to_string()))?;
         state_machine::destroy_state(&self.db, group).map_err(storage)?;
         self.hosted.remove(group_prefix(group)).map_err(storage)?;
         self.flusher

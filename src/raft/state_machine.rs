@@ -4,8 +4,10 @@
 //! Layout in the `sm` tree, all under the group's 8-byte prefix: `0x00` the applied log id
 //! and membership, owned here; every other tag belongs to the kind's state. One apply call
 //! writes the state's changes and the new applied log id in one atomic sled batch, so after
-//! a crash the state and its applied index always agree. Snapshots live in the `snapshots`
-//! tree and are flushed before openraft may purge the log they cover.
+//! a crash the state and its applied index always agree. sled is not flushed per apply:
+//! the log is the source of truth, and after a crash openraft re-applies from the applied
+//! index sled kept. Snapshots live in the `snapshots` tree and are flushed (with the state
+//! they were taken from) before openraft may purge the log they cover.
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -215,17 +217,28 @@ impl<K: GroupKind> StateMachineStore<K> {
 
     /// Commits `batch`, the state's held changes and the applied meta atomically, then
     /// publishes them.
-    fn commit(&mut self, mut batch: sled::Batch) -> Result<(), StorageError> {
+    fn commit(&mut self, batch: sled::Batch) -> Result<(), StorageError> {
+        self.write(batch)?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Commits `batch`, the state's held changes and the applied meta in one sled batch,
+    /// not yet durable: the log is, and a restart re-applies what sled lost.
+    fn write(&mut self, mut batch: sled::Batch) -> Result<(), StorageError> {
         self.state.stage(&mut batch)?;
         batch.insert(
             state_key(self.group, TAG_APPLIED, &[]),
             codec::encode(&self.meta).map_err(storage_io_error)?,
         );
-        self.sm.apply_batch(batch).map_err(storage_io_error)?;
+        self.sm.apply_batch(batch).map_err(storage_io_error)
+    }
+
+    /// Shows what [`Self::write`] committed to the node.
+    fn publish(&mut self) {
         self.state.committed();
         let index = self.meta.last_applied.map_or(0, |l| l.index);
         self.applied.index.store(index, Ordering::Release);
-        Ok(())
     }
 }
 
@@ -287,10 +300,12 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
         let started = Instant::now();
         let mut batch = sled::Batch::default();
         let mut results = Vec::new();
+        let mut barrier_applied = false;
         for entry in entries {
             if let EntryPayload::Normal(command) = &entry.payload {
                 if K::State::is_barrier(command) {
                     self.commit(std::mem::take(&mut batch))?;
+                    barrier_applied = true;
                 }
             }
             self.meta.last_applied = Some(entry.log_id);
@@ -304,7 +319,14 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
             };
             results.push(reply);
         }
-        self.commit(batch)?;
+        self.write(batch)?;
+        if barrier_applied {
+            // A barrier (a split) writes state other groups build on (a split child's
+            // records): it must be durable before anyone sees it, or a crash could let the
+            // child apply its own log over records the split then writes again.
+            self.flusher.flush().await.map_err(storage_io_error)?;
+        }
+        self.publish();
         if let Some(applied) = self.meta.last_applied {
             self.probe.emit(|| NodeEvent::Applied {
                 group: self.group,

@@ -507,6 +507,7 @@ mod tests {
     use crate::raft::log_store::{DurableFiles, FlushMode, Flusher};
     use crate::raft::probe::Probe;
     use crate::raft::state_machine::{check_snapshot_data, StateMachineStore};
+    use crate::raft::wal::{Wal, SEGMENT_BYTES_DEFAULT};
     use crate::raft::{Entry, LogId};
     use crate::shard::{Precondition, VersionEntry};
     use openraft::storage::RaftStateMachine;
@@ -514,7 +515,8 @@ mod tests {
 
     fn store(db: &sled::Db, dir: &std::path::Path) -> StateMachineStore<ShardKind> {
         let files = DurableFiles::open(dir).unwrap();
-        let flusher = Flusher::start(db.clone(), files, FlushMode::Inline, "t".into());
+        let (wal, _) = Wal::open(&dir.join("raft-log"), SEGMENT_BYTES_DEFAULT).unwrap();
+        let flusher = Flusher::start(db.clone(), files, Arc::new(wal), FlushMode::Inline, "t".into());
         let state = ShardState::open(db, 7, false).unwrap();
         StateMachineStore::open(db, 7, state, flusher, "t".into(), Probe::new(1, None)).unwrap()
     }
