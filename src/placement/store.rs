@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::{ClusterMap, PdCommand, PdResult};
 use crate::codec;
 use crate::raft::registry::Group;
-use crate::raft::state_machine::state_key;
+use crate::raft::state_machine::{state_key, WriteBatch};
 use crate::raft::validate::Limits;
 use crate::raft::{storage_io_error, Command, GroupId, GroupKind, GroupState, StorageError};
 
@@ -104,12 +104,12 @@ impl GroupState<PdKind> for PdState {
         Arc::new(())
     }
 
-    fn apply(&mut self, command: PdCommand, _: &mut sled::Batch) -> Result<Option<PdResult>, StorageError> {
+    fn apply(&mut self, command: PdCommand, _: &mut WriteBatch) -> Result<Option<PdResult>, StorageError> {
         self.changed = true;
         Ok(Some(self.map.apply(&command)))
     }
 
-    fn stage(&mut self, batch: &mut sled::Batch) -> Result<(), StorageError> {
+    fn stage(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
         if self.changed {
             batch.insert(
                 state_key(self.group, TAG_PD_MAP, &[]),
@@ -133,7 +133,7 @@ impl GroupState<PdKind> for PdState {
         decode_map(data).map(|_| ())
     }
 
-    fn install(&mut self, data: &[u8], _: &mut sled::Batch) -> Result<(), StorageError> {
+    fn install(&mut self, data: &[u8], _: &mut WriteBatch) -> Result<(), StorageError> {
         self.map = decode_map(data).map_err(|e| storage_io_error(std::io::Error::other(e)))?;
         // Staged and published with the snapshot's commit.
         self.changed = true;

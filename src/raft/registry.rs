@@ -20,7 +20,7 @@ use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
 use super::quiet::{decide, ration_wakes, Decision, Inputs, Liveness, NodeView, Role, MAX_CAMPAIGN_WAKES_PER_PASS};
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
-use super::state_machine::{self, Applied, AppliedView, StateMachineStore};
+use super::state_machine::{self, Applied, AppliedView, StateMachineStore, StateWriter};
 use super::transport::HttpClient;
 use super::{group_prefix, GroupId, GroupKind, Raft, StorageError};
 
@@ -185,6 +185,7 @@ pub struct Registry<K: GroupKind> {
     label: String,
     db: sled::Db,
     flusher: Flusher,
+    writer: StateWriter,
     sender: RaftSender,
     config: Arc<RegistryConfig>,
     open_state: OpenState<K>,
@@ -214,6 +215,7 @@ impl<K: GroupKind> Registry<K> {
     pub fn new(
         db: sled::Db,
         flusher: Flusher,
+        writer: StateWriter,
         sender: RaftSender,
         config: Arc<RegistryConfig>,
         open_state: OpenState<K>,
@@ -227,6 +229,7 @@ impl<K: GroupKind> Registry<K> {
             tombstones: db.open_tree("tombstones").map_err(storage)?,
             db,
             flusher,
+            writer,
             sender,
             config,
             open_state,
@@ -350,6 +353,7 @@ impl<K: GroupKind> Registry<K> {
             group,
             state,
             self.flusher.clone(),
+            self.writer.clone(),
             self.label.clone(),
             self.config.probe.clone(),
         )

@@ -17,8 +17,9 @@ use tokio::time::Instant;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
-use super::log_store::Flusher;
+use super::log_store::{FlushMode, Flusher};
 use super::probe::{NodeEvent, Probe};
 use super::{
     group_prefix, storage_io_error, Cmd, Config, Entry, GroupId, GroupKind, LogId, Reply, SnapshotMeta, StorageError,
@@ -39,6 +40,99 @@ pub fn state_key(group: GroupId, tag: u8, rest: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The sled writes of one apply call (or snapshot install), committed atomically by the
+/// [`StateWriter`].
+#[derive(Default)]
+pub struct WriteBatch {
+    ops: Vec<(sled::IVec, Option<sled::IVec>)>,
+}
+
+impl WriteBatch {
+    pub fn insert(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
+        self.ops.push((key.into(), Some(value.into())));
+    }
+
+    pub fn remove(&mut self, key: impl Into<sled::IVec>) {
+        self.ops.push((key.into(), None));
+    }
+}
+
+/// Most apply calls' batches one sled commit takes; the rest wait for the next.
+pub const STATE_WRITES_PER_COMMIT_MAX: usize = 1_024;
+
+type WriteRequest = (WriteBatch, oneshot::Sender<Result<(), String>>);
+
+/// Commits the state machines' writes of every group on the node, many apply calls in one
+/// sled batch. Each sled 0.34 `apply_batch` seals and writes sled's IO buffer twice (a
+/// `pwrite` and a waited `sync_file_range` each, on sled's threads) and takes a
+/// process-wide exclusive lock: one per apply call was the largest cost of a write at many
+/// shards, where each call applies about one entry. Merged, one commit serves every group
+/// that applied meanwhile. Batches of different groups touch disjoint keys, and a group
+/// waits for its commit before its next apply, so merging changes no outcome.
+#[derive(Clone)]
+pub struct StateWriter {
+    tx: mpsc::Sender<WriteRequest>,
+}
+
+impl StateWriter {
+    pub fn start(sm: sled::Tree, mode: FlushMode) -> Self {
+        let (tx, mut rx) = mpsc::channel::<WriteRequest>(STATE_WRITES_PER_COMMIT_MAX);
+        let commit_round = move |first: WriteRequest, rx: &mut mpsc::Receiver<WriteRequest>| {
+            let mut waiters = Vec::new();
+            let mut batch = sled::Batch::default();
+            let mut next = Some(first);
+            while let Some((writes, waiter)) = next {
+                for (key, value) in writes.ops {
+                    match value {
+                        Some(value) => batch.insert(key, value),
+                        None => batch.remove(key),
+                    }
+                }
+                waiters.push(waiter);
+                next = if waiters.len() < STATE_WRITES_PER_COMMIT_MAX {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            let result = sm.apply_batch(batch).map_err(|e| e.to_string());
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
+        };
+        match mode {
+            FlushMode::Thread => {
+                std::thread::Builder::new()
+                    .name("midasflow-apply".into())
+                    .spawn(move || {
+                        while let Some(first) = rx.blocking_recv() {
+                            commit_round(first, &mut rx);
+                        }
+                    })
+                    .expect("spawn the state writer thread");
+            }
+            FlushMode::Inline => {
+                tokio::spawn(async move {
+                    while let Some(first) = rx.recv().await {
+                        commit_round(first, &mut rx);
+                    }
+                });
+            }
+        }
+        StateWriter { tx }
+    }
+
+    /// Returns once `batch` is committed (visible to reads; durable only with a flush).
+    pub async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let stopped = || storage_io_error(std::io::Error::other("the state writer stopped"));
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((batch, tx)).await.map_err(|_| stopped())?;
+        rx.await
+            .map_err(|_| stopped())?
+            .map_err(|e| storage_io_error(std::io::Error::other(e)))
+    }
+}
+
 /// A kind's application state. The store around it owns the applied log id, the
 /// membership, the atomic commit of each apply call and the snapshot files; the state
 /// owns everything else under its group's prefix (tags other than 0).
@@ -47,14 +141,14 @@ pub trait GroupState<K: GroupKind<State = Self>>: Sized + Send + Sync + 'static 
     fn view(&self) -> Arc<K::View>;
     /// Applies one command. Changes go into `batch` or are held until [`Self::stage`];
     /// reads of earlier commands' changes must see them (the batch is not yet committed).
-    fn apply(&mut self, command: Cmd<K>, batch: &mut sled::Batch) -> Result<Reply<K>, StorageError>;
+    fn apply(&mut self, command: Cmd<K>, batch: &mut WriteBatch) -> Result<Reply<K>, StorageError>;
     /// Whether `command` reads the committed tree wholesale: the store then commits
     /// everything applied before it first.
     fn is_barrier(_command: &Cmd<K>) -> bool {
         false
     }
     /// Adds the changes held since the last commit to `batch`.
-    fn stage(&mut self, batch: &mut sled::Batch) -> Result<(), StorageError>;
+    fn stage(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError>;
     /// Called once the batch is committed: publish the new state to the view.
     fn committed(&mut self);
     /// The whole state, encoded; called between applies, so it is one applied state. A
@@ -64,7 +158,7 @@ pub trait GroupState<K: GroupKind<State = Self>>: Sized + Send + Sync + 'static 
     fn check_snapshot(data: &[u8]) -> Result<(), String>;
     /// Replaces the state with checked snapshot data: writes go into `batch`, which
     /// already removes every key the group had.
-    fn install(&mut self, data: &[u8], batch: &mut sled::Batch) -> Result<(), StorageError>;
+    fn install(&mut self, data: &[u8], batch: &mut WriteBatch) -> Result<(), StorageError>;
 }
 
 /// Figures any group's replica publishes, whatever its kind.
@@ -166,6 +260,7 @@ pub struct StateMachineStore<K: GroupKind> {
     sm: sled::Tree,
     snapshots: sled::Tree,
     flusher: Flusher,
+    writer: StateWriter,
     meta: AppliedMeta,
     state: K::State,
     applied: Arc<Applied>,
@@ -181,6 +276,7 @@ impl<K: GroupKind> StateMachineStore<K> {
         group: GroupId,
         state: K::State,
         flusher: Flusher,
+        writer: StateWriter,
         node_label: String,
         probe: Probe,
     ) -> Result<Self, StorageError> {
@@ -199,6 +295,7 @@ impl<K: GroupKind> StateMachineStore<K> {
             sm,
             snapshots,
             flusher,
+            writer,
             meta,
             state,
             applied,
@@ -217,21 +314,21 @@ impl<K: GroupKind> StateMachineStore<K> {
 
     /// Commits `batch`, the state's held changes and the applied meta atomically, then
     /// publishes them.
-    fn commit(&mut self, batch: sled::Batch) -> Result<(), StorageError> {
-        self.write(batch)?;
+    async fn commit(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.write(batch).await?;
         self.publish();
         Ok(())
     }
 
     /// Commits `batch`, the state's held changes and the applied meta in one sled batch,
     /// not yet durable: the log is, and a restart re-applies what sled lost.
-    fn write(&mut self, mut batch: sled::Batch) -> Result<(), StorageError> {
+    async fn write(&mut self, mut batch: WriteBatch) -> Result<(), StorageError> {
         self.state.stage(&mut batch)?;
         batch.insert(
             state_key(self.group, TAG_APPLIED, &[]),
             codec::encode(&self.meta).map_err(storage_io_error)?,
         );
-        self.sm.apply_batch(batch).map_err(storage_io_error)
+        self.writer.write(batch).await
     }
 
     /// Shows what [`Self::write`] committed to the node.
@@ -298,13 +395,13 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
         I::IntoIter: Send,
     {
         let started = Instant::now();
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         let mut results = Vec::new();
         let mut barrier_applied = false;
         for entry in entries {
             if let EntryPayload::Normal(command) = &entry.payload {
                 if K::State::is_barrier(command) {
-                    self.commit(std::mem::take(&mut batch))?;
+                    self.commit(std::mem::take(&mut batch)).await?;
                     barrier_applied = true;
                 }
             }
@@ -319,7 +416,7 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
             };
             results.push(reply);
         }
-        self.write(batch)?;
+        self.write(batch).await?;
         if barrier_applied {
             // A barrier (a split) writes state other groups build on (a split child's
             // records): it must be durable before anyone sees it, or a crash could let the
@@ -369,7 +466,7 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
         // A peer's snapshot is checked whole before anything local changes.
         let payload: SnapshotPayload = codec::decode(&data).map_err(storage_io_error)?;
         K::State::check_snapshot(&payload.state).map_err(|e| storage_io_error(BadSnapshot::State(e)))?;
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         for key in self.sm.scan_prefix(group_prefix(self.group)).keys() {
             batch.remove(key.map_err(storage_io_error)?);
         }
@@ -382,7 +479,7 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
                 membership: meta.last_membership.clone(),
             },
         );
-        if let Err(e) = self.commit(batch) {
+        if let Err(e) = self.commit(batch).await {
             self.meta = before;
             return Err(e);
         }

@@ -22,7 +22,7 @@ use super::{apply_op, key_hash, KeyRecord, KvOp, KvResult};
 use crate::codec;
 use crate::raft::membership::SplitPlan;
 use crate::raft::registry::Group;
-use crate::raft::state_machine::state_key;
+use crate::raft::state_machine::{state_key, WriteBatch};
 use crate::raft::validate::Limits;
 use crate::raft::{storage_io_error, AppliedView, Command, GroupId, GroupKind, GroupState, StorageError};
 
@@ -378,7 +378,7 @@ impl ShardState {
     /// range; no log yet: its replicas start it from this state), and this shard's range
     /// ends at `at`. A replica whose range is not the planned one refuses, except a repeat
     /// of the split it already applied.
-    fn split(&mut self, plan: SplitPlan, batch: &mut sled::Batch) -> Result<SplitResult, StorageError> {
+    fn split(&mut self, plan: SplitPlan, batch: &mut WriteBatch) -> Result<SplitResult, StorageError> {
         let SplitPlan { child, at, .. } = plan;
         let planned = (plan.start, plan.end);
         let (start, end) = self.meta.range.unwrap_or(planned);
@@ -436,7 +436,7 @@ impl GroupState<ShardKind> for ShardState {
         self.view.clone()
     }
 
-    fn apply(&mut self, command: ShardCommand, batch: &mut sled::Batch) -> Result<ShardReply, StorageError> {
+    fn apply(&mut self, command: ShardCommand, batch: &mut WriteBatch) -> Result<ShardReply, StorageError> {
         match command {
             ShardCommand::Kv(op) => self.apply_kv(op).map(ShardReply::Kv),
             ShardCommand::Split(plan) => self.split(plan, batch).map(ShardReply::Split),
@@ -448,7 +448,7 @@ impl GroupState<ShardKind> for ShardState {
         matches!(command, ShardCommand::Split(_))
     }
 
-    fn stage(&mut self, batch: &mut sled::Batch) -> Result<(), StorageError> {
+    fn stage(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
         for (key, record) in std::mem::take(&mut self.overlay) {
             let bytes = codec::encode(&record).map_err(storage_io_error)?;
             batch.insert(state_key(self.group, TAG_RECORD, &key), bytes);
@@ -486,7 +486,7 @@ impl GroupState<ShardKind> for ShardState {
         decode_snapshot(data).map(|_| ()).map_err(|e| e.to_string())
     }
 
-    fn install(&mut self, data: &[u8], batch: &mut sled::Batch) -> Result<(), StorageError> {
+    fn install(&mut self, data: &[u8], batch: &mut WriteBatch) -> Result<(), StorageError> {
         let (snapshot, (live_keys, live_bytes)) = decode_snapshot(data).map_err(storage_io_error)?;
         for (key, record) in snapshot.records {
             batch.insert(state_key(self.group, TAG_RECORD, &key), record);
@@ -506,7 +506,7 @@ mod tests {
     use super::*;
     use crate::raft::log_store::{DurableFiles, FlushMode, Flusher};
     use crate::raft::probe::Probe;
-    use crate::raft::state_machine::{check_snapshot_data, StateMachineStore};
+    use crate::raft::state_machine::{check_snapshot_data, StateMachineStore, StateWriter};
     use crate::raft::wal::{Wal, SEGMENT_BYTES_DEFAULT};
     use crate::raft::{Entry, LogId};
     use crate::shard::{Precondition, VersionEntry};
@@ -518,7 +518,8 @@ mod tests {
         let (wal, _) = Wal::open(&dir.join("raft-log"), SEGMENT_BYTES_DEFAULT).unwrap();
         let flusher = Flusher::start(db.clone(), files, Arc::new(wal), FlushMode::Inline, "t".into());
         let state = ShardState::open(db, 7, false).unwrap();
-        StateMachineStore::open(db, 7, state, flusher, "t".into(), Probe::new(1, None)).unwrap()
+        let writer = StateWriter::start(db.open_tree("sm").unwrap(), FlushMode::Inline);
+        StateMachineStore::open(db, 7, state, flusher, writer, "t".into(), Probe::new(1, None)).unwrap()
     }
 
     fn entry(index: u64, command: ShardCommand) -> Entry<ShardKind> {
