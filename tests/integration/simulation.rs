@@ -143,12 +143,14 @@ async fn planted_map_before_membership_bug_is_caught_within_five_seeds() {
 }
 
 /// A shard that keeps applying writes for keys its split gave away: a write routed with
-/// the old map is acknowledged where no later read looks.
+/// the old map is acknowledged where no later read looks. It takes a write to reach the
+/// parent's leader between its split and its node's new map, which about one seed in
+/// eight of this scenario produces (seeds 10, 16 and 19 of 0..26), hence the wider window.
 #[tokio::test]
-async fn planted_split_without_range_check_is_caught_within_five_seeds() {
+async fn planted_split_without_range_check_is_caught_within_twenty_seeds() {
     let _serial = serial().await;
     assert_caught(
-        0..5,
+        0..20,
         "split-without-range-check",
         "placement",
         &["not linearizable", "lost acknowledged write"],
