@@ -14,6 +14,7 @@ pub mod membership;
 pub mod network;
 pub mod probe;
 pub mod quiet;
+pub mod read_batch;
 pub mod registry;
 pub mod runtime;
 pub mod state_machine;

@@ -19,6 +19,7 @@ use super::log_store::{destroy_log, Flusher, LogStore};
 use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
 use super::quiet::{decide, ration_wakes, Decision, Inputs, Liveness, NodeView, Role, MAX_CAMPAIGN_WAKES_PER_PASS};
+use super::read_batch::ReadBatcher;
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
 use super::state_machine::{self, Applied, AppliedView, StateMachineStore, StateWriter};
 use super::transport::HttpClient;
@@ -30,6 +31,8 @@ pub struct Group<K: GroupKind> {
     pub raft: Raft<K>,
     pub applied: Arc<Applied>,
     pub view: Arc<K::View>,
+    /// Linearizable reads waiting for a shared leadership confirmation.
+    pub reads: ReadBatcher<K>,
     is_leader: AtomicBool,
     term: AtomicU64,
     /// Set while leadership is being handed over: new proposals wait.
@@ -412,6 +415,7 @@ impl<K: GroupKind> Registry<K> {
             raft,
             applied,
             view,
+            reads: ReadBatcher::default(),
             is_leader: AtomicBool::new(false),
             term: AtomicU64::new(0),
             proposals_paused: AtomicBool::new(false),
