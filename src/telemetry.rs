@@ -220,7 +220,13 @@ pub const CATALOGUE: &[MetricDoc] = &[
         "midasflow_log_flush_duration_seconds",
         Histogram,
         "",
-        "Time of one group commit (flush and fsync) of the node's storage.",
+        "Time of one group commit of the node's Raft log (and of sled, when something needs it durable).",
+    ),
+    doc(
+        "midasflow_kv_writes_per_proposal",
+        Histogram,
+        "",
+        "Client writes carried by one Raft proposal of a shard this node leads.",
     ),
     doc(
         "midasflow_log_flush_batch_size",

@@ -234,10 +234,7 @@ fn local<K: GroupKind>(node: &Api, group: Option<&Group<K>>) -> Local {
         node_id: node.config.node_id,
         vote: group.map_or_else(Vote::default, |g| g.raft.metrics().borrow().vote),
         max_entries: node.config.limits.max_payload_entries(),
-        limits: validate::Limits {
-            max_key_bytes: node.config.limits.max_key_bytes,
-            max_value_bytes: node.config.limits.max_value_bytes,
-        },
+        limits: node.config.limits.command_limits(),
     }
 }
 

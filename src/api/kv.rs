@@ -20,8 +20,11 @@ use super::routing_json;
 use super::Api;
 use crate::node::PlantedBug;
 use crate::raft::network::send;
+use crate::raft::read_batch::ReadRefused;
 use crate::raft::registry::Wake;
 use crate::raft::GroupId;
+use crate::shard::propose::Unknown;
+use crate::shard::store::ShardProposer;
 use crate::shard::store::{ShardCommand, ShardGroup, ShardReply};
 use crate::shard::{read, KeyRecord, KvOp, KvResult, Precondition, ReadOutcome};
 
@@ -409,8 +412,45 @@ async fn serve_on_leader(
                 node_label: node.label(),
             };
             *proposed = true;
+            if !node.config.has_planted_bug(PlantedBug::ReproposeWrites) {
+                let planted = node.config.has_planted_bug(PlantedBug::BatchResultsMisrouted);
+                let proposer = ShardProposer {
+                    raft: group.raft.clone(),
+                    node_label: node.label(),
+                };
+                return match group
+                    .view
+                    .proposals
+                    .submit(op.clone(), proposer, node.config.limits.command_limits(), planted)
+                    .await
+                {
+                    // Refused at apply, so certainly not applied: it may go to the new shard.
+                    Ok(KvResult::WrongShard) => {
+                        *proposed = false;
+                        Ok(Attempt::Wait)
+                    }
+                    Ok(result) => {
+                        if matches!(result, KvResult::Written { .. } | KvResult::Deleted { .. }) {
+                            metrics::counter!("midasflow_kv_writes_total", "node" => node.label()).increment(1);
+                        }
+                        Ok(Attempt::Done(write_response(op, group.id, result)))
+                    }
+                    Err(Unknown::LeaderChanged(leader)) => {
+                        proposal_failed(node, "leader_changed");
+                        Err(ApiError::timeout(format!(
+                            "leadership moved to {leader:?} while the write was proposed; it may or may not have happened"
+                        )))
+                    }
+                    Err(Unknown::Error(e)) => {
+                        proposal_failed(node, "error");
+                        Err(ApiError::timeout(format!("write outcome unknown: {e}")))
+                    }
+                };
+            }
+            // The planted "repropose" bug keeps the direct, one-write-per-entry path it
+            // was written against.
             let write = group.raft.client_write(ShardCommand::Kv(op.clone()));
-            let result = if node.config.has_planted_bug(PlantedBug::ReproposeWrites) {
+            let result = {
                 match tokio::time::timeout(Duration::from_millis(PLANTED_REPROPOSE_AFTER_MS), write).await {
                     Ok(result) => result,
                     Err(_) => {
@@ -418,8 +458,6 @@ async fn serve_on_leader(
                         return Ok(Attempt::Wait);
                     }
                 }
-            } else {
-                write.await
             };
             match result {
                 Ok(written) => match written.data {
@@ -455,17 +493,18 @@ async fn serve_on_leader(
                 }
             }
         }
-        _ => match group.raft.ensure_linearizable().await {
-            // Applied up to the read index: if that includes a split of the key away, the
-            // new shard answers.
-            Ok(_) if !group.view.covers(crate::placement::key_hash(call.key())) => Ok(Attempt::Wait),
-            Ok(_) => Ok(Attempt::Done(serve_local(group, call, true).await?)),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Ok(f.leader_id.map_or(Attempt::Wait, Attempt::Redirect))
+        _ => {
+            let planted = node.config.has_planted_bug(PlantedBug::ReadsReuseConfirmation);
+            match group.reads.confirm(&group.raft, planted).await {
+                // Applied up to the read index: if that includes a split of the key away,
+                // the new shard answers.
+                Ok(()) if !group.view.covers(crate::placement::key_hash(call.key())) => Ok(Attempt::Wait),
+                Ok(()) => Ok(Attempt::Done(serve_local(group, call, true).await?)),
+                Err(ReadRefused::ForwardToLeader(leader)) => Ok(leader.map_or(Attempt::Wait, Attempt::Redirect)),
+                Err(ReadRefused::QuorumNotEnough) => Ok(Attempt::Wait),
+                Err(ReadRefused::Failed(e)) => Err(ApiError::unavailable(format!("cannot confirm leadership: {e}"))),
             }
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_))) => Ok(Attempt::Wait),
-            Err(e) => Err(ApiError::unavailable(format!("cannot confirm leadership: {e}"))),
-        },
+        }
     }
 }
 

@@ -89,6 +89,13 @@ pub enum PlantedBug {
     /// sent: the sender hands one group's answer (an accepted append, a granted vote) to
     /// another group.
     BatchAnswersInCompletionOrder,
+    /// Linearizable reads trust a leadership confirmation for 2 s after it succeeded (a
+    /// lease without the clock bound that would make one safe): a leader cut off keeps
+    /// answering from its applied state while the majority elects another and moves on.
+    ReadsReuseConfirmation,
+    /// A batched proposal hands each write its neighbour's result: a client is told its
+    /// write made a version that belongs to another.
+    BatchResultsMisrouted,
 }
 
 impl std::fmt::Debug for dyn Observer {
@@ -163,6 +170,14 @@ impl Limits {
     /// The largest log entry a client write can produce.
     pub fn max_entry_bytes(&self) -> usize {
         self.max_value_bytes + self.max_key_bytes + ENTRY_OVERHEAD_BYTES
+    }
+
+    /// What a command in the log may hold (a leader's own, and a peer's entry).
+    pub fn command_limits(&self) -> crate::raft::validate::Limits {
+        crate::raft::validate::Limits {
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+        }
     }
 
     /// Entries per append RPC: as many full-size entries as fit the append budget, at

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod propose;
 pub mod store;
 
 /// A key's position on the ring.

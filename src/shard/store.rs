@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::propose::{self, ProposalQueue, Proposer, Unknown};
 use super::{apply_op, key_hash, KeyRecord, KvOp, KvResult};
 use crate::codec;
 use crate::raft::membership::SplitPlan;
@@ -66,6 +67,40 @@ pub enum ShardCommand {
     Kv(KvOp),
     /// Split this shard as planned.
     Split(SplitPlan),
+    /// Several writes, applied in order in one apply call (see `propose.rs`).
+    Batch(Vec<KvOp>),
+}
+
+/// Proposes a batch through this replica (its leader): one entry, one result per write.
+pub struct ShardProposer {
+    pub raft: crate::raft::Raft<ShardKind>,
+    pub node_label: String,
+}
+
+impl Proposer for ShardProposer {
+    fn propose(&self, ops: Vec<KvOp>) -> impl std::future::Future<Output = Result<Vec<KvResult>, Unknown>> + Send {
+        let raft = self.raft.clone();
+        metrics::histogram!("midasflow_kv_writes_per_proposal", "node" => self.node_label.clone())
+            .record(ops.len() as f64);
+        async move {
+            let count = ops.len();
+            let command = match <[KvOp; 1]>::try_from(ops) {
+                Ok([op]) => ShardCommand::Kv(op),
+                Err(ops) => ShardCommand::Batch(ops),
+            };
+            match raft.client_write(command).await {
+                Ok(written) => match written.data {
+                    ShardReply::Kv(result) if count == 1 => Ok(vec![result]),
+                    ShardReply::Batch(results) => Ok(results),
+                    other => Err(Unknown::Error(format!("unexpected apply result {other:?}"))),
+                },
+                Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                    Err(Unknown::LeaderChanged(f.leader_id))
+                }
+                Err(e) => Err(Unknown::Error(e.to_string())),
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for ShardCommand {
@@ -76,6 +111,12 @@ impl std::fmt::Display for ShardCommand {
             }
             ShardCommand::Kv(KvOp::Delete { key, .. }) => write!(f, "delete({}B key)", key.len()),
             ShardCommand::Split(plan) => write!(f, "split(at {:#x}, child {})", plan.at, plan.child),
+            ShardCommand::Batch(ops) => write!(
+                f,
+                "batch({} writes, {}B)",
+                ops.len(),
+                ops.iter().map(propose::op_bytes).sum::<usize>()
+            ),
         }
     }
 }
@@ -91,6 +132,20 @@ impl Command for ShardCommand {
                 inside
                     .then_some(())
                     .ok_or_else(|| "a split point outside its range".into())
+            }
+            ShardCommand::Batch(ops) => {
+                if ops.is_empty() || !propose::batch_fits(ops, limits) {
+                    return Err(format!(
+                        "a batch of {} writes ({}B) past the limits of {} writes and {}B",
+                        ops.len(),
+                        ops.iter().map(propose::op_bytes).sum::<usize>(),
+                        propose::OPS_PER_PROPOSAL_MAX,
+                        propose::batch_bytes_max(limits)
+                    ));
+                }
+                ops.iter()
+                    .try_for_each(|op| op.validate(limits.max_key_bytes, limits.max_value_bytes))
+                    .map_err(|e| e.to_string())
             }
         }
     }
@@ -110,6 +165,8 @@ pub enum ShardReply {
     Empty,
     Kv(KvResult),
     Split(SplitResult),
+    /// One result per write of a [`ShardCommand::Batch`], in order.
+    Batch(Vec<KvResult>),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +202,8 @@ pub struct ShardView {
     /// The last split point computed and when; the last (time, ops, rate) sample.
     split_point: Mutex<Option<(tokio::time::Instant, Option<u64>)>>,
     ops_sample: Mutex<Option<(tokio::time::Instant, u64, u64)>>,
+    /// Writes waiting to be proposed while this replica leads.
+    pub proposals: ProposalQueue,
 }
 
 impl ShardView {
@@ -341,6 +400,7 @@ impl ShardState {
             ops_served: AtomicU64::new(0),
             split_point: Mutex::new(None),
             ops_sample: Mutex::new(None),
+            proposals: ProposalQueue::default(),
         });
         view.publish(&meta);
         Ok(ShardState {
@@ -440,6 +500,12 @@ impl GroupState<ShardKind> for ShardState {
         match command {
             ShardCommand::Kv(op) => self.apply_kv(op).map(ShardReply::Kv),
             ShardCommand::Split(plan) => self.split(plan, batch).map(ShardReply::Split),
+            // In order, through the overlay: each write sees the ones before it.
+            ShardCommand::Batch(ops) => ops
+                .into_iter()
+                .map(|op| self.apply_kv(op))
+                .collect::<Result<_, _>>()
+                .map(ShardReply::Batch),
         }
     }
 
@@ -539,6 +605,89 @@ mod tests {
                 history_versions: 4,
             }),
         )
+    }
+
+    /// A batched proposal is one entry: its writes apply in order (each sees the ones
+    /// before it), each gets its own result, and they are committed with the entry's
+    /// applied index in one sled batch: a reopened replica has all of them or none.
+    #[tokio::test]
+    async fn a_batch_applies_in_order_and_commits_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let mut sm = store(&db, dir.path());
+        let op = |key: &[u8], precondition| KvOp::Put {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            precondition,
+            history_versions: 4,
+        };
+        let batch = ShardCommand::Batch(vec![
+            op(b"a", Precondition::None),
+            op(b"b", Precondition::IfAbsent),
+            op(b"a", Precondition::IfMatch(1)),
+            op(b"b", Precondition::IfAbsent),
+        ]);
+        let replies = sm.apply(vec![entry(1, batch)]).await.unwrap();
+        assert_eq!(
+            replies,
+            vec![ShardReply::Batch(vec![
+                KvResult::Written { version: 1 },
+                KvResult::Written { version: 1 },
+                KvResult::Written { version: 2 },
+                KvResult::PreconditionFailed { current: 1 },
+            ])]
+        );
+        drop(sm);
+        let reopened = ShardState::open(&db, 7, false).unwrap();
+        let versions: Vec<u64> = [&b"a"[..], b"b"]
+            .iter()
+            .map(|key| {
+                reopened
+                    .view
+                    .get(key)
+                    .unwrap()
+                    .unwrap()
+                    .versions
+                    .iter()
+                    .map(|v| v.version)
+                    .max()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(versions, vec![2, 1]);
+        let (applied, _) = store(&db, dir.path()).applied_state().await.unwrap();
+        assert_eq!(
+            applied.map(|l| l.index),
+            Some(1),
+            "the applied index is committed with the batch"
+        );
+    }
+
+    #[test]
+    fn a_peers_batch_entry_is_checked_against_the_batch_limits() {
+        let limits = Limits {
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+        };
+        let put = |bytes: usize| KvOp::Put {
+            key: b"k".to_vec(),
+            value: vec![0; bytes],
+            precondition: Precondition::None,
+            history_versions: 4,
+        };
+        assert!(ShardCommand::Batch(vec![put(1); 3]).check(&limits).is_ok());
+        assert!(ShardCommand::Batch(vec![]).check(&limits).is_err(), "an empty batch");
+        let too_many = vec![put(1); propose::OPS_PER_PROPOSAL_MAX + 1];
+        assert!(ShardCommand::Batch(too_many).check(&limits).is_err());
+        let too_big = vec![put(limits.max_value_bytes), put(limits.max_key_bytes)];
+        assert!(ShardCommand::Batch(too_big).check(&limits).is_err());
+        let oversized_key = KvOp::Put {
+            key: vec![0; limits.max_key_bytes + 1],
+            value: vec![],
+            precondition: Precondition::None,
+            history_versions: 4,
+        };
+        assert!(ShardCommand::Batch(vec![put(1), oversized_key]).check(&limits).is_err());
     }
 
     /// The silent-data-loss finding: a state read that failed used to produce a snapshot

@@ -158,6 +158,35 @@ async fn planted_split_without_range_check_is_caught_within_twenty_seeds() {
     );
 }
 
+/// A batched proposal that hands each write its neighbour's result. A one-write batch
+/// cannot misroute, so catching it also shows the simulation's writes do share proposals.
+#[tokio::test]
+async fn planted_batch_results_misrouted_bug_is_caught_within_three_seeds() {
+    let _serial = serial().await;
+    assert_caught(
+        0..3,
+        "batch-results-misrouted",
+        "mixed",
+        &["not linearizable", "lost acknowledged write"],
+        "writes answered with another write's result",
+    );
+}
+
+/// Linearizable reads that trust an earlier leadership confirmation (a lease without its
+/// clock bound) instead of waiting for one that starts after they arrive: a leader cut off
+/// keeps answering while the majority elects another and takes writes.
+#[tokio::test]
+async fn planted_reads_reuse_confirmation_bug_is_caught_within_five_seeds() {
+    let _serial = serial().await;
+    assert_caught(
+        0..5,
+        "reads-reuse-confirmation",
+        "partitions",
+        &["not linearizable", "lost acknowledged write"],
+        "reads served on an old confirmation",
+    );
+}
+
 /// A quiet leader that trusts itself for reads: isolated, it keeps answering from its
 /// applied state while the majority elects another leader and takes writes. The quiet
 /// scenario's faults strike in idle gaps; the stale reads need a later burst to read
