@@ -89,7 +89,7 @@ pub enum PlantedBug {
     /// sent: the sender hands one group's answer (an accepted append, a granted vote) to
     /// another group.
     BatchAnswersInCompletionOrder,
-    /// Linearizable reads trust a leadership confirmation for 2 s after it succeeded (a
+    /// Linearizable reads trust a leadership confirmation for 60 s after it succeeded (a
     /// lease without the clock bound that would make one safe): a leader cut off keeps
     /// answering from its applied state while the majority elects another and moves on.
     ReadsReuseConfirmation,

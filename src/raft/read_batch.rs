@@ -29,7 +29,7 @@ pub enum ReadRefused {
 type Waiter = oneshot::Sender<Result<(), ReadRefused>>;
 
 /// How long the planted bug trusts a confirmation (simulation only).
-pub const PLANTED_REUSE_CONFIRMATION_MS: u64 = 10_000;
+pub const PLANTED_REUSE_CONFIRMATION_MS: u64 = 60_000;
 
 #[derive(Default)]
 struct Queue {
