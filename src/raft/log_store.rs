@@ -157,6 +157,35 @@ pub enum FlushMode {
     Inline,
 }
 
+/// Runs `round` for each request that arrives (it may take the others waiting from `rx`)
+/// until every sender is gone: on a thread named `name`, or as a task ([`FlushMode`]).
+pub fn run_rounds<T: Send + 'static>(
+    mode: FlushMode,
+    name: &str,
+    mut rx: mpsc::Receiver<T>,
+    mut round: impl FnMut(T, &mut mpsc::Receiver<T>) + Send + 'static,
+) {
+    match mode {
+        FlushMode::Thread => {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    while let Some(first) = rx.blocking_recv() {
+                        round(first, &mut rx);
+                    }
+                })
+                .unwrap_or_else(|e| panic!("spawning the {name} thread: {e}"));
+        }
+        FlushMode::Inline => {
+            tokio::spawn(async move {
+                while let Some(first) = rx.recv().await {
+                    round(first, &mut rx);
+                }
+            });
+        }
+    }
+}
+
 /// Group commit for the node's log, and the sled flushes that must precede it.
 #[derive(Clone)]
 pub struct Flusher {
@@ -170,11 +199,11 @@ pub struct Flusher {
 
 impl Flusher {
     pub fn start(db: sled::Db, mut files: DurableFiles, wal: Arc<Wal>, mode: FlushMode, node_label: String) -> Self {
-        let (tx, mut rx) = mpsc::channel::<FlushWaiter>(FLUSH_QUEUE_CAPACITY);
+        let (tx, rx) = mpsc::channel::<FlushWaiter>(FLUSH_QUEUE_CAPACITY);
         let db_dirty = Arc::new(AtomicBool::new(false));
         let dirty = db_dirty.clone();
         let log = wal.clone();
-        let mut flush_batch = move |first: FlushWaiter, rx: &mut mpsc::Receiver<FlushWaiter>| {
+        let flush_batch = move |first: FlushWaiter, rx: &mut mpsc::Receiver<FlushWaiter>| {
             let mut batch = vec![first];
             while let Ok(next) = rx.try_recv() {
                 batch.push(next);
@@ -210,25 +239,7 @@ impl Flusher {
                 waiter.complete(&result);
             }
         };
-        match mode {
-            FlushMode::Thread => {
-                std::thread::Builder::new()
-                    .name("midasflow-flusher".into())
-                    .spawn(move || {
-                        while let Some(first) = rx.blocking_recv() {
-                            flush_batch(first, &mut rx);
-                        }
-                    })
-                    .expect("spawn flusher thread");
-            }
-            FlushMode::Inline => {
-                tokio::spawn(async move {
-                    while let Some(first) = rx.recv().await {
-                        flush_batch(first, &mut rx);
-                    }
-                });
-            }
-        }
+        run_rounds(mode, "midasflow-flusher", rx, flush_batch);
         Flusher { tx, db_dirty, wal }
     }
 

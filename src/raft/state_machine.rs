@@ -19,7 +19,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::log_store::{FlushMode, Flusher};
+use super::log_store::{run_rounds, FlushMode, Flusher};
 use super::probe::{NodeEvent, Probe};
 use super::{
     group_prefix, storage_io_error, Cmd, Config, Entry, GroupId, GroupKind, LogId, Reply, SnapshotMeta, StorageError,
@@ -76,7 +76,7 @@ pub struct StateWriter {
 
 impl StateWriter {
     pub fn start(sm: sled::Tree, mode: FlushMode) -> Self {
-        let (tx, mut rx) = mpsc::channel::<WriteRequest>(STATE_WRITES_PER_COMMIT_MAX);
+        let (tx, rx) = mpsc::channel::<WriteRequest>(STATE_WRITES_PER_COMMIT_MAX);
         let commit_round = move |first: WriteRequest, rx: &mut mpsc::Receiver<WriteRequest>| {
             let mut waiters = Vec::new();
             let mut batch = sled::Batch::default();
@@ -100,25 +100,7 @@ impl StateWriter {
                 let _ = waiter.send(result.clone());
             }
         };
-        match mode {
-            FlushMode::Thread => {
-                std::thread::Builder::new()
-                    .name("midasflow-apply".into())
-                    .spawn(move || {
-                        while let Some(first) = rx.blocking_recv() {
-                            commit_round(first, &mut rx);
-                        }
-                    })
-                    .expect("spawn the state writer thread");
-            }
-            FlushMode::Inline => {
-                tokio::spawn(async move {
-                    while let Some(first) = rx.recv().await {
-                        commit_round(first, &mut rx);
-                    }
-                });
-            }
-        }
+        run_rounds(mode, "midasflow-apply", rx, commit_round);
         StateWriter { tx }
     }
 
