@@ -24,8 +24,7 @@ use crate::raft::read_batch::ReadRefused;
 use crate::raft::registry::Wake;
 use crate::raft::GroupId;
 use crate::shard::propose::Unknown;
-use crate::shard::store::ShardProposer;
-use crate::shard::store::{ShardCommand, ShardGroup, ShardReply};
+use crate::shard::store::{write_outcome, ShardCommand, ShardGroup, ShardProposer};
 use crate::shard::{read, KeyRecord, KvOp, KvResult, Precondition, ReadOutcome};
 
 pub const HOPS_HEADER: &str = "x-midasflow-hops";
@@ -412,82 +411,58 @@ async fn serve_on_leader(
                 node_label: node.label(),
             };
             *proposed = true;
-            if !node.config.has_planted_bug(PlantedBug::ReproposeWrites) {
+            let outcome = if node.config.has_planted_bug(PlantedBug::ReproposeWrites) {
+                // The planted "repropose" bug keeps the direct, one-write-per-entry path it
+                // was written against: give up on a slow proposal, or follow a new leader,
+                // and propose the same write again.
+                let write = group.raft.client_write(ShardCommand::Kv(op.clone()));
+                match tokio::time::timeout(Duration::from_millis(PLANTED_REPROPOSE_AFTER_MS), write).await {
+                    Err(_) => {
+                        *proposed = false;
+                        return Ok(Attempt::Wait);
+                    }
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                        *proposed = false;
+                        return Ok(f.leader_id.map_or(Attempt::Wait, Attempt::Redirect));
+                    }
+                    Ok(written) => write_outcome(written, 1).and_then(|results| {
+                        results
+                            .into_iter()
+                            .next()
+                            .ok_or_else(|| Unknown::Error("no result for the write".into()))
+                    }),
+                }
+            } else {
                 let planted = node.config.has_planted_bug(PlantedBug::BatchResultsMisrouted);
                 let proposer = ShardProposer {
                     raft: group.raft.clone(),
                     node_label: node.label(),
                 };
-                return match group
+                group
                     .view
                     .proposals
                     .submit(op.clone(), proposer, node.config.limits.command_limits(), planted)
                     .await
-                {
-                    // Refused at apply, so certainly not applied: it may go to the new shard.
-                    Ok(KvResult::WrongShard) => {
-                        *proposed = false;
-                        Ok(Attempt::Wait)
-                    }
-                    Ok(result) => {
-                        if matches!(result, KvResult::Written { .. } | KvResult::Deleted { .. }) {
-                            metrics::counter!("midasflow_kv_writes_total", "node" => node.label()).increment(1);
-                        }
-                        Ok(Attempt::Done(write_response(op, group.id, result)))
-                    }
-                    Err(Unknown::LeaderChanged(leader)) => {
-                        proposal_failed(node, "leader_changed");
-                        Err(ApiError::timeout(format!(
-                            "leadership moved to {leader:?} while the write was proposed; it may or may not have happened"
-                        )))
-                    }
-                    Err(Unknown::Error(e)) => {
-                        proposal_failed(node, "error");
-                        Err(ApiError::timeout(format!("write outcome unknown: {e}")))
-                    }
-                };
-            }
-            // The planted "repropose" bug keeps the direct, one-write-per-entry path it
-            // was written against.
-            let write = group.raft.client_write(ShardCommand::Kv(op.clone()));
-            let result = {
-                match tokio::time::timeout(Duration::from_millis(PLANTED_REPROPOSE_AFTER_MS), write).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        *proposed = false;
-                        return Ok(Attempt::Wait);
-                    }
-                }
             };
-            match result {
-                Ok(written) => match written.data {
-                    // Refused at apply, so certainly not applied: it may go to the new shard.
-                    ShardReply::Kv(KvResult::WrongShard) => {
-                        *proposed = false;
-                        Ok(Attempt::Wait)
-                    }
-                    ShardReply::Kv(result) => {
-                        if matches!(result, KvResult::Written { .. } | KvResult::Deleted { .. }) {
-                            metrics::counter!("midasflow_kv_writes_total", "node" => node.label()).increment(1);
-                        }
-                        Ok(Attempt::Done(write_response(op, group.id, result)))
-                    }
-                    other => Err(ApiError::internal(format!("unexpected apply result {other:?}"))),
-                },
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
-                    if node.config.has_planted_bug(PlantedBug::ReproposeWrites) =>
-                {
+            match outcome {
+                // Refused at apply, so certainly not applied: it may go to the new shard.
+                Ok(KvResult::WrongShard) => {
                     *proposed = false;
-                    Ok(f.leader_id.map_or(Attempt::Wait, Attempt::Redirect))
+                    Ok(Attempt::Wait)
                 }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Ok(result) => {
+                    if matches!(result, KvResult::Written { .. } | KvResult::Deleted { .. }) {
+                        metrics::counter!("midasflow_kv_writes_total", "node" => node.label()).increment(1);
+                    }
+                    Ok(Attempt::Done(write_response(op, group.id, result)))
+                }
+                Err(Unknown::LeaderChanged(leader)) => {
                     proposal_failed(node, "leader_changed");
                     Err(ApiError::timeout(format!(
-                        "leadership moved to {:?} while the write was proposed; it may or may not have happened",
-                        f.leader_id
+                        "leadership moved to {leader:?} while the write was proposed; it may or may not have happened"
                     )))
                 }
-                Err(e) => {
+                Err(Unknown::Error(e)) => {
                     proposal_failed(node, "error");
                     Err(ApiError::timeout(format!("write outcome unknown: {e}")))
                 }

@@ -88,20 +88,33 @@ impl Proposer for ShardProposer {
                 Ok([op]) => ShardCommand::Kv(op),
                 Err(ops) => ShardCommand::Batch(ops),
             };
-            match raft.client_write(command).await {
-                Ok(written) => match written.data {
-                    ShardReply::Kv(result) if count == 1 => Ok(vec![result]),
-                    ShardReply::Batch(results) => Ok(results),
-                    other => Err(Unknown::Error(format!("unexpected apply result {other:?}"))),
-                },
-                Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
-                    Err(Unknown::LeaderChanged(f.leader_id))
-                }
-                Err(e) => Err(Unknown::Error(e.to_string())),
-            }
+            write_outcome(raft.client_write(command).await, count)
         }
     }
 }
+
+/// What a proposal of `count` writes came to: one result per write, or why its outcome is
+/// unknown.
+pub fn write_outcome(
+    written: Result<openraft::raft::ClientWriteResponse<ShardConfig>, ClientWriteFailure>,
+    count: usize,
+) -> Result<Vec<KvResult>, Unknown> {
+    match written {
+        Ok(written) => match written.data {
+            ShardReply::Kv(result) if count == 1 => Ok(vec![result]),
+            ShardReply::Batch(results) => Ok(results),
+            other => Err(Unknown::Error(format!("unexpected apply result {other:?}"))),
+        },
+        Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+            Err(Unknown::LeaderChanged(f.leader_id))
+        }
+        Err(e) => Err(Unknown::Error(e.to_string())),
+    }
+}
+
+/// How `client_write` on a shard fails.
+pub type ClientWriteFailure =
+    openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, openraft::BasicNode>>;
 
 impl std::fmt::Display for ShardCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
