@@ -199,6 +199,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let storage_error =
         |e: std::io::Error| RegistryError::Storage(format!("the Raft log in {}: {e}", wal_path.display()));
     let (wal, recovered) = Wal::open(&wal_path, SEGMENT_BYTES_DEFAULT).map_err(storage_error)?;
+    tracing::info!(
+        segments = recovered.segments,
+        records = recovered.records,
+        "replayed the Raft log"
+    );
     if recovered.torn_bytes > 0 {
         tracing::warn!(
             bytes = recovered.torn_bytes,

@@ -282,12 +282,6 @@ impl Flusher {
     }
 }
 
-/// Deletes a removed replica's log. Its vote stays: if the shard moves back here, the new
-/// replica must not vote again in a term this node already voted in.
-pub fn destroy_log(wal: &Wal, group: GroupId) -> io::Result<()> {
-    wal.drop_group(group)
-}
-
 /// Moves a data dir's log from sled (where midasflow kept it before it had its own) into
 /// the [`Wal`]: entries, votes, commit and purge points, byte for byte, then empties the
 /// old trees. A crash midway repeats the copy at the next start, which changes nothing.

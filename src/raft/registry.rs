@@ -15,7 +15,7 @@ use rand::Rng;
 use openraft::{BasicNode, ServerState};
 
 use super::batch::RaftSender;
-use super::log_store::{destroy_log, Flusher, LogStore};
+use super::log_store::{Flusher, LogStore};
 use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
 use super::quiet::{decide, ration_wakes, Decision, Inputs, Liveness, NodeView, Role, MAX_CAMPAIGN_WAKES_PER_PASS};
@@ -670,7 +670,11 @@ impl<K: GroupKind> Registry<K> {
             let _ = removed.raft.shutdown().await;
         }
         self.config.probe.emit(|| NodeEvent::ReplicaRemoved { group });
-        destroy_log(self.flusher.wal(), group).map_err(|e| RegistryError::Storage(e.to_string()))?;
+        // Its vote stays in the log: a replica created here again must not vote twice in a term.
+        self.flusher
+            .wal()
+            .drop_group(group)
+            .map_err(|e| RegistryError::Storage(e.to_string()))?;
         state_machine::destroy_state(&self.db, group).map_err(storage)?;
         self.hosted.remove(group_prefix(group)).map_err(storage)?;
         self.flusher

@@ -666,7 +666,8 @@ impl Wal {
             .collect()
     }
 
-    /// Segment files on disk now (for tests and the start-up log).
+    /// Segment files on disk now.
+    #[cfg(test)]
     pub fn segment_count(&self) -> usize {
         self.lock().segments.len()
     }

@@ -107,6 +107,7 @@ impl ProposalQueue {
     }
 
     /// Writes waiting, not yet proposed.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         Self::lock(&self.queue).waiting.len()
     }
