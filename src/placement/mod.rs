@@ -115,6 +115,36 @@ pub struct ClusterMap {
     /// The last finished operators, oldest first, at most [`MAX_FINISHED_OPERATORS`].
     pub finished: Vec<FinishedOperator>,
     pub next_operator_id: u64,
+    /// The shards' starts, sorted, for routing by binary search; built on first use.
+    #[serde(skip)]
+    range_index: RangeIndex,
+}
+
+/// Shard starts in ring order, each with its shard, built once from a map. Routing checks
+/// what it finds against the map and scans the map when the index is stale (a map changed
+/// in place after the index was built), so a stale index costs time, never a wrong shard.
+/// Not part of the map's value: a clone starts without one and every two are equal.
+#[derive(Default)]
+struct RangeIndex(std::sync::OnceLock<Vec<(u64, ShardId)>>);
+
+impl Clone for RangeIndex {
+    fn clone(&self) -> Self {
+        RangeIndex::default()
+    }
+}
+
+impl PartialEq for RangeIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for RangeIndex {}
+
+impl std::fmt::Debug for RangeIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RangeIndex")
+    }
 }
 
 /// Commands replicated through the PD group's log.
@@ -296,8 +326,19 @@ impl ClusterMap {
     }
 
     /// The shard owning `hash`. Shards tile the ring, so this finds one once bootstrapped.
+    /// The shard whose range holds `hash`: a binary search over the shards' starts.
     pub fn shard_for_hash(&self, hash: u64) -> Option<&ShardInfo> {
-        self.shards.values().find(|s| s.contains(hash))
+        let index = self.range_index.0.get_or_init(|| {
+            let mut starts: Vec<(u64, ShardId)> = self.shards.values().map(|s| (s.start, s.id)).collect();
+            starts.sort_unstable();
+            starts
+        });
+        let found = index
+            .partition_point(|(start, _)| *start <= hash)
+            .checked_sub(1)
+            .and_then(|at| self.shards.get(&index[at].1))
+            .filter(|shard| shard.contains(hash));
+        found.or_else(|| self.shards.values().find(|s| s.contains(hash)))
     }
 
     pub fn shard_for_key(&self, key: &[u8]) -> Option<&ShardInfo> {
@@ -857,6 +898,35 @@ mod tests {
         }
         assert_eq!(map.shard_for_hash(0).unwrap().id, 1);
         assert_eq!(map.shard_for_hash(u64::MAX).unwrap().id, 8);
+    }
+
+    proptest::proptest! {
+        /// Routing by binary search finds the shard a scan of the map finds, for maps cut
+        /// anywhere, and still after the map changed in place under an index built before.
+        #[test]
+        fn routing_finds_the_shard_a_scan_finds(
+            shards in 1u32..40,
+            cut in proptest::prelude::any::<u64>(),
+            hashes in proptest::collection::vec(proptest::prelude::any::<u64>(), 1..64),
+        ) {
+            let scan = |map: &ClusterMap, hash: u64| map.shards.values().find(|s| s.contains(hash)).map(|s| s.id);
+            let mut map = bootstrap(3, shards);
+            for &hash in hashes.iter().chain(&[0, u64::MAX, cut]) {
+                proptest::prop_assert_eq!(map.shard_for_hash(hash).map(|s| s.id), scan(&map, hash));
+            }
+            // Cut the shard holding `cut` in place, as a split does, index already built.
+            let owner = map.shard_for_hash(cut).unwrap().clone();
+            if cut > owner.start {
+                let child = map.next_shard_id;
+                map.next_shard_id += 1;
+                map.shards.get_mut(&owner.id).unwrap().end = Some(cut);
+                map.shards.insert(child, ShardInfo { id: child, start: cut, end: owner.end, ..owner.clone() });
+            }
+            for &hash in hashes.iter().chain(&[0, u64::MAX, cut, cut.saturating_sub(1)]) {
+                proptest::prop_assert_eq!(map.shard_for_hash(hash).map(|s| s.id), scan(&map, hash));
+                proptest::prop_assert_eq!(map.clone().shard_for_hash(hash).map(|s| s.id), scan(&map, hash));
+            }
+        }
     }
 
     #[test]
