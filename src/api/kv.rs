@@ -408,7 +408,7 @@ async fn serve_on_leader(
         KvCall::Write(op) => {
             let _timer = ProposalTimer {
                 started: Instant::now(),
-                node_label: node.label(),
+                duration: &node.metrics.proposal_duration,
             };
             *proposed = true;
             let outcome = if node.config.has_planted_bug(PlantedBug::ReproposeWrites) {
@@ -436,7 +436,7 @@ async fn serve_on_leader(
                 let planted = node.config.has_planted_bug(PlantedBug::BatchResultsMisrouted);
                 let proposer = ShardProposer {
                     raft: group.raft.clone(),
-                    node_label: node.label(),
+                    writes_per_proposal: node.metrics.writes_per_proposal.clone(),
                 };
                 group
                     .view
@@ -452,7 +452,7 @@ async fn serve_on_leader(
                 }
                 Ok(result) => {
                     if matches!(result, KvResult::Written { .. } | KvResult::Deleted { .. }) {
-                        metrics::counter!("midasflow_kv_writes_total", "node" => node.label()).increment(1);
+                        node.metrics.kv_writes.increment(1);
                     }
                     Ok(Attempt::Done(write_response(op, group.id, result)))
                 }
@@ -485,15 +485,14 @@ async fn serve_on_leader(
 
 /// Records a proposal's duration when it ends, also when the request's deadline drops it
 /// (the slowest proposals are the ones an alert on this histogram is for).
-struct ProposalTimer {
+struct ProposalTimer<'a> {
     started: Instant,
-    node_label: String,
+    duration: &'a metrics::Histogram,
 }
 
-impl Drop for ProposalTimer {
+impl Drop for ProposalTimer<'_> {
     fn drop(&mut self) {
-        metrics::histogram!("midasflow_raft_proposal_duration_seconds", "node" => std::mem::take(&mut self.node_label))
-            .record(self.started.elapsed().as_secs_f64());
+        self.duration.record(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -663,7 +662,7 @@ pub(super) async fn forward_to(
             retryable_for_write: matches!(e, crate::raft::network::TransportError::Connect { .. }),
             message: e.to_string(),
         })?;
-    metrics::counter!("midasflow_forwarded_requests_total", "node" => node.label()).increment(1);
+    node.metrics.forwarded.increment(1);
     let (parts, body) = response.into_parts();
     let mut relayed = Response::new(Body::from(body));
     *relayed.status_mut() = parts.status;

@@ -61,6 +61,95 @@ pub struct Api {
     pub body_budget: BodyBudget,
     /// Snapshots being assembled from chunks.
     pub snapshot_receives: internal::SnapshotReceives,
+    pub metrics: ApiMetrics,
+}
+
+/// Handles of the metrics the request path records, made once per node: recording through
+/// a handle builds no label strings and looks nothing up in the registry.
+pub struct ApiMetrics {
+    pub requests: RequestMetrics,
+    pub kv_writes: metrics::Counter,
+    pub forwarded: metrics::Counter,
+    pub proposal_duration: metrics::Histogram,
+    pub writes_per_proposal: metrics::Histogram,
+}
+
+impl ApiMetrics {
+    fn new(node: &str) -> Self {
+        let node = node.to_string();
+        ApiMetrics {
+            kv_writes: metrics::counter!("midasflow_kv_writes_total", "node" => node.clone()),
+            forwarded: metrics::counter!("midasflow_forwarded_requests_total", "node" => node.clone()),
+            proposal_duration: metrics::histogram!("midasflow_raft_proposal_duration_seconds", "node" => node.clone()),
+            writes_per_proposal: metrics::histogram!("midasflow_kv_writes_per_proposal", "node" => node.clone()),
+            requests: RequestMetrics {
+                node,
+                routes: Default::default(),
+            },
+        }
+    }
+}
+
+/// Methods the request metrics name; any other is counted as `other`, so a client
+/// inventing methods cannot make series without bound.
+const METHOD_LABELS: [&str; 7] = ["GET", "PUT", "POST", "DELETE", "HEAD", "PATCH", "OPTIONS"];
+
+/// The public request metrics' handles by route, method and status, made on first use.
+/// Every label is bounded: routes are the router's (or `unmatched`), methods
+/// [`METHOD_LABELS`] or `other`, statuses three digits.
+pub struct RequestMetrics {
+    node: String,
+    routes: std::sync::RwLock<std::collections::HashMap<String, Vec<RequestHandles>>>,
+}
+
+struct RequestHandles {
+    method: &'static str,
+    status: u16,
+    count: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl RequestMetrics {
+    fn record(&self, route: &str, method: &axum::http::Method, status: StatusCode, elapsed_secs: f64) {
+        let method = METHOD_LABELS
+            .into_iter()
+            .find(|m| *m == method.as_str())
+            .unwrap_or("other");
+        let status = status.as_u16();
+        let found = |handles: &RequestHandles| handles.method == method && handles.status == status;
+        {
+            let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(handles) = routes.get(route).and_then(|all| all.iter().find(|h| found(h))) {
+                handles.count.increment(1);
+                handles.duration.record(elapsed_secs);
+                return;
+            }
+        }
+        let labels = |with_status: bool| {
+            let mut labels = vec![
+                ("node", self.node.clone()),
+                ("route", route.to_string()),
+                ("method", method.to_string()),
+            ];
+            if with_status {
+                labels.push(("status", status.to_string()));
+            }
+            labels
+        };
+        let handles = RequestHandles {
+            method,
+            status,
+            count: metrics::counter!("midasflow_http_requests_total", &labels(true)),
+            duration: metrics::histogram!("midasflow_http_request_duration_seconds", &labels(false)),
+        };
+        handles.count.increment(1);
+        handles.duration.record(elapsed_secs);
+        let mut routes = self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all = routes.entry(route.to_string()).or_default();
+        if !all.iter().any(found) {
+            all.push(handles);
+        }
+    }
 }
 
 impl std::ops::Deref for Api {
@@ -76,6 +165,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let node = Arc::new(Api {
         body_budget: BodyBudget::new(node.config.limits.max_buffered_body_bytes),
         snapshot_receives: Default::default(),
+        metrics: ApiMetrics::new(&node.label()),
         node,
     });
     Router::new()
@@ -161,12 +251,9 @@ async fn authenticate(State(node): State<Arc<Api>>, request: Request, next: Next
 /// Adds `X-Routing-Version` to every response and records request metrics.
 async fn observe(State(node): State<Arc<Api>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
-    let method = request.method().as_str().to_string();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    let method = request.method().clone();
     let mut response = next.run(request).await;
     let version = node.map().routing_version;
     response
@@ -176,7 +263,7 @@ async fn observe(State(node): State<Arc<Api>>, request: Request, next: Next) -> 
         let counts = &node.requests;
         let status = response.status();
         if route.starts_with("/v1/kv/") {
-            let counter = if method == "GET" {
+            let counter = if method == axum::http::Method::GET {
                 &counts.kv_reads
             } else {
                 &counts.kv_writes
@@ -188,11 +275,9 @@ async fn observe(State(node): State<Arc<Api>>, request: Request, next: Next) -> 
         } else if status.is_server_error() {
             counts.server_errors.fetch_add(1, Ordering::Relaxed);
         }
-        let status = status.as_u16().to_string();
-        let label = node.label();
-        metrics::counter!("midasflow_http_requests_total", "node" => label.clone(), "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
-        metrics::histogram!("midasflow_http_request_duration_seconds", "node" => label, "route" => route, "method" => method)
-            .record(started.elapsed().as_secs_f64());
+        node.metrics
+            .requests
+            .record(route, &method, status, started.elapsed().as_secs_f64());
     }
     response
 }
@@ -481,4 +566,42 @@ async fn metrics_text() -> impl IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         install_metrics().render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    /// Methods a client invents all count as `other`: they cannot grow the node's series
+    /// without bound. Known methods, routes and statuses keep their own series.
+    #[test]
+    fn invented_methods_share_one_request_series() {
+        let prometheus = install_metrics();
+        let requests = ApiMetrics::new("methods-test").requests;
+        for i in 0..50 {
+            let method = Method::from_bytes(format!("INVENTED{i}").as_bytes()).unwrap();
+            requests.record("unmatched", &method, StatusCode::METHOD_NOT_ALLOWED, 0.001);
+        }
+        requests.record("/v1/kv/{*key}", &Method::GET, StatusCode::OK, 0.001);
+        requests.record("/v1/kv/{*key}", &Method::GET, StatusCode::OK, 0.001);
+        let text = prometheus.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with(concat!("midasflow_http_requests_total", "{")) && l.contains("node=\"methods-test\"")
+            })
+            .collect();
+        assert_eq!(series.len(), 2, "{series:?}");
+        assert!(
+            series
+                .iter()
+                .any(|l| l.contains("method=\"other\"") && l.ends_with(" 50")),
+            "{series:?}"
+        );
+        assert!(
+            series.iter().any(|l| l.contains("method=\"GET\"") && l.ends_with(" 2")),
+            "{series:?}"
+        );
+    }
 }

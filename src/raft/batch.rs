@@ -242,6 +242,29 @@ struct Inner {
     max_batch_bytes: usize,
     batches_in_flight: usize,
     peers: Mutex<HashMap<String, mpsc::Sender<Queued>>>,
+    metrics: SenderMetrics,
+}
+
+/// Handles of the metrics of Raft messages this node sends, made once.
+pub struct SenderMetrics {
+    batches: metrics::Counter,
+    batched_messages: metrics::Counter,
+    pub heartbeats: metrics::Counter,
+    pub votes: metrics::Counter,
+    pub snapshot_sends: metrics::Counter,
+}
+
+impl SenderMetrics {
+    fn new(node: u64) -> Self {
+        let node = node.to_string();
+        SenderMetrics {
+            batches: metrics::counter!("midasflow_raft_batches_total", "node" => node.clone()),
+            batched_messages: metrics::counter!("midasflow_raft_batched_messages_total", "node" => node.clone()),
+            heartbeats: metrics::counter!("midasflow_raft_heartbeat_rpcs_total", "node" => node.clone()),
+            votes: metrics::counter!("midasflow_raft_vote_rpcs_total", "node" => node.clone()),
+            snapshot_sends: metrics::counter!("midasflow_raft_snapshot_sends_total", "node" => node),
+        }
+    }
 }
 
 impl RaftSender {
@@ -255,6 +278,7 @@ impl RaftSender {
         RaftSender {
             inner: Arc::new(Inner {
                 client,
+                metrics: SenderMetrics::new(credentials.node_id),
                 credentials,
                 probe,
                 max_batch_bytes,
@@ -270,6 +294,10 @@ impl RaftSender {
 
     pub fn credentials(&self) -> &Arc<Credentials> {
         &self.inner.credentials
+    }
+
+    pub fn metrics(&self) -> &SenderMetrics {
+        &self.inner.metrics
     }
 
     /// Sends one message to the peer at `addr` in the next batch, and waits for its answer
@@ -363,9 +391,8 @@ async fn run_peer(inner: Arc<Inner>, addr: String, mut queue: mpsc::Receiver<Que
 async fn send_batch(inner: Arc<Inner>, addr: String, batch: Vec<Queued>, _permit: tokio::sync::OwnedSemaphorePermit) {
     let timeout = batch.iter().map(|q| q.timeout).max().unwrap_or_default();
     let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.item, q.reply)).unzip();
-    metrics::counter!("midasflow_raft_batches_total", "node" => inner.credentials.node_id.to_string()).increment(1);
-    metrics::counter!("midasflow_raft_batched_messages_total", "node" => inner.credentials.node_id.to_string())
-        .increment(items.len() as u64);
+    inner.metrics.batches.increment(1);
+    inner.metrics.batched_messages.increment(items.len() as u64);
     inner.probe.emit(|| NodeEvent::RaftBatch { messages: items.len() });
     let body = encode_request(&items);
     let answers = post_bytes(&inner.client, &addr, BATCH_PATH, &inner.credentials, body, timeout)

@@ -203,6 +203,10 @@ impl Flusher {
         let db_dirty = Arc::new(AtomicBool::new(false));
         let dirty = db_dirty.clone();
         let log = wal.clone();
+        let fsync_duration = metrics::histogram!("midasflow_log_fsync_duration_seconds", "node" => node_label.clone());
+        let flush_duration = metrics::histogram!("midasflow_log_flush_duration_seconds", "node" => node_label.clone());
+        let flush_batch_size = metrics::histogram!("midasflow_log_flush_batch_size", "node" => node_label.clone());
+        let flushes = metrics::counter!("midasflow_log_flushes_total", "node" => node_label);
         let flush_batch = move |first: FlushWaiter, rx: &mut mpsc::Receiver<FlushWaiter>| {
             let mut batch = vec![first];
             while let Ok(next) = rx.try_recv() {
@@ -222,16 +226,13 @@ impl Flusher {
             let result = db_result.and_then(|()| {
                 let syncing = Instant::now();
                 let result = log.sync();
-                metrics::histogram!("midasflow_log_fsync_duration_seconds", "node" => node_label.clone())
-                    .record(syncing.elapsed().as_secs_f64());
+                fsync_duration.record(syncing.elapsed().as_secs_f64());
                 result
             });
             // Only after the sync may anyone learn that the batch is durable.
-            metrics::histogram!("midasflow_log_flush_duration_seconds", "node" => node_label.clone())
-                .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("midasflow_log_flush_batch_size", "node" => node_label.clone())
-                .record(batch.len() as f64);
-            metrics::counter!("midasflow_log_flushes_total", "node" => node_label.clone()).increment(1);
+            flush_duration.record(started.elapsed().as_secs_f64());
+            flush_batch_size.record(batch.len() as f64);
+            flushes.increment(1);
             if let Err(e) = &result {
                 tracing::error!(error = %e, "making the log durable failed; the replicas waiting on it stop");
             }

@@ -329,8 +329,7 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
         if rpc.entries.is_empty() {
             // A heartbeat (or a bare commit-point update): what quiet groups save.
-            metrics::counter!("midasflow_raft_heartbeat_rpcs_total", "node" => self.sender.credentials().node_id.to_string())
-                .increment(1);
+            self.sender.metrics().heartbeats.increment(1);
         }
         self.call(RaftOp::Append, &rpc, &option).await
     }
@@ -343,8 +342,7 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         let last_chunk = rpc.done;
         let answer = self.call_alone("snapshot", &rpc, &option).await;
         if last_chunk && answer.is_ok() {
-            metrics::counter!("midasflow_raft_snapshot_sends_total", "node" => self.sender.credentials().node_id.to_string())
-                .increment(1);
+            self.sender.metrics().snapshot_sends.increment(1);
         }
         answer
     }
@@ -354,8 +352,7 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
-        metrics::counter!("midasflow_raft_vote_rpcs_total", "node" => self.sender.credentials().node_id.to_string())
-            .increment(1);
+        self.sender.metrics().votes.increment(1);
         self.call(RaftOp::Vote, &rpc, &option).await
     }
 }

@@ -304,6 +304,7 @@ pub struct StateMachineStore<K: GroupKind> {
     state: K::State,
     applied: Arc<Applied>,
     node_label: String,
+    apply_duration: metrics::Histogram,
     probe: Probe,
 }
 
@@ -336,6 +337,7 @@ impl<K: GroupKind> StateMachineStore<K> {
             meta,
             state,
             applied,
+            apply_duration: metrics::histogram!("midasflow_raft_apply_duration_seconds", "node" => node_label.clone()),
             node_label,
             probe,
         })
@@ -481,8 +483,7 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
                 index: applied.index,
             });
         }
-        metrics::histogram!("midasflow_raft_apply_duration_seconds", "node" => self.node_label.clone())
-            .record(started.elapsed().as_secs_f64());
+        self.apply_duration.record(started.elapsed().as_secs_f64());
         Ok(results)
     }
 

@@ -74,14 +74,13 @@ pub enum ShardCommand {
 /// Proposes a batch through this replica (its leader): one entry, one result per write.
 pub struct ShardProposer {
     pub raft: crate::raft::Raft<ShardKind>,
-    pub node_label: String,
+    pub writes_per_proposal: metrics::Histogram,
 }
 
 impl Proposer for ShardProposer {
     fn propose(&self, ops: Vec<KvOp>) -> impl std::future::Future<Output = Result<Vec<KvResult>, Unknown>> + Send {
         let raft = self.raft.clone();
-        metrics::histogram!("midasflow_kv_writes_per_proposal", "node" => self.node_label.clone())
-            .record(ops.len() as f64);
+        self.writes_per_proposal.record(ops.len() as f64);
         async move {
             let count = ops.len();
             let command = match <[KvOp; 1]>::try_from(ops) {
