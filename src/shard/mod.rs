@@ -49,6 +49,7 @@ pub enum InvalidData {
 pub struct VersionEntry {
     pub version: u64,
     pub deleted: bool,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
@@ -124,13 +125,16 @@ pub enum Precondition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvOp {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         precondition: Precondition,
         /// Stamped by the proposing leader so every replica retains the same history.
         history_versions: u32,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         precondition: Precondition,
         history_versions: u32,
@@ -316,6 +320,77 @@ pub fn read(record: Option<&KeyRecord>, at_version: Option<u64>) -> ReadOutcome<
 mod tests {
     use super::*;
     use crate::codec;
+
+    /// Keys and values travel as byte strings (`serde_bytes`), which bincode writes exactly
+    /// as it wrote them as sequences of bytes: data dirs and peers of earlier builds decode
+    /// the same, both ways.
+    #[test]
+    fn byte_strings_encode_as_the_byte_sequences_before_them() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct OldVersion {
+            version: u64,
+            deleted: bool,
+            value: Vec<u8>,
+        }
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        enum OldOp {
+            Put {
+                key: Vec<u8>,
+                value: Vec<u8>,
+                precondition: Precondition,
+                history_versions: u32,
+            },
+            Delete {
+                key: Vec<u8>,
+                precondition: Precondition,
+                history_versions: u32,
+            },
+        }
+        let value: Vec<u8> = (0..=255u8).cycle().take(1_000).collect();
+        let new = VersionEntry {
+            version: 9,
+            deleted: false,
+            value: value.clone(),
+        };
+        let old = OldVersion {
+            version: 9,
+            deleted: false,
+            value: value.clone(),
+        };
+        assert_eq!(codec::encode(&new).unwrap(), codec::encode(&old).unwrap());
+        assert_eq!(
+            codec::decode::<VersionEntry>(&codec::encode(&old).unwrap()).unwrap(),
+            new
+        );
+        let new_op = KvOp::Put {
+            key: b"key".to_vec(),
+            value: value.clone(),
+            precondition: Precondition::IfMatch(3),
+            history_versions: 4,
+        };
+        let old_op = OldOp::Put {
+            key: b"key".to_vec(),
+            value,
+            precondition: Precondition::IfMatch(3),
+            history_versions: 4,
+        };
+        assert_eq!(codec::encode(&new_op).unwrap(), codec::encode(&old_op).unwrap());
+        assert_eq!(
+            codec::decode::<OldOp>(&codec::encode(&new_op).unwrap()).unwrap(),
+            old_op
+        );
+        let new_delete = KvOp::Delete {
+            key: b"key".to_vec(),
+            precondition: Precondition::None,
+            history_versions: 4,
+        };
+        let old_delete = OldOp::Delete {
+            key: b"key".to_vec(),
+            precondition: Precondition::None,
+            history_versions: 4,
+        };
+        assert_eq!(codec::encode(&new_delete).unwrap(), codec::encode(&old_delete).unwrap());
+    }
 
     fn put(value: &str, precondition: Precondition) -> KvOp {
         KvOp::Put {
