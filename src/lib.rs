@@ -10,6 +10,7 @@ pub mod codec;
 pub mod demo;
 pub mod identity;
 pub mod launch;
+pub mod log_limit;
 pub mod node;
 pub mod placement;
 pub mod raft;

@@ -1,5 +1,7 @@
 use clap::Parser;
 use midasflow::cli::{self, Cli, Command};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
@@ -27,6 +29,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .finish()
+        .with(midasflow::log_limit::LogRateLimit::default())
         .init();
     if let Command::Sim(args) = cli.command {
         // turmoil runs its own runtimes; the simulation needs none of ours.

@@ -93,6 +93,12 @@ pub const CATALOGUE: &[MetricDoc] = &[
         "Time to serve a public HTTP request.",
     ),
     doc(
+        "midasflow_log_events_suppressed_total",
+        Counter,
+        "(no node label)",
+        "Log events dropped because their call site logged too often (src/log_limit.rs).",
+    ),
+    doc(
         "midasflow_http_handler_panics_total",
         Counter,
         "(no node label)",
@@ -359,6 +365,7 @@ pub fn register_node(label: &str) {
         }
     }
     metrics::counter!("midasflow_http_handler_panics_total").increment(0);
+    metrics::counter!("midasflow_log_events_suppressed_total").increment(0);
     metrics::gauge!("midasflow_raft_quiet_groups", "node" => node.clone()).set(0.0);
     metrics::gauge!("midasflow_pd_is_leader", "node" => node.clone()).set(0.0);
     clear_pd_gauges(label, std::iter::empty());
