@@ -251,7 +251,6 @@ pub fn handle_heartbeat<H: PdHost>(host: &H, hb: &Heartbeat) -> Result<Option<He
             }
         }
     }
-    forget_lost_leadership(&mut state.leader_hints, hb.node_id, &hb.leading);
     state
         .leader_hints
         .retain(|g, _| *g == PD_GROUP || map.shards.contains_key(g) || !map.is_bootstrapped());
@@ -268,17 +267,6 @@ pub fn handle_heartbeat<H: PdHost>(host: &H, hb: &Heartbeat) -> Result<Option<He
 /// Milliseconds since the PD leader last heard from each member. A member not heard from
 /// since this node became leader gets the time since then: silent at least that long (a
 /// node that died with the previous leader must still show as lost).
-/// Drops the hints naming `sender` for groups its heartbeat no longer lists. A heartbeat
-/// lists every group its sender leads, so a hint outlives its leader's leadership by one
-/// heartbeat at most. Kept longer, a stale hint held a group's replicas quiet behind a
-/// "leader" that had lost its election: after a whole-cluster restart at 10,000 shards, a
-/// replica whose log was behind kept campaigning in vain while the two with the whole log
-/// followed the hint and never campaigned.
-fn forget_lost_leadership(hints: &mut BTreeMap<GroupId, (NodeId, u64)>, sender: NodeId, leading: &[LedGroup]) {
-    let led: std::collections::BTreeSet<GroupId> = leading.iter().map(|l| l.group).collect();
-    hints.retain(|group, (leader, _)| *leader != sender || led.contains(group));
-}
-
 fn last_seen_ms(state: &PdLeaderState, map: &ClusterMap, now: Instant) -> BTreeMap<NodeId, u64> {
     let since_leading = state
         .leading_since
@@ -311,33 +299,4 @@ fn propose_once<H: PdHost>(host: &H, pd: Arc<PdGroup>, node: NodeId, command: Pd
         }
         state.lock().unwrap().registering.remove(&node);
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn led(group: GroupId, term: u64) -> LedGroup {
-        LedGroup {
-            group,
-            term,
-            keys: 0,
-            bytes: 0,
-            ops_total: 0,
-            split_at: None,
-        }
-    }
-
-    /// A hint names its leader only while the leader's heartbeats list the group; other
-    /// nodes' hints are untouched.
-    #[test]
-    fn a_hint_goes_when_its_leader_stops_reporting_the_group() {
-        let mut hints = BTreeMap::from([(7, (3, 10)), (8, (3, 10)), (9, (1, 4))]);
-        forget_lost_leadership(&mut hints, 3, &[led(8, 10)]);
-        assert_eq!(hints, BTreeMap::from([(8, (3, 10)), (9, (1, 4))]));
-        forget_lost_leadership(&mut hints, 3, &[]);
-        assert_eq!(hints, BTreeMap::from([(9, (1, 4))]));
-        forget_lost_leadership(&mut hints, 2, &[]);
-        assert_eq!(hints, BTreeMap::from([(9, (1, 4))]));
-    }
 }
