@@ -18,6 +18,7 @@ use crate::raft::batch::RaftSender;
 use crate::raft::log_store::{migrate_from_sled, DurableFiles, Flusher};
 use crate::raft::network::{post_internal, Credentials};
 use crate::raft::registry::{Registry, RegistryConfig, RegistryError};
+use crate::raft::state_machine::StateWriter;
 use crate::raft::transport::{http_client, NetListener};
 use crate::raft::wal::{Wal, SEGMENT_BYTES_DEFAULT, WAL_DIR};
 use crate::shard::store::{ShardKind, ShardState};
@@ -220,6 +221,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         config.flush_mode,
         config.node_id.to_string(),
     );
+    let writer = StateWriter::start(
+        db.open_tree("sm")
+            .map_err(|e| RegistryError::Storage(format!("opening the state tree: {e}")))?,
+        config.flush_mode,
+    );
     let registry_config = Arc::new(RegistryConfig {
         node_id: config.node_id,
         raft_config,
@@ -246,6 +252,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let shards = Arc::new(Registry::<ShardKind>::new(
         db.clone(),
         flusher.clone(),
+        writer.clone(),
         sender.clone(),
         registry_config.clone(),
         Arc::new(move |db, group| ShardState::open(db, group, skip_range_check)),
@@ -254,6 +261,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let pd = Arc::new(Registry::<PdKind>::new(
         db,
         flusher,
+        writer,
         sender,
         registry_config,
         Arc::new(move |db, group| PdState::open(db, group, pd_map_tx.clone())),

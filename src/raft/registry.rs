@@ -21,7 +21,7 @@ use super::probe::{NodeEvent, Probe};
 use super::quiet::{decide, ration_wakes, Decision, Inputs, Liveness, NodeView, Role, MAX_CAMPAIGN_WAKES_PER_PASS};
 use super::read_batch::ReadBatcher;
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
-use super::state_machine::{self, Applied, AppliedView, StateMachineStore};
+use super::state_machine::{self, Applied, AppliedView, StateMachineStore, StateWriter};
 use super::transport::HttpClient;
 use super::{group_prefix, GroupId, GroupKind, Raft, StorageError};
 
@@ -188,6 +188,7 @@ pub struct Registry<K: GroupKind> {
     label: String,
     db: sled::Db,
     flusher: Flusher,
+    writer: StateWriter,
     sender: RaftSender,
     config: Arc<RegistryConfig>,
     open_state: OpenState<K>,
@@ -217,6 +218,7 @@ impl<K: GroupKind> Registry<K> {
     pub fn new(
         db: sled::Db,
         flusher: Flusher,
+        writer: StateWriter,
         sender: RaftSender,
         config: Arc<RegistryConfig>,
         open_state: OpenState<K>,
@@ -230,6 +232,7 @@ impl<K: GroupKind> Registry<K> {
             tombstones: db.open_tree("tombstones").map_err(storage)?,
             db,
             flusher,
+            writer,
             sender,
             config,
             open_state,
@@ -347,13 +350,13 @@ impl<K: GroupKind> Registry<K> {
             self.flusher.clone(),
             self.config.probe.clone(),
         );
-        state_machine::finish_interrupted_apply(&self.db, group).map_err(storage)?;
         let state = (self.open_state)(&self.db, group).map_err(storage)?;
         let state_machine = StateMachineStore::<K>::open(
             &self.db,
             group,
             state,
             self.flusher.clone(),
+            self.writer.clone(),
             self.label.clone(),
             self.config.probe.clone(),
         )
