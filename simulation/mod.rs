@@ -142,6 +142,9 @@ struct Shared {
     epochs: BTreeMap<(u64, u64), u64>,
     /// Operators the placement driver finished (placement scenario).
     operators_finished: u64,
+    /// Clients past their last operation: the final reads wait for all of them, or a
+    /// write still in flight could land after the read that checks it.
+    clients_stopped: u64,
     /// Replicas that went quiet, and wake-ups by reason.
     quiet_entered: u64,
     wakeups: BTreeMap<&'static str, u64>,
@@ -411,7 +414,12 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
             }
         }
     }
+    shared.lock().unwrap().clients_stopped += 1;
     if id == 1 {
+        // Every operation ends within the client timeout, so this wait does too.
+        while shared.lock().unwrap().clients_stopped < settings.clients {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // Every acknowledged write must be visible to a linearizable read after heal.
         for key in &keys {
             let mut attempt = 0u64;
@@ -590,9 +598,30 @@ async fn run_admin(settings: SimSettings, steps: Vec<AdminStep>, shared: Arc<Mut
 /// Once scheduling has converged, each shard's replicas in the map must be exactly its
 /// group's voters, as its leader knows them (and no learner left behind).
 async fn check_membership_matches_map(clients: &[Client], shared: &Mutex<Shared>) {
+    // The map's leader hints trail a leadership change by a heartbeat round or two (an
+    // operator's last transfer may have just finished): ask again for a while before
+    // calling a difference a violation.
+    let mut problems = Vec::new();
+    for _ in 0..MEMBERSHIP_CHECK_ATTEMPTS {
+        problems = membership_differences(clients).await;
+        if problems.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(MEMBERSHIP_CHECK_RETRY_MS)).await;
+    }
+    shared.lock().unwrap().violations.extend(problems);
+}
+
+/// How often, and how far apart, the membership check asks before it reports.
+const MEMBERSHIP_CHECK_ATTEMPTS: usize = 10;
+const MEMBERSHIP_CHECK_RETRY_MS: u64 = 300;
+
+/// Each shard whose group (as its leader by the map's hint shows it) differs from the map.
+async fn membership_differences(clients: &[Client]) -> Vec<String> {
     let Some((200, routing)) = admin_call(clients, Method::GET, "/v1/shards", None).await else {
-        return;
+        return Vec::new();
     };
+    let mut problems = Vec::new();
     for shard in routing["shards"].as_array().into_iter().flatten() {
         let id = &shard["id"];
         let in_map: std::collections::BTreeSet<u64> = shard["replicas"]
@@ -626,12 +655,9 @@ async fn check_membership_matches_map(clients: &[Client], shared: &Mutex<Shared>
             }
             None => format!("its leader (n{leader} by the map's hint) could not show the group's membership"),
         };
-        shared
-            .lock()
-            .unwrap()
-            .violations
-            .push(format!("placement: shard {id}: {problem}"));
+        problems.push(format!("placement: shard {id}: {problem}"));
     }
+    problems
 }
 
 /// Whether every group has a leader that knows it leads, as far as the live nodes tell.
