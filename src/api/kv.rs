@@ -437,6 +437,7 @@ async fn serve_on_leader(
                 let proposer = ShardProposer {
                     raft: group.raft.clone(),
                     writes_per_proposal: node.metrics.writes_per_proposal.clone(),
+                    planted_unbounded_wait: node.config.has_planted_bug(PlantedBug::UnboundedWriteWait),
                 };
                 group
                     .view

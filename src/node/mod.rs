@@ -528,9 +528,10 @@ impl Node {
             }
             if let Some(pd) = self.pd.get(PD_GROUP) {
                 if pd.is_leader() {
-                    match pd.raft.client_write(command.clone()).await {
-                        Ok(resp) => tracing::info!(result = ?resp.data, "bootstrap proposed"),
-                        Err(e) => tracing::debug!(error = %e, "bootstrap proposal failed"),
+                    match crate::raft::await_write(pd.raft.metrics(), pd.raft.client_write(command.clone())).await {
+                        Ok(Ok(resp)) => tracing::info!(result = ?resp.data, "bootstrap proposed"),
+                        Ok(Err(e)) => tracing::debug!(error = %e, "bootstrap proposal failed"),
+                        Err(_) => tracing::debug!("bootstrap proposal's outcome lost with the leadership"),
                     }
                 }
             }

@@ -291,11 +291,12 @@ fn propose_once<H: PdHost>(host: &H, pd: Arc<PdGroup>, node: NodeId, command: Pd
     }
     let state = host.pd_server().state.clone();
     tokio::spawn(async move {
-        match pd.raft.client_write(command).await {
-            Ok(resp) => tracing::info!(node, result = ?resp.data, "recorded a member"),
-            Err(e) => {
+        match crate::raft::await_write(pd.raft.metrics(), pd.raft.client_write(command)).await {
+            Ok(Ok(resp)) => tracing::info!(node, result = ?resp.data, "recorded a member"),
+            Ok(Err(e)) => {
                 tracing::debug!(node, error = %e, "member record not committed; retried on the next heartbeat")
             }
+            Err(_) => tracing::debug!(node, "member record's outcome lost with the PD leadership; retried"),
         }
         state.lock().unwrap().registering.remove(&node);
     });

@@ -92,3 +92,110 @@ pub fn group_prefix(group: GroupId) -> [u8; 8] {
 pub fn storage_io_error(e: impl std::error::Error + 'static) -> StorageError {
     openraft::StorageIOError::write(&e).into()
 }
+
+/// How long a write may still take to resolve after the replica that proposed it left
+/// the term it proposed in (a new leader usually commits or truncates it within a few
+/// heartbeats).
+pub const LOST_LEADERSHIP_GRACE_MS: u64 = 2_000;
+
+/// A write whose replica lost its leadership and did not hear what became of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutcomeLost {
+    /// The leader this replica knows of now.
+    pub leader: Option<u64>,
+}
+
+/// What openraft publishes about a replica.
+pub type Metrics = tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>;
+
+/// Awaits `write`, a `client_write` proposed on the replica `metrics` describes, but not
+/// forever. openraft 0.9 answers a write when its entry is applied on this replica or
+/// truncated from its log, and never when a snapshot from a new leader covers an entry
+/// it did not have: the follower purges its own entry without truncating it. (The
+/// simulation found that: a shard's proposal queue waited on such an answer and the
+/// shard took no write on that node again.) So once this replica is no longer leading in
+/// the term it proposed in, the write has [`LOST_LEADERSHIP_GRACE_MS`] more to resolve;
+/// after that its outcome is unknown to the caller, who must not propose it again.
+pub async fn await_write<T>(
+    mut metrics: Metrics,
+    write: impl std::future::Future<Output = T>,
+) -> Result<T, OutcomeLost> {
+    let term = metrics.borrow().current_term;
+    let leading_in_term =
+        |m: &openraft::RaftMetrics<u64, BasicNode>| m.current_term == term && m.state == openraft::ServerState::Leader;
+    tokio::pin!(write);
+    while leading_in_term(&metrics.borrow()) {
+        tokio::select! {
+            biased;
+            out = &mut write => return Ok(out),
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    // Shut down: openraft answers the write with an error.
+                    return Ok(write.await);
+                }
+            }
+        }
+    }
+    let grace = tokio::time::sleep(std::time::Duration::from_millis(LOST_LEADERSHIP_GRACE_MS));
+    tokio::select! {
+        biased;
+        out = &mut write => Ok(out),
+        _ = grace => Err(OutcomeLost {
+            leader: metrics.borrow().current_leader,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{RaftMetrics, ServerState};
+    use std::time::Duration;
+    use tokio::sync::{oneshot, watch};
+
+    fn leader(term: u64) -> RaftMetrics<u64, BasicNode> {
+        RaftMetrics {
+            current_term: term,
+            state: ServerState::Leader,
+            current_leader: Some(1),
+            ..RaftMetrics::new_initial(1)
+        }
+    }
+
+    /// A leader waits on its write as long as it leads in that term; once it does not, the
+    /// write still resolves within the grace, or its outcome is lost (never a result).
+    #[tokio::test(start_paused = true)]
+    async fn a_write_outlives_its_leadership_by_the_grace_only() {
+        let (tx, rx) = watch::channel(leader(3));
+        let (answer, answered) = oneshot::channel::<u8>();
+        let waiting = tokio::spawn(await_write(rx.clone(), answered));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiting.is_finished(), "still leading: keep waiting");
+        answer.send(7).unwrap();
+        assert_eq!(waiting.await.unwrap().unwrap(), Ok(7));
+
+        // Resolved within the grace after the leadership moved on: its answer stands.
+        let (answer, answered) = oneshot::channel::<u8>();
+        let waiting = tokio::spawn(await_write(rx.clone(), answered));
+        tokio::task::yield_now().await;
+        tx.send_modify(|m| {
+            m.current_term = 4;
+            m.state = ServerState::Follower;
+            m.current_leader = Some(2);
+        });
+        tokio::time::sleep(Duration::from_millis(LOST_LEADERSHIP_GRACE_MS / 2)).await;
+        answer.send(8).unwrap();
+        assert_eq!(waiting.await.unwrap().unwrap(), Ok(8));
+
+        // Never answered (a snapshot covered it): lost, naming the leader known now.
+        tx.send_replace(leader(5));
+        let (_answer, answered) = oneshot::channel::<u8>();
+        let waiting = tokio::spawn(await_write(rx.clone(), answered));
+        tokio::task::yield_now().await;
+        tx.send_modify(|m| m.current_term = 6);
+        tokio::time::sleep(Duration::from_millis(LOST_LEADERSHIP_GRACE_MS + 1)).await;
+        assert!(waiting.is_finished(), "no answer past the grace: given up");
+        let lost = waiting.await.unwrap().unwrap_err();
+        assert_eq!(lost, OutcomeLost { leader: Some(1) });
+    }
+}

@@ -75,11 +75,14 @@ pub enum ShardCommand {
 pub struct ShardProposer {
     pub raft: crate::raft::Raft<ShardKind>,
     pub writes_per_proposal: metrics::Histogram,
+    /// Planted bug (simulation only): see `crate::node::PlantedBug::UnboundedWriteWait`.
+    pub planted_unbounded_wait: bool,
 }
 
 impl Proposer for ShardProposer {
     fn propose(&self, ops: Vec<KvOp>) -> impl std::future::Future<Output = Result<Vec<KvResult>, Unknown>> + Send {
         let raft = self.raft.clone();
+        let planted_unbounded_wait = self.planted_unbounded_wait;
         self.writes_per_proposal.record(ops.len() as f64);
         async move {
             let count = ops.len();
@@ -87,7 +90,13 @@ impl Proposer for ShardProposer {
                 Ok([op]) => ShardCommand::Kv(op),
                 Err(ops) => ShardCommand::Batch(ops),
             };
-            write_outcome(raft.client_write(command).await, count)
+            if planted_unbounded_wait {
+                return write_outcome(raft.client_write(command).await, count);
+            }
+            match crate::raft::await_write(raft.metrics(), raft.client_write(command)).await {
+                Ok(written) => write_outcome(written, count),
+                Err(lost) => Err(Unknown::LeaderChanged(lost.leader)),
+            }
         }
     }
 }
