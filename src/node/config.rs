@@ -96,6 +96,10 @@ pub enum PlantedBug {
     /// A batched proposal hands each write its neighbour's result: a client is told its
     /// write made a version that belongs to another.
     BatchResultsMisrouted,
+    /// A quiet replica waits on whatever leader its Raft state or the placement driver
+    /// last named, even after that node stopped reporting the group: a group whose leader
+    /// stepped down with nobody elected stays quiet behind it, and never elects again.
+    LastingLeaderHints,
     /// A shard's leader waits on each proposal until openraft answers, which it never does
     /// for an entry a new leader's snapshot covered: that shard's proposal queue on the
     /// node waits for good, and the shard takes no write there again.

@@ -26,7 +26,7 @@ use crate::raft::membership::{self, AdminReply, AdminRequest};
 use crate::raft::network::post_internal;
 use crate::raft::network::Credentials;
 use crate::raft::probe::NodeEvent;
-use crate::raft::quiet::{Liveness, NodeView};
+use crate::raft::quiet::{LeaderHint, Liveness, NodeView};
 use crate::raft::registry::{Registry, TEND_INTERVAL_MS};
 use crate::raft::transport::HttpClient;
 use crate::raft::{GroupId, GroupKind};
@@ -49,6 +49,9 @@ pub const PD_STALE_AFTER_MS: u64 = 5_000;
 pub struct ClusterView {
     pub pd_leader: Option<NodeId>,
     pub leader_hints: BTreeMap<GroupId, NodeId>,
+    /// Hints whose leader no longer reports leading the group: routing may still try
+    /// them, a quiet replica does not follow them.
+    pub lapsed_hints: std::collections::BTreeSet<GroupId>,
     pub last_seen_ms: BTreeMap<NodeId, u64>,
     pub last_pd_contact: Option<Instant>,
 }
@@ -382,6 +385,7 @@ impl Node {
             let mut view = self.view.write().unwrap();
             view.pd_leader = Some(reply.pd_leader);
             view.leader_hints = reply.leader_hints;
+            view.lapsed_hints = reply.lapsed_hints;
             view.last_seen_ms = reply.last_seen_ms;
             view.last_pd_contact = Some(Instant::now());
         }
@@ -722,8 +726,12 @@ impl NodeView for Node {
         view_is_fresh(&self.view.read().unwrap())
     }
 
-    fn leader_hint(&self, group: u64) -> Option<u64> {
-        self.view.read().unwrap().leader_hints.get(&group).copied()
+    fn leader_hint(&self, group: u64) -> Option<LeaderHint> {
+        let view = self.view.read().unwrap();
+        view.leader_hints.get(&group).map(|node| LeaderHint {
+            node: *node,
+            current: !view.lapsed_hints.contains(&group),
+        })
     }
 
     fn campaigns_first(&self, group: u64) -> bool {

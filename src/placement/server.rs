@@ -3,7 +3,7 @@
 //! the state only the PD leader keeps. The scheduler and executor that act on it are in
 //! `scheduler.rs`, `driver.rs` and `executor.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +80,9 @@ pub struct HeartbeatReply {
     pub leader_hints: BTreeMap<GroupId, NodeId>,
     /// Milliseconds since the PD leader last heard from each node.
     pub last_seen_ms: BTreeMap<NodeId, u64>,
+    /// Groups whose hinted leader's latest heartbeat no longer lists them (see
+    /// [`PdLeaderState::lapsed_hints`]).
+    pub lapsed_hints: BTreeSet<GroupId>,
 }
 
 /// Liveness, leader hints and shard figures, kept in memory by whichever node leads the PD.
@@ -87,6 +90,13 @@ pub struct HeartbeatReply {
 pub struct PdLeaderState {
     pub last_seen: BTreeMap<NodeId, Instant>,
     pub leader_hints: BTreeMap<GroupId, (NodeId, u64)>,
+    /// Hints whose leader's latest heartbeat no longer lists the group. They stay for
+    /// routing (the last known leader is the best guess until another reports), but a
+    /// quiet replica must not wait on them: after a whole-cluster restart at 10,000
+    /// shards, a hint naming a candidate that could not win (its log was one entry short)
+    /// kept the two replicas with the whole log quiet behind it, and the group never
+    /// elected a leader.
+    pub lapsed_hints: BTreeSet<GroupId>,
     /// Members whose registration (or join) is being proposed.
     registering: std::collections::BTreeSet<NodeId>,
     /// When this node last became PD leader (liveness is only known since then).
@@ -251,9 +261,14 @@ pub fn handle_heartbeat<H: PdHost>(host: &H, hb: &Heartbeat) -> Result<Option<He
             }
         }
     }
-    state
-        .leader_hints
-        .retain(|g, _| *g == PD_GROUP || map.shards.contains_key(g) || !map.is_bootstrapped());
+    let PdLeaderState {
+        leader_hints,
+        lapsed_hints,
+        ..
+    } = &mut *state;
+    note_lapsed_hints(leader_hints, lapsed_hints, hb.node_id, &hb.leading);
+    leader_hints.retain(|g, _| *g == PD_GROUP || map.shards.contains_key(g) || !map.is_bootstrapped());
+    lapsed_hints.retain(|g| leader_hints.contains_key(g));
     state.shard_stats.retain(|g, _| map.shards.contains_key(g));
     Ok(Some(HeartbeatReply {
         redirect: None,
@@ -261,7 +276,30 @@ pub fn handle_heartbeat<H: PdHost>(host: &H, hb: &Heartbeat) -> Result<Option<He
         map: (map.revision > hb.revision).then(|| (*map).clone()),
         leader_hints: state.leader_hints.iter().map(|(g, (n, _))| (*g, *n)).collect(),
         last_seen_ms: last_seen_ms(&state, &map, now),
+        lapsed_hints: state.lapsed_hints.clone(),
     }))
+}
+
+/// After `sender`'s heartbeat: a hint naming it lapses when the heartbeat no longer lists
+/// the group (a heartbeat lists every group its sender leads), and is current again when
+/// it does.
+fn note_lapsed_hints(
+    hints: &BTreeMap<GroupId, (NodeId, u64)>,
+    lapsed: &mut BTreeSet<GroupId>,
+    sender: NodeId,
+    leading: &[LedGroup],
+) {
+    let led: BTreeSet<GroupId> = leading.iter().map(|l| l.group).collect();
+    for (group, (leader, _)) in hints {
+        if *leader != sender {
+            continue;
+        }
+        if led.contains(group) {
+            lapsed.remove(group);
+        } else {
+            lapsed.insert(*group);
+        }
+    }
 }
 
 /// Milliseconds since the PD leader last heard from each member. A member not heard from
@@ -300,4 +338,36 @@ fn propose_once<H: PdHost>(host: &H, pd: Arc<PdGroup>, node: NodeId, command: Pd
         }
         state.lock().unwrap().registering.remove(&node);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn led(group: GroupId) -> LedGroup {
+        LedGroup {
+            group,
+            term: 1,
+            keys: 0,
+            bytes: 0,
+            ops_total: 0,
+            split_at: None,
+        }
+    }
+
+    /// A hint lapses when its leader's heartbeat stops listing the group, and is current
+    /// again when it lists it; hints naming other nodes are untouched.
+    #[test]
+    fn a_hint_lapses_while_its_leader_does_not_report_the_group() {
+        let hints = BTreeMap::from([(7, (3, 10)), (8, (3, 10)), (9, (1, 4))]);
+        let mut lapsed = BTreeSet::new();
+        note_lapsed_hints(&hints, &mut lapsed, 3, &[led(8)]);
+        assert_eq!(lapsed, BTreeSet::from([7]));
+        note_lapsed_hints(&hints, &mut lapsed, 3, &[]);
+        assert_eq!(lapsed, BTreeSet::from([7, 8]));
+        note_lapsed_hints(&hints, &mut lapsed, 2, &[]);
+        assert_eq!(lapsed, BTreeSet::from([7, 8]));
+        note_lapsed_hints(&hints, &mut lapsed, 3, &[led(7), led(8), led(9)]);
+        assert_eq!(lapsed, BTreeSet::new());
+    }
 }

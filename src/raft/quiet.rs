@@ -41,10 +41,36 @@ pub trait NodeView {
     /// Whether this node's view is fresh (it reached the placement driver lately).
     fn fresh(&self) -> bool;
     /// The leader of `group` as the placement driver last heard of it.
-    fn leader_hint(&self, group: u64) -> Option<u64>;
+    fn leader_hint(&self, group: u64) -> Option<LeaderHint>;
     /// Whether this node is the one to campaign first for a leaderless `group`: its first
     /// replica in the map whose node is live.
     fn campaigns_first(&self, group: u64) -> bool;
+}
+
+/// The placement driver's word on a group's leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderHint {
+    pub node: u64,
+    /// The node's latest heartbeat still lists the group among those it leads.
+    pub current: bool,
+}
+
+/// The leader a replica may wait on quietly: the one its Raft state names (`believed`),
+/// or, when that names none (a reopened replica), the placement driver's. Where the
+/// placement driver has a word on the group, it must agree: a current hint naming the
+/// same node. Otherwise nobody confirms the leader and the replica keeps its timers, so a
+/// group whose leader is gone elects another even when that node is alive. (After a
+/// whole-cluster restart at 10,000 shards, a hint naming a candidate that could not win,
+/// its log one entry short, kept the two replicas with the whole log quiet behind it.)
+/// A leader newly elected and not yet reported is active anyway, so waking its followers
+/// for a heartbeat round costs nothing.
+pub fn leader_to_follow(believed: Option<u64>, hint: Option<LeaderHint>) -> Option<u64> {
+    match (believed, hint) {
+        (_, Some(hint)) if !hint.current => None,
+        (Some(believed), Some(hint)) if believed != hint.node => None,
+        (Some(believed), _) => Some(believed),
+        (None, hint) => hint.map(|h| h.node),
+    }
 }
 
 /// How long a reopened replica that is not its group's first candidate waits for a
@@ -134,6 +160,19 @@ pub fn ration_wakes(first_candidates: &[bool], budget: usize) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leader_is_followed_only_if_the_placement_driver_agrees() {
+        let current = |node| Some(LeaderHint { node, current: true });
+        let lapsed = |node| Some(LeaderHint { node, current: false });
+        assert_eq!(leader_to_follow(Some(2), None), Some(2), "no word from the PD");
+        assert_eq!(leader_to_follow(Some(2), current(2)), Some(2));
+        assert_eq!(leader_to_follow(Some(2), current(3)), None, "the PD names another");
+        assert_eq!(leader_to_follow(Some(2), lapsed(2)), None, "no longer reported");
+        assert_eq!(leader_to_follow(None, current(3)), Some(3), "a reopened replica");
+        assert_eq!(leader_to_follow(None, lapsed(3)), None);
+        assert_eq!(leader_to_follow(None, None), None);
+    }
 
     #[test]
     fn campaign_wakes_are_rationed_first_candidates_first() {

@@ -18,7 +18,9 @@ use super::batch::RaftSender;
 use super::log_store::{Flusher, LogStore};
 use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
-use super::quiet::{decide, ration_wakes, Decision, Inputs, Liveness, NodeView, Role, MAX_CAMPAIGN_WAKES_PER_PASS};
+use super::quiet::{
+    decide, leader_to_follow, ration_wakes, Decision, Inputs, Liveness, NodeView, Role, MAX_CAMPAIGN_WAKES_PER_PASS,
+};
 use super::read_batch::ReadBatcher;
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
 use super::state_machine::{self, Applied, AppliedView, StateMachineStore, StateWriter};
@@ -175,6 +177,8 @@ pub struct RegistryConfig {
     /// Planted bug (simulation only): a leader goes quiet even when its own node's view
     /// of the cluster is stale (see `crate::node::PlantedBug::QuietReadsWithoutQuorum`).
     pub planted_quiet_ignores_own_view: bool,
+    /// Planted bug (simulation only): see `crate::node::PlantedBug::LastingLeaderHints`.
+    pub planted_lasting_leader_hints: bool,
 }
 
 /// Opens a group's state of kind `K` from the node's database.
@@ -575,9 +579,11 @@ impl<K: GroupKind> Registry<K> {
                 let view = quiet.map(|(view, _)| view);
                 // After a restart the vote comes back uncommitted: no leader is known until
                 // the leader speaks, which a quiet one does not. The PD knows who leads.
-                let leader = m
-                    .current_leader
-                    .or_else(|| view.filter(|v| v.fresh()).and_then(|v| v.leader_hint(group.id)));
+                let hint = view.filter(|v| v.fresh()).and_then(|v| v.leader_hint(group.id));
+                let leader = match self.config.planted_lasting_leader_hints {
+                    true => m.current_leader.or(hint.map(|h| h.node)),
+                    false => leader_to_follow(m.current_leader, hint),
+                };
                 let role = match leader {
                     _ if leading => Role::Leader,
                     // A leader outside its own configuration is about to step down.
