@@ -13,6 +13,12 @@
 //! The peer answers every message in the order sent, each with its own status: one
 //! group's refusal (unknown group, bad body) never fails the others. Snapshots are not
 //! batched: their chunks are large and would hold up the small messages behind them.
+//!
+//! The placement driver's group has a lane of its own to each peer ([`Lane`]): its own
+//! queue, sender task and batches. Node liveness, leader hints and quiet groups all
+//! depend on the PD having a leader; in an election storm of thousands of shards its
+//! votes, queued behind theirs, timed out (300 ms) again and again, and without a PD
+//! leader no shard leader could go quiet to end the storm.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -220,6 +226,31 @@ pub fn decode_response(mut input: Bytes) -> Result<Vec<ItemAnswer>, FrameError> 
     finish(&input, answers)
 }
 
+/// Which queue to a peer a message takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// The placement driver's group: never behind the shards' traffic.
+    Control,
+    Data,
+}
+
+impl Lane {
+    pub fn of(group: GroupId) -> Lane {
+        if group == crate::placement::PD_GROUP {
+            Lane::Control
+        } else {
+            Lane::Data
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Lane::Control => 0,
+            Lane::Data => 1,
+        }
+    }
+}
+
 /// A message waiting to be sent, and where its answer goes.
 struct Queued {
     item: BatchItem,
@@ -241,7 +272,8 @@ struct Inner {
     /// peer accepts (its limit adds [`MAX_FRAMING_BYTES`]).
     max_batch_bytes: usize,
     batches_in_flight: usize,
-    peers: Mutex<HashMap<String, mpsc::Sender<Queued>>>,
+    /// Each lane's queue to each peer (indexed by [`Lane::index`]).
+    peers: [Mutex<HashMap<String, mpsc::Sender<Queued>>>; 2],
     metrics: SenderMetrics,
 }
 
@@ -283,7 +315,7 @@ impl RaftSender {
                 probe,
                 max_batch_bytes,
                 batches_in_flight,
-                peers: Mutex::new(HashMap::new()),
+                peers: [Mutex::new(HashMap::new()), Mutex::new(HashMap::new())],
             }),
         }
     }
@@ -314,11 +346,12 @@ impl RaftSender {
     }
 
     fn enqueue(&self, addr: &str, queued: Queued) -> Result<(), TransportError> {
-        let mut peers = self.inner.peers.lock().unwrap();
+        let lane = Lane::of(queued.item.group);
+        let mut peers = self.inner.peers[lane.index()].lock().unwrap();
         // Looked up by `&str` first: no allocation per message on the hot path.
         if !peers.contains_key(addr) {
             let (tx, rx) = mpsc::channel(MAX_QUEUED_PER_PEER);
-            tokio::spawn(run_peer(self.inner.clone(), addr.to_string(), rx));
+            tokio::spawn(run_peer(self.inner.clone(), lane, addr.to_string(), rx));
             peers.insert(addr.to_string(), tx);
         }
         peers[addr].try_send(queued).map_err(|e| TransportError::Io {
@@ -334,7 +367,7 @@ impl RaftSender {
 }
 
 /// One peer's sender: takes what is queued, a batch at a time, within the in-flight bound.
-async fn run_peer(inner: Arc<Inner>, addr: String, mut queue: mpsc::Receiver<Queued>) {
+async fn run_peer(inner: Arc<Inner>, lane: Lane, addr: String, mut queue: mpsc::Receiver<Queued>) {
     let in_flight = Arc::new(Semaphore::new(inner.batches_in_flight));
     let returned = Arc::new(Notify::new());
     let idle = Duration::from_millis(PEER_IDLE_EXIT_MS);
@@ -346,12 +379,13 @@ async fn run_peer(inner: Arc<Inner>, addr: String, mut queue: mpsc::Receiver<Que
         let first = match carried.take() {
             Some(first) => first,
             None => match tokio::time::timeout(idle, queue.recv()).await {
+                Ok(Some(first)) if first.reply.is_closed() => continue,
                 Ok(Some(first)) => first,
                 Ok(None) => return,
                 Err(_) => {
                     // Leave only if nothing arrived meanwhile: senders enqueue under
                     // this lock, so no message can slip in between the check and removal.
-                    let mut peers = inner.peers.lock().unwrap();
+                    let mut peers = inner.peers[lane.index()].lock().unwrap();
                     if queue.is_empty() {
                         peers.remove(&addr);
                         return;
@@ -492,6 +526,56 @@ mod tests {
         let mut old = BytesMut::from(&valid[..]);
         old[0] = 1;
         assert_eq!(decode_request(old.freeze()), Err(FrameError::Format(1)));
+    }
+
+    /// A peer that answers the placement driver's messages at once and never answers a
+    /// shard's: the PD's traffic is not held behind the shards' batches in flight.
+    #[tokio::test]
+    async fn the_placement_drivers_messages_do_not_wait_behind_the_shards() {
+        use axum::{body::Bytes as Body, routing::post, Router};
+        let (held_tx, mut held_rx) = mpsc::unbounded_channel();
+        let app = Router::new().route(
+            BATCH_PATH,
+            post(|body: Body| async move {
+                let items = decode_request(body).unwrap();
+                if items.iter().any(|i| Lane::of(i.group) == Lane::Data) {
+                    let _ = held_tx.send(items.len());
+                    std::future::pending::<()>().await;
+                }
+                let answers: Vec<ItemAnswer> = items.iter().map(|i| ItemAnswer::Ok(i.body.clone())).collect();
+                encode_response(&answers).to_vec()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = crate::raft::transport::http_client(crate::raft::transport::NetKind::Tokio, None);
+        let credentials = Arc::new(Credentials::new(None, 1, 1, None));
+        let one_batch_in_flight = 1;
+        let sender = RaftSender::new(client, credentials, Probe::default(), 1 << 20, one_batch_in_flight);
+        let held = Duration::from_secs(3_600);
+        let mut shards = Vec::new();
+        for group in 1..=3 {
+            let (sender, addr) = (sender.clone(), addr.clone());
+            shards.push(tokio::spawn(async move {
+                sender.call(&addr, item(group, RaftOp::Append, b"shard"), held).await
+            }));
+        }
+        // The shards' first batch is out and held: the lane's one batch in flight.
+        held_rx.recv().await.unwrap();
+        let pd_wait = Duration::from_secs(30);
+        let answer = tokio::time::timeout(pd_wait, sender.call(&addr, item(0, RaftOp::Vote, b"pd"), pd_wait))
+            .await
+            .expect("the PD's vote waited behind the shards' batch");
+        assert_eq!(answer.unwrap(), ItemAnswer::Ok(Bytes::from_static(b"pd")));
+        assert!(
+            shards.iter().all(|s| !s.is_finished()),
+            "the shards' messages are still held"
+        );
+        for shard in shards {
+            shard.abort();
+        }
+        server.abort();
     }
 
     #[test]
