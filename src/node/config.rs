@@ -96,9 +96,9 @@ pub enum PlantedBug {
     /// A batched proposal hands each write its neighbour's result: a client is told its
     /// write made a version that belongs to another.
     BatchResultsMisrouted,
-    /// A quiet replica waits on whatever leader its Raft state or the placement driver
-    /// last named, even after that node stopped reporting the group: a group whose leader
-    /// stepped down with nobody elected stays quiet behind it, and never elects again.
+    /// A reopened replica that knows no leader waits on the placement driver's hint even
+    /// after the hinted node stopped reporting the group: a restarted group whose hinted
+    /// node lost its election stays quiet behind it, and never elects again.
     LastingLeaderHints,
     /// A shard's leader waits on each proposal until openraft answers, which it never does
     /// for an entry a new leader's snapshot covered: that shard's proposal queue on the

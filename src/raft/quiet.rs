@@ -56,21 +56,13 @@ pub struct LeaderHint {
 }
 
 /// The leader a replica may wait on quietly: the one its Raft state names (`believed`),
-/// or, when that names none (a reopened replica), the placement driver's. Where the
-/// placement driver has a word on the group, it must agree: a current hint naming the
-/// same node. Otherwise nobody confirms the leader and the replica keeps its timers, so a
-/// group whose leader is gone elects another even when that node is alive. (After a
-/// whole-cluster restart at 10,000 shards, a hint naming a candidate that could not win,
-/// its log one entry short, kept the two replicas with the whole log quiet behind it.)
-/// A leader newly elected and not yet reported is active anyway, so waking its followers
-/// for a heartbeat round costs nothing.
+/// or, when that names none (a reopened replica), the placement driver's hint while the
+/// hinted node still reports leading the group. A lapsed hint names nobody to wait on:
+/// after a whole-cluster restart at 10,000 shards, a hint naming a candidate that could
+/// not win (its log one entry short) kept the two replicas with the whole log quiet
+/// behind it, and the group never elected a leader.
 pub fn leader_to_follow(believed: Option<u64>, hint: Option<LeaderHint>) -> Option<u64> {
-    match (believed, hint) {
-        (_, Some(hint)) if !hint.current => None,
-        (Some(believed), Some(hint)) if believed != hint.node => None,
-        (Some(believed), _) => Some(believed),
-        (None, hint) => hint.map(|h| h.node),
-    }
+    believed.or(hint.filter(|h| h.current).map(|h| h.node))
 }
 
 /// How long a reopened replica that is not its group's first candidate waits for a
@@ -162,15 +154,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_leader_is_followed_only_if_the_placement_driver_agrees() {
+    fn a_reopened_replica_follows_only_a_current_hint() {
         let current = |node| Some(LeaderHint { node, current: true });
         let lapsed = |node| Some(LeaderHint { node, current: false });
-        assert_eq!(leader_to_follow(Some(2), None), Some(2), "no word from the PD");
-        assert_eq!(leader_to_follow(Some(2), current(2)), Some(2));
-        assert_eq!(leader_to_follow(Some(2), current(3)), None, "the PD names another");
-        assert_eq!(leader_to_follow(Some(2), lapsed(2)), None, "no longer reported");
+        assert_eq!(leader_to_follow(Some(2), None), Some(2));
+        assert_eq!(
+            leader_to_follow(Some(2), current(3)),
+            Some(2),
+            "its own Raft state first"
+        );
+        assert_eq!(leader_to_follow(Some(2), lapsed(2)), Some(2));
         assert_eq!(leader_to_follow(None, current(3)), Some(3), "a reopened replica");
-        assert_eq!(leader_to_follow(None, lapsed(3)), None);
+        assert_eq!(leader_to_follow(None, lapsed(3)), None, "no longer reported");
         assert_eq!(leader_to_follow(None, None), None);
     }
 
