@@ -173,6 +173,13 @@ pub fn next_action(op: &Operator, map: &ClusterMap, facts: &Facts) -> Action {
                     (_, Some(_)) => return Action::Abort { reason },
                 }
             }
+            // Listing the learner changes the shard's epoch, and a split child whose
+            // replicas have not all started yet counts on epoch 1: a replica that applies
+            // the split later initializes the group only then (see `Node::reconcile`), so
+            // listing it before the group ever had a leader could leave too few voters.
+            if op.step == Step::Created && leader.is_none() {
+                return Action::Wait("the shard has no leader".into());
+            }
             if op.step == Step::Created {
                 return Action::Propose(PdCommand::ListLearner {
                     operator: op.id,
@@ -450,6 +457,40 @@ mod tests {
         );
         assert!(map.operators.is_empty());
         assert_eq!(map.finished.last().unwrap().outcome, Outcome::Succeeded);
+    }
+
+    /// A move on a shard with no leader lists nothing: the listing would change the epoch
+    /// a split child's late replicas start on (placement seed 283 of a redo-record build:
+    /// a child whose first election never had the votes), and without a leader the move
+    /// could not go further anyway. A stuck move ends before it changed anything.
+    #[test]
+    fn a_move_lists_no_learner_before_the_shard_has_a_leader() {
+        let mut map = cluster(4);
+        let epoch = map.shards[&1].epoch;
+        let id = start(
+            &mut map,
+            OperatorKind::MoveReplica {
+                shard: 1,
+                from: 1,
+                to: 4,
+            },
+        );
+        let op = map.operators[&id].clone();
+        let leaderless = Facts {
+            status: None,
+            target_usable: true,
+            now_ms: 1,
+        };
+        assert_eq!(
+            next_action(&op, &map, &leaderless),
+            Action::Wait("the shard has no leader".into())
+        );
+        let late = Facts {
+            now_ms: map.settings.step_timeout_secs * 1_000 + 1,
+            ..leaderless
+        };
+        assert!(matches!(next_action(&op, &map, &late), Action::Abort { .. }));
+        assert_eq!(map.shards[&1].epoch, epoch);
     }
 
     #[test]
