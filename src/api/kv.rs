@@ -304,7 +304,7 @@ async fn execute(node: &Arc<Api>, call: KvCall, forward: &Forward, deadline: Ins
         .get(NO_FORWARD_HEADER)
         .is_some_and(|v| v.as_bytes() == b"1");
     let mut proposed = false;
-    let range_checked = !node.config.has_planted_bug(PlantedBug::SplitWithoutRangeCheck);
+    let range_checked = range_checked(node);
     loop {
         // A split moves keys to a new shard: follow the newest map on every round.
         let map = node.map();
@@ -314,11 +314,15 @@ async fn execute(node: &Arc<Api>, call: KvCall, forward: &Forward, deadline: Ins
         let attempt = match node.shards.get(shard) {
             // This replica already split the key away; the map will follow.
             Some(group) if range_checked && !group.view.covers(hash) => Attempt::Wait,
-            Some(group) if !call.needs_leader() => Attempt::Done(serve_local(&group, &call, false).await?),
+            Some(group) if !call.needs_leader() => serve_local(&group, &call, false, range_checked)
+                .await?
+                .map_or(Attempt::Wait, Attempt::Done),
             Some(group)
                 if node.config.has_planted_bug(PlantedBug::FollowerReads) && !matches!(call, KvCall::Write(_)) =>
             {
-                Attempt::Done(serve_local(&group, &call, true).await?)
+                serve_local(&group, &call, true, range_checked)
+                    .await?
+                    .map_or(Attempt::Wait, Attempt::Done)
             }
             Some(group)
                 if group.is_leader()
@@ -326,7 +330,9 @@ async fn execute(node: &Arc<Api>, call: KvCall, forward: &Forward, deadline: Ins
                     && !matches!(call, KvCall::Write(_))
                     && node.config.has_planted_bug(PlantedBug::QuietReadsWithoutQuorum) =>
             {
-                Attempt::Done(serve_local(&group, &call, true).await?)
+                serve_local(&group, &call, true, range_checked)
+                    .await?
+                    .map_or(Attempt::Wait, Attempt::Done)
             }
             Some(group) if group.is_leader() && !(group.proposals_paused() && call.needs_leader()) => {
                 group.view.count_op();
@@ -475,7 +481,9 @@ async fn serve_on_leader(
                 // Applied up to the read index: if that includes a split of the key away,
                 // the new shard answers.
                 Ok(()) if !group.view.covers(crate::placement::key_hash(call.key())) => Ok(Attempt::Wait),
-                Ok(()) => Ok(Attempt::Done(serve_local(group, call, true).await?)),
+                Ok(()) => Ok(serve_local(group, call, true, range_checked(node))
+                    .await?
+                    .map_or(Attempt::Wait, Attempt::Done)),
                 Err(ReadRefused::ForwardToLeader(leader)) => Ok(leader.map_or(Attempt::Wait, Attempt::Redirect)),
                 Err(ReadRefused::QuorumNotEnough) => Ok(Attempt::Wait),
                 Err(ReadRefused::Failed(e)) => Err(ApiError::unavailable(format!("cannot confirm leadership: {e}"))),
@@ -533,10 +541,16 @@ fn set_version_headers(headers: &mut HeaderMap, version: u64, shard: GroupId) {
     headers.insert("x-shard", HeaderValue::from(shard));
 }
 
-/// The two loads of a local read, as a shard replica offers them.
+/// Whether requests check the replica's range (off only for the planted bug that skips it).
+fn range_checked(node: &Api) -> bool {
+    !node.config.has_planted_bug(PlantedBug::SplitWithoutRangeCheck)
+}
+
+/// The three loads of a local read, as a shard replica offers them.
 trait AppliedState {
     fn applied_index(&self) -> u64;
     fn record(&self, key: &[u8]) -> Result<Option<KeyRecord>, ApiError>;
+    fn covers(&self, hash: u64) -> bool;
 }
 
 impl AppliedState for ShardGroup {
@@ -548,20 +562,43 @@ impl AppliedState for ShardGroup {
             .get(key)
             .map_err(|e| ApiError::internal(format!("reading the key: {e}")))
     }
+    fn covers(&self, hash: u64) -> bool {
+        self.view.covers(hash)
+    }
 }
 
-/// The applied index, then the record: an apply landing between the two loads can only
-/// make the record newer than the index says, so `X-Applied-Index` never claims more
-/// than what was read.
-fn read_applied<S: AppliedState>(state: &S, key: &[u8]) -> Result<(u64, Option<KeyRecord>), ApiError> {
+/// The applied index, then the record, then the range; `None` if the replica no longer
+/// serves the key.
+/// - An apply landing between the first two loads can only make the record newer than the
+///   index says, so `X-Applied-Index` never claims more than what was read.
+/// - A split narrows the replica's range before its records leave (see
+///   `ShardState::stage`), so a record read before the range is checked cannot be one
+///   that had already moved to the child: a read racing a split waits for the new map
+///   instead of answering "not found".
+fn read_applied<S: AppliedState>(
+    state: &S,
+    key: &[u8],
+    range_checked: bool,
+) -> Result<Option<(u64, Option<KeyRecord>)>, ApiError> {
     let applied = state.applied_index();
     let record = state.record(key)?;
-    Ok((applied, record))
+    if range_checked && !state.covers(crate::placement::key_hash(key)) {
+        return Ok(None);
+    }
+    Ok(Some((applied, record)))
 }
 
-/// Reads from this replica's applied state (after the leader check, for linearizable reads).
-async fn serve_local(group: &ShardGroup, call: &KvCall, linearizable: bool) -> Result<Response, ApiError> {
-    let (applied, record) = read_applied(group, call.key())?;
+/// Reads from this replica's applied state (after the leader check, for linearizable
+/// reads); `None` if a split took the key away meanwhile (the new shard answers).
+async fn serve_local(
+    group: &ShardGroup,
+    call: &KvCall,
+    linearizable: bool,
+    range_checked: bool,
+) -> Result<Option<Response>, ApiError> {
+    let Some((applied, record)) = read_applied(group, call.key(), range_checked)? else {
+        return Ok(None);
+    };
     let mut response = match call {
         KvCall::Read { version, .. } => match read(record.as_ref(), *version) {
             ReadOutcome::Value { version, value } => {
@@ -599,7 +636,7 @@ async fn serve_local(group: &ShardGroup, call: &KvCall, linearizable: bool) -> R
             .insert("x-applied-index", HeaderValue::from(applied));
     }
     response.headers_mut().insert("x-shard", HeaderValue::from(group.id));
-    Ok(response)
+    Ok(Some(response))
 }
 
 /// 421 with the current map, for clients that asked not to be forwarded.
@@ -731,6 +768,38 @@ mod tests {
                 }],
             }))
         }
+        fn covers(&self, _hash: u64) -> bool {
+            true
+        }
+    }
+
+    /// A split of the key away lands while the record is read: the record may already be
+    /// gone (it moved to the child), so the read must not answer from it.
+    struct SplitMeanwhile(std::cell::Cell<bool>);
+
+    impl AppliedState for SplitMeanwhile {
+        fn applied_index(&self) -> u64 {
+            7
+        }
+        fn record(&self, _key: &[u8]) -> Result<Option<KeyRecord>, ApiError> {
+            self.0.set(true);
+            Ok(None)
+        }
+        fn covers(&self, _hash: u64) -> bool {
+            !self.0.get()
+        }
+    }
+
+    #[test]
+    fn a_read_racing_a_split_of_its_key_is_not_answered() {
+        let state = SplitMeanwhile(std::cell::Cell::new(false));
+        assert!(
+            read_applied(&state, b"k", true).unwrap().is_none(),
+            "no \"not found\" for a moved key"
+        );
+        // The planted bug that skips range checks skips this one too.
+        let state = SplitMeanwhile(std::cell::Cell::new(false));
+        assert!(read_applied(&state, b"k", false).unwrap().is_some());
     }
 
     /// The stale-read finding: the record was loaded before the applied index, so an
@@ -739,7 +808,7 @@ mod tests {
     #[test]
     fn stale_read_index_never_claims_more_than_was_read() {
         let state = ApplyingMeanwhile(std::cell::Cell::new(5));
-        let (applied, record) = read_applied(&state, b"k").unwrap();
+        let (applied, record) = read_applied(&state, b"k", true).unwrap().unwrap();
         assert!(
             applied <= record.unwrap().latest().version,
             "index {applied} is ahead of the value read"

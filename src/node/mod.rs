@@ -485,7 +485,7 @@ impl Node {
         let Some(parent) = shard.parent.and_then(|p| self.shards.get(p)) else {
             return false;
         };
-        parent.view.covers(shard.start)
+        parent.view.applied_covers(shard.start)
     }
 
     /// A split child about to start here without the split's data must not take entries

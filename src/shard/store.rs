@@ -204,6 +204,19 @@ fn range_covers(range: Option<(u64, Option<u64>)>, hash: u64) -> bool {
     range.is_none_or(|(start, end)| hash >= start && end.is_none_or(|end| hash < end))
 }
 
+/// The hashes both ranges cover (`None`: the whole ring); an empty overlap covers nothing.
+fn range_overlap(a: Option<(u64, Option<u64>)>, b: Option<(u64, Option<u64>)>) -> Option<(u64, Option<u64>)> {
+    let (Some((a_start, a_end)), Some((b_start, b_end))) = (a, b) else {
+        return a.or(b);
+    };
+    let start = a_start.max(b_start);
+    let end = match (a_end, b_end) {
+        (Some(a), Some(b)) => Some(a.min(b).max(start)),
+        (end, None) | (None, end) => end.map(|e| e.max(start)),
+    };
+    Some((start, end))
+}
+
 /// Decodes a stored or received record, refusing any shape apply never writes.
 fn decode_record(bytes: &[u8]) -> Result<KeyRecord, StorageError> {
     let record: KeyRecord = codec::decode(bytes).map_err(storage_io_error)?;
@@ -216,7 +229,11 @@ fn decode_record(bytes: &[u8]) -> Result<KeyRecord, StorageError> {
 pub struct ShardView {
     group: GroupId,
     sm: sled::Tree,
+    /// The applied range, published once the state holding it is written.
     range: RwLock<Option<(u64, Option<u64>)>>,
+    /// The range requests are served for: the applied one, narrowed before a write that
+    /// takes records away (see [`Self::narrow_to`]).
+    served: RwLock<Option<(u64, Option<u64>)>>,
     live_keys: AtomicU64,
     live_bytes: AtomicU64,
     ops_served: AtomicU64,
@@ -240,8 +257,14 @@ impl ShardView {
         }
     }
 
-    /// Whether this replica's applied state serves keys hashing to `hash`.
+    /// Whether this replica serves requests for keys hashing to `hash`.
     pub fn covers(&self, hash: u64) -> bool {
+        range_covers(*self.served.read().unwrap(), hash)
+    }
+
+    /// Whether this replica's written (applied and published) state holds the keys
+    /// hashing to `hash`: a split's child may start once its parent's no longer does.
+    pub fn applied_covers(&self, hash: u64) -> bool {
         range_covers(self.range(), hash)
     }
 
@@ -322,8 +345,20 @@ impl ShardView {
         }
     }
 
+    /// Shrinks the served range to its overlap with `next` (the range a write about to be
+    /// made will give the replica), so that no read is answered for a key whose record that
+    /// write takes away; [`Self::publish`] sets `next` whole once the write is made.
+    fn narrow_to(&self, next: Option<(u64, Option<u64>)>) {
+        let current = *self.served.read().unwrap();
+        let narrowed = range_overlap(current, next);
+        if narrowed != current {
+            *self.served.write().unwrap() = narrowed;
+        }
+    }
+
     fn publish(&self, meta: &ShardMeta) {
         *self.range.write().unwrap() = meta.range;
+        *self.served.write().unwrap() = meta.range;
         self.live_keys.store(meta.live_keys, Ordering::Relaxed);
         self.live_bytes.store(meta.live_bytes, Ordering::Relaxed);
     }
@@ -416,6 +451,7 @@ impl ShardState {
             group,
             sm: sm.clone(),
             range: RwLock::new(None),
+            served: RwLock::new(None),
             live_keys: AtomicU64::new(0),
             live_bytes: AtomicU64::new(0),
             ops_served: AtomicU64::new(0),
@@ -536,6 +572,9 @@ impl GroupState<ShardKind> for ShardState {
     }
 
     fn stage(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        // A split (or a snapshot install) may take records away: reads stop covering them
+        // before they go.
+        self.view.narrow_to(self.meta.range);
         for (key, record) in std::mem::take(&mut self.overlay) {
             let bytes = codec::encode(&record).map_err(storage_io_error)?;
             batch.insert(state_key(self.group, TAG_RECORD, &key), bytes);
@@ -735,6 +774,59 @@ mod tests {
         let mut builder = sm.get_snapshot_builder().await;
         assert!(builder.build_snapshot().await.is_err(), "a partial snapshot was built");
         assert!(sm.get_current_snapshot().await.unwrap().is_none(), "nothing stored");
+    }
+
+    /// A split stops the parent's view serving the keys it moves before the write that
+    /// removes their records is made (reads check the range after loading the record), and
+    /// widens nothing until the write is published.
+    #[tokio::test]
+    async fn a_split_narrows_the_served_range_before_its_records_leave() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let keys: Vec<Vec<u8>> = (0..20u32).map(|i| format!("key-{i}").into_bytes()).collect();
+        let sm = {
+            let mut sm = store(&db, dir.path());
+            let puts: Vec<_> = keys.iter().enumerate().map(|(i, k)| put(i as u64 + 1, k)).collect();
+            sm.apply(puts).await.unwrap();
+            sm
+        };
+        drop(sm);
+        let mut state = ShardState::open(&db, 7, false).unwrap();
+        let view = state.view();
+        let at = view.median_key_hash(1024).expect("a split point");
+        let upper = keys.iter().find(|k| key_hash(k) >= at).unwrap();
+        let lower = keys.iter().find(|k| key_hash(k) < at).unwrap();
+        let plan = SplitPlan {
+            child: 9,
+            at,
+            start: 0,
+            end: None,
+        };
+        let mut batch = WriteBatch::default();
+        state.apply(ShardCommand::Split(plan), &mut batch).unwrap();
+        assert!(view.covers(key_hash(upper)), "nothing is staged yet");
+        state.stage(&mut batch).unwrap();
+        assert!(view.get(upper).unwrap().is_some(), "the record is still in place");
+        assert!(!view.covers(key_hash(upper)), "but no longer served");
+        assert!(view.covers(key_hash(lower)));
+        assert!(view.applied_covers(key_hash(upper)), "the child may not start yet");
+        state.committed();
+        assert!(!view.applied_covers(key_hash(upper)));
+        assert_eq!(view.range(), Some((0, Some(at))));
+    }
+
+    #[test]
+    fn range_overlaps() {
+        assert_eq!(range_overlap(None, None), None);
+        assert_eq!(range_overlap(None, Some((5, Some(9)))), Some((5, Some(9))));
+        assert_eq!(range_overlap(Some((5, None)), None), Some((5, None)));
+        assert_eq!(range_overlap(Some((0, None)), Some((0, Some(7)))), Some((0, Some(7))));
+        assert_eq!(
+            range_overlap(Some((3, Some(9))), Some((5, Some(20)))),
+            Some((5, Some(9)))
+        );
+        let empty = range_overlap(Some((0, Some(4))), Some((6, None)));
+        assert!(!(0..10).any(|h| range_covers(empty, h)), "{empty:?} covers nothing");
     }
 
     /// Writes applied in one call see each other, a split moves exactly the upper keys to
