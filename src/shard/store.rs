@@ -514,9 +514,12 @@ impl ShardState {
         if at <= start || end.is_some_and(|end| at >= end) {
             return rejected(format!("{at:#x} is not inside {start:#x}..{end:?}"));
         }
-        if crate::raft::state_machine::has_state_in(&self.sm, child) {
-            return rejected(format!("shard {child} already has state on this node"));
-        }
+        // A replica of the parent made again (moved away and back) may replay the split
+        // from its log while the child's own replica here already moved on from the
+        // split's state: the child keeps its state. The parent's outcome must not depend
+        // on it (every replica of the parent has to end in the same state), so the split
+        // is done either way.
+        let child_has_state = crate::raft::state_machine::has_state_in(&self.sm, child);
         let prefix = state_key(self.group, TAG_RECORD, &[]);
         let (mut keys, mut bytes) = (0u64, 0u64);
         for item in self.sm.scan_prefix(&prefix) {
@@ -528,18 +531,28 @@ impl ShardState {
             let record = decode_record(&value)?;
             keys += u64::from(record.is_live());
             bytes += record.live_value_bytes();
-            batch.insert(state_key(child, TAG_RECORD, user_key), value);
+            if !child_has_state {
+                batch.insert(state_key(child, TAG_RECORD, user_key), value);
+            }
             batch.remove(key);
         }
-        let child_meta = ShardMeta {
-            live_keys: keys,
-            live_bytes: bytes,
-            range: Some((at, end)),
-        };
-        batch.insert(
-            state_key(child, TAG_SHARD_META, &[]),
-            codec::encode(&child_meta).map_err(storage_io_error)?,
-        );
+        if child_has_state {
+            tracing::info!(
+                group = self.group,
+                child,
+                "split replayed; the child's replica here keeps its own state"
+            );
+        } else {
+            let child_meta = ShardMeta {
+                live_keys: keys,
+                live_bytes: bytes,
+                range: Some((at, end)),
+            };
+            batch.insert(
+                state_key(child, TAG_SHARD_META, &[]),
+                codec::encode(&child_meta).map_err(storage_io_error)?,
+            );
+        }
         self.meta.range = Some((start, Some(at)));
         self.meta.live_keys = self.meta.live_keys.saturating_sub(keys);
         self.meta.live_bytes = self.meta.live_bytes.saturating_sub(bytes);
@@ -869,6 +882,63 @@ mod tests {
         // A repeat of the same split is done already; another plan is refused.
         let again = sm.apply(vec![entry(43, ShardCommand::Split(plan))]).await.unwrap();
         assert_eq!(again, vec![ShardReply::Split(SplitResult::Done { child: 9 })]);
+    }
+
+    /// A parent replica made again replays its log, split included, while the child's
+    /// replica on the same node has moved on: the parent ends split like every other
+    /// replica of it (its outcome may not depend on the node), and the child keeps its own
+    /// state (placement seed 62 of a redo-record build: a refused replay left one parent
+    /// replica covering the child's range, so the child could never start on a new node).
+    #[tokio::test]
+    async fn a_replayed_split_is_done_and_leaves_the_childs_state_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let keys: Vec<Vec<u8>> = (0..40u32).map(|i| format!("key-{i}").into_bytes()).collect();
+        let log: Vec<_> = keys.iter().enumerate().map(|(i, k)| put(i as u64 + 1, k)).collect();
+        let mut sm = store(&db, dir.path());
+        sm.apply(log.clone()).await.unwrap();
+        let at = sm.view().median_key_hash(1024).expect("a split point");
+        let plan = SplitPlan {
+            child: 9,
+            at,
+            start: 0,
+            end: None,
+        };
+        sm.apply(vec![entry(41, ShardCommand::Split(plan))]).await.unwrap();
+        drop(sm);
+        // The child moves on: a newer version of one of its keys.
+        let upper = keys.iter().find(|k| key_hash(k) >= at).unwrap().clone();
+        let newer = KeyRecord {
+            versions: vec![VersionEntry {
+                version: 99,
+                deleted: false,
+                value: b"newer".to_vec(),
+            }],
+        };
+        let tree = db.open_tree("sm").unwrap();
+        tree.insert(state_key(9, TAG_RECORD, &upper), codec::encode(&newer).unwrap())
+            .unwrap();
+        // The parent's replica leaves this node and comes back empty, then replays.
+        crate::raft::state_machine::destroy_state(&db, 7).unwrap();
+        let mut sm = store(&db, dir.path());
+        sm.apply(log).await.unwrap();
+        let replies = sm.apply(vec![entry(41, ShardCommand::Split(plan))]).await.unwrap();
+        assert_eq!(replies, vec![ShardReply::Split(SplitResult::Done { child: 9 })]);
+        let view = sm.view();
+        assert_eq!(view.range(), Some((0, Some(at))));
+        for key in &keys {
+            assert_eq!(
+                view.get(key).unwrap().is_some(),
+                key_hash(key) < at,
+                "parent holds the lower half"
+            );
+        }
+        let child = ShardState::open(&db, 9, false).unwrap();
+        assert_eq!(
+            child.view.get(&upper).unwrap(),
+            Some(newer),
+            "the child's state is its own"
+        );
     }
 
     #[test]
