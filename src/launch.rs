@@ -18,7 +18,6 @@ use crate::raft::batch::RaftSender;
 use crate::raft::log_store::{migrate_from_sled, DurableFiles, Flusher};
 use crate::raft::network::{post_internal, Credentials};
 use crate::raft::registry::{Registry, RegistryConfig, RegistryError};
-use crate::raft::state_machine::StateWriter;
 use crate::raft::transport::{http_client, NetListener};
 use crate::raft::wal::{Wal, SEGMENT_BYTES_DEFAULT, WAL_DIR};
 use crate::shard::store::{ShardKind, ShardState};
@@ -221,11 +220,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         config.flush_mode,
         config.node_id.to_string(),
     );
-    let writer = StateWriter::start(
-        db.open_tree("sm")
-            .map_err(|e| RegistryError::Storage(format!("opening the state tree: {e}")))?,
-        config.flush_mode,
-    );
     let registry_config = Arc::new(RegistryConfig {
         node_id: config.node_id,
         raft_config,
@@ -253,7 +247,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let shards = Arc::new(Registry::<ShardKind>::new(
         db.clone(),
         flusher.clone(),
-        writer.clone(),
         sender.clone(),
         registry_config.clone(),
         Arc::new(move |db, group| ShardState::open(db, group, skip_range_check)),
@@ -262,7 +255,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let pd = Arc::new(Registry::<PdKind>::new(
         db,
         flusher,
-        writer,
         sender,
         registry_config,
         Arc::new(move |db, group| PdState::open(db, group, pd_map_tx.clone())),

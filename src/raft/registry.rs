@@ -23,7 +23,7 @@ use super::quiet::{
 };
 use super::read_batch::ReadBatcher;
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
-use super::state_machine::{self, Applied, AppliedView, StateMachineStore, StateWriter};
+use super::state_machine::{self, Applied, AppliedView, StateMachineStore};
 use super::transport::HttpClient;
 use super::{group_prefix, GroupId, GroupKind, Raft, StorageError};
 
@@ -192,7 +192,6 @@ pub struct Registry<K: GroupKind> {
     label: String,
     db: sled::Db,
     flusher: Flusher,
-    writer: StateWriter,
     sender: RaftSender,
     config: Arc<RegistryConfig>,
     open_state: OpenState<K>,
@@ -222,7 +221,6 @@ impl<K: GroupKind> Registry<K> {
     pub fn new(
         db: sled::Db,
         flusher: Flusher,
-        writer: StateWriter,
         sender: RaftSender,
         config: Arc<RegistryConfig>,
         open_state: OpenState<K>,
@@ -236,7 +234,6 @@ impl<K: GroupKind> Registry<K> {
             tombstones: db.open_tree("tombstones").map_err(storage)?,
             db,
             flusher,
-            writer,
             sender,
             config,
             open_state,
@@ -354,13 +351,13 @@ impl<K: GroupKind> Registry<K> {
             self.flusher.clone(),
             self.config.probe.clone(),
         );
+        state_machine::finish_interrupted_apply(&self.db, group).map_err(storage)?;
         let state = (self.open_state)(&self.db, group).map_err(storage)?;
         let state_machine = StateMachineStore::<K>::open(
             &self.db,
             group,
             state,
             self.flusher.clone(),
-            self.writer.clone(),
             self.label.clone(),
             self.config.probe.clone(),
         )

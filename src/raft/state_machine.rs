@@ -2,9 +2,12 @@
 //! ([`GroupState`]).
 //!
 //! Layout in the `sm` tree, all under the group's 8-byte prefix: `0x00` the applied log id
-//! and membership, owned here; every other tag belongs to the kind's state. One apply call
-//! writes the state's changes and the new applied log id in one atomic sled batch, so after
-//! a crash the state and its applied index always agree. sled is not flushed per apply:
+//! and membership, owned here; `0xff` the redo record of the last apply call, owned here;
+//! every other tag belongs to the kind's state. An apply call writes its redo record, then
+//! the state's changes and the new applied log id one by one; a crash in between is
+//! finished from the redo record at the next start, so the state and its applied index
+//! always agree (splits and snapshot installs use one atomic sled batch instead). sled is
+//! not flushed per apply:
 //! the log is the source of truth, and after a crash openraft re-applies from the applied
 //! index sled kept. Snapshots live in the `snapshots` tree and are flushed (with the state
 //! they were taken from) before openraft may purge the log they cover.
@@ -17,9 +20,8 @@ use tokio::time::Instant;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
 
-use super::log_store::{run_rounds, FlushMode, Flusher};
+use super::log_store::Flusher;
 use super::probe::{NodeEvent, Probe};
 use super::{
     group_prefix, storage_io_error, Cmd, Config, Entry, GroupId, GroupKind, LogId, Reply, SnapshotMeta, StorageError,
@@ -40,8 +42,14 @@ pub fn state_key(group: GroupId, tag: u8, rest: &[u8]) -> Vec<u8> {
     key
 }
 
-/// The sled writes of one apply call (or snapshot install), committed atomically by the
-/// [`StateWriter`].
+/// The tag of a group's redo record: the sled writes of its last apply call, stored as
+/// one value just before they are made one by one (see [`StateMachineStore::write`]).
+const TAG_REDO: u8 = 0xff;
+
+/// Format byte of a redo record.
+const REDO_FORMAT: u8 = 1;
+
+/// The sled writes of one apply call (or snapshot install).
 #[derive(Default)]
 pub struct WriteBatch {
     ops: Vec<(sled::IVec, Option<sled::IVec>)>,
@@ -55,64 +63,114 @@ impl WriteBatch {
     pub fn remove(&mut self, key: impl Into<sled::IVec>) {
         self.ops.push((key.into(), None));
     }
-}
 
-/// Most apply calls' batches one sled commit takes; the rest wait for the next.
-pub const STATE_WRITES_PER_COMMIT_MAX: usize = 1_024;
-
-type WriteRequest = (WriteBatch, oneshot::Sender<Result<(), String>>);
-
-/// Commits the state machines' writes of every group on the node, many apply calls in one
-/// sled batch. Each sled 0.34 `apply_batch` seals and writes sled's IO buffer twice (a
-/// `pwrite` and a waited `sync_file_range` each, on sled's threads) and takes a
-/// process-wide exclusive lock: one per apply call was the largest cost of a write at many
-/// shards, where each call applies about one entry. Merged, one commit serves every group
-/// that applied meanwhile. Batches of different groups touch disjoint keys, and a group
-/// waits for its commit before its next apply, so merging changes no outcome.
-#[derive(Clone)]
-pub struct StateWriter {
-    tx: mpsc::Sender<WriteRequest>,
-}
-
-impl StateWriter {
-    pub fn start(sm: sled::Tree, mode: FlushMode) -> Self {
-        let (tx, rx) = mpsc::channel::<WriteRequest>(STATE_WRITES_PER_COMMIT_MAX);
-        let commit_round = move |first: WriteRequest, rx: &mut mpsc::Receiver<WriteRequest>| {
-            let mut waiters = Vec::new();
-            let mut batch = sled::Batch::default();
-            let mut next = Some(first);
-            while let Some((writes, waiter)) = next {
-                for (key, value) in writes.ops {
-                    match value {
-                        Some(value) => batch.insert(key, value),
-                        None => batch.remove(key),
-                    }
+    /// The writes as a redo record: format byte, then per write a `u32` LE key length,
+    /// the key, and either `0` (a removal) or `1`, a `u32` LE value length and the value.
+    fn encode_redo(&self) -> Vec<u8> {
+        let len: usize = self
+            .ops
+            .iter()
+            .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, |v| v.len()))
+            .sum();
+        let mut out = Vec::with_capacity(1 + len);
+        out.push(REDO_FORMAT);
+        for (key, value) in &self.ops {
+            out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            out.extend_from_slice(key);
+            match value {
+                None => out.push(0),
+                Some(value) => {
+                    out.push(1);
+                    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                    out.extend_from_slice(value);
                 }
-                waiters.push(waiter);
-                next = if waiters.len() < STATE_WRITES_PER_COMMIT_MAX {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
             }
-            let result = sm.apply_batch(batch).map_err(|e| e.to_string());
-            for waiter in waiters {
-                let _ = waiter.send(result.clone());
-            }
-        };
-        run_rounds(mode, "midasflow-apply", rx, commit_round);
-        StateWriter { tx }
+        }
+        out
     }
 
-    /// Returns once `batch` is committed (visible to reads; durable only with a flush).
-    pub async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        let stopped = || storage_io_error(std::io::Error::other("the state writer stopped"));
-        let (tx, rx) = oneshot::channel();
-        self.tx.send((batch, tx)).await.map_err(|_| stopped())?;
-        rx.await
-            .map_err(|_| stopped())?
-            .map_err(|e| storage_io_error(std::io::Error::other(e)))
+    fn decode_redo(bytes: &[u8]) -> Result<WriteBatch, String> {
+        fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+            if bytes.len() < n {
+                return Err(format!("redo record cut short: {n} bytes wanted, {} left", bytes.len()));
+            }
+            let (head, rest) = bytes.split_at(n);
+            *bytes = rest;
+            Ok(head)
+        }
+        fn take_len(bytes: &mut &[u8]) -> Result<usize, String> {
+            let raw = take(bytes, 4)?;
+            Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize)
+        }
+        let mut rest = bytes;
+        match take(&mut rest, 1)?[0] {
+            REDO_FORMAT => {}
+            other => return Err(format!("unknown redo record format {other}")),
+        }
+        let mut batch = WriteBatch::default();
+        while !rest.is_empty() {
+            let key_len = take_len(&mut rest)?;
+            let key = take(&mut rest, key_len)?;
+            match take(&mut rest, 1)?[0] {
+                0 => batch.remove(key),
+                1 => {
+                    let value_len = take_len(&mut rest)?;
+                    batch.insert(key, take(&mut rest, value_len)?);
+                }
+                other => return Err(format!("unknown redo write kind {other}")),
+            }
+        }
+        Ok(batch)
     }
+
+    /// Makes the writes one by one, in order.
+    fn write_each(self, sm: &sled::Tree) -> sled::Result<()> {
+        for (key, value) in self.ops {
+            match value {
+                Some(value) => sm.insert(key, value)?,
+                None => sm.remove(key)?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Makes the writes in one atomic sled batch.
+    fn write_atomically(self, sm: &sled::Tree) -> sled::Result<()> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.ops {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        sm.apply_batch(batch)
+    }
+}
+
+/// Where `group`'s redo record is kept.
+#[cfg(test)]
+pub fn redo_key(group: GroupId) -> Vec<u8> {
+    state_key(group, TAG_REDO, &[])
+}
+
+/// Finishes the last apply call of `group` that a crash may have cut short: makes its
+/// writes again from the group's redo record. Call before the kind opens its state.
+///
+/// An ordinary apply call writes its redo record, then its writes one by one (see
+/// [`StateMachineStore::write`]). sled recovers a prefix of its log, and one group's
+/// writes are made in order by one task, so after a crash either the redo record of the
+/// last apply call is there and a prefix of its writes, or none of them and every earlier
+/// call's writes. The writes are whole values (never increments), so making them again is
+/// harmless.
+pub fn finish_interrupted_apply(db: &sled::Db, group: GroupId) -> Result<(), StorageError> {
+    let sm = db.open_tree("sm").map_err(storage_io_error)?;
+    let Some(redo) = sm.get(state_key(group, TAG_REDO, &[])).map_err(storage_io_error)? else {
+        return Ok(());
+    };
+    WriteBatch::decode_redo(&redo)
+        .map_err(|e| storage_io_error(std::io::Error::other(format!("group {group}: {e}"))))?
+        .write_each(&sm)
+        .map_err(storage_io_error)
 }
 
 /// A kind's application state. The store around it owns the applied log id, the
@@ -242,7 +300,6 @@ pub struct StateMachineStore<K: GroupKind> {
     sm: sled::Tree,
     snapshots: sled::Tree,
     flusher: Flusher,
-    writer: StateWriter,
     meta: AppliedMeta,
     state: K::State,
     applied: Arc<Applied>,
@@ -259,7 +316,6 @@ impl<K: GroupKind> StateMachineStore<K> {
         group: GroupId,
         state: K::State,
         flusher: Flusher,
-        writer: StateWriter,
         node_label: String,
         probe: Probe,
     ) -> Result<Self, StorageError> {
@@ -278,7 +334,6 @@ impl<K: GroupKind> StateMachineStore<K> {
             sm,
             snapshots,
             flusher,
-            writer,
             meta,
             state,
             applied,
@@ -296,23 +351,37 @@ impl<K: GroupKind> StateMachineStore<K> {
         self.state.view()
     }
 
-    /// Commits `batch`, the state's held changes and the applied meta atomically, then
-    /// publishes them.
-    async fn commit(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
-        self.write(batch).await?;
+    /// Writes `batch`, the state's held changes and the applied meta, then publishes them.
+    fn commit(&mut self, batch: WriteBatch, atomic: bool) -> Result<(), StorageError> {
+        self.write(batch, atomic)?;
         self.publish();
         Ok(())
     }
 
-    /// Commits `batch`, the state's held changes and the applied meta in one sled batch,
-    /// not yet durable: the log is, and a restart re-applies what sled lost.
-    async fn write(&mut self, mut batch: WriteBatch) -> Result<(), StorageError> {
+    /// Writes `batch`, the state's held changes and the applied meta to sled, not yet
+    /// durable: the log is, and a restart re-applies what sled lost.
+    ///
+    /// `atomic` (a split, a snapshot install): one sled batch. Otherwise the redo record
+    /// first, then each write on its own: a sled 0.34 `apply_batch` seals and writes sled's
+    /// IO buffer twice (a `pwrite` and a waited `sync_file_range` each, on sled's threads)
+    /// and takes a process-wide exclusive lock, which made it the largest cost of a write.
+    /// [`finish_interrupted_apply`] completes a call a crash cut short.
+    fn write(&mut self, mut batch: WriteBatch, atomic: bool) -> Result<(), StorageError> {
         self.state.stage(&mut batch)?;
         batch.insert(
             state_key(self.group, TAG_APPLIED, &[]),
             codec::encode(&self.meta).map_err(storage_io_error)?,
         );
-        self.writer.write(batch).await
+        let redo_key = state_key(self.group, TAG_REDO, &[]);
+        if atomic {
+            // An older redo record must not be made again over this batch.
+            batch.remove(redo_key);
+            return batch.write_atomically(&self.sm).map_err(storage_io_error);
+        }
+        self.sm
+            .insert(redo_key, batch.encode_redo())
+            .map_err(storage_io_error)?;
+        batch.write_each(&self.sm).map_err(storage_io_error)
     }
 
     /// Shows what [`Self::write`] committed to the node.
@@ -385,7 +454,7 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
         for entry in entries {
             if let EntryPayload::Normal(command) = &entry.payload {
                 if K::State::is_barrier(command) {
-                    self.commit(std::mem::take(&mut batch)).await?;
+                    self.commit(std::mem::take(&mut batch), false)?;
                     barrier_applied = true;
                 }
             }
@@ -400,7 +469,7 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
             };
             results.push(reply);
         }
-        self.write(batch).await?;
+        self.write(batch, barrier_applied)?;
         if barrier_applied {
             // A barrier (a split) writes state other groups build on (a split child's
             // records): it must be durable before anyone sees it, or a crash could let the
@@ -462,7 +531,7 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
                 membership: meta.last_membership.clone(),
             },
         );
-        if let Err(e) = self.commit(batch).await {
+        if let Err(e) = self.commit(batch, true) {
             self.meta = before;
             return Err(e);
         }
@@ -493,5 +562,75 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
             }
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        batch.insert(&b"a"[..], &b"one"[..]);
+        batch.remove(&b"b"[..]);
+        batch.insert(&b""[..], &b""[..]);
+        batch.insert(vec![7u8; 300], vec![9u8; 70_000]);
+        batch
+    }
+
+    #[test]
+    fn a_redo_record_gives_back_the_writes_in_order() {
+        let batch = sample();
+        let decoded = WriteBatch::decode_redo(&batch.encode_redo()).unwrap();
+        assert_eq!(decoded.ops, batch.ops);
+    }
+
+    /// A damaged redo record fails the replica's start with an error, never a panic or a
+    /// partial replay of garbage.
+    #[test]
+    fn a_damaged_redo_record_is_refused() {
+        let bytes = sample().encode_redo();
+        for cut in 1..bytes.len() {
+            if WriteBatch::decode_redo(&bytes[..cut]).is_ok() {
+                // A cut exactly between two writes is a shorter valid record.
+                let decoded = WriteBatch::decode_redo(&bytes[..cut]).unwrap();
+                assert!(decoded.ops.len() < 4, "cut at {cut}");
+            }
+        }
+        assert!(WriteBatch::decode_redo(&[]).is_err());
+        assert!(WriteBatch::decode_redo(&[REDO_FORMAT + 1]).is_err());
+        let mut bad_kind = sample().encode_redo();
+        bad_kind[1 + 4 + 1] = 7;
+        assert!(WriteBatch::decode_redo(&bad_kind).is_err());
+        let mut huge = vec![REDO_FORMAT];
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(WriteBatch::decode_redo(&huge).is_err());
+    }
+
+    /// Only the last apply call can be cut short: its redo record is made again over
+    /// whatever prefix of its writes reached sled; a group without one is left alone.
+    #[test]
+    fn an_interrupted_apply_is_finished_from_its_redo_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let sm = db.open_tree("sm").unwrap();
+        let mut batch = WriteBatch::default();
+        batch.insert(state_key(3, 1, b"x"), &b"new"[..]);
+        batch.remove(state_key(3, 1, b"gone"));
+        batch.insert(state_key(3, TAG_APPLIED, &[]), &b"meta"[..]);
+        sm.insert(state_key(3, 1, b"x"), &b"old"[..]).unwrap();
+        sm.insert(state_key(3, 1, b"gone"), &b"old"[..]).unwrap();
+        sm.insert(redo_key(3), batch.encode_redo()).unwrap();
+        // The crash came after the first write.
+        sm.insert(state_key(3, 1, b"x"), &b"new"[..]).unwrap();
+        finish_interrupted_apply(&db, 4).unwrap();
+        assert_eq!(sm.get(state_key(3, 1, b"gone")).unwrap().as_deref(), Some(&b"old"[..]));
+        finish_interrupted_apply(&db, 3).unwrap();
+        assert_eq!(sm.get(state_key(3, 1, b"x")).unwrap().as_deref(), Some(&b"new"[..]));
+        assert_eq!(sm.get(state_key(3, 1, b"gone")).unwrap(), None);
+        assert_eq!(
+            sm.get(state_key(3, TAG_APPLIED, &[])).unwrap().as_deref(),
+            Some(&b"meta"[..])
+        );
     }
 }

@@ -645,7 +645,7 @@ mod tests {
     use super::*;
     use crate::raft::log_store::{DurableFiles, FlushMode, Flusher};
     use crate::raft::probe::Probe;
-    use crate::raft::state_machine::{check_snapshot_data, StateMachineStore, StateWriter};
+    use crate::raft::state_machine::{check_snapshot_data, finish_interrupted_apply, redo_key, StateMachineStore};
     use crate::raft::wal::{Wal, SEGMENT_BYTES_DEFAULT};
     use crate::raft::{Entry, LogId};
     use crate::shard::{Precondition, VersionEntry};
@@ -657,8 +657,7 @@ mod tests {
         let (wal, _) = Wal::open(&dir.join("raft-log"), SEGMENT_BYTES_DEFAULT).unwrap();
         let flusher = Flusher::start(db.clone(), files, Arc::new(wal), FlushMode::Inline, "t".into());
         let state = ShardState::open(db, 7, false).unwrap();
-        let writer = StateWriter::start(db.open_tree("sm").unwrap(), FlushMode::Inline);
-        StateMachineStore::open(db, 7, state, flusher, writer, "t".into(), Probe::new(1, None)).unwrap()
+        StateMachineStore::open(db, 7, state, flusher, "t".into(), Probe::new(1, None)).unwrap()
     }
 
     fn entry(index: u64, command: ShardCommand) -> Entry<ShardKind> {
@@ -681,8 +680,10 @@ mod tests {
     }
 
     /// A batched proposal is one entry: its writes apply in order (each sees the ones
-    /// before it), each gets its own result, and they are committed with the entry's
-    /// applied index in one sled batch: a reopened replica has all of them or none.
+    /// before it), each gets its own result, and they are written with the entry's applied
+    /// index after the apply call's redo record. A crash right after the redo record (here:
+    /// every later write undone) is finished at the next start: the reopened replica has
+    /// all of the entry's writes and its applied index.
     #[tokio::test]
     async fn a_batch_applies_in_order_and_commits_whole() {
         let dir = tempfile::tempdir().unwrap();
@@ -711,6 +712,17 @@ mod tests {
             ])]
         );
         drop(sm);
+        let tree = db.open_tree("sm").unwrap();
+        let mut undone = 0;
+        for key in tree.scan_prefix(crate::raft::group_prefix(7)).keys() {
+            let key = key.unwrap();
+            if key != redo_key(7) {
+                tree.remove(key).unwrap();
+                undone += 1;
+            }
+        }
+        assert_eq!(undone, 4, "two records, the shard's meta and the applied meta");
+        finish_interrupted_apply(&db, 7).unwrap();
         let reopened = ShardState::open(&db, 7, false).unwrap();
         let versions: Vec<u64> = [&b"a"[..], b"b"]
             .iter()
@@ -863,6 +875,9 @@ mod tests {
         };
         let replies = sm.apply(vec![entry(41, ShardCommand::Split(plan))]).await.unwrap();
         assert_eq!(replies, vec![ShardReply::Split(SplitResult::Done { child: 9 })]);
+        // The split's atomic batch drops the puts' redo record, so a restart does not
+        // write the moved records back into the parent.
+        finish_interrupted_apply(&db, 7).unwrap();
         let child = ShardState::open(&db, 9, false).unwrap();
         for key in &keys {
             let upper = key_hash(key) >= at;
