@@ -51,6 +51,9 @@ pub struct Group<K: GroupKind> {
     clock: tokio::time::Instant,
     /// A snapshot-and-purge after a split is running (see `tend`).
     compacting: Arc<AtomicBool>,
+    /// Resolves once openraft dropped the group's state machine (see
+    /// `StateMachineStore::stopped`); taken by `Registry::remove`.
+    state_machine_stopped: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     label: String,
     probe: Probe,
 }
@@ -165,6 +168,11 @@ impl<K: GroupKind> Group<K> {
 
 /// How often the node runs [`Registry::tend`].
 pub const TEND_INTERVAL_MS: u64 = 500;
+
+/// How long removing a replica waits for its state machine to finish the applies queued to
+/// it before deleting its data. Applies are bounded by local disk writes; this only keeps
+/// a wedged disk from holding replica creation and removal for ever.
+pub const STATE_MACHINE_STOP_WAIT_MS: u64 = 30_000;
 
 /// Everything needed to create a group's Raft instance.
 pub struct RegistryConfig {
@@ -353,7 +361,7 @@ impl<K: GroupKind> Registry<K> {
         );
         state_machine::finish_interrupted_apply(&self.db, group).map_err(storage)?;
         let state = (self.open_state)(&self.db, group).map_err(storage)?;
-        let state_machine = StateMachineStore::<K>::open(
+        let mut state_machine = StateMachineStore::<K>::open(
             &self.db,
             group,
             state,
@@ -363,6 +371,7 @@ impl<K: GroupKind> Registry<K> {
         )
         .map_err(storage)?;
         let (applied, view) = (state_machine.applied(), state_machine.view());
+        let state_machine_stopped = state_machine.stopped();
         // A replica reopened after a restart starts quiet: its group most likely has a
         // quiet leader, which sends no heartbeat to hold off this replica's election
         // timer. `tend` wakes it if no one leads the group (see `quiet.rs`).
@@ -433,6 +442,7 @@ impl<K: GroupKind> Registry<K> {
             seen_log_index: AtomicU64::new(0),
             clock: self.clock,
             compacting: Arc::new(AtomicBool::new(false)),
+            state_machine_stopped: std::sync::Mutex::new(Some(state_machine_stopped)),
             label: self.label.clone(),
             probe: self.config.probe.clone(),
         });
@@ -671,6 +681,19 @@ impl<K: GroupKind> Registry<K> {
         let removed = self.groups.write().unwrap().remove(&group);
         if let Some(removed) = removed {
             let _ = removed.raft.shutdown().await;
+            // Applies already queued still run after the shutdown: the data goes only once
+            // the state machine is gone, or a late apply would leave part of its state
+            // behind for the next replica of the group here.
+            let stopped = removed.state_machine_stopped.lock().unwrap().take();
+            if let Some(stopped) = stopped {
+                let wait = Duration::from_millis(STATE_MACHINE_STOP_WAIT_MS);
+                if tokio::time::timeout(wait, stopped).await.is_err() {
+                    tracing::error!(
+                        group,
+                        "the state machine did not stop in time; deleting its data anyway"
+                    );
+                }
+            }
         }
         self.config.probe.emit(|| NodeEvent::ReplicaRemoved { group });
         // Its vote stays in the log: a replica created here again must not vote twice in a term.

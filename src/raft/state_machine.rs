@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use super::log_store::Flusher;
 use super::probe::{NodeEvent, Probe};
@@ -306,6 +307,8 @@ pub struct StateMachineStore<K: GroupKind> {
     node_label: String,
     apply_duration: metrics::Histogram,
     probe: Probe,
+    /// Dropped with the store: see [`Self::stopped`].
+    stopped_tx: Option<oneshot::Sender<()>>,
 }
 
 impl<K: GroupKind> StateMachineStore<K> {
@@ -340,7 +343,18 @@ impl<K: GroupKind> StateMachineStore<K> {
             apply_duration: metrics::histogram!("midasflow_raft_apply_duration_seconds", "node" => node_label.clone()),
             node_label,
             probe,
+            stopped_tx: None,
         })
+    }
+
+    /// Resolves once the store is dropped. openraft 0.9's `Raft::shutdown` waits for its
+    /// core only: the state machine worker goes on with the applies queued to it, so a
+    /// replica's data may be deleted only once this resolves, or a late apply would leave
+    /// part of its state (and its applied index) behind for the next replica of the group.
+    pub fn stopped(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.stopped_tx = Some(tx);
+        rx
     }
 
     pub fn applied(&self) -> Arc<Applied> {
@@ -382,6 +396,20 @@ impl<K: GroupKind> StateMachineStore<K> {
             .insert(redo_key, batch.encode_redo())
             .map_err(storage_io_error)?;
         batch.write_each(&self.sm).map_err(storage_io_error)
+    }
+
+    /// Commits an apply call's writes (or those before its next barrier) and publishes
+    /// them. A barrier (a split) writes state other groups build on (a split child's
+    /// records): its writes go in one atomic batch and are durable before anyone sees them,
+    /// or a crash could let the child apply its own log over records the split then writes
+    /// again.
+    async fn commit_call(&mut self, batch: WriteBatch, holds_barrier: bool) -> Result<(), StorageError> {
+        self.write(batch, holds_barrier)?;
+        if holds_barrier {
+            self.flusher.flush().await.map_err(storage_io_error)?;
+        }
+        self.publish();
+        Ok(())
     }
 
     /// Shows what [`Self::write`] committed to the node.
@@ -454,7 +482,8 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
         for entry in entries {
             if let EntryPayload::Normal(command) = &entry.payload {
                 if K::State::is_barrier(command) {
-                    self.commit(std::mem::take(&mut batch), false)?;
+                    // What came before, which may be an earlier barrier of this call.
+                    self.commit_call(std::mem::take(&mut batch), barrier_applied).await?;
                     barrier_applied = true;
                 }
             }
@@ -469,14 +498,7 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
             };
             results.push(reply);
         }
-        self.write(batch, barrier_applied)?;
-        if barrier_applied {
-            // A barrier (a split) writes state other groups build on (a split child's
-            // records): it must be durable before anyone sees it, or a crash could let the
-            // child apply its own log over records the split then writes again.
-            self.flusher.flush().await.map_err(storage_io_error)?;
-        }
-        self.publish();
+        self.commit_call(batch, barrier_applied).await?;
         if let Some(applied) = self.meta.last_applied {
             self.probe.emit(|| NodeEvent::Applied {
                 group: self.group,
@@ -605,6 +627,42 @@ mod tests {
         let mut huge = vec![REDO_FORMAT];
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(WriteBatch::decode_redo(&huge).is_err());
+    }
+
+    /// `stopped` resolves when the store goes, not before: replica removal waits on it
+    /// before deleting the group's data.
+    #[tokio::test]
+    async fn a_store_tells_when_it_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let files = crate::raft::log_store::DurableFiles::open(dir.path()).unwrap();
+        let (wal, _) =
+            crate::raft::wal::Wal::open(&dir.path().join("raft-log"), crate::raft::wal::SEGMENT_BYTES_DEFAULT).unwrap();
+        let flusher = Flusher::start(
+            db.clone(),
+            files,
+            Arc::new(wal),
+            crate::raft::log_store::FlushMode::Inline,
+            "t".into(),
+        );
+        let state = crate::shard::store::ShardState::open(&db, 7, false).unwrap();
+        let mut store = StateMachineStore::<crate::shard::store::ShardKind>::open(
+            &db,
+            7,
+            state,
+            flusher,
+            "t".into(),
+            Probe::new(1, None),
+        )
+        .unwrap();
+        let mut stopped = store.stopped();
+        assert!(stopped
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        drop(store);
+        assert!(tokio::time::timeout(std::time::Duration::from_secs(5), stopped)
+            .await
+            .is_ok());
     }
 
     /// Only the last apply call can be cut short: its redo record is made again over
