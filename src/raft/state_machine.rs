@@ -365,13 +365,6 @@ impl<K: GroupKind> StateMachineStore<K> {
         self.state.view()
     }
 
-    /// Writes `batch`, the state's held changes and the applied meta, then publishes them.
-    fn commit(&mut self, batch: WriteBatch, atomic: bool) -> Result<(), StorageError> {
-        self.write(batch, atomic)?;
-        self.publish();
-        Ok(())
-    }
-
     /// Writes `batch`, the state's held changes and the applied meta to sled, not yet
     /// durable: the log is, and a restart re-applies what sled lost.
     ///
@@ -553,10 +546,11 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
                 membership: meta.last_membership.clone(),
             },
         );
-        if let Err(e) = self.commit(batch, true) {
+        if let Err(e) = self.write(batch, true) {
             self.meta = before;
             return Err(e);
         }
+        self.publish();
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
