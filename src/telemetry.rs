@@ -117,6 +117,18 @@ pub const CATALOGUE: &[MetricDoc] = &[
         "Requests this node forwarded to a shard's leader.",
     ),
     doc(
+        "midasflow_kv_follower_reads_total",
+        Counter,
+        "",
+        "Linearizable reads this node answered from a follower replica, after the leader's read index.",
+    ),
+    doc(
+        "midasflow_kv_follower_read_fallbacks_total",
+        Counter,
+        "",
+        "Follower reads that gave up (no read index, or not applied in time) and were forwarded to the leader.",
+    ),
+    doc(
         "midasflow_rpc_rejected_total",
         Counter,
         "reason",

@@ -33,7 +33,8 @@ use crate::placement::PD_GROUP;
 use crate::raft::batch::{self, BatchItem, ItemAnswer, RaftOp};
 use crate::raft::membership::AdminRequest;
 use crate::raft::network::{CLUSTER_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER};
-use crate::raft::registry::{Group, Registry, RegistryError};
+use crate::raft::read_batch::ReadRefused;
+use crate::raft::registry::{Group, Registry, RegistryError, Wake};
 use crate::raft::state_machine::check_snapshot_data;
 use crate::raft::validate::{self, Local};
 use crate::raft::{Config, GroupId, GroupKind, SnapshotMeta};
@@ -306,6 +307,7 @@ fn message_limit(node: &Api, op: RaftOp) -> usize {
     match op {
         RaftOp::Append => node.config.limits.max_append_body_bytes(),
         RaftOp::Vote => MAX_VOTE_BODY_BYTES,
+        RaftOp::ReadIndex => 0,
     }
 }
 
@@ -393,6 +395,24 @@ async fn raft_message_of<K: GroupKind>(
                 )));
             }
             encode_answer(&group.raft.vote(rpc).await)
+        }
+        RaftOp::ReadIndex => {
+            // Never creates a replica: only a leader has a read index to give.
+            let group = existing.ok_or_else(|| ApiError::not_found(format!("group {group_id} is not hosted here")))?;
+            group.touch(Wake::Request);
+            let planted = node.config.has_planted_bug(PlantedBug::ReadsReuseConfirmation);
+            match group.reads.confirm(&group.raft, planted).await {
+                Ok(index) => Ok(index.to_le_bytes().to_vec()),
+                Err(ReadRefused::ForwardToLeader(leader)) => Err(ApiError::unavailable(format!(
+                    "this replica of group {group_id} does not lead it (leader: {leader:?})"
+                ))),
+                Err(ReadRefused::QuorumNotEnough) => Err(ApiError::unavailable(format!(
+                    "this replica of group {group_id} could not hear from a quorum"
+                ))),
+                Err(ReadRefused::Failed(e)) => Err(ApiError::unavailable(format!(
+                    "cannot confirm leadership of group {group_id}: {e}"
+                ))),
+            }
         }
     }
 }

@@ -343,6 +343,13 @@ async fn execute(node: &Arc<Api>, call: KvCall, forward: &Forward, deadline: Ins
                     Err(_) => break,
                 }
             }
+            // A follower asks the leader for a read index instead of forwarding the read.
+            Some(group) if !matches!(call, KvCall::Write(_)) && !group.is_leader() => {
+                match node.leader_hint(shard).filter(|leader| *leader != node.config.node_id) {
+                    Some(leader) => read_on_follower(node, &group, &call, leader, deadline).await?,
+                    None => Attempt::Wait,
+                }
+            }
             _ => match node.leader_hint(shard) {
                 Some(leader) if leader != node.config.node_id => Attempt::Redirect(leader),
                 _ if !call.needs_leader() => Attempt::Redirect(map.shards[&shard].replicas[0]),
@@ -480,8 +487,8 @@ async fn serve_on_leader(
             match group.reads.confirm(&group.raft, planted).await {
                 // Applied up to the read index: if that includes a split of the key away,
                 // the new shard answers.
-                Ok(()) if !group.view.covers(crate::placement::key_hash(call.key())) => Ok(Attempt::Wait),
-                Ok(()) => Ok(serve_local(group, call, true, range_checked(node))
+                Ok(_) if !group.view.covers(crate::placement::key_hash(call.key())) => Ok(Attempt::Wait),
+                Ok(_) => Ok(serve_local(group, call, true, range_checked(node))
                     .await?
                     .map_or(Attempt::Wait, Attempt::Done)),
                 Err(ReadRefused::ForwardToLeader(leader)) => Ok(leader.map_or(Attempt::Wait, Attempt::Redirect)),
@@ -490,6 +497,57 @@ async fn serve_on_leader(
             }
         }
     }
+}
+
+/// How long a follower read waits for its replica to apply the leader's read index before
+/// the read is forwarded to the leader instead (a replica far behind, or one its group
+/// removed, which will never get there).
+pub const FOLLOWER_READ_APPLY_WAIT_MS: u64 = 250;
+
+/// A linearizable read on a follower (Raft's ReadIndex): the leader confirms it still leads
+/// after the read arrived and names its commit index, then this replica answers from its
+/// own applied state once it has applied that far. Whatever was acknowledged before the
+/// read began is committed at or below that index, and a split of the key away at or
+/// below it has narrowed this replica's range (the read then waits for the new map). Any
+/// failure forwards the read to `leader`, as before follower reads.
+async fn read_on_follower(
+    node: &Api,
+    group: &ShardGroup,
+    call: &KvCall,
+    leader: u64,
+    deadline: Instant,
+) -> Result<Attempt, ApiError> {
+    let fallback = |why: &dyn std::fmt::Display| {
+        tracing::debug!(group = group.id, leader, %why, "follower read forwarded");
+        node.metrics.follower_read_fallbacks.increment(1);
+        Ok(Attempt::Redirect(leader))
+    };
+    let Some(addr) = node.addr_of(leader) else {
+        return fallback(&"no address for the leader");
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let index = match node.shards.read_index(&addr, group.id, remaining).await {
+        Ok(index) => index,
+        Err(e) => return fallback(&e),
+    };
+    if group.applied.index() < index && !node.config.has_planted_bug(PlantedBug::FollowerReadsWithoutApplyWait) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let wait = remaining.min(Duration::from_millis(FOLLOWER_READ_APPLY_WAIT_MS));
+        let applied = group
+            .raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(index), "follower read")
+            .await;
+        // openraft counts an entry applied once the state machine returned from it, after
+        // the replica published its writes: the check below is what the read relies on.
+        if applied.is_err() || group.applied.index() < index {
+            return fallback(&format_args!("not applied up to the read index {index} in time"));
+        }
+    }
+    node.metrics.follower_reads.increment(1);
+    Ok(serve_local(group, call, true, range_checked(node))
+        .await?
+        .map_or(Attempt::Wait, Attempt::Done))
 }
 
 /// Records a proposal's duration when it ends, also when the request's deadline drops it

@@ -70,6 +70,8 @@ pub struct ApiMetrics {
     pub requests: RequestMetrics,
     pub kv_writes: metrics::Counter,
     pub forwarded: metrics::Counter,
+    pub follower_reads: metrics::Counter,
+    pub follower_read_fallbacks: metrics::Counter,
     pub proposal_duration: metrics::Histogram,
     pub writes_per_proposal: metrics::Histogram,
 }
@@ -80,6 +82,8 @@ impl ApiMetrics {
         ApiMetrics {
             kv_writes: metrics::counter!("midasflow_kv_writes_total", "node" => node.clone()),
             forwarded: metrics::counter!("midasflow_forwarded_requests_total", "node" => node.clone()),
+            follower_reads: metrics::counter!("midasflow_kv_follower_reads_total", "node" => node.clone()),
+            follower_read_fallbacks: metrics::counter!("midasflow_kv_follower_read_fallbacks_total", "node" => node.clone()),
             proposal_duration: metrics::histogram!("midasflow_raft_proposal_duration_seconds", "node" => node.clone()),
             writes_per_proposal: metrics::histogram!("midasflow_kv_writes_per_proposal", "node" => node.clone()),
             requests: RequestMetrics {

@@ -100,6 +100,10 @@ pub enum PlantedBug {
     /// after the hinted node stopped reporting the group: a restarted group whose hinted
     /// node lost its election stays quiet behind it, and never elects again.
     LastingLeaderHints,
+    /// A follower answers a linearizable read once the leader gave it a read index,
+    /// without waiting to have applied up to it: it can miss a write acknowledged before
+    /// the read began.
+    FollowerReadsWithoutApplyWait,
     /// A shard's leader waits on each proposal until openraft answers, which it never does
     /// for an entry a new leader's snapshot covered: that shard's proposal queue on the
     /// node waits for good, and the shard takes no write there again.

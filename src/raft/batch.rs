@@ -68,6 +68,9 @@ pub const BATCH_PATH: &str = "/internal/raft/batch";
 pub enum RaftOp {
     Append,
     Vote,
+    /// A follower asks the leader for a read index (empty body; the answer is the index,
+    /// 8 bytes little-endian): see `api::kv`'s follower reads.
+    ReadIndex,
 }
 
 impl RaftOp {
@@ -75,6 +78,7 @@ impl RaftOp {
         match self {
             RaftOp::Append => 1,
             RaftOp::Vote => 2,
+            RaftOp::ReadIndex => 3,
         }
     }
 
@@ -82,6 +86,7 @@ impl RaftOp {
         match code {
             1 => Some(RaftOp::Append),
             2 => Some(RaftOp::Vote),
+            3 => Some(RaftOp::ReadIndex),
             _ => None,
         }
     }
@@ -90,6 +95,7 @@ impl RaftOp {
         match self {
             RaftOp::Append => "append",
             RaftOp::Vote => "vote",
+            RaftOp::ReadIndex => "read index",
         }
     }
 }
@@ -232,12 +238,17 @@ pub enum Lane {
     /// The placement driver's group: never behind the shards' traffic.
     Control,
     Data,
+    /// Read-index requests: a batch is answered when its slowest message is, and one of
+    /// these takes a quorum round on the peer, which appends must not wait for.
+    Reads,
 }
 
 impl Lane {
-    pub fn of(group: GroupId) -> Lane {
-        if group == crate::placement::PD_GROUP {
+    pub fn of(item: &BatchItem) -> Lane {
+        if item.group == crate::placement::PD_GROUP {
             Lane::Control
+        } else if item.op == RaftOp::ReadIndex {
+            Lane::Reads
         } else {
             Lane::Data
         }
@@ -247,6 +258,7 @@ impl Lane {
         match self {
             Lane::Control => 0,
             Lane::Data => 1,
+            Lane::Reads => 2,
         }
     }
 }
@@ -273,7 +285,7 @@ struct Inner {
     max_batch_bytes: usize,
     batches_in_flight: usize,
     /// Each lane's queue to each peer (indexed by [`Lane::index`]).
-    peers: [Mutex<HashMap<String, mpsc::Sender<Queued>>>; 2],
+    peers: [Mutex<HashMap<String, mpsc::Sender<Queued>>>; 3],
     metrics: SenderMetrics,
 }
 
@@ -315,7 +327,7 @@ impl RaftSender {
                 probe,
                 max_batch_bytes,
                 batches_in_flight,
-                peers: [Mutex::new(HashMap::new()), Mutex::new(HashMap::new())],
+                peers: Default::default(),
             }),
         }
     }
@@ -346,7 +358,7 @@ impl RaftSender {
     }
 
     fn enqueue(&self, addr: &str, queued: Queued) -> Result<(), TransportError> {
-        let lane = Lane::of(queued.item.group);
+        let lane = Lane::of(&queued.item);
         let mut peers = self.inner.peers[lane.index()].lock().unwrap();
         // Looked up by `&str` first: no allocation per message on the hot path.
         if !peers.contains_key(addr) {
@@ -528,17 +540,18 @@ mod tests {
         assert_eq!(decode_request(old.freeze()), Err(FrameError::Format(1)));
     }
 
-    /// A peer that answers the placement driver's messages at once and never answers a
-    /// shard's: the PD's traffic is not held behind the shards' batches in flight.
+    /// A peer that answers the placement driver's messages and read-index requests at once
+    /// and never answers a shard's appends: neither is held behind the shards' batches in
+    /// flight.
     #[tokio::test]
-    async fn the_placement_drivers_messages_do_not_wait_behind_the_shards() {
+    async fn the_placement_drivers_messages_and_read_indexes_do_not_wait_behind_the_shards() {
         use axum::{body::Bytes as Body, routing::post, Router};
         let (held_tx, mut held_rx) = mpsc::unbounded_channel();
         let app = Router::new().route(
             BATCH_PATH,
             post(|body: Body| async move {
                 let items = decode_request(body).unwrap();
-                if items.iter().any(|i| Lane::of(i.group) == Lane::Data) {
+                if items.iter().any(|i| Lane::of(i) == Lane::Data) {
                     let _ = held_tx.send(items.len());
                     std::future::pending::<()>().await;
                 }
@@ -568,6 +581,11 @@ mod tests {
             .await
             .expect("the PD's vote waited behind the shards' batch");
         assert_eq!(answer.unwrap(), ItemAnswer::Ok(Bytes::from_static(b"pd")));
+        let read_index = sender.call(&addr, item(2, RaftOp::ReadIndex, b"read"), pd_wait);
+        let answer = tokio::time::timeout(pd_wait, read_index)
+            .await
+            .expect("the read index waited behind the shards' batch");
+        assert_eq!(answer.unwrap(), ItemAnswer::Ok(Bytes::from_static(b"read")));
         assert!(
             shards.iter().all(|s| !s.is_finished()),
             "the shards' messages are still held"

@@ -26,7 +26,9 @@ pub enum ReadRefused {
     Failed(String),
 }
 
-type Waiter = oneshot::Sender<Result<(), ReadRefused>>;
+/// A read index: the log index a replica must have applied to answer a read that queued
+/// before the confirmation.
+type Waiter = oneshot::Sender<Result<u64, ReadRefused>>;
 
 /// How long the planted bug trusts a confirmation (simulation only).
 pub const PLANTED_REUSE_CONFIRMATION_MS: u64 = 60_000;
@@ -36,8 +38,8 @@ struct Queue {
     waiting: Vec<Waiter>,
     /// A confirmation is running (a task drives the queue).
     running: bool,
-    /// When the last confirmation succeeded (kept for the planted bug only).
-    confirmed_at: Option<tokio::time::Instant>,
+    /// When the last confirmation succeeded, and its read index (for the planted bug only).
+    confirmed: Option<(tokio::time::Instant, u64)>,
 }
 
 /// One group's queue of linearizable reads.
@@ -65,16 +67,19 @@ fn refused(error: RaftError<u64, CheckIsLeaderError<u64, openraft::BasicNode>>) 
 
 impl<K: GroupKind> ReadBatcher<K> {
     /// Returns once this replica has confirmed, after the call began, that it leads, and
-    /// has applied everything committed before. `planted_reuse` plants the bug of trusting
+    /// has applied everything committed before; the read index is that commit point (a
+    /// follower that applied up to it may answer the read too). `planted_reuse` plants the bug of trusting
     /// a confirmation for a while after it succeeded, as a lease would without the clock
     /// bound that makes one safe (simulation only).
-    pub async fn confirm(&self, raft: &Raft<K>, planted_reuse: bool) -> Result<(), ReadRefused> {
+    pub async fn confirm(&self, raft: &Raft<K>, planted_reuse: bool) -> Result<u64, ReadRefused> {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             let reuse = std::time::Duration::from_millis(PLANTED_REUSE_CONFIRMATION_MS);
-            if planted_reuse && queue.confirmed_at.is_some_and(|at| at.elapsed() < reuse) {
-                return Ok(());
+            if let Some((at, index)) = queue.confirmed.filter(|_| planted_reuse) {
+                if at.elapsed() < reuse {
+                    return Ok(index);
+                }
             }
             queue.waiting.push(tx);
             !std::mem::replace(&mut queue.running, true)
@@ -100,9 +105,13 @@ async fn drive<K: GroupKind>(queue: Arc<Mutex<Queue>>, raft: Raft<K>) {
             }
             std::mem::take(&mut queue.waiting)
         };
-        let result = raft.ensure_linearizable().await.map(|_| ()).map_err(refused);
-        if result.is_ok() {
-            queue.lock().unwrap_or_else(|e| e.into_inner()).confirmed_at = Some(tokio::time::Instant::now());
+        let result = raft
+            .ensure_linearizable()
+            .await
+            .map(|read_log_id| read_log_id.map_or(0, |id| id.index))
+            .map_err(refused);
+        if let Ok(index) = result {
+            queue.lock().unwrap_or_else(|e| e.into_inner()).confirmed = Some((tokio::time::Instant::now(), index));
         }
         for waiter in waiters {
             let _ = waiter.send(result.clone());

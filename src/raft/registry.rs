@@ -14,7 +14,7 @@ use rand::Rng;
 
 use openraft::{BasicNode, ServerState};
 
-use super::batch::RaftSender;
+use super::batch::{BatchItem, ItemAnswer, RaftOp, RaftSender};
 use super::log_store::{Flusher, LogStore};
 use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
@@ -270,6 +270,28 @@ impl<K: GroupKind> Registry<K> {
 
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// Asks the peer at `addr` (believed to lead `group`) for a read index: the log index
+    /// a replica must have applied to answer a linearizable read that began before this
+    /// call. It travels in the peer's next batch of read-index requests.
+    pub async fn read_index(&self, addr: &str, group: GroupId, timeout: Duration) -> Result<u64, String> {
+        let item = BatchItem {
+            group,
+            op: RaftOp::ReadIndex,
+            body: bytes::Bytes::new(),
+        };
+        match self.sender.call(addr, item, timeout).await.map_err(|e| e.to_string())? {
+            ItemAnswer::Ok(body) => body
+                .as_ref()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| format!("a read index of {} bytes", body.len())),
+            ItemAnswer::Refused { status, body } => Err(format!(
+                "refused ({status}): {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            )),
+        }
     }
 
     pub fn get(&self, group: GroupId) -> Option<Arc<Group<K>>> {

@@ -596,3 +596,28 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The sum of the samples of `name` on `node`'s /metrics whose labels contain `labels`.
+pub async fn metric_with(cluster: &Cluster, node: u64, name: &str, labels: &str) -> f64 {
+    let Ok(reply) = cluster.client(node).get_path("/metrics").await else {
+        return 0.0;
+    };
+    String::from_utf8_lossy(&reply.body)
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub async fn metric(cluster: &Cluster, node: u64, name: &str) -> f64 {
+    metric_with(cluster, node, name, "").await
+}
+
+/// The sum of `name` over the given nodes.
+pub async fn metric_sum(cluster: &Cluster, nodes: &[u64], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for node in nodes {
+        sum += metric(cluster, *node, name).await;
+    }
+    sum
+}

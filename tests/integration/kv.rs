@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::harness::{get, put, serial, version_of, wait_until, Cluster};
+use crate::harness::{get, metric_sum, put, serial, version_of, wait_until, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_through_one_node_read_through_the_others_on_every_shard() {
@@ -28,6 +28,10 @@ async fn write_through_one_node_read_through_the_others_on_every_shard() {
     }
     let expected: BTreeSet<u64> = (1..=8).collect();
     assert_eq!(shards_seen, expected, "the keys must land on every shard");
+    // Of nodes 2 and 3, at most one leads a shard, so half of those reads at least were on
+    // followers: they answer from their own replica after the leader's read index.
+    let follower_reads = metric_sum(&cluster, &[2, 3], "midasflow_kv_follower_reads_total").await;
+    assert!(follower_reads >= 1.0, "no linearizable read was answered by a follower");
 
     // Stale reads catch up: every replica applies every acknowledged write.
     for reader in [2, 3] {

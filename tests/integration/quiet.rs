@@ -7,32 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{get, put, serial, wait_for, wait_until, Cluster};
-
-/// The sum of the samples of `name` on `node`'s /metrics whose labels contain `labels`.
-async fn metric_with(cluster: &Cluster, node: u64, name: &str, labels: &str) -> f64 {
-    let Ok(reply) = cluster.client(node).get_path("/metrics").await else {
-        return 0.0;
-    };
-    String::from_utf8_lossy(&reply.body)
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn metric(cluster: &Cluster, node: u64, name: &str) -> f64 {
-    metric_with(cluster, node, name, "").await
-}
-
-/// The sum of `name` over the given nodes.
-async fn metric_sum(cluster: &Cluster, nodes: &[u64], name: &str) -> f64 {
-    let mut sum = 0.0;
-    for node in nodes {
-        sum += metric(cluster, *node, name).await;
-    }
-    sum
-}
+use crate::harness::{get, metric, metric_sum, metric_with, put, serial, wait_for, wait_until, Cluster};
 
 /// `Ok` once every node reports all `shards` of its replicas quiet.
 async fn all_quiet(cluster: &Cluster, shards: u64) -> Result<(), String> {

@@ -100,6 +100,19 @@ async fn planted_follower_reads_bug_is_caught_within_five_seeds() {
     );
 }
 
+/// Follower reads (ReadIndex) must wait until the replica applied the leader's read index.
+#[tokio::test]
+async fn planted_follower_reads_without_apply_wait_bug_is_caught_within_five_seeds() {
+    let _serial = serial().await;
+    assert_caught(
+        0..5,
+        "follower-reads-without-apply-wait",
+        "crashes",
+        &["not linearizable"],
+        "follower reads that do not wait for the read index",
+    );
+}
+
 #[tokio::test]
 async fn planted_repropose_bug_is_caught_within_five_seeds() {
     let _serial = serial().await;
