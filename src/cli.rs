@@ -116,6 +116,11 @@ pub struct Tuning {
     /// long without activity; 0 keeps every group ticking.
     #[arg(long, env = "MIDASFLOW_QUIET_AFTER_MS", default_value_t = RaftTimings::default().quiet_after_ms)]
     pub quiet_after_ms: u64,
+    /// How long a shard's leader answers linearizable reads after confirming its
+    /// leadership, without another quorum round; must be below the maximum election
+    /// timeout (the gap is the margin for clock rates). 0: no lease.
+    #[arg(long, env = "MIDASFLOW_READ_LEASE_MS", default_value_t = RaftTimings::default().read_lease_ms)]
+    pub read_lease_ms: u64,
     /// Batches of Raft messages (appends and votes of every group) in flight to one peer;
     /// messages queued meanwhile travel together in the next batch.
     #[arg(long, env = "MIDASFLOW_RAFT_BATCHES_IN_FLIGHT", default_value_t = RaftTimings::default().batches_in_flight_per_peer)]
@@ -422,6 +427,7 @@ impl Tuning {
             log_keep_entries: self.log_keep_entries,
             quiet_after_ms: self.quiet_after_ms,
             batches_in_flight_per_peer: self.raft_batches_in_flight,
+            read_lease_ms: self.read_lease_ms,
             ..RaftTimings::default()
         };
         config.cache_capacity_bytes = self.cache_capacity_bytes;

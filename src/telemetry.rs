@@ -123,6 +123,12 @@ pub const CATALOGUE: &[MetricDoc] = &[
         "Linearizable reads this node answered from a follower replica, after the leader's read index.",
     ),
     doc(
+        "midasflow_kv_lease_reads_total",
+        Counter,
+        "",
+        "Linearizable reads (its own, or a follower's read index) this node confirmed under a leader's read lease, without a quorum round.",
+    ),
+    doc(
         "midasflow_kv_follower_read_fallbacks_total",
         Counter,
         "",

@@ -33,7 +33,7 @@ use crate::placement::PD_GROUP;
 use crate::raft::batch::{self, BatchItem, ItemAnswer, RaftOp};
 use crate::raft::membership::AdminRequest;
 use crate::raft::network::{CLUSTER_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER};
-use crate::raft::read_batch::ReadRefused;
+use crate::raft::read_batch::{Confirmed, ReadRefused};
 use crate::raft::registry::{Group, Registry, RegistryError, Wake};
 use crate::raft::state_machine::check_snapshot_data;
 use crate::raft::validate::{self, Local};
@@ -388,6 +388,12 @@ async fn raft_message_of<K: GroupKind>(
         RaftOp::Vote => {
             let rpc: VoteRequest<u64> = decode(body)?;
             validate::check_vote_request(&rpc, &local(node, existing.as_deref())).map_err(refused)?;
+            let refusal_ms = node.config.vote_refusal_after_start_ms();
+            if node.started.elapsed() < Duration::from_millis(refusal_ms) {
+                return Err(ApiError::unavailable(format!(
+                    "this node started less than {refusal_ms} ms ago: it refuses votes while a leader it acknowledged before may still hold a read lease"
+                )));
+            }
             let group = hosted_group(node, registry, group_id).await?;
             if !may_vote(node, &group) {
                 return Err(ApiError::unavailable(format!(
@@ -400,9 +406,13 @@ async fn raft_message_of<K: GroupKind>(
             // Never creates a replica: only a leader has a read index to give.
             let group = existing.ok_or_else(|| ApiError::not_found(format!("group {group_id} is not hosted here")))?;
             group.touch(Wake::Request);
-            let planted = node.config.has_planted_bug(PlantedBug::ReadsReuseConfirmation);
-            match group.reads.confirm(&group.raft, planted).await {
-                Ok(index) => Ok(index.to_le_bytes().to_vec()),
+            match group.reads.confirm(&group.raft, node.config.read_policy()).await {
+                Ok((index, how)) => {
+                    if how == Confirmed::Lease {
+                        node.metrics.lease_reads.increment(1);
+                    }
+                    Ok(index.to_le_bytes().to_vec())
+                }
                 Err(ReadRefused::ForwardToLeader(leader)) => Err(ApiError::unavailable(format!(
                     "this replica of group {group_id} does not lead it (leader: {leader:?})"
                 ))),

@@ -20,7 +20,7 @@ use super::routing_json;
 use super::Api;
 use crate::node::PlantedBug;
 use crate::raft::network::send;
-use crate::raft::read_batch::ReadRefused;
+use crate::raft::read_batch::{Confirmed, ReadRefused};
 use crate::raft::registry::Wake;
 use crate::raft::GroupId;
 use crate::shard::propose::Unknown;
@@ -483,8 +483,11 @@ async fn serve_on_leader(
             }
         }
         _ => {
-            let planted = node.config.has_planted_bug(PlantedBug::ReadsReuseConfirmation);
-            match group.reads.confirm(&group.raft, planted).await {
+            let confirmed = group.reads.confirm(&group.raft, node.config.read_policy()).await;
+            if let Ok((_, Confirmed::Lease)) = confirmed {
+                node.metrics.lease_reads.increment(1);
+            }
+            match confirmed {
                 // Applied up to the read index: if that includes a split of the key away,
                 // the new shard answers.
                 Ok(_) if !group.view.covers(crate::placement::key_hash(call.key())) => Ok(Attempt::Wait),

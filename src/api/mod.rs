@@ -72,6 +72,7 @@ pub struct ApiMetrics {
     pub forwarded: metrics::Counter,
     pub follower_reads: metrics::Counter,
     pub follower_read_fallbacks: metrics::Counter,
+    pub lease_reads: metrics::Counter,
     pub proposal_duration: metrics::Histogram,
     pub writes_per_proposal: metrics::Histogram,
 }
@@ -84,6 +85,7 @@ impl ApiMetrics {
             forwarded: metrics::counter!("midasflow_forwarded_requests_total", "node" => node.clone()),
             follower_reads: metrics::counter!("midasflow_kv_follower_reads_total", "node" => node.clone()),
             follower_read_fallbacks: metrics::counter!("midasflow_kv_follower_read_fallbacks_total", "node" => node.clone()),
+            lease_reads: metrics::counter!("midasflow_kv_lease_reads_total", "node" => node.clone()),
             proposal_duration: metrics::histogram!("midasflow_raft_proposal_duration_seconds", "node" => node.clone()),
             writes_per_proposal: metrics::histogram!("midasflow_kv_writes_per_proposal", "node" => node.clone()),
             requests: RequestMetrics {

@@ -89,9 +89,10 @@ pub enum PlantedBug {
     /// sent: the sender hands one group's answer (an accepted append, a granted vote) to
     /// another group.
     BatchAnswersInCompletionOrder,
-    /// Linearizable reads trust a leadership confirmation for 60 s after it succeeded (a
-    /// lease without the clock bound that would make one safe): a leader cut off keeps
-    /// answering from its applied state while the majority elects another and moves on.
+    /// Linearizable reads trust a leadership confirmation for 60 s after it succeeded, with
+    /// no leadership check (a read lease without the clock bound that makes one safe): a
+    /// leader cut off keeps answering from its applied state while the majority elects
+    /// another and moves on.
     ReadsReuseConfirmation,
     /// A batched proposal hands each write its neighbour's result: a client is told its
     /// write made a version that belongs to another.
@@ -269,6 +270,11 @@ pub struct RaftTimings {
     pub quiet_after_ms: u64,
     /// Batches of Raft messages in flight to one peer (`crate::raft::batch`).
     pub batches_in_flight_per_peer: usize,
+    /// How long a shard's leader answers linearizable reads after a leadership
+    /// confirmation started, without another (`crate::raft::read_batch`); 0: a quorum
+    /// round for every batch of reads. Below `election_timeout_max_ms`, whose difference
+    /// is the margin for clocks running at different rates.
+    pub read_lease_ms: u64,
 }
 
 impl Default for RaftTimings {
@@ -285,6 +291,9 @@ impl Default for RaftTimings {
             snapshot_chunk_bytes: 4 << 20,
             quiet_after_ms: 2_000,
             batches_in_flight_per_peer: crate::raft::batch::DEFAULT_BATCHES_IN_FLIGHT_PER_PEER,
+            // Three quarters of the followers' 600 ms vote refusal: safe unless one
+            // node's clock runs about 15 % faster than another's.
+            read_lease_ms: 450,
         }
     }
 }
@@ -380,6 +389,12 @@ impl NodeConfig {
                 "--cache-capacity-bytes must be {CACHE_CAPACITY_MIN_BYTES} to {CACHE_CAPACITY_MAX_BYTES}"
             ));
         }
+        if self.raft.read_lease_ms >= self.raft.election_timeout_max_ms {
+            return Err(format!(
+                "--read-lease-ms must be below --election-timeout-max-ms ({}), or 0 for no lease",
+                self.raft.election_timeout_max_ms
+            ));
+        }
         if self.raft.snapshot_chunk_bytes == 0 || self.raft.snapshot_chunk_bytes > 64 << 20 {
             return Err("the snapshot chunk size must be 1 byte to 64 MiB".into());
         }
@@ -388,6 +403,24 @@ impl NodeConfig {
 
     pub fn probe(&self) -> Probe {
         Probe::new(self.node_id, self.observer.clone())
+    }
+
+    /// How linearizable reads may be confirmed (`crate::raft::read_batch`).
+    pub fn read_policy(&self) -> crate::raft::read_batch::ReadPolicy {
+        crate::raft::read_batch::ReadPolicy {
+            lease_ms: self.raft.read_lease_ms,
+            planted_reuse: self.has_planted_bug(PlantedBug::ReadsReuseConfirmation),
+        }
+    }
+
+    /// How long after start this node refuses votes: it forgot which leaders it heard
+    /// from, and a leader may hold a read lease counting on its refusal.
+    pub fn vote_refusal_after_start_ms(&self) -> u64 {
+        if self.raft.read_lease_ms == 0 {
+            0
+        } else {
+            self.raft.election_timeout_max_ms
+        }
     }
 
     /// Whether `bug` is planted; always false in release builds.
@@ -444,5 +477,19 @@ mod tests {
             ..Limits::default()
         };
         assert!(too_big.validate().unwrap_err().contains("--max-value-bytes"));
+    }
+
+    /// A read lease is safe only while the followers that confirmed it still refuse votes.
+    #[test]
+    fn the_read_lease_must_end_before_the_followers_vote_refusal() {
+        let cluster = BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
+        let mut config = NodeConfig::new(1, "127.0.0.1:1".into(), "/tmp/x".into(), cluster);
+        assert!(config.validate().is_ok());
+        assert!(config.raft.read_lease_ms > 0 && config.vote_refusal_after_start_ms() > config.raft.read_lease_ms);
+        config.raft.read_lease_ms = config.raft.election_timeout_max_ms;
+        assert!(config.validate().unwrap_err().contains("--read-lease-ms"));
+        config.raft.read_lease_ms = 0;
+        assert!(config.validate().is_ok());
+        assert_eq!(config.vote_refusal_after_start_ms(), 0, "no lease, nothing to wait out");
     }
 }

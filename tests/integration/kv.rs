@@ -32,6 +32,12 @@ async fn write_through_one_node_read_through_the_others_on_every_shard() {
     // followers: they answer from their own replica after the leader's read index.
     let follower_reads = metric_sum(&cluster, &[2, 3], "midasflow_kv_follower_reads_total").await;
     assert!(follower_reads >= 1.0, "no linearizable read was answered by a follower");
+    // Reads in a row on one shard find its leader's lease running: no quorum round each.
+    let lease_reads = metric_sum(&cluster, &[1, 2, 3], "midasflow_kv_lease_reads_total").await;
+    assert!(
+        lease_reads >= 1.0,
+        "no linearizable read was confirmed under a read lease"
+    );
 
     // Stale reads catch up: every replica applies every acknowledged write.
     for reader in [2, 3] {
