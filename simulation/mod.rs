@@ -714,7 +714,7 @@ impl Nemesis {
         duration_ms: u64,
     ) {
         match fault {
-            Fault::IsolateLeader | Fault::IsolateLeaderRestartOthers => {
+            Fault::IsolateLeader => {
                 let leader = {
                     let s = shared.lock().unwrap();
                     let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
@@ -732,16 +732,6 @@ impl Nemesis {
                     .record(format!("nemesis isolates leader n{leader}"));
                 let others = Self::names(&self.others(&[leader]));
                 self.cut_between(sim, &Self::names(&[leader]), &others);
-                if *fault == Fault::IsolateLeaderRestartOthers {
-                    for other in &others {
-                        sim.crash(other.as_str());
-                        sim.bounce(other.as_str());
-                    }
-                    shared
-                        .lock()
-                        .unwrap()
-                        .record(format!("nemesis restarts every node but n{leader}"));
-                }
             }
             Fault::MinorityPartition { nodes } => {
                 let others = Self::names(&self.others(nodes));

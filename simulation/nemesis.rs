@@ -99,11 +99,6 @@ pub enum Fault {
     Crash {
         nodes: Vec<u64>,
     },
-    /// Cut the node leading the most groups off from the other nodes, and at once crash
-    /// and restart every other node: the leader's read leases are still running while the
-    /// restarted nodes, which forgot hearing from it, could elect new leaders among
-    /// themselves (they must refuse votes for the followers' lease first).
-    IsolateLeaderRestartOthers,
     Delay {
         max_latency_ms: u64,
     },
@@ -169,12 +164,11 @@ pub fn schedule(rng: &mut SmallRng, scenario: Scenario, nodes: u64, first_ms: u6
                 period_ms: rng.gen_range(200..800),
             },
         };
-        let crashes = |rng: &mut SmallRng| match rng.gen_range(0..3) {
-            0 => Fault::Crash { nodes: pick(rng, 1) },
-            1 => Fault::Crash {
-                nodes: pick(rng, majority_crash),
-            },
-            _ => Fault::IsolateLeaderRestartOthers,
+        let crashes = |rng: &mut SmallRng| {
+            let count = if rng.gen_bool(0.5) { 1 } else { majority_crash };
+            Fault::Crash {
+                nodes: pick(rng, count),
+            }
         };
         let network = |rng: &mut SmallRng| {
             if rng.gen_bool(0.5) {
