@@ -47,6 +47,8 @@ pub const BASE_MAX_LATENCY_MS: u64 = 5;
 pub const KEYS: usize = 10;
 /// A client waits a random time in this range (ms) between operations.
 pub const THINK_MS: (u64, u64) = (5, 30);
+/// The read lease the simulated nodes use (the product default is off).
+const SIM_READ_LEASE_MS: u64 = 450;
 const PORT: u16 = 7000;
 /// The simulated operator's per-request timeout (it tries every node in turn).
 const ADMIN_TIMEOUT_MS: u64 = 2_000;
@@ -947,6 +949,8 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         config.net = NetKind::Turmoil;
         config.flush_mode = FlushMode::Inline;
         config.raft.batches_in_flight_per_peer = 1;
+        // Off by default in the product, on here so that every scenario exercises it.
+        config.raft.read_lease_ms = SIM_READ_LEASE_MS;
         config.rng_seed = Some(settings.seed);
         config.observer = Some(observer.clone());
         config.planted_bug = settings.planted_bug;

@@ -8,7 +8,8 @@ use crate::harness::{get, metric_sum, put, serial, version_of, wait_until, Clust
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_through_one_node_read_through_the_others_on_every_shard() {
     let _serial = serial().await;
-    let cluster = Cluster::start(3, &[]).await;
+    // With the read lease on (off by default), so that reads use it too.
+    let cluster = Cluster::start(3, &["--read-lease-ms", "450"]).await;
     let mut shards_seen = BTreeSet::new();
     for i in 0..64 {
         let key = format!("key-{i}");
