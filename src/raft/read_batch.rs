@@ -21,6 +21,11 @@
 //! faster than another's by more than the margin `election_timeout_max - lease_ms`
 //! leaves, and that a restarted node refuses votes for `election_timeout_max` (it forgot
 //! whom it heard from; `api::internal` enforces that).
+//!
+//! Not yet enough, hence off by default (`--read-lease-ms 0`): a follower that
+//! acknowledged the confirmation may still campaign *itself* inside the lease (its own
+//! vote is not refused), after a quick restart, a leadership transfer's `Elect`, or an
+//! election nudge, and win with a stale follower's vote. `docs/API.md` lists the gaps.
 
 use std::sync::{Arc, Mutex};
 
