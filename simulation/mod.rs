@@ -47,8 +47,6 @@ pub const BASE_MAX_LATENCY_MS: u64 = 5;
 pub const KEYS: usize = 10;
 /// A client waits a random time in this range (ms) between operations.
 pub const THINK_MS: (u64, u64) = (5, 30);
-/// The read lease the simulated nodes use (the product default is off).
-const SIM_READ_LEASE_MS: u64 = 450;
 const PORT: u16 = 7000;
 /// The simulated operator's per-request timeout (it tries every node in turn).
 const ADMIN_TIMEOUT_MS: u64 = 2_000;
@@ -112,6 +110,12 @@ pub struct SimReport {
     pub raft_batched_messages: u64,
     #[serde(default)]
     pub raft_shared_batches: u64,
+    /// Linearizable reads (and followers' read indexes) confirmed under a read lease, and
+    /// by a quorum round.
+    #[serde(default)]
+    pub lease_reads: u64,
+    #[serde(default)]
+    pub round_reads: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<String>,
 }
@@ -154,6 +158,8 @@ struct Shared {
     raft_batches: u64,
     raft_batched_messages: u64,
     raft_shared_batches: u64,
+    lease_reads: u64,
+    round_reads: u64,
 }
 
 impl Shared {
@@ -172,6 +178,10 @@ impl Observer for SimObserver {
             s.raft_batches += 1;
             s.raft_batched_messages += messages as u64;
             s.raft_shared_batches += u64::from(messages > 1);
+            return;
+        }
+        if let NodeEvent::ReadConfirmed { lease } = event {
+            *(if lease { &mut s.lease_reads } else { &mut s.round_reads }) += 1;
             return;
         }
         s.record(format!("n{node} {event:?}"));
@@ -212,7 +222,7 @@ impl Observer for SimObserver {
                     ));
                 }
             }
-            NodeEvent::ReplicaRemoved { .. } | NodeEvent::RaftBatch { .. } => {}
+            NodeEvent::ReplicaRemoved { .. } | NodeEvent::RaftBatch { .. } | NodeEvent::ReadConfirmed { .. } => {}
             NodeEvent::Quiet { quiet: true, .. } => s.quiet_entered += 1,
             NodeEvent::Quiet { reason, .. } => *s.wakeups.entry(reason).or_default() += 1,
             NodeEvent::MapInstalled {
@@ -949,8 +959,6 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         config.net = NetKind::Turmoil;
         config.flush_mode = FlushMode::Inline;
         config.raft.batches_in_flight_per_peer = 1;
-        // Off by default in the product, on here so that every scenario exercises it.
-        config.raft.read_lease_ms = SIM_READ_LEASE_MS;
         config.rng_seed = Some(settings.seed);
         config.observer = Some(observer.clone());
         config.planted_bug = settings.planted_bug;
@@ -1108,6 +1116,8 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         raft_batches: s.raft_batches,
         raft_batched_messages: s.raft_batched_messages,
         raft_shared_batches: s.raft_shared_batches,
+        lease_reads: s.lease_reads,
+        round_reads: s.round_reads,
         trace: if settings.keep_trace {
             std::mem::take(&mut s.trace)
         } else {

@@ -32,7 +32,7 @@ use crate::node::{Heartbeat, MAX_HEARTBEAT_BODY_BYTES, MAX_VOTE_BODY_BYTES, SNAP
 use crate::placement::PD_GROUP;
 use crate::raft::batch::{self, BatchItem, ItemAnswer, RaftOp};
 use crate::raft::membership::AdminRequest;
-use crate::raft::network::{CLUSTER_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER};
+use crate::raft::network::{CLUSTER_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER, VOTE_REFUSAL_HEADER};
 use crate::raft::read_batch::{Confirmed, ReadRefused};
 use crate::raft::registry::{Group, Registry, RegistryError, Wake};
 use crate::raft::state_machine::check_snapshot_data;
@@ -351,7 +351,14 @@ pub async fn raft_batch(State(node): State<Arc<Api>>, request: Request) -> Resul
     } else {
         futures::future::join_all(items.into_iter().map(answer)).await
     };
-    Ok((StatusCode::OK, Body::from(batch::encode_response(&answers))).into_response())
+    // A peer's read lease counts on this node's vote refusal (`raft::read_batch`).
+    let refusal_ms = node.config.raft.election_timeout_max_ms.to_string();
+    Ok((
+        StatusCode::OK,
+        [(VOTE_REFUSAL_HEADER, refusal_ms)],
+        Body::from(batch::encode_response(&answers)),
+    )
+        .into_response())
 }
 
 /// One append or vote for a group of either kind; the answer is openraft's, encoded.
@@ -395,6 +402,11 @@ async fn raft_message_of<K: GroupKind>(
                 )));
             }
             let group = hosted_group(node, registry, group_id).await?;
+            if group.holds_votes() {
+                return Err(ApiError::unavailable(format!(
+                    "this replica of group {group_id} was re-created lately: it refuses votes while a leader its earlier self acknowledged may still hold a read lease"
+                )));
+            }
             if !may_vote(node, &group) {
                 return Err(ApiError::unavailable(format!(
                     "this replica of group {group_id} is not a voter of its own configuration"

@@ -89,11 +89,11 @@ pub enum PlantedBug {
     /// sent: the sender hands one group's answer (an accepted append, a granted vote) to
     /// another group.
     BatchAnswersInCompletionOrder,
-    /// Linearizable reads trust a leadership confirmation for 60 s after it succeeded, with
-    /// no leadership check (a read lease without the clock bound that makes one safe): a
-    /// leader cut off keeps answering from its applied state while the majority elects
-    /// another and moves on.
-    ReadsReuseConfirmation,
+    /// The read lease ignores when the followers last accepted the leader's appends, so
+    /// it runs for as long as the leader's Raft core says it leads (a lease without the
+    /// clock bound that makes one safe): a leader cut off keeps answering from its applied
+    /// state while the majority elects another and moves on.
+    LeaseIgnoresAcknowledgements,
     /// A batched proposal hands each write its neighbour's result: a client is told its
     /// write made a version that belongs to another.
     BatchResultsMisrouted,
@@ -270,10 +270,11 @@ pub struct RaftTimings {
     pub quiet_after_ms: u64,
     /// Batches of Raft messages in flight to one peer (`crate::raft::batch`).
     pub batches_in_flight_per_peer: usize,
-    /// How long a shard's leader answers linearizable reads after a leadership
-    /// confirmation started, without another (`crate::raft::read_batch`); 0: a quorum
-    /// round for every batch of reads. Below `election_timeout_max_ms`, whose difference
-    /// is the margin for clocks running at different rates.
+    /// How long after the oldest of its followers' latest acknowledgements a shard's
+    /// leader answers linearizable reads without a quorum round
+    /// (`crate::raft::read_batch`); 0: a round for every batch of reads. Below
+    /// `election_timeout_max_ms`, whose difference is the margin for clocks running at
+    /// different rates.
     pub read_lease_ms: u64,
 }
 
@@ -291,11 +292,8 @@ impl Default for RaftTimings {
             snapshot_chunk_bytes: 4 << 20,
             quiet_after_ms: 2_000,
             batches_in_flight_per_peer: crate::raft::batch::DEFAULT_BATCHES_IN_FLIGHT_PER_PEER,
-            // Off until the lease's known gaps are closed (docs/API.md): a follower
-            // that acknowledged a confirmation can still campaign itself inside the
-            // lease (a quick restart, a leadership transfer, an election nudge). 450 ms
-            // (three quarters of the followers' vote refusal) is what it was measured at.
-            read_lease_ms: 0,
+            // Three quarters of the followers' vote refusal (election_timeout_max).
+            read_lease_ms: 450,
         }
     }
 }
@@ -411,7 +409,7 @@ impl NodeConfig {
     pub fn read_policy(&self) -> crate::raft::read_batch::ReadPolicy {
         crate::raft::read_batch::ReadPolicy {
             lease_ms: self.raft.read_lease_ms,
-            planted_reuse: self.has_planted_bug(PlantedBug::ReadsReuseConfirmation),
+            planted_ignore_acks: self.has_planted_bug(PlantedBug::LeaseIgnoresAcknowledgements),
         }
     }
 
@@ -483,10 +481,11 @@ mod tests {
     fn the_read_lease_must_end_before_the_followers_vote_refusal() {
         let cluster = BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
         let mut config = NodeConfig::new(1, "127.0.0.1:1".into(), "/tmp/x".into(), cluster);
-        assert_eq!(config.raft.read_lease_ms, 0, "off by default");
         assert!(config.validate().is_ok());
+        assert!(config.raft.read_lease_ms > 0, "on by default");
+        config.raft.read_lease_ms = 0;
+        assert!(config.validate().is_ok(), "0 turns it off");
         config.raft.read_lease_ms = 450;
-        assert!(config.validate().is_ok());
         assert!(config.vote_refusal_after_start_ms() > config.raft.read_lease_ms);
         config.raft.read_lease_ms = config.raft.election_timeout_max_ms;
         assert!(config.validate().unwrap_err().contains("--read-lease-ms"));

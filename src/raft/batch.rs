@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
-use super::network::{post_bytes, Credentials, TransportError};
+use super::network::{post_bytes, Credentials, TransportError, VOTE_REFUSAL_HEADER};
 use super::probe::{NodeEvent, Probe};
 use super::transport::HttpClient;
 use super::GroupId;
@@ -287,6 +287,11 @@ struct Inner {
     /// Each lane's queue to each peer (indexed by [`Lane::index`]).
     peers: [Mutex<HashMap<String, mpsc::Sender<Queued>>>; 3],
     metrics: SenderMetrics,
+    /// This node's maximum election timeout: how long a follower must refuse votes after
+    /// accepting an append for a read lease to count on it.
+    required_vote_refusal_ms: u64,
+    /// What each peer said in its latest batch answer (`VOTE_REFUSAL_HEADER`).
+    vote_refusal_ms: Mutex<HashMap<String, u64>>,
 }
 
 /// Handles of the metrics of Raft messages this node sends, made once.
@@ -318,6 +323,7 @@ impl RaftSender {
         probe: Probe,
         max_batch_bytes: usize,
         batches_in_flight: usize,
+        required_vote_refusal_ms: u64,
     ) -> Self {
         RaftSender {
             inner: Arc::new(Inner {
@@ -328,8 +334,18 @@ impl RaftSender {
                 max_batch_bytes,
                 batches_in_flight,
                 peers: Default::default(),
+                required_vote_refusal_ms,
+                vote_refusal_ms: Mutex::default(),
             }),
         }
+    }
+
+    /// Whether the peer at `addr` said, in its latest batch answer, that it refuses votes
+    /// for at least this node's maximum election timeout after accepting an append.
+    pub fn refuses_votes_long_enough(&self, addr: &str) -> bool {
+        let said = self.inner.vote_refusal_ms.lock().unwrap_or_else(|e| e.into_inner());
+        said.get(addr)
+            .is_some_and(|ms| *ms >= self.inner.required_vote_refusal_ms)
     }
 
     pub fn client(&self) -> &HttpClient {
@@ -444,7 +460,18 @@ async fn send_batch(inner: Arc<Inner>, addr: String, batch: Vec<Queued>, _permit
     let answers = post_bytes(&inner.client, &addr, BATCH_PATH, &inner.credentials, body, timeout)
         .await
         .and_then(|answer| {
-            decode_response(answer)
+            // Before the answers go out: they are what a lease counts.
+            let refusal_ms = answer
+                .headers()
+                .get(VOTE_REFUSAL_HEADER)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            let mut said = inner.vote_refusal_ms.lock().unwrap_or_else(|e| e.into_inner());
+            match refusal_ms {
+                Some(ms) => said.insert(addr.clone(), ms),
+                None => said.remove(&addr),
+            };
+            drop(said);
+            decode_response(answer.into_body())
                 .map_err(|e| e.to_string())
                 .and_then(|answers| {
                     if answers.len() == replies.len() {
@@ -565,7 +592,7 @@ mod tests {
         let client = crate::raft::transport::http_client(crate::raft::transport::NetKind::Tokio, None);
         let credentials = Arc::new(Credentials::new(None, 1, 1, None));
         let one_batch_in_flight = 1;
-        let sender = RaftSender::new(client, credentials, Probe::default(), 1 << 20, one_batch_in_flight);
+        let sender = RaftSender::new(client, credentials, Probe::default(), 1 << 20, one_batch_in_flight, 600);
         let held = Duration::from_secs(3_600);
         let mut shards = Vec::new();
         for group in 1..=3 {
@@ -592,6 +619,48 @@ mod tests {
         );
         for shard in shards {
             shard.abort();
+        }
+        server.abort();
+    }
+
+    /// A read lease counts on a follower only if its batch answers say it refuses votes
+    /// at least as long as this node's own maximum election timeout.
+    #[tokio::test]
+    async fn a_peer_counts_for_the_lease_only_if_it_refuses_votes_long_enough() {
+        use axum::{body::Bytes as Body, extract::State, routing::post, Router};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        // 0: the peer sends no header (an older node).
+        let says = Arc::new(AtomicU64::new(0));
+        let app = Router::new()
+            .route(
+                BATCH_PATH,
+                post(|State(says): State<Arc<AtomicU64>>, body: Body| async move {
+                    let items = decode_request(body).unwrap();
+                    let answers: Vec<ItemAnswer> = items.iter().map(|i| ItemAnswer::Ok(i.body.clone())).collect();
+                    let body = encode_response(&answers).to_vec();
+                    match says.load(Ordering::SeqCst) {
+                        0 => axum::response::IntoResponse::into_response(body),
+                        ms => {
+                            axum::response::IntoResponse::into_response(([(VOTE_REFUSAL_HEADER, ms.to_string())], body))
+                        }
+                    }
+                }),
+            )
+            .with_state(says.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = crate::raft::transport::http_client(crate::raft::transport::NetKind::Tokio, None);
+        let credentials = Arc::new(Credentials::new(None, 1, 1, None));
+        let sender = RaftSender::new(client, credentials, Probe::default(), 1 << 20, 1, 600);
+        assert!(!sender.refuses_votes_long_enough(&addr), "nothing heard yet");
+        for (ms, counts) in [(600, true), (300, false), (900, true), (0, false)] {
+            says.store(ms, Ordering::SeqCst);
+            let answer = sender
+                .call(&addr, item(1, RaftOp::Append, b"x"), Duration::from_secs(30))
+                .await;
+            assert!(answer.is_ok());
+            assert_eq!(sender.refuses_votes_long_enough(&addr), counts, "a peer saying {ms} ms");
         }
         server.abort();
     }

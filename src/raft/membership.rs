@@ -221,6 +221,9 @@ async fn perform_inner<K: GroupKind>(
                 .map_err(|e| e.to_string())
         }
         AdminRequest::TransferLeader { to, to_addr } => transfer_leader(registry, group, to, &to_addr).await,
+        AdminRequest::Elect if group.holds_votes() => {
+            Err("this replica was reopened or re-created lately: it does not campaign yet".into())
+        }
         AdminRequest::Elect => raft.trigger().elect().await.map_err(|e| e.to_string()),
         AdminRequest::Split(plan) => {
             let command = K::split_command(plan).ok_or_else(|| format!("{} groups do not split", K::NAME))?;

@@ -6,6 +6,7 @@
 //! is `POST /internal/raft/{group}/snapshot` alone. Bodies are versioned bincode, and
 //! every RPC has a timeout, because a partition drops bytes silently.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::batch::{BatchItem, ItemAnswer, RaftOp, RaftSender};
+use super::read_batch::FollowerAcks;
 use super::transport::HttpClient;
 use super::{Config, GroupId, GroupKind};
 use crate::codec;
@@ -33,6 +35,12 @@ pub const SECRET_HEADER: &str = "x-midasflow-secret";
 pub const NODE_HEADER: &str = "x-midasflow-node";
 pub const INCARNATION_HEADER: &str = "x-midasflow-incarnation";
 pub const CLUSTER_HEADER: &str = "x-midasflow-cluster";
+/// Header on a Raft batch's answer: how long the answering node refuses votes after it
+/// accepts a leader's append (its maximum election timeout). A leader's read lease counts
+/// only followers that refuse at least as long as its own setting assumes, so a node run
+/// with shorter election timeouts than its peers (or one that does not say) costs the
+/// lease, not its safety.
+pub const VOTE_REFUSAL_HEADER: &str = "x-midasflow-vote-refusal-ms";
 
 /// What a node presents on every internal request.
 #[derive(Debug)]
@@ -181,7 +189,7 @@ pub async fn post_internal<Req: Serialize, Resp: DeserializeOwned>(
     };
     let body = codec::encode(body).map_err(|e| decode_error(e.to_string()))?;
     let answer = post_bytes(client, addr, path, credentials, Bytes::from(body), timeout).await?;
-    codec::decode(&answer).map_err(|e| decode_error(e.to_string()))
+    codec::decode(answer.body()).map_err(|e| decode_error(e.to_string()))
 }
 
 /// POSTs bytes to another node's internal route with this node's credentials; anything
@@ -193,7 +201,7 @@ pub async fn post_bytes(
     credentials: &Credentials,
     body: Bytes,
     timeout: Duration,
-) -> Result<Bytes, TransportError> {
+) -> Result<hyper::Response<Bytes>, TransportError> {
     let builder = credentials.add_to(
         hyper::Request::builder()
             .method(Method::POST)
@@ -210,7 +218,7 @@ pub async fn post_bytes(
         credentials.notice(&error);
         return Err(error);
     }
-    Ok(response.into_body())
+    Ok(response)
 }
 
 fn status_error(addr: &str, status: StatusCode, body: &[u8]) -> TransportError {
@@ -228,6 +236,8 @@ pub const MAX_NODE_ADDR_BYTES: usize = 256;
 pub struct GroupNetworkFactory<K> {
     pub group: GroupId,
     pub sender: RaftSender,
+    /// Where accepted appends are recorded for the read lease.
+    pub acks: Arc<FollowerAcks>,
     pub kind: std::marker::PhantomData<fn() -> K>,
 }
 
@@ -236,6 +246,7 @@ pub struct GroupNetwork<K> {
     target: u64,
     addr: String,
     sender: RaftSender,
+    acks: Arc<FollowerAcks>,
     kind: std::marker::PhantomData<fn() -> K>,
 }
 
@@ -248,6 +259,7 @@ impl<K: GroupKind> RaftNetworkFactory<Config<K>> for GroupNetworkFactory<K> {
             target,
             addr: node.addr.clone(),
             sender: self.sender.clone(),
+            acks: self.acks.clone(),
             kind: std::marker::PhantomData,
         }
     }
@@ -331,7 +343,23 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
             // A heartbeat (or a bare commit-point update): what quiet groups save.
             self.sender.metrics().heartbeats.increment(1);
         }
-        self.call(RaftOp::Append, &rpc, &option).await
+        // Taken before the request leaves: the follower accepts it later.
+        let sent = tokio::time::Instant::now();
+        let term = rpc.vote.leader_id().get_term();
+        let answer = self.call(RaftOp::Append, &rpc, &option).await;
+        // Any answer but a higher vote means the follower took this leader's vote, and
+        // with it the timer that has it refuse votes (`read_batch`), if that is as long
+        // as the lease assumes.
+        let accepted = matches!(
+            &answer,
+            Ok(AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict)
+        );
+        if accepted && self.sender.refuses_votes_long_enough(&self.addr) {
+            self.acks.record(self.target, term, sent);
+        }
+        answer
     }
 
     async fn install_snapshot(

@@ -1,5 +1,5 @@
-//! Linearizable reads of one group share leadership confirmations, and a confirmed
-//! leader answers reads under a lease until it runs out.
+//! Linearizable reads of one group share leadership confirmations, and a leader whose
+//! followers all acknowledged it lately answers reads under a lease.
 //!
 //! openraft's `ensure_linearizable` is a round of heartbeats to a quorum per call. Here a
 //! read queues, and one confirmation serves every read that queued before it started:
@@ -9,30 +9,35 @@
 //! while a confirmation is in flight waits for the next one: the running one may have
 //! taken its read index before a write that completed before that read began.
 //!
-//! **The lease.** A follower that heard from its leader refuses votes for
-//! `election_timeout_max` after (openraft 0.9 `Engine::handle_vote_req`), and each
-//! follower that acknowledged a confirmation heard from the leader after the
-//! confirmation started. So for `lease_ms` (less than `election_timeout_max`) after a
-//! confirmation *started*, no other leader can be elected without the vote of this
-//! replica itself. A read under the lease therefore asks this replica's Raft core (no
-//! network) whether it still leads in the confirmed term and takes its commit index,
-//! provided the leader committed an entry of that term; the core check is ordered after
-//! any vote this replica granted. The lease assumes that no node's monotonic clock runs
-//! faster than another's by more than the margin `election_timeout_max - lease_ms`
-//! leaves, and that a restarted node refuses votes for `election_timeout_max` (it forgot
-//! whom it heard from; `api::internal` enforces that).
+//! **The lease.** A follower that accepted an append from its leader refuses votes for
+//! `election_timeout_max` after (openraft 0.9 `Engine::handle_vote_req`). The network
+//! records, per follower, when the latest append it accepted in this term was *sent*
+//! ([`FollowerAcks`]); the lease runs `lease_ms` (less than `election_timeout_max`) from
+//! the oldest of those over **every** voter of the group's configuration, not a quorum.
+//! Until then no other replica can be elected: any candidate needs at least one vote
+//! besides its own, and every other voter refuses, except this leader, whose grant is
+//! ordered before the check below. So one follower campaigning on its own (a quick
+//! restart, a leadership transfer's target, an election nudge) cannot win inside the
+//! lease. A read under the lease asks this replica's Raft core (no network) whether it
+//! still leads in that term, has committed an entry of it, and which voters its
+//! configuration has; it takes the core's commit index. Heartbeats keep an active group's
+//! lease fresh; a quiet group, or one with a voter out of reach, confirms by a round.
 //!
-//! Not yet enough, hence off by default (`--read-lease-ms 0`): a follower that
-//! acknowledged the confirmation may still campaign *itself* inside the lease (its own
-//! vote is not refused), after a quick restart, a leadership transfer's `Elect`, or an
-//! election nudge, and win with a stale follower's vote. `docs/API.md` lists the gaps.
+//! What it assumes (docs/API.md): no node's monotonic clock runs faster than another's by
+//! more than the margin `election_timeout_max - lease_ms` leaves; a replica that forgot
+//! whom it heard from (a restarted node, a re-created replica) refuses votes for
+//! `election_timeout_max` (`api::internal`); and two followers do not both start
+//! elections of their own inside one lease other than by openraft's timer (which waits
+//! out `election_timeout_max` since the leader was last heard, so never fires inside it).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::oneshot;
 use tokio::time::{Duration, Instant};
 
+use super::probe::{NodeEvent, Probe};
 use super::{GroupKind, Raft};
 
 /// Why this replica cannot serve a linearizable read now.
@@ -50,40 +55,51 @@ pub enum ReadRefused {
 /// before the confirmation.
 type Waiter = oneshot::Sender<Result<u64, ReadRefused>>;
 
-/// How long the planted bug trusts a confirmation, with no leadership check (simulation
-/// only).
-pub const PLANTED_REUSE_CONFIRMATION_MS: u64 = 60_000;
-
 /// How a group's leader may answer linearizable reads besides a quorum round.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadPolicy {
-    /// How long after a confirmation started its leader answers reads under a lease; 0:
-    /// every read waits for a confirmation.
+    /// How long after the oldest of its followers' latest acceptances a leader answers
+    /// reads under the lease; 0: every read waits for a confirmation round.
     pub lease_ms: u64,
-    /// Planted bug: a lease of `PLANTED_REUSE_CONFIRMATION_MS` with no leadership check,
-    /// as a lease without the clock bound that makes one safe (simulation only).
-    pub planted_reuse: bool,
+    /// Planted bug: the lease ignores the followers' acceptances, so it runs for as long
+    /// as the Raft core says this replica leads (simulation only; needs `lease_ms`).
+    pub planted_ignore_acks: bool,
 }
 
-impl ReadPolicy {
-    fn effective_lease_ms(&self) -> u64 {
-        if self.planted_reuse {
-            PLANTED_REUSE_CONFIRMATION_MS
-        } else {
-            self.lease_ms
+/// When each follower last accepted an append from this replica as its leader, by when
+/// the append was sent: a follower starts refusing votes when it accepts, which is later.
+/// A follower that voted for anyone in a later term rejects this leader's appends from
+/// then on, so an acceptance of this term's append also says it had not voted past it.
+#[derive(Debug, Default)]
+pub struct FollowerAcks {
+    acks: Mutex<HashMap<u64, Ack>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    term: u64,
+    sent: Instant,
+}
+
+impl FollowerAcks {
+    /// `follower` accepted an append this replica sent at `sent` as the leader of `term`.
+    pub fn record(&self, follower: u64, term: u64, sent: Instant) {
+        let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        let ack = acks.entry(follower).or_insert(Ack { term, sent });
+        if (term, sent) > (ack.term, ack.sent) {
+            *ack = Ack { term, sent };
         }
     }
-}
 
-/// A confirmed leadership: no other leader of the group until `until`, unless this
-/// replica itself voted for one.
-#[derive(Debug, Clone, Copy)]
-struct Lease {
-    until: Instant,
-    term: u64,
-    leader: u64,
-    /// The confirmation's read index (the planted bug answers with it).
-    index: u64,
+    /// The oldest of the followers' latest acceptances in `term`: None if one of them
+    /// accepted nothing of that term. No followers (a group of one voter): now.
+    fn oldest(&self, term: u64, followers: &[u64]) -> Option<Instant> {
+        let acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        followers.iter().try_fold(Instant::now(), |oldest, follower| {
+            let ack = acks.get(follower).filter(|a| a.term == term)?;
+            Some(oldest.min(ack.sent))
+        })
+    }
 }
 
 #[derive(Default)]
@@ -91,25 +107,16 @@ struct Queue {
     waiting: Vec<Waiter>,
     /// A confirmation is running (a task drives the queue).
     running: bool,
-    /// A confirmation is wanted though no read waits: reads under a lease renew it
-    /// before it runs out, so steady reads never wait for a round.
-    renew: bool,
-    lease: Option<Lease>,
 }
 
 /// One group's queue of linearizable reads.
 pub struct ReadBatcher<K> {
     queue: Arc<Mutex<Queue>>,
+    /// This replica's node.
+    node_id: u64,
+    acks: Arc<FollowerAcks>,
+    probe: Probe,
     kind: std::marker::PhantomData<fn() -> K>,
-}
-
-impl<K> Default for ReadBatcher<K> {
-    fn default() -> Self {
-        ReadBatcher {
-            queue: Arc::default(),
-            kind: std::marker::PhantomData,
-        }
-    }
 }
 
 fn refused(error: RaftError<u64, CheckIsLeaderError<u64, openraft::BasicNode>>) -> ReadRefused {
@@ -123,19 +130,31 @@ fn refused(error: RaftError<u64, CheckIsLeaderError<u64, openraft::BasicNode>>) 
 /// How a confirmation was had, for the caller's metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Confirmed {
-    /// Under the lease of an earlier confirmation.
+    /// Under the lease.
     Lease,
     /// By a quorum round (shared with the reads queued with it).
     Round,
 }
 
 impl<K: GroupKind> ReadBatcher<K> {
+    /// `acks` is what the group's network records (`FollowerAcks::record`).
+    pub fn new(node_id: u64, acks: Arc<FollowerAcks>, probe: Probe) -> Self {
+        ReadBatcher {
+            queue: Arc::default(),
+            node_id,
+            acks,
+            probe,
+            kind: std::marker::PhantomData,
+        }
+    }
+
     /// Returns once this replica has confirmed, after the call began, that it leads, and
     /// has applied everything committed before; the read index is that commit point (a
     /// follower that applied up to it may answer the read too).
     pub async fn confirm(&self, raft: &Raft<K>, policy: ReadPolicy) -> Result<(u64, Confirmed), ReadRefused> {
-        if policy.effective_lease_ms() > 0 {
+        if policy.lease_ms > 0 {
             if let Some(index) = self.under_lease(raft, policy).await {
+                self.probe.emit(|| NodeEvent::ReadConfirmed { lease: true });
                 return Ok((index, Confirmed::Lease));
             }
         }
@@ -146,50 +165,37 @@ impl<K: GroupKind> ReadBatcher<K> {
             !std::mem::replace(&mut queue.running, true)
         };
         if start {
-            self.spawn_driver(raft, policy);
+            // Its own task: a reader that gives up must not strand the others.
+            let (queue, raft) = (self.queue.clone(), raft.clone());
+            tokio::spawn(async move { drive::<K>(queue, raft).await });
         }
         let index = rx
             .await
             .unwrap_or_else(|_| Err(ReadRefused::Failed("the read queue stopped".into())))?;
+        self.probe.emit(|| NodeEvent::ReadConfirmed { lease: false });
         Ok((index, Confirmed::Round))
     }
 
-    fn spawn_driver(&self, raft: &Raft<K>, policy: ReadPolicy) {
-        // Its own task: a reader that gives up must not strand the others.
-        let (queue, raft) = (self.queue.clone(), raft.clone());
-        tokio::spawn(async move { drive::<K>(queue, raft, policy).await });
-    }
-
-    /// The read index under a running lease, once applied here; None: confirm by a round.
+    /// The read index under the lease, once applied here; None: confirm by a round.
     async fn under_lease(&self, raft: &Raft<K>, policy: ReadPolicy) -> Option<u64> {
-        let lease_ms = policy.effective_lease_ms();
-        let (lease, start) = {
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let lease = queue.lease.filter(|l| now < l.until)?;
-            let half_gone = lease.until.saturating_duration_since(now) < Duration::from_millis(lease_ms / 2);
-            queue.renew |= half_gone;
-            (lease, half_gone && !std::mem::replace(&mut queue.running, true))
+        let check = leader_check::<K>(raft, self.node_id).await?;
+        let oldest = match policy.planted_ignore_acks {
+            true => Some(Instant::now()),
+            false => self.acks.oldest(check.term, &check.followers),
         };
-        if start {
-            self.spawn_driver(raft, policy);
-        }
-        if policy.planted_reuse {
-            return Some(lease.index);
-        }
-        let index = leader_commit::<K>(raft, lease).await?;
-        // The core answered after the check; the lease must still run then.
-        if Instant::now() >= lease.until {
+        let until = oldest? + Duration::from_millis(policy.lease_ms);
+        // The core answered before now: the lease must still run now.
+        if Instant::now() >= until {
             return None;
         }
-        if applied_index::<K>(raft) < index {
-            let wait = lease.until.saturating_duration_since(Instant::now());
+        if applied_index::<K>(raft) < check.committed {
+            let wait = until.saturating_duration_since(Instant::now());
             raft.wait(Some(wait))
-                .applied_index_at_least(Some(index), "lease read")
+                .applied_index_at_least(Some(check.committed), "lease read")
                 .await
                 .ok()?;
         }
-        Some(index)
+        Some(check.committed)
     }
 }
 
@@ -197,54 +203,89 @@ fn applied_index<K: GroupKind>(raft: &Raft<K>) -> u64 {
     raft.metrics().borrow().last_applied.map_or(0, |id| id.index)
 }
 
-/// This replica's commit index, if its Raft core still leads in the lease's term and has
-/// committed an entry of that term (so nothing committed earlier is above it).
-async fn leader_commit<K: GroupKind>(raft: &Raft<K>, lease: Lease) -> Option<u64> {
+/// What this replica's Raft core says when it leads and has committed an entry of its
+/// term (so nothing committed earlier is above its commit index).
+struct LeaderCheck {
+    term: u64,
+    committed: u64,
+    /// Every other voter of its configuration (both halves of a joint one).
+    followers: Vec<u64>,
+}
+
+async fn leader_check<K: GroupKind>(raft: &Raft<K>, node_id: u64) -> Option<LeaderCheck> {
     let (tx, rx) = oneshot::channel();
     raft.external_request(move |state| {
         let vote = state.vote_ref();
-        let leading = vote.is_committed()
-            && vote.leader_id().voted_for() == Some(lease.leader)
-            && vote.leader_id().get_term() == lease.term;
-        let committed = state
+        let term = vote.leader_id().get_term();
+        let leading = vote.is_committed() && vote.leader_id().voted_for() == Some(node_id);
+        let check = state
             .committed
-            .filter(|c| leading && c.leader_id.term == lease.term)
-            .map(|c| c.index);
-        let _ = tx.send(committed);
+            .filter(|c| leading && c.leader_id.term == term)
+            .map(|c| {
+                let mut followers: Vec<u64> = (state.membership_state.effective().membership().get_joint_config())
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .filter(|v| *v != node_id)
+                    .collect();
+                followers.sort_unstable();
+                followers.dedup();
+                LeaderCheck {
+                    term,
+                    committed: c.index,
+                    followers,
+                }
+            });
+        let _ = tx.send(check);
     });
     rx.await.ok().flatten()
 }
 
-async fn drive<K: GroupKind>(queue: Arc<Mutex<Queue>>, raft: Raft<K>, policy: ReadPolicy) {
+async fn drive<K: GroupKind>(queue: Arc<Mutex<Queue>>, raft: Raft<K>) {
     loop {
         // Everyone taken here queued before the confirmation below starts.
         let waiters = {
             let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
-            if queue.waiting.is_empty() && !queue.renew {
+            if queue.waiting.is_empty() {
                 queue.running = false;
                 return;
             }
-            queue.renew = false;
             std::mem::take(&mut queue.waiting)
         };
-        let started = Instant::now();
         let result = raft.ensure_linearizable().await.map_err(refused);
-        let lease_ms = policy.effective_lease_ms();
-        {
-            let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.lease = match &result {
-                Ok(Some(read_log_id)) if lease_ms > 0 => Some(Lease {
-                    until: started + Duration::from_millis(lease_ms),
-                    term: read_log_id.leader_id.term,
-                    leader: raft.metrics().borrow().id,
-                    index: read_log_id.index,
-                }),
-                _ => None,
-            };
-        }
         let result = result.map(|read_log_id| read_log_id.map_or(0, |id| id.index));
         for waiter in waiters {
             let _ = waiter.send(result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_counts_from_the_oldest_latest_acceptance_of_every_follower() {
+        let acks = FollowerAcks::default();
+        // In the past: an acceptance is never of an append sent later than now.
+        let t0 = Instant::now() - Duration::from_secs(1);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(acks.oldest(3, &[2, 3]), None, "nothing accepted yet");
+        acks.record(2, 3, at(10));
+        assert_eq!(acks.oldest(3, &[2, 3]), None, "one follower has accepted nothing");
+        acks.record(3, 3, at(20));
+        assert_eq!(acks.oldest(3, &[2, 3]), Some(at(10)));
+        acks.record(2, 3, at(30));
+        assert_eq!(acks.oldest(3, &[2, 3]), Some(at(20)), "the latest acceptance counts");
+        acks.record(2, 3, at(5));
+        assert_eq!(
+            acks.oldest(3, &[2, 3]),
+            Some(at(20)),
+            "a late answer to an older append"
+        );
+        assert_eq!(acks.oldest(4, &[2, 3]), None, "acceptances of another term");
+        acks.record(2, 4, at(40));
+        assert_eq!(acks.oldest(4, &[2]), Some(at(40)));
+        assert!(acks.oldest(4, &[]).is_some(), "a group of one voter");
     }
 }

@@ -21,7 +21,7 @@ use super::probe::{NodeEvent, Probe};
 use super::quiet::{
     decide, leader_to_follow, ration_wakes, Decision, Inputs, Liveness, NodeView, Role, MAX_CAMPAIGN_WAKES_PER_PASS,
 };
-use super::read_batch::ReadBatcher;
+use super::read_batch::{FollowerAcks, ReadBatcher};
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
 use super::state_machine::{self, Applied, AppliedView, StateMachineStore};
 use super::transport::HttpClient;
@@ -46,6 +46,11 @@ pub struct Group<K: GroupKind> {
     /// Reopened from disk and not yet judged on a fresh view of the cluster.
     starting: AtomicBool,
     created_at_ms: u64,
+    /// A replica that forgot which leader it heard from (reopened after a restart, or
+    /// re-created where it was removed) neither votes nor campaigns until this clears,
+    /// `election_timeout_max` after it was opened: a leader's read lease may count on
+    /// the refusal its earlier self owed (`read_batch`).
+    vote_hold: Arc<AtomicBool>,
     active_at_ms: AtomicU64,
     seen_log_index: AtomicU64,
     clock: tokio::time::Instant,
@@ -105,6 +110,11 @@ impl<K: GroupKind> Group<K> {
             let _guard = self.quiet_lock.lock().unwrap();
             self.set_quiet(false, why);
         }
+    }
+
+    /// Whether this replica may neither vote nor campaign yet (see `vote_hold`).
+    pub fn holds_votes(&self) -> bool {
+        self.vote_hold.load(Ordering::SeqCst)
     }
 
     /// Whether ticking is off (no heartbeats, no election timer).
@@ -398,9 +408,11 @@ impl<K: GroupKind> Registry<K> {
         // quiet leader, which sends no heartbeat to hold off this replica's election
         // timer. `tend` wakes it if no one leads the group (see `quiet.rs`).
         let reopened = initial_members.is_none() && epoch.is_none();
+        let acks = Arc::new(FollowerAcks::default());
         let network = GroupNetworkFactory::<K> {
             group,
             sender: self.sender.clone(),
+            acks: acks.clone(),
             kind: std::marker::PhantomData,
         };
         if let Some(seed) = self.config.rng_seed {
@@ -422,9 +434,11 @@ impl<K: GroupKind> Registry<K> {
             .map_err(|e| RegistryError::Storage(e.to_string()))?;
         // Hosted first: a crash in between leaves both records, and a tombstone wins
         // until the map assigns the group again.
-        self.tombstones
+        let recreated = self
+            .tombstones
             .remove(group_prefix(group))
-            .map_err(|e| RegistryError::Storage(e.to_string()))?;
+            .map_err(|e| RegistryError::Storage(e.to_string()))?
+            .is_some();
         // Both records must be durable before the group's first log entry is.
         self.flusher.mark_db_dirty();
         if let Some(members) = initial_members {
@@ -442,12 +456,23 @@ impl<K: GroupKind> Registry<K> {
         if reopened {
             raft.runtime_config().tick(false);
         }
+        let vote_hold = Arc::new(AtomicBool::new(reopened || recreated));
+        if reopened || recreated {
+            raft.runtime_config().elect(false);
+            let (raft, vote_hold) = (raft.clone(), vote_hold.clone());
+            let hold_ms = self.config.raft_config.election_timeout_max;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+                vote_hold.store(false, Ordering::SeqCst);
+                raft.runtime_config().elect(true);
+            });
+        }
         let created = Arc::new(Group {
             id: group,
             raft,
             applied,
             view,
-            reads: ReadBatcher::default(),
+            reads: ReadBatcher::new(self.node_id, acks, self.config.probe.clone()),
             is_leader: AtomicBool::new(false),
             term: AtomicU64::new(0),
             proposals_paused: AtomicBool::new(false),
@@ -455,6 +480,7 @@ impl<K: GroupKind> Registry<K> {
             quiet_lock: std::sync::Mutex::new(()),
             starting: AtomicBool::new(reopened),
             created_at_ms: self.clock.elapsed().as_millis() as u64,
+            vote_hold,
             // A reopened replica has been idle as far as anyone knows.
             active_at_ms: AtomicU64::new(if reopened {
                 0
@@ -559,7 +585,7 @@ impl<K: GroupKind> Registry<K> {
                         _ = tokio::time::sleep_until(at) => {
                             // A quiet replica is waiting on purpose (a restart's replicas
                             // let one candidate per group go first): `tend` wakes it.
-                            if !group.is_quiet() {
+                            if !group.is_quiet() && !group.holds_votes() {
                                 tracing::debug!(group = group.id, node = node_id, term, "no leader for a while; starting an election");
                                 metrics::counter!("midasflow_raft_election_nudges_total", "node" => label.clone()).increment(1);
                                 let _ = group.raft.trigger().elect().await;
