@@ -117,9 +117,9 @@ pub struct Tuning {
     #[arg(long, env = "MIDASFLOW_QUIET_AFTER_MS", default_value_t = RaftTimings::default().quiet_after_ms)]
     pub quiet_after_ms: u64,
     /// How long a shard's leader answers linearizable reads without a quorum round after
-    /// the oldest of its followers' latest acknowledgements; must be below the maximum
-    /// election timeout (the gap is the margin for clock rates), which every node must
-    /// share. 0: no lease. See docs/API.md, "Read lease".
+    /// the oldest of its followers' latest acknowledgements; at most three quarters of the
+    /// minimum election timeout (the last quarter is the margin for clock rates). 0: no
+    /// lease. See docs/API.md, "Read lease".
     #[arg(long, env = "MIDASFLOW_READ_LEASE_MS", default_value_t = RaftTimings::default().read_lease_ms)]
     pub read_lease_ms: u64,
     /// Batches of Raft messages (appends and votes of every group) in flight to one peer;

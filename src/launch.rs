@@ -242,7 +242,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         registry_config.probe.clone(),
         config.limits.max_append_body_bytes(),
         config.raft.batches_in_flight_per_peer,
-        config.raft.election_timeout_max_ms,
+        config.election_timeouts(),
     );
     let skip_range_check = config.has_planted_bug(PlantedBug::SplitWithoutRangeCheck);
     let shards = Arc::new(Registry::<ShardKind>::new(

@@ -32,7 +32,7 @@ use crate::node::{Heartbeat, MAX_HEARTBEAT_BODY_BYTES, MAX_VOTE_BODY_BYTES, SNAP
 use crate::placement::PD_GROUP;
 use crate::raft::batch::{self, BatchItem, ItemAnswer, RaftOp};
 use crate::raft::membership::AdminRequest;
-use crate::raft::network::{CLUSTER_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER, VOTE_REFUSAL_HEADER};
+use crate::raft::network::{CLUSTER_HEADER, ELECTION_TIMEOUTS_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER};
 use crate::raft::read_batch::{Confirmed, ReadRefused};
 use crate::raft::registry::{Group, Registry, RegistryError, Wake};
 use crate::raft::state_machine::check_snapshot_data;
@@ -351,11 +351,10 @@ pub async fn raft_batch(State(node): State<Arc<Api>>, request: Request) -> Resul
     } else {
         futures::future::join_all(items.into_iter().map(answer)).await
     };
-    // A peer's read lease counts on this node's vote refusal (`raft::read_batch`).
-    let refusal_ms = node.config.raft.election_timeout_max_ms.to_string();
+    // A peer's read lease counts on this node's election timers (`raft::read_batch`).
     Ok((
         StatusCode::OK,
-        [(VOTE_REFUSAL_HEADER, refusal_ms)],
+        [(ELECTION_TIMEOUTS_HEADER, node.config.election_timeouts().header_value())],
         Body::from(batch::encode_response(&answers)),
     )
         .into_response())

@@ -258,6 +258,15 @@ impl Limits {
     }
 }
 
+/// The longest read lease for `election_timeout_min_ms`: three quarters of it. Every voter
+/// but the leader refuses votes for `election_timeout_max` after accepting its append, so
+/// no campaign wins on a first try; a second try comes from a candidate's election timer,
+/// at least `election_timeout_min` after its first (`crate::raft::read_batch`). The other
+/// quarter is the margin for clocks running at different rates.
+pub fn max_read_lease_ms(election_timeout_min_ms: u64) -> u64 {
+    election_timeout_min_ms * 3 / 4
+}
+
 #[derive(Debug, Clone)]
 pub struct RaftTimings {
     pub heartbeat_interval_ms: u64,
@@ -272,9 +281,8 @@ pub struct RaftTimings {
     pub batches_in_flight_per_peer: usize,
     /// How long after the oldest of its followers' latest acknowledgements a shard's
     /// leader answers linearizable reads without a quorum round
-    /// (`crate::raft::read_batch`); 0: a round for every batch of reads. Below
-    /// `election_timeout_max_ms`, whose difference is the margin for clocks running at
-    /// different rates.
+    /// (`crate::raft::read_batch`); 0: a round for every batch of reads. At most
+    /// [`max_read_lease_ms`].
     pub read_lease_ms: u64,
 }
 
@@ -292,8 +300,8 @@ impl Default for RaftTimings {
             snapshot_chunk_bytes: 4 << 20,
             quiet_after_ms: 2_000,
             batches_in_flight_per_peer: crate::raft::batch::DEFAULT_BATCHES_IN_FLIGHT_PER_PEER,
-            // Three quarters of the followers' vote refusal (election_timeout_max).
-            read_lease_ms: 450,
+            // The most `max_read_lease_ms` allows; heartbeats (100 ms) keep it fresh.
+            read_lease_ms: 225,
         }
     }
 }
@@ -389,10 +397,10 @@ impl NodeConfig {
                 "--cache-capacity-bytes must be {CACHE_CAPACITY_MIN_BYTES} to {CACHE_CAPACITY_MAX_BYTES}"
             ));
         }
-        if self.raft.read_lease_ms >= self.raft.election_timeout_max_ms {
+        if self.raft.read_lease_ms > max_read_lease_ms(self.raft.election_timeout_min_ms) {
             return Err(format!(
-                "--read-lease-ms must be below --election-timeout-max-ms ({}), or 0 for no lease",
-                self.raft.election_timeout_max_ms
+                "--read-lease-ms must be at most {} (three quarters of --election-timeout-min-ms), or 0 for no lease",
+                max_read_lease_ms(self.raft.election_timeout_min_ms)
             ));
         }
         if self.raft.snapshot_chunk_bytes == 0 || self.raft.snapshot_chunk_bytes > 64 << 20 {
@@ -418,6 +426,14 @@ impl NodeConfig {
     /// node's own lease setting: a peer's lease counts on it.
     pub fn vote_refusal_after_start_ms(&self) -> u64 {
         self.raft.election_timeout_max_ms
+    }
+
+    /// What this node tells its peers of its election timeouts (`raft::network`).
+    pub fn election_timeouts(&self) -> crate::raft::network::ElectionTimeouts {
+        crate::raft::network::ElectionTimeouts {
+            min_ms: self.raft.election_timeout_min_ms,
+            max_ms: self.raft.election_timeout_max_ms,
+        }
     }
 
     /// Whether `bug` is planted; always false in release builds.
@@ -476,18 +492,26 @@ mod tests {
         assert!(too_big.validate().unwrap_err().contains("--max-value-bytes"));
     }
 
-    /// A read lease is safe only while the followers that confirmed it still refuse votes.
+    /// A read lease is safe only while no campaign can win: within three quarters of the
+    /// shortest time a candidate waits before it tries again.
     #[test]
-    fn the_read_lease_must_end_before_the_followers_vote_refusal() {
+    fn the_read_lease_must_end_before_a_candidate_tries_again() {
         let cluster = BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
         let mut config = NodeConfig::new(1, "127.0.0.1:1".into(), "/tmp/x".into(), cluster);
         assert!(config.validate().is_ok());
         assert!(config.raft.read_lease_ms > 0, "on by default");
         config.raft.read_lease_ms = 0;
         assert!(config.validate().is_ok(), "0 turns it off");
-        config.raft.read_lease_ms = 450;
+        config.raft.read_lease_ms = max_read_lease_ms(config.raft.election_timeout_min_ms);
+        assert!(config.validate().is_ok());
+        assert!(config.raft.read_lease_ms < config.raft.election_timeout_min_ms);
         assert!(config.vote_refusal_after_start_ms() > config.raft.read_lease_ms);
-        config.raft.read_lease_ms = config.raft.election_timeout_max_ms;
+        config.raft.read_lease_ms += 1;
         assert!(config.validate().unwrap_err().contains("--read-lease-ms"));
+        config.raft.election_timeout_min_ms = 400;
+        assert!(
+            config.validate().is_ok(),
+            "longer election timeouts allow a longer lease"
+        );
     }
 }

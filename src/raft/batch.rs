@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
-use super::network::{post_bytes, Credentials, TransportError, VOTE_REFUSAL_HEADER};
+use super::network::{post_bytes, Credentials, ElectionTimeouts, TransportError, ELECTION_TIMEOUTS_HEADER};
 use super::probe::{NodeEvent, Probe};
 use super::transport::HttpClient;
 use super::GroupId;
@@ -287,11 +287,11 @@ struct Inner {
     /// Each lane's queue to each peer (indexed by [`Lane::index`]).
     peers: [Mutex<HashMap<String, mpsc::Sender<Queued>>>; 3],
     metrics: SenderMetrics,
-    /// This node's maximum election timeout: how long a follower must refuse votes after
-    /// accepting an append for a read lease to count on it.
-    required_vote_refusal_ms: u64,
-    /// What each peer said in its latest batch answer (`VOTE_REFUSAL_HEADER`).
-    vote_refusal_ms: Mutex<HashMap<String, u64>>,
+    /// This node's election timeouts: a read lease counts on a follower only if its own
+    /// are at least these.
+    election_timeouts: ElectionTimeouts,
+    /// What each peer said in its latest batch answer (`ELECTION_TIMEOUTS_HEADER`).
+    peer_timeouts: Mutex<HashMap<String, ElectionTimeouts>>,
 }
 
 /// Handles of the metrics of Raft messages this node sends, made once.
@@ -323,7 +323,7 @@ impl RaftSender {
         probe: Probe,
         max_batch_bytes: usize,
         batches_in_flight: usize,
-        required_vote_refusal_ms: u64,
+        election_timeouts: ElectionTimeouts,
     ) -> Self {
         RaftSender {
             inner: Arc::new(Inner {
@@ -334,18 +334,18 @@ impl RaftSender {
                 max_batch_bytes,
                 batches_in_flight,
                 peers: Default::default(),
-                required_vote_refusal_ms,
-                vote_refusal_ms: Mutex::default(),
+                election_timeouts,
+                peer_timeouts: Mutex::default(),
             }),
         }
     }
 
-    /// Whether the peer at `addr` said, in its latest batch answer, that it refuses votes
-    /// for at least this node's maximum election timeout after accepting an append.
-    pub fn refuses_votes_long_enough(&self, addr: &str) -> bool {
-        let said = self.inner.vote_refusal_ms.lock().unwrap_or_else(|e| e.into_inner());
+    /// Whether the peer at `addr` said, in its latest batch answer, that its election
+    /// timeouts are at least this node's (see `ELECTION_TIMEOUTS_HEADER`).
+    pub fn times_like_this_node(&self, addr: &str) -> bool {
+        let said = self.inner.peer_timeouts.lock().unwrap_or_else(|e| e.into_inner());
         said.get(addr)
-            .is_some_and(|ms| *ms >= self.inner.required_vote_refusal_ms)
+            .is_some_and(|t| t.at_least(&self.inner.election_timeouts))
     }
 
     pub fn client(&self) -> &HttpClient {
@@ -461,16 +461,16 @@ async fn send_batch(inner: Arc<Inner>, addr: String, batch: Vec<Queued>, _permit
         .await
         .and_then(|answer| {
             // Before the answers go out: they are what a lease counts.
-            let refusal_ms = answer
+            let said = answer
                 .headers()
-                .get(VOTE_REFUSAL_HEADER)
-                .and_then(|v| v.to_str().ok()?.parse().ok());
-            let mut said = inner.vote_refusal_ms.lock().unwrap_or_else(|e| e.into_inner());
-            match refusal_ms {
-                Some(ms) => said.insert(addr.clone(), ms),
-                None => said.remove(&addr),
+                .get(ELECTION_TIMEOUTS_HEADER)
+                .and_then(|v| ElectionTimeouts::parse(v.to_str().ok()?));
+            let mut peers = inner.peer_timeouts.lock().unwrap_or_else(|e| e.into_inner());
+            match said {
+                Some(timeouts) => peers.insert(addr.clone(), timeouts),
+                None => peers.remove(&addr),
             };
-            drop(said);
+            drop(peers);
             decode_response(answer.into_body())
                 .map_err(|e| e.to_string())
                 .and_then(|answers| {
@@ -592,7 +592,18 @@ mod tests {
         let client = crate::raft::transport::http_client(crate::raft::transport::NetKind::Tokio, None);
         let credentials = Arc::new(Credentials::new(None, 1, 1, None));
         let one_batch_in_flight = 1;
-        let sender = RaftSender::new(client, credentials, Probe::default(), 1 << 20, one_batch_in_flight, 600);
+        let timeouts = ElectionTimeouts {
+            min_ms: 300,
+            max_ms: 600,
+        };
+        let sender = RaftSender::new(
+            client,
+            credentials,
+            Probe::default(),
+            1 << 20,
+            one_batch_in_flight,
+            timeouts,
+        );
         let held = Duration::from_secs(3_600);
         let mut shards = Vec::new();
         for group in 1..=3 {
@@ -623,28 +634,30 @@ mod tests {
         server.abort();
     }
 
-    /// A read lease counts on a follower only if its batch answers say it refuses votes
-    /// at least as long as this node's own maximum election timeout.
+    /// A read lease counts on a follower only if its batch answers say its election
+    /// timeouts are at least this node's, both of them.
     #[tokio::test]
-    async fn a_peer_counts_for_the_lease_only_if_it_refuses_votes_long_enough() {
+    async fn a_peer_counts_for_the_lease_only_if_its_election_timeouts_are_at_least_ours() {
         use axum::{body::Bytes as Body, extract::State, routing::post, Router};
-        use std::sync::atomic::{AtomicU64, Ordering};
-        // 0: the peer sends no header (an older node).
-        let says = Arc::new(AtomicU64::new(0));
+        // None: the peer sends no header (an older node).
+        let says: Arc<Mutex<Option<String>>> = Arc::default();
         let app = Router::new()
             .route(
                 BATCH_PATH,
-                post(|State(says): State<Arc<AtomicU64>>, body: Body| async move {
-                    let items = decode_request(body).unwrap();
-                    let answers: Vec<ItemAnswer> = items.iter().map(|i| ItemAnswer::Ok(i.body.clone())).collect();
-                    let body = encode_response(&answers).to_vec();
-                    match says.load(Ordering::SeqCst) {
-                        0 => axum::response::IntoResponse::into_response(body),
-                        ms => {
-                            axum::response::IntoResponse::into_response(([(VOTE_REFUSAL_HEADER, ms.to_string())], body))
+                post(
+                    |State(says): State<Arc<Mutex<Option<String>>>>, body: Body| async move {
+                        let items = decode_request(body).unwrap();
+                        let answers: Vec<ItemAnswer> = items.iter().map(|i| ItemAnswer::Ok(i.body.clone())).collect();
+                        let body = encode_response(&answers).to_vec();
+                        let said = says.lock().unwrap().clone();
+                        match said {
+                            None => axum::response::IntoResponse::into_response(body),
+                            Some(value) => {
+                                axum::response::IntoResponse::into_response(([(ELECTION_TIMEOUTS_HEADER, value)], body))
+                            }
                         }
-                    }
-                }),
+                    },
+                ),
             )
             .with_state(says.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -652,15 +665,27 @@ mod tests {
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let client = crate::raft::transport::http_client(crate::raft::transport::NetKind::Tokio, None);
         let credentials = Arc::new(Credentials::new(None, 1, 1, None));
-        let sender = RaftSender::new(client, credentials, Probe::default(), 1 << 20, 1, 600);
-        assert!(!sender.refuses_votes_long_enough(&addr), "nothing heard yet");
-        for (ms, counts) in [(600, true), (300, false), (900, true), (0, false)] {
-            says.store(ms, Ordering::SeqCst);
+        let ours = ElectionTimeouts {
+            min_ms: 300,
+            max_ms: 600,
+        };
+        let sender = RaftSender::new(client, credentials, Probe::default(), 1 << 20, 1, ours);
+        assert!(!sender.times_like_this_node(&addr), "nothing heard yet");
+        let cases = [
+            (Some("300,600"), true),
+            (Some("300,500"), false),
+            (Some("400,900"), true),
+            (Some("200,600"), false),
+            (Some("600"), false),
+            (None, false),
+        ];
+        for (value, counts) in cases {
+            *says.lock().unwrap() = value.map(str::to_string);
             let answer = sender
                 .call(&addr, item(1, RaftOp::Append, b"x"), Duration::from_secs(30))
                 .await;
             assert!(answer.is_ok());
-            assert_eq!(sender.refuses_votes_long_enough(&addr), counts, "a peer saying {ms} ms");
+            assert_eq!(sender.times_like_this_node(&addr), counts, "a peer saying {value:?}");
         }
         server.abort();
     }

@@ -43,8 +43,9 @@ pub enum AdminRequest {
     RemoveLearners { nodes: BTreeSet<u64> },
     /// On the leader: hand leadership to `to`.
     TransferLeader { to: u64, to_addr: String },
-    /// On a transfer's target: campaign now.
-    Elect,
+    /// On a transfer's target: campaign now, if this replica still follows `leader` in
+    /// `term` (the transfer's leader; a late or stale request is refused).
+    Elect { leader: u64, term: u64 },
     /// The median hash of the group's keys on this replica (a split point).
     SplitPoint,
     /// On the leader: propose a split of the group in its own log (kinds whose groups
@@ -169,12 +170,12 @@ async fn perform_inner<K: GroupKind>(
     let raft = &group.raft;
     let needs_leader = !matches!(
         request,
-        AdminRequest::Status | AdminRequest::Elect | AdminRequest::SplitPoint
+        AdminRequest::Status | AdminRequest::Elect { .. } | AdminRequest::SplitPoint
     );
     if needs_leader && !group.is_leader() {
         return Err("this replica does not lead the group".into());
     }
-    if needs_leader || request == AdminRequest::Elect {
+    if needs_leader || matches!(request, AdminRequest::Elect { .. }) {
         // Membership changes and transfers need a ticking leader (heartbeats carry the new
         // configuration's commit); a transfer's target campaigns. Not before the check: a
         // follower woken by a stale request would campaign against a live quiet leader.
@@ -221,10 +222,21 @@ async fn perform_inner<K: GroupKind>(
                 .map_err(|e| e.to_string())
         }
         AdminRequest::TransferLeader { to, to_addr } => transfer_leader(registry, group, to, &to_addr).await,
-        AdminRequest::Elect if group.holds_votes() => {
+        AdminRequest::Elect { .. } if group.holds_votes() => {
             Err("this replica was reopened or re-created lately: it does not campaign yet".into())
         }
-        AdminRequest::Elect => raft.trigger().elect().await.map_err(|e| e.to_string()),
+        // Only the leader it follows may have it campaign: that leader stopped answering
+        // reads under its lease first (`transfer_leader`), and no other campaign is
+        // started by request while it holds one.
+        AdminRequest::Elect { leader, term } => {
+            let vote = raft.metrics().borrow().vote;
+            if !(vote.is_committed() && vote.leader_id.voted_for() == Some(leader) && vote.leader_id.term == term) {
+                return Err(format!(
+                    "this replica does not follow node {leader} in term {term} (its vote: {vote})"
+                ));
+            }
+            raft.trigger().elect().await.map_err(|e| e.to_string())
+        }
         AdminRequest::Split(plan) => {
             let command = K::split_command(plan).ok_or_else(|| format!("{} groups do not split", K::NAME))?;
             let reply = raft.client_write(command).await.map_err(|e| e.to_string())?.data;
@@ -249,7 +261,9 @@ async fn transfer_leader<K: GroupKind>(
     }
     let _pause = group.pause_proposals();
     let raft = &group.raft;
-    raft.runtime_config().heartbeat(false);
+    let term = raft.metrics().borrow().vote.leader_id.term;
+    // Undone on drop, whatever happens (the admin request's timeout drops this future).
+    let _transferring = Transferring::start(group);
     let result = async {
         let deadline = Instant::now() + Duration::from_millis(TRANSFER_CATCH_UP_MS);
         loop {
@@ -270,7 +284,10 @@ async fn transfer_leader<K: GroupKind>(
             to_addr,
             &admin_path(group.id),
             registry.credentials(),
-            &AdminRequest::Elect,
+            &AdminRequest::Elect {
+                leader: registry.node_id,
+                term,
+            },
             Duration::from_millis(TRANSFER_ELECTION_MS),
         )
         .await;
@@ -287,8 +304,27 @@ async fn transfer_leader<K: GroupKind>(
         }
     }
     .await;
-    raft.runtime_config().heartbeat(true);
     result
+}
+
+/// A transfer's leader sends no heartbeats (its followers' vote refusal must run out for
+/// the target to win) and answers no read under its lease (the target campaigns inside
+/// it), until dropped.
+struct Transferring<'a, K: GroupKind>(&'a Group<K>);
+
+impl<'a, K: GroupKind> Transferring<'a, K> {
+    fn start(group: &'a Group<K>) -> Self {
+        group.reads.suspend_lease(true);
+        group.raft.runtime_config().heartbeat(false);
+        Transferring(group)
+    }
+}
+
+impl<K: GroupKind> Drop for Transferring<'_, K> {
+    fn drop(&mut self) {
+        self.0.raft.runtime_config().heartbeat(true);
+        self.0.reads.suspend_lease(false);
+    }
 }
 
 pub fn admin_path(group: GroupId) -> String {

@@ -35,12 +35,39 @@ pub const SECRET_HEADER: &str = "x-midasflow-secret";
 pub const NODE_HEADER: &str = "x-midasflow-node";
 pub const INCARNATION_HEADER: &str = "x-midasflow-incarnation";
 pub const CLUSTER_HEADER: &str = "x-midasflow-cluster";
-/// Header on a Raft batch's answer: how long the answering node refuses votes after it
-/// accepts a leader's append (its maximum election timeout). A leader's read lease counts
-/// only followers that refuse at least as long as its own setting assumes, so a node run
-/// with shorter election timeouts than its peers (or one that does not say) costs the
-/// lease, not its safety.
-pub const VOTE_REFUSAL_HEADER: &str = "x-midasflow-vote-refusal-ms";
+/// Header on a Raft batch's answer: the answering node's election timeouts,
+/// `{min},{max}` in ms. Its maximum is how long it refuses votes after accepting a
+/// leader's append; its minimum, how soon a candidate of its tries again. A leader's read
+/// lease counts only followers whose timeouts are at least its own, so a node run with
+/// shorter ones (or one that does not say) costs the lease, not its safety.
+pub const ELECTION_TIMEOUTS_HEADER: &str = "x-midasflow-election-timeouts-ms";
+
+/// A node's election timeouts, as [`ELECTION_TIMEOUTS_HEADER`] carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElectionTimeouts {
+    pub min_ms: u64,
+    pub max_ms: u64,
+}
+
+impl ElectionTimeouts {
+    pub fn header_value(&self) -> String {
+        format!("{},{}", self.min_ms, self.max_ms)
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        let (min, max) = value.split_once(',')?;
+        Some(ElectionTimeouts {
+            min_ms: min.trim().parse().ok()?,
+            max_ms: max.trim().parse().ok()?,
+        })
+    }
+
+    /// Whether a follower with these timeouts waits at least as long as `leader`'s lease
+    /// assumes (both bounds).
+    pub fn at_least(&self, leader: &ElectionTimeouts) -> bool {
+        self.min_ms >= leader.min_ms && self.max_ms >= leader.max_ms
+    }
+}
 
 /// What a node presents on every internal request.
 #[derive(Debug)]
@@ -356,8 +383,13 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
                 | AppendEntriesResponse::PartialSuccess(_)
                 | AppendEntriesResponse::Conflict)
         );
-        if accepted && self.sender.refuses_votes_long_enough(&self.addr) {
-            self.acks.record(self.target, term, sent);
+        if self.sender.times_like_this_node(&self.addr) {
+            if accepted {
+                self.acks.record(self.target, term, sent);
+            }
+        } else {
+            // Restarted with shorter timeouts, say: what it accepted before no longer counts.
+            self.acks.forget(self.target);
         }
         answer
     }

@@ -12,25 +12,29 @@
 //! **The lease.** A follower that accepted an append from its leader refuses votes for
 //! `election_timeout_max` after (openraft 0.9 `Engine::handle_vote_req`). The network
 //! records, per follower, when the latest append it accepted in this term was *sent*
-//! ([`FollowerAcks`]); the lease runs `lease_ms` (less than `election_timeout_max`) from
-//! the oldest of those over **every** voter of the group's configuration, not a quorum.
-//! Until then no other replica can be elected: any candidate needs at least one vote
-//! besides its own, and every other voter refuses, except this leader, whose grant is
-//! ordered before the check below. So one follower campaigning on its own (a quick
-//! restart, a leadership transfer's target, an election nudge) cannot win inside the
-//! lease. A read under the lease asks this replica's Raft core (no network) whether it
+//! ([`FollowerAcks`]); the lease runs `lease_ms` from the oldest of those over **every**
+//! voter of the group's configuration, not a quorum. While it runs, every voter but this
+//! leader refuses votes for others, so a campaign's first try wins only this leader's
+//! vote (the other candidates of that new term voted for themselves), and a candidate
+//! tries again only when its election timer fires, at least `election_timeout_min` later.
+//! `lease_ms` is at most three quarters of that (`NodeConfig::validate`): no other replica
+//! is elected inside the lease unless this leader votes for it, however many followers
+//! campaign. A read under the lease asks this replica's Raft core (no network) whether it
 //! still leads in that term, has committed an entry of it, and which voters its
-//! configuration has; it takes the core's commit index. Heartbeats keep an active group's
-//! lease fresh; a quiet group, or one with a voter out of reach, confirms by a round.
+//! configuration has; it takes the core's commit index; the core check is ordered after
+//! any vote this leader granted. Heartbeats keep an active group's lease fresh; a quiet
+//! group, or one with a voter out of reach, confirms by a round.
 //!
-//! What it assumes (docs/API.md): no node's monotonic clock runs faster than another's by
-//! more than the margin `election_timeout_max - lease_ms` leaves; a replica that forgot
-//! whom it heard from (a restarted node, a re-created replica) refuses votes for
-//! `election_timeout_max` (`api::internal`); and two followers do not both start
-//! elections of their own inside one lease other than by openraft's timer (which waits
-//! out `election_timeout_max` since the leader was last heard, so never fires inside it).
+//! What it assumes (docs/API.md): clocks that run at rates within the last quarter; a
+//! replica that forgot whom it heard from (a restarted node, a re-created replica)
+//! neither votes nor campaigns for `election_timeout_max` (`api::internal`,
+//! `Group::holds_votes`); followers whose election timeouts are at least the leader's,
+//! which their batch answers say (`network::ELECTION_TIMEOUTS_HEADER`); and elections this
+//! code starts only on a replica that knows no leader, or asked by the leader it follows,
+//! which stops answering under its lease first (`membership::transfer_leader`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::error::{CheckIsLeaderError, RaftError};
@@ -91,6 +95,11 @@ impl FollowerAcks {
         }
     }
 
+    /// Drops what `follower` accepted: it no longer counts for the lease.
+    pub fn forget(&self, follower: u64) {
+        self.acks.lock().unwrap_or_else(|e| e.into_inner()).remove(&follower);
+    }
+
     /// The oldest of the followers' latest acceptances in `term`: None if one of them
     /// accepted nothing of that term. No followers (a group of one voter): now.
     fn oldest(&self, term: u64, followers: &[u64]) -> Option<Instant> {
@@ -115,6 +124,8 @@ pub struct ReadBatcher<K> {
     /// This replica's node.
     node_id: u64,
     acks: Arc<FollowerAcks>,
+    /// Set while this replica hands its leadership over (`membership::transfer_leader`).
+    lease_suspended: AtomicBool,
     probe: Probe,
     kind: std::marker::PhantomData<fn() -> K>,
 }
@@ -143,6 +154,7 @@ impl<K: GroupKind> ReadBatcher<K> {
             queue: Arc::default(),
             node_id,
             acks,
+            lease_suspended: AtomicBool::new(false),
             probe,
             kind: std::marker::PhantomData,
         }
@@ -176,9 +188,20 @@ impl<K: GroupKind> ReadBatcher<K> {
         Ok((index, Confirmed::Round))
     }
 
+    /// Stops (or resumes) answering reads under the lease: a leadership transfer's target
+    /// campaigns inside it.
+    pub fn suspend_lease(&self, suspended: bool) {
+        self.lease_suspended.store(suspended, Ordering::SeqCst);
+    }
+
     /// The read index under the lease, once applied here; None: confirm by a round.
     async fn under_lease(&self, raft: &Raft<K>, policy: ReadPolicy) -> Option<u64> {
         let check = leader_check::<K>(raft, self.node_id).await?;
+        // After the core check: a read whose check came before a transfer suspended the
+        // lease was answered before the target could campaign.
+        if self.lease_suspended.load(Ordering::SeqCst) {
+            return None;
+        }
         let oldest = match policy.planted_ignore_acks {
             true => Some(Instant::now()),
             false => self.acks.oldest(check.term, &check.followers),

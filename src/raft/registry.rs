@@ -585,7 +585,10 @@ impl<K: GroupKind> Registry<K> {
                         _ = tokio::time::sleep_until(at) => {
                             // A quiet replica is waiting on purpose (a restart's replicas
                             // let one candidate per group go first): `tend` wakes it.
-                            if !group.is_quiet() && !group.holds_votes() {
+                            // Still no leader: a heartbeat may have arrived as the timer
+                            // fired, and a follower of a fresh leader must not campaign.
+                            let leaderless = group.raft.metrics().borrow().current_leader.is_none();
+                            if leaderless && !group.is_quiet() && !group.holds_votes() {
                                 tracing::debug!(group = group.id, node = node_id, term, "no leader for a while; starting an election");
                                 metrics::counter!("midasflow_raft_election_nudges_total", "node" => label.clone()).increment(1);
                                 let _ = group.raft.trigger().elect().await;
