@@ -44,7 +44,7 @@ pub enum AdminRequest {
     /// On the leader: hand leadership to `to`.
     TransferLeader { to: u64, to_addr: String },
     /// On a transfer's target: campaign now, if this replica still follows `leader` in
-    /// `term` (the transfer's leader; a late or stale request is refused).
+    /// `term` (the transfer's leader; a request from a deposed leader is refused).
     Elect { leader: u64, term: u64 },
     /// The median hash of the group's keys on this replica (a split point).
     SplitPoint,

@@ -15,8 +15,10 @@
 //! ([`FollowerAcks`]); the lease runs `lease_ms` from the oldest of those over **every**
 //! voter of the group's configuration, not a quorum. While it runs, every voter but this
 //! leader refuses votes for others, so a campaign's first try wins only this leader's
-//! vote (the other candidates of that new term voted for themselves), and a candidate
-//! tries again only when its election timer fires, at least `election_timeout_min` later.
+//! vote (the other candidates of that new term voted for themselves), and such a
+//! candidate tries again only when its election timer fires, at least
+//! `election_timeout_min` later, or its nudge (`Registry::spawn_monitor`), at least
+//! `election_timeout_max` after it last knew a leader.
 //! `lease_ms` is at most three quarters of that (`NodeConfig::validate`): no other replica
 //! is elected inside the lease unless this leader votes for it, however many followers
 //! campaign. A read under the lease asks this replica's Raft core (no network) whether it
@@ -28,10 +30,10 @@
 //! What it assumes (docs/API.md): clocks that run at rates within the last quarter; a
 //! replica that forgot whom it heard from (a restarted node, a re-created replica)
 //! neither votes nor campaigns for `election_timeout_max` (`api::internal`,
-//! `Group::holds_votes`); followers whose election timeouts are at least the leader's,
-//! which their batch answers say (`network::ELECTION_TIMEOUTS_HEADER`); and elections this
-//! code starts only on a replica that knows no leader, or asked by the leader it follows,
-//! which stops answering under its lease first (`membership::transfer_leader`).
+//! `Group::holds_votes`); and followers whose election timeouts are at least the
+//! leader's, which their batch answers say (`network::ELECTION_TIMEOUTS_HEADER`).
+//! Elections this code starts (a transfer's `Elect`, the nudge) are first tries, covered
+//! by the spacing above; their own checks only keep them rare.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
