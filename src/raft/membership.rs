@@ -259,6 +259,12 @@ async fn transfer_leader<K: GroupKind>(
     if !status(group).voters.contains(&to) {
         return Err(format!("node {to} is not a voter of group {}", group.id));
     }
+    let Ok(_one_transfer) = group.transfer.try_lock() else {
+        return Err(format!(
+            "a leadership transfer of group {} is already running",
+            group.id
+        ));
+    };
     let _pause = group.pause_proposals();
     let raft = &group.raft;
     let term = raft.metrics().borrow().vote.leader_id.term;

@@ -266,6 +266,25 @@ async fn leader_check<K: GroupKind>(raft: &Raft<K>, node_id: u64) -> Option<Lead
     rx.await.ok().flatten()
 }
 
+/// How long a confirmation waits for this replica to apply up to its read index; past
+/// it, the reads queued on it are refused and the queue moves on (openraft's
+/// `ensure_linearizable` waits for good, which would park every later read of the group
+/// behind a stalled apply).
+pub const READ_APPLY_WAIT_MS: u64 = 5_000;
+
+/// One leadership confirmation by a quorum round, then the wait for apply.
+async fn confirm_and_apply<K: GroupKind>(raft: &Raft<K>) -> Result<u64, ReadRefused> {
+    let (read_log_id, applied) = raft.get_read_log_id().await.map_err(refused)?;
+    let index = read_log_id.map_or(0, |id| id.index);
+    if applied.map_or(0, |id| id.index) < index {
+        raft.wait(Some(Duration::from_millis(READ_APPLY_WAIT_MS)))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| ReadRefused::Failed(format!("applying up to the read index {index}: {e}")))?;
+    }
+    Ok(index)
+}
+
 async fn drive<K: GroupKind>(queue: Arc<Mutex<Queue>>, raft: Raft<K>) {
     loop {
         // Everyone taken here queued before the confirmation below starts.
@@ -277,8 +296,7 @@ async fn drive<K: GroupKind>(queue: Arc<Mutex<Queue>>, raft: Raft<K>) {
             }
             std::mem::take(&mut queue.waiting)
         };
-        let result = raft.ensure_linearizable().await.map_err(refused);
-        let result = result.map(|read_log_id| read_log_id.map_or(0, |id| id.index));
+        let result = confirm_and_apply::<K>(&raft).await;
         for waiter in waiters {
             let _ = waiter.send(result.clone());
         }

@@ -39,6 +39,10 @@ pub struct Group<K: GroupKind> {
     term: AtomicU64,
     /// Set while leadership is being handed over: new proposals wait.
     proposals_paused: AtomicBool,
+    /// Held by the one leadership transfer running (`membership::transfer_leader`): its
+    /// pause, heartbeats and lease are switched back on when it ends, which must not
+    /// happen while another runs.
+    pub transfer: tokio::sync::Mutex<()>,
     /// Quiet groups (see `quiet.rs`): ticking is off while `quiet` is set. Activity is
     /// measured in ms since `clock`, the registry's start.
     quiet: AtomicBool,
@@ -476,6 +480,7 @@ impl<K: GroupKind> Registry<K> {
             is_leader: AtomicBool::new(false),
             term: AtomicU64::new(0),
             proposals_paused: AtomicBool::new(false),
+            transfer: tokio::sync::Mutex::new(()),
             quiet: AtomicBool::new(reopened),
             quiet_lock: std::sync::Mutex::new(()),
             starting: AtomicBool::new(reopened),
