@@ -225,9 +225,9 @@ async fn perform_inner<K: GroupKind>(
         AdminRequest::Elect { .. } if group.holds_votes() => {
             Err("this replica was reopened or re-created lately: it does not campaign yet".into())
         }
-        // Only the leader it follows may have it campaign: that leader stopped answering
-        // reads under its lease first (`transfer_leader`), and no other campaign is
-        // started by request while it holds one.
+        // Only the leader it follows may have it campaign, which keeps deposed leaders'
+        // transfers out. Safety does not rest on it: a campaign asked for late is a first
+        // try, which cannot win inside a read lease (`read_batch`).
         AdminRequest::Elect { leader, term } => {
             let vote = raft.metrics().borrow().vote;
             if !(vote.is_committed() && vote.leader_id.voted_for() == Some(leader) && vote.leader_id.term == term) {
