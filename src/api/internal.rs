@@ -403,7 +403,7 @@ async fn raft_message_of<K: GroupKind>(
             let group = hosted_group(node, registry, group_id).await?;
             if group.holds_votes() {
                 return Err(ApiError::unavailable(format!(
-                    "this replica of group {group_id} was re-created lately: it refuses votes while a leader its earlier self acknowledged may still hold a read lease"
+                    "this replica of group {group_id} was reopened or re-created lately: it refuses votes while a leader its earlier self acknowledged may still hold a read lease"
                 )));
             }
             if !may_vote(node, &group) {
