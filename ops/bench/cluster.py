@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -87,10 +88,14 @@ class Cluster:
     def wait_all_leaders(self, timeout=600):
         groups = self.shards + 1
         deadline = time.time() + timeout
+        started, reported = time.time(), time.time()
         while True:
             leaders = sum(metric_sums(p).get("midasflow_raft_leaders", 0) for p in self.ports.values())
             if leaders >= groups:
                 return
+            if time.time() - reported >= 10:
+                reported = time.time()
+                print(f"{leaders} of {groups} groups led after {reported - started:.0f} s", file=sys.stderr)
             if time.time() > deadline:
                 raise SystemExit(f"only {leaders} of {groups} groups have a leader after {timeout} s")
             time.sleep(0.5)
