@@ -60,6 +60,8 @@ pub const HEAL_LEADER_BOUND_MS: u64 = 10_000;
 pub const SIM_QUIET_AFTER_MS: u64 = 1_000;
 /// Quiet scenario: more shards than clients touch at once.
 pub const QUIET_SHARDS: u32 = 6;
+/// Campaign slots per node in the simulation: fewer than its groups.
+pub const SIM_MAX_CAMPAIGNING_REPLICAS: usize = 1;
 /// Batch scenario: enough groups that every batch to a peer can carry several.
 pub const BATCH_SHARDS: u32 = 16;
 /// Nodes of the initial cluster in the placement scenario; the others join.
@@ -116,6 +118,9 @@ pub struct SimReport {
     pub lease_reads: u64,
     #[serde(default)]
     pub round_reads: u64,
+    /// Passes in which a replica that would campaign waited for a campaign slot.
+    #[serde(default)]
+    pub campaigns_deferred: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<String>,
 }
@@ -160,6 +165,7 @@ struct Shared {
     raft_shared_batches: u64,
     lease_reads: u64,
     round_reads: u64,
+    campaigns_deferred: u64,
 }
 
 impl Shared {
@@ -182,6 +188,11 @@ impl Observer for SimObserver {
         }
         if let NodeEvent::ReadConfirmed { lease } = event {
             *(if lease { &mut s.lease_reads } else { &mut s.round_reads }) += 1;
+            return;
+        }
+        if let NodeEvent::CampaignDeferred { .. } = event {
+            // Counted, not traced: one per waiting replica per pass.
+            s.campaigns_deferred += 1;
             return;
         }
         s.record(format!("n{node} {event:?}"));
@@ -222,7 +233,10 @@ impl Observer for SimObserver {
                     ));
                 }
             }
-            NodeEvent::ReplicaRemoved { .. } | NodeEvent::RaftBatch { .. } | NodeEvent::ReadConfirmed { .. } => {}
+            NodeEvent::ReplicaRemoved { .. }
+            | NodeEvent::RaftBatch { .. }
+            | NodeEvent::ReadConfirmed { .. }
+            | NodeEvent::CampaignDeferred { .. } => {}
             NodeEvent::Quiet { quiet: true, .. } => s.quiet_entered += 1,
             NodeEvent::Quiet { reason, .. } => *s.wakeups.entry(reason).or_default() += 1,
             NodeEvent::MapInstalled {
@@ -959,6 +973,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         config.net = NetKind::Turmoil;
         config.flush_mode = FlushMode::Inline;
         config.raft.batches_in_flight_per_peer = 1;
+        // One slot per node, so crashes and partitions leave more leaderless replicas than
+        // slots and the rationing runs (`quiet::ration_campaigns`).
+        config.raft.max_campaigning_replicas = SIM_MAX_CAMPAIGNING_REPLICAS;
         config.rng_seed = Some(settings.seed);
         config.observer = Some(observer.clone());
         config.planted_bug = settings.planted_bug;
@@ -1118,6 +1135,7 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         raft_shared_batches: s.raft_shared_batches,
         lease_reads: s.lease_reads,
         round_reads: s.round_reads,
+        campaigns_deferred: s.campaigns_deferred,
         trace: if settings.keep_trace {
             std::mem::take(&mut s.trace)
         } else {

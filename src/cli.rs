@@ -122,6 +122,11 @@ pub struct Tuning {
     /// lease. See docs/API.md, "Read lease".
     #[arg(long, env = "MIDASFLOW_READ_LEASE_MS", default_value_t = RaftTimings::default().read_lease_ms)]
     pub read_lease_ms: u64,
+    /// Shard replicas of this node that may campaign for leadership at once (1 to 65536);
+    /// the others wait their turn with their election timers stopped. Bounds the load of
+    /// a whole-cluster restart or the loss of a node that led thousands of groups.
+    #[arg(long, env = "MIDASFLOW_MAX_CAMPAIGNING_REPLICAS", default_value_t = RaftTimings::default().max_campaigning_replicas)]
+    pub max_campaigning_replicas: usize,
     /// Batches of Raft messages (appends and votes of every group) in flight to one peer;
     /// messages queued meanwhile travel together in the next batch.
     #[arg(long, env = "MIDASFLOW_RAFT_BATCHES_IN_FLIGHT", default_value_t = RaftTimings::default().batches_in_flight_per_peer)]
@@ -429,6 +434,7 @@ impl Tuning {
             quiet_after_ms: self.quiet_after_ms,
             batches_in_flight_per_peer: self.raft_batches_in_flight,
             read_lease_ms: self.read_lease_ms,
+            max_campaigning_replicas: self.max_campaigning_replicas,
             ..RaftTimings::default()
         };
         config.cache_capacity_bytes = self.cache_capacity_bytes;

@@ -161,6 +161,18 @@ pub const CATALOGUE: &[MetricDoc] = &[
         "Hosted groups with no known leader at the last check.",
     ),
     doc(
+        "midasflow_raft_campaigning_replicas",
+        Gauge,
+        "kind",
+        "Replicas holding one of the node's campaign slots (voters that know no leader, or follow a lost one, and tick) at the last check.",
+    ),
+    doc(
+        "midasflow_raft_campaigns_waiting",
+        Gauge,
+        "kind",
+        "Replicas that would campaign but wait for a campaign slot (--max-campaigning-replicas), their election timers stopped.",
+    ),
+    doc(
         "midasflow_raft_quiet_groups",
         Gauge,
         "",
@@ -367,6 +379,8 @@ pub fn register_node(label: &str) {
     for kind in ["shard", "pd"] {
         metrics::gauge!("midasflow_raft_leaders", "node" => node.clone(), "kind" => kind).increment(0.0);
         metrics::gauge!("midasflow_raft_groups_without_leader", "node" => node.clone(), "kind" => kind).set(0.0);
+        metrics::gauge!("midasflow_raft_campaigning_replicas", "node" => node.clone(), "kind" => kind).set(0.0);
+        metrics::gauge!("midasflow_raft_campaigns_waiting", "node" => node.clone(), "kind" => kind).set(0.0);
     }
     for wake in crate::raft::registry::Wake::ALL {
         metrics::counter!("midasflow_raft_group_wakeups_total", "node" => node.clone(), "reason" => wake.name())

@@ -101,6 +101,10 @@ pub enum PlantedBug {
     /// after the hinted node stopped reporting the group: a restarted group whose hinted
     /// node lost its election stays quiet behind it, and never elects again.
     LastingLeaderHints,
+    /// A replica given one of the node's campaign slots is not woken if it is quiet: only a
+    /// replica that was already ticking campaigns, so a group whose replicas all went quiet
+    /// or were reopened after a restart (and which no request touches) never elects.
+    CampaignSlotsWithoutWake,
     /// A follower answers a linearizable read once the leader gave it a read index,
     /// without waiting to have applied up to it: it can miss a write acknowledged before
     /// the read began.
@@ -267,6 +271,9 @@ pub fn max_read_lease_ms(election_timeout_min_ms: u64) -> u64 {
     election_timeout_min_ms * 3 / 4
 }
 
+/// The most `--max-campaigning-replicas` accepts.
+pub const MAX_CAMPAIGNING_REPLICAS_LIMIT: usize = 65_536;
+
 #[derive(Debug, Clone)]
 pub struct RaftTimings {
     pub heartbeat_interval_ms: u64,
@@ -284,6 +291,8 @@ pub struct RaftTimings {
     /// (`crate::raft::read_batch`); 0: a round for every batch of reads. At most
     /// [`max_read_lease_ms`].
     pub read_lease_ms: u64,
+    /// Shard replicas of this node that campaign at once, at most (`crate::raft::quiet`).
+    pub max_campaigning_replicas: usize,
 }
 
 impl Default for RaftTimings {
@@ -302,6 +311,7 @@ impl Default for RaftTimings {
             batches_in_flight_per_peer: crate::raft::batch::DEFAULT_BATCHES_IN_FLIGHT_PER_PEER,
             // The most `max_read_lease_ms` allows; heartbeats (100 ms) keep it fresh.
             read_lease_ms: 225,
+            max_campaigning_replicas: crate::raft::quiet::DEFAULT_MAX_CAMPAIGNING_REPLICAS,
         }
     }
 }
@@ -383,6 +393,11 @@ impl NodeConfig {
         if quiet != 0 && !(QUIET_AFTER_MIN_MS..=QUIET_AFTER_MAX_MS).contains(&quiet) {
             return Err(format!(
                 "--quiet-after-ms must be 0 (never quiet) or {QUIET_AFTER_MIN_MS} to {QUIET_AFTER_MAX_MS}"
+            ));
+        }
+        if !(1..=MAX_CAMPAIGNING_REPLICAS_LIMIT).contains(&self.raft.max_campaigning_replicas) {
+            return Err(format!(
+                "--max-campaigning-replicas must be 1 to {MAX_CAMPAIGNING_REPLICAS_LIMIT}"
             ));
         }
         let in_flight = self.raft.batches_in_flight_per_peer;

@@ -33,6 +33,9 @@ pub enum NodeEvent {
     /// A group's leader confirmed a linearizable read (or a follower's read index): under
     /// its read lease, or by a quorum round.
     ReadConfirmed { lease: bool },
+    /// A replica that would campaign waits for one of the node's campaign slots
+    /// (`quiet::ration_campaigns`).
+    CampaignDeferred { group: GroupId },
     /// A replica stopped ticking (`quiet`), or started again and why.
     Quiet {
         group: GroupId,

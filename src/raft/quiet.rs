@@ -7,8 +7,8 @@
 //! a new leader, or a membership change wakes the group; so does a follower seeing its
 //! leader's node lost, which then campaigns as usual. A candidate's vote request (a new
 //! term with no leader yet) does not: the candidate's own timer keeps the election going,
-//! and waking its peers would have them campaign too. Elections that `tend` starts are
-//! rationed per pass ([`MAX_CAMPAIGN_WAKES_PER_PASS`]), first candidates first.
+//! and waking its peers would have them campaign too. At most a bounded number of a node's
+//! replicas campaign at once ([`ration_campaigns`]); the rest stop ticking until their turn.
 //!
 //! Quiet changes only timers. Votes, terms, appends and `ensure_linearizable` work the
 //! same, so "at most one leader per term" and linearizable reads do not depend on it.
@@ -60,9 +60,12 @@ pub struct LeaderHint {
 /// hinted node still reports leading the group. A lapsed hint names nobody to wait on:
 /// after a whole-cluster restart at 10,000 shards, a hint naming a candidate that could
 /// not win (its log one entry short) kept the two replicas with the whole log quiet
-/// behind it, and the group never elected a leader.
-pub fn leader_to_follow(believed: Option<u64>, hint: Option<LeaderHint>) -> Option<u64> {
-    believed.or(hint.filter(|h| h.current).map(|h| h.node))
+/// behind it, and the group never elected a leader. A `candidate` follows no hint: its
+/// term is past the hinted leader's, whose appends it refuses, so a quiet leader would
+/// never reach it (simulation `batch` seed 15: a replica cut off campaigned, and after
+/// the heal waited behind its quiet leader for good).
+pub fn leader_to_follow(believed: Option<u64>, hint: Option<LeaderHint>, candidate: bool) -> Option<u64> {
+    believed.or(hint.filter(|h| h.current && !candidate).map(|h| h.node))
 }
 
 /// How long a reopened replica that is not its group's first candidate waits for a
@@ -131,22 +134,54 @@ pub fn decide(inputs: &Inputs, quiet_after_ms: u64) -> Decision {
     }
 }
 
-/// Quiet replicas a node wakes into an election per `tend` pass, at most. Waking
-/// thousands at once (a whole-cluster restart, or the loss of a node that led thousands
-/// of quiet groups) floods every peer with votes that time out and start over: at 10,000
-/// shards a restart never settled. The rest wait for the next pass, half a second later.
-pub const MAX_CAMPAIGN_WAKES_PER_PASS: usize = 256;
+/// Replicas of one node that may campaign at once, by default (`--max-campaigning-replicas`).
+/// A campaign that cannot finish in time starts over on its own timer and our nudge, and
+/// every try costs each peer a vote request and a durable vote: after a whole-cluster
+/// restart at 10,000 shards, 15,000 leaderless replicas campaigning at once saturated the
+/// machine, every vote timed out, the placement driver lost its leader to the same
+/// timeouts, and no election succeeded for minutes. With a bound the load is a
+/// constant, and the rest wait their turn.
+pub const DEFAULT_MAX_CAMPAIGNING_REPLICAS: usize = 128;
 
-/// Which of the replicas that would wake into an election this pass may: at most
-/// `budget`, groups' first candidates before the others, each kind in the order given.
-pub fn ration_wakes(first_candidates: &[bool], budget: usize) -> Vec<bool> {
-    let mut woken = vec![false; first_candidates.len()];
-    let firsts = (0..first_candidates.len()).filter(|i| first_candidates[*i]);
-    let others = (0..first_candidates.len()).filter(|i| !first_candidates[*i]);
-    for i in firsts.chain(others).take(budget) {
-        woken[i] = true;
+/// How long a replica keeps its campaign slot while others wait for one: several
+/// election timeouts, so a slot is not taken away mid-campaign.
+pub const CAMPAIGN_SLOT_MS: u64 = 3_000;
+
+/// A replica that would campaign this pass (a voter that knows no leader, or follows a
+/// lost one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Campaign {
+    /// Active within the last [`CAMPAIGN_SLOT_MS`] (a request, or log growth): a client
+    /// may be waiting on it.
+    pub wanted: bool,
+    /// Its group's first candidate after a restart.
+    pub first_candidate: bool,
+    /// How long it has held a campaign slot; `None`: it holds none.
+    pub held_for_ms: Option<u64>,
+    /// When its last slot ended (ms on the node's clock; 0: never held one).
+    pub last_slot_ended_ms: u64,
+}
+
+/// Which replicas may campaign (tick) this pass: at most `budget`. In order: wanted ones,
+/// holders within their slot (a campaign is not cut short), groups' first candidates, then
+/// whoever waited longest since its last slot; a holder past its slot goes last, so a
+/// campaign that cannot win (a log too short) does not keep a slot from others for ever.
+pub fn ration_campaigns(campaigns: &[Campaign], budget: usize) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..campaigns.len()).collect();
+    order.sort_by_key(|i| {
+        let c = &campaigns[*i];
+        let in_slot = c.held_for_ms.is_some_and(|ms| ms < CAMPAIGN_SLOT_MS);
+        let waited_since = match c.held_for_ms {
+            Some(_) => u64::MAX,
+            None => c.last_slot_ended_ms,
+        };
+        (!c.wanted, !in_slot, !c.first_candidate, waited_since)
+    });
+    let mut chosen = vec![false; campaigns.len()];
+    for i in order.into_iter().take(budget) {
+        chosen[i] = true;
     }
-    woken
+    chosen
 }
 
 #[cfg(test)]
@@ -157,25 +192,110 @@ mod tests {
     fn a_reopened_replica_follows_only_a_current_hint() {
         let current = |node| Some(LeaderHint { node, current: true });
         let lapsed = |node| Some(LeaderHint { node, current: false });
-        assert_eq!(leader_to_follow(Some(2), None), Some(2));
+        assert_eq!(leader_to_follow(Some(2), None, false), Some(2));
         assert_eq!(
-            leader_to_follow(Some(2), current(3)),
+            leader_to_follow(Some(2), current(3), false),
             Some(2),
             "its own Raft state first"
         );
-        assert_eq!(leader_to_follow(Some(2), lapsed(2)), Some(2));
-        assert_eq!(leader_to_follow(None, current(3)), Some(3), "a reopened replica");
-        assert_eq!(leader_to_follow(None, lapsed(3)), None, "no longer reported");
-        assert_eq!(leader_to_follow(None, None), None);
+        assert_eq!(leader_to_follow(Some(2), lapsed(2), false), Some(2));
+        assert_eq!(leader_to_follow(None, current(3), false), Some(3), "a reopened replica");
+        assert_eq!(leader_to_follow(None, lapsed(3), false), None, "no longer reported");
+        assert_eq!(leader_to_follow(None, None, false), None);
+        assert_eq!(
+            leader_to_follow(None, current(3), true),
+            None,
+            "a candidate campaigns on"
+        );
+    }
+
+    fn waiting(last_slot_ended_ms: u64) -> Campaign {
+        Campaign {
+            wanted: false,
+            first_candidate: false,
+            held_for_ms: None,
+            last_slot_ended_ms,
+        }
     }
 
     #[test]
-    fn campaign_wakes_are_rationed_first_candidates_first() {
-        let wants = [false, true, false, true, true];
-        assert_eq!(ration_wakes(&wants, 2), [false, true, false, true, false]);
-        assert_eq!(ration_wakes(&wants, 4), [true, true, false, true, true]);
-        assert_eq!(ration_wakes(&wants, 9), [true; 5]);
-        assert_eq!(ration_wakes(&wants, 0), [false; 5]);
+    fn campaigns_are_rationed() {
+        let first = Campaign {
+            first_candidate: true,
+            ..waiting(0)
+        };
+        let wanted = Campaign {
+            wanted: true,
+            ..waiting(500)
+        };
+        let holder = Campaign {
+            held_for_ms: Some(1_000),
+            ..waiting(0)
+        };
+        let expired = Campaign {
+            held_for_ms: Some(CAMPAIGN_SLOT_MS),
+            ..waiting(0)
+        };
+        let all = [waiting(900), expired, waiting(100), first, holder, wanted];
+        assert_eq!(ration_campaigns(&all, 0), [false; 6]);
+        assert_eq!(
+            ration_campaigns(&all, 1),
+            [false, false, false, false, false, true],
+            "a waiting client first"
+        );
+        assert_eq!(
+            ration_campaigns(&all, 2),
+            [false, false, false, false, true, true],
+            "then a campaign in its slot"
+        );
+        assert_eq!(
+            ration_campaigns(&all, 3),
+            [false, false, false, true, true, true],
+            "then first candidates"
+        );
+        assert_eq!(
+            ration_campaigns(&all, 4),
+            [false, false, true, true, true, true],
+            "then the longest waiting"
+        );
+        assert_eq!(ration_campaigns(&all, 5), [true, false, true, true, true, true]);
+        assert_eq!(
+            ration_campaigns(&all, 6),
+            [true; 6],
+            "a holder past its slot keeps it if no one waits"
+        );
+    }
+
+    /// However many want to campaign, at most `budget` do, and each of them gets a turn:
+    /// replaying passes where winners drop out and nobody wins otherwise, every replica
+    /// holds a slot within a bounded number of passes.
+    #[test]
+    fn every_waiting_replica_gets_a_slot() {
+        let (budget, replicas, pass_ms) = (4, 20, 500);
+        let mut held_since: Vec<Option<u64>> = vec![None; replicas];
+        let mut ended = vec![0u64; replicas];
+        let mut ever = vec![false; replicas];
+        for pass in 1..=60u64 {
+            let now = pass * pass_ms;
+            let campaigns: Vec<Campaign> = (0..replicas)
+                .map(|i| Campaign {
+                    held_for_ms: held_since[i].map(|s| now - s),
+                    last_slot_ended_ms: ended[i],
+                    ..waiting(0)
+                })
+                .collect();
+            let chosen = ration_campaigns(&campaigns, budget);
+            assert!(chosen.iter().filter(|c| **c).count() <= budget);
+            for i in 0..replicas {
+                match (chosen[i], held_since[i]) {
+                    (true, None) => held_since[i] = Some(now),
+                    (false, Some(_)) => (held_since[i], ended[i]) = (None, now),
+                    _ => {}
+                }
+                ever[i] |= chosen[i];
+            }
+        }
+        assert!(ever.iter().all(|e| *e), "{ever:?}");
     }
 
     fn inputs(role: Role, idle_ms: u64) -> Inputs {

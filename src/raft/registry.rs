@@ -19,7 +19,7 @@ use super::log_store::{Flusher, LogStore};
 use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
 use super::quiet::{
-    decide, leader_to_follow, ration_wakes, Decision, Inputs, Liveness, NodeView, Role, MAX_CAMPAIGN_WAKES_PER_PASS,
+    decide, leader_to_follow, ration_campaigns, Campaign, Decision, Inputs, Liveness, NodeView, Role, CAMPAIGN_SLOT_MS,
 };
 use super::read_batch::{FollowerAcks, ReadBatcher};
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
@@ -57,6 +57,10 @@ pub struct Group<K: GroupKind> {
     vote_hold: Arc<AtomicBool>,
     active_at_ms: AtomicU64,
     seen_log_index: AtomicU64,
+    /// Since when this replica holds one of the node's campaign slots ([`NO_SLOT`]: it
+    /// holds none), and when its last slot ended (`quiet::ration_campaigns`).
+    campaign_since_ms: AtomicU64,
+    campaign_ended_ms: AtomicU64,
     clock: tokio::time::Instant,
     /// A snapshot-and-purge after a split is running (see `tend`).
     compacting: Arc<AtomicBool>,
@@ -126,6 +130,31 @@ impl<K: GroupKind> Group<K> {
         self.quiet.load(Ordering::Relaxed)
     }
 
+    /// Takes a campaign slot, or keeps the one it holds.
+    fn hold_campaign_slot(&self) {
+        let _ = self
+            .campaign_since_ms
+            .compare_exchange(NO_SLOT, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn release_campaign_slot(&self) {
+        if self.campaign_since_ms.swap(NO_SLOT, Ordering::Relaxed) != NO_SLOT {
+            self.campaign_ended_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    fn campaign(&self, first_candidate: bool, seen_active_at: u64) -> Campaign {
+        let now = self.now_ms();
+        let since = self.campaign_since_ms.load(Ordering::Relaxed);
+        Campaign {
+            // 0 is a reopened replica's "never active", not activity at the clock's start.
+            wanted: seen_active_at > 0 && now.saturating_sub(seen_active_at) < CAMPAIGN_SLOT_MS,
+            first_candidate,
+            held_for_ms: (since != NO_SLOT).then(|| now.saturating_sub(since)),
+            last_slot_ended_ms: self.campaign_ended_ms.load(Ordering::Relaxed),
+        }
+    }
+
     /// Applies `tend`'s decision. A touch since `seen_active_at` (what the decision was
     /// computed from) cancels going quiet. Under the lock, so the flag and openraft's
     /// tick always agree, whatever raced.
@@ -183,6 +212,9 @@ impl<K: GroupKind> Group<K> {
 /// How often the node runs [`Registry::tend`].
 pub const TEND_INTERVAL_MS: u64 = 500;
 
+/// `Group::campaign_since_ms` of a replica that holds no campaign slot.
+const NO_SLOT: u64 = u64::MAX;
+
 /// How long removing a replica waits for its state machine to finish the applies queued to
 /// it before deleting its data. Applies are bounded by local disk writes; this only keeps
 /// a wedged disk from holding replica creation and removal for ever.
@@ -201,6 +233,10 @@ pub struct RegistryConfig {
     pub planted_quiet_ignores_own_view: bool,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::LastingLeaderHints`.
     pub planted_lasting_leader_hints: bool,
+    /// Replicas of this node that may campaign at once (`quiet::ration_campaigns`).
+    pub max_campaigning_replicas: usize,
+    /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignSlotsWithoutWake`.
+    pub planted_campaign_slots_without_wake: bool,
 }
 
 /// Opens a group's state of kind `K` from the node's database.
@@ -493,6 +529,8 @@ impl<K: GroupKind> Registry<K> {
                 self.clock.elapsed().as_millis() as u64
             }),
             seen_log_index: AtomicU64::new(0),
+            campaign_since_ms: AtomicU64::new(NO_SLOT),
+            campaign_ended_ms: AtomicU64::new(0),
             clock: self.clock,
             compacting: Arc::new(AtomicBool::new(false)),
             state_machine_stopped: std::sync::Mutex::new(Some(state_machine_stopped)),
@@ -623,9 +661,9 @@ impl<K: GroupKind> Registry<K> {
     pub fn tend(&self, quiet: Option<(&dyn NodeView, u64)>) -> usize {
         let mut quiet_count = 0;
         let mut without_leader = 0;
-        let mut campaigns = Vec::new();
+        let mut campaigners = Vec::new();
         for group in self.all() {
-            let (inputs, seen_active_at, compact) = {
+            let (inputs, seen_active_at, compact, voter) = {
                 let m = group.raft.metrics();
                 let m = m.borrow();
                 let last_log = m.last_log_index.unwrap_or(0);
@@ -645,7 +683,7 @@ impl<K: GroupKind> Registry<K> {
                 let hint = view.filter(|v| v.fresh()).and_then(|v| v.leader_hint(group.id));
                 let leader = match self.config.planted_lasting_leader_hints {
                     true => m.current_leader.or(hint.map(|h| h.node)),
-                    false => leader_to_follow(m.current_leader, hint),
+                    false => leader_to_follow(m.current_leader, hint, m.state == ServerState::Candidate),
                 };
                 let role = match leader {
                     _ if leading => Role::Leader,
@@ -683,7 +721,12 @@ impl<K: GroupKind> Registry<K> {
                 }
                 without_leader += usize::from(!leading && leader.is_none());
                 let applied = m.last_applied.map_or(0, |l| l.index);
-                (inputs, seen_active_at, leading && m.snapshot.is_none() && applied >= 1)
+                (
+                    inputs,
+                    seen_active_at,
+                    leading && m.snapshot.is_none() && applied >= 1,
+                    voter,
+                )
             };
             if compact && group.view.range().is_some() && !group.compacting.swap(true, Ordering::AcqRel) {
                 let group = group.clone();
@@ -701,26 +744,55 @@ impl<K: GroupKind> Registry<K> {
                 Role::Follower if inputs.leader == Liveness::Lost => Wake::LeaderLost,
                 _ => Wake::Activity,
             };
-            // A quiet non-leader that wakes starts an election: those are rationed.
-            if decision == Decision::Active && group.is_quiet() && inputs.role != Role::Leader {
-                campaigns.push((group, why, seen_active_at, inputs.first_candidate));
+            // A ticking voter that knows no leader, or follows a lost one, campaigns:
+            // those are rationed.
+            let campaigns = decision == Decision::Active
+                && voter
+                && match inputs.role {
+                    Role::Leader => false,
+                    Role::Follower => inputs.leader == Liveness::Lost,
+                    Role::Other => true,
+                };
+            if campaigns {
+                campaigners.push((
+                    group.campaign(inputs.first_candidate, seen_active_at),
+                    group,
+                    why,
+                    seen_active_at,
+                ));
                 continue;
             }
+            group.release_campaign_slot();
             group.apply(decision, why, seen_active_at);
             quiet_count += usize::from(group.is_quiet());
         }
-        let firsts: Vec<bool> = campaigns.iter().map(|c| c.3).collect();
-        for ((group, why, seen_active_at, _), wake) in campaigns
-            .into_iter()
-            .zip(ration_wakes(&firsts, MAX_CAMPAIGN_WAKES_PER_PASS))
-        {
-            group.apply(
-                if wake { Decision::Active } else { Decision::Keep },
-                why,
-                seen_active_at,
-            );
+        let wants: Vec<Campaign> = campaigners.iter().map(|c| c.0).collect();
+        let chosen = ration_campaigns(&wants, self.config.max_campaigning_replicas);
+        let mut campaigning = 0;
+        for ((_, group, why, seen_active_at), chosen) in campaigners.into_iter().zip(chosen) {
+            if chosen {
+                group.hold_campaign_slot();
+                let wake = match self.config.planted_campaign_slots_without_wake {
+                    true => Decision::Keep,
+                    false => Decision::Active,
+                };
+                group.apply(wake, why, seen_active_at);
+                campaigning += 1;
+            } else {
+                // Stops its election timer (and with it the nudge) until its turn. A
+                // request since the decision keeps it ticking, as for any quiet decision.
+                group.release_campaign_slot();
+                group.apply(Decision::Quiet, why, seen_active_at);
+                self.config
+                    .probe
+                    .emit(|| NodeEvent::CampaignDeferred { group: group.id });
+            }
             quiet_count += usize::from(group.is_quiet());
         }
+        metrics::gauge!("midasflow_raft_campaigning_replicas", "node" => self.label.clone(), "kind" => K::NAME)
+            .set(campaigning as f64);
+        metrics::gauge!("midasflow_raft_campaigns_waiting", "node" => self.label.clone(), "kind" => K::NAME)
+            .set((wants.len() - campaigning) as f64);
         metrics::gauge!("midasflow_raft_groups_without_leader", "node" => self.label.clone(), "kind" => K::NAME)
             .set(without_leader as f64);
         quiet_count

@@ -236,6 +236,21 @@ async fn planted_batch_answers_out_of_order_is_caught_within_eight_seeds() {
     );
 }
 
+/// A replica handed a campaign slot must be woken: with the planted bug, the groups no
+/// client touches stay leaderless after a crash or partition in the batch scenario (many
+/// groups, one slot per node), and the liveness check sees it.
+#[tokio::test]
+async fn planted_campaign_slots_without_wake_is_caught_within_three_seeds() {
+    let _serial = serial().await;
+    assert_caught(
+        0..3,
+        "campaign-slots-without-wake",
+        "batch",
+        &["liveness: some group still had no leader"],
+        "rationed campaigns that never start",
+    );
+}
+
 /// The quiet scenario does what it is for: replicas go quiet, and wake both on requests
 /// and because their leader's node was lost. Its messages also share batches.
 #[tokio::test]
@@ -262,4 +277,9 @@ async fn the_quiet_scenario_quiets_groups_and_wakes_them() {
     for how in ["lease_reads", "round_reads"] {
         assert!(report[how].as_u64().unwrap_or(0) > 0, "no {how}: {report}");
     }
+    // One campaign slot per node: some replica that would have campaigned waited its turn.
+    assert!(
+        report["campaigns_deferred"].as_u64().unwrap_or(0) > 0,
+        "no campaign waited for a slot: {report}"
+    );
 }
