@@ -162,20 +162,31 @@ pub struct Campaign {
     pub last_slot_ended_ms: u64,
 }
 
-/// Which replicas may campaign (tick) this pass: at most `budget`. In order: wanted ones,
-/// holders within their slot (a campaign is not cut short), groups' first candidates, then
-/// whoever waited longest since its last slot; a holder past its slot goes last, so a
-/// campaign that cannot win (a log too short) does not keep a slot from others for ever.
+/// Which replicas may campaign (tick) this pass: at most `budget`. A holder past its slot
+/// goes last, so a campaign that cannot win (a log too short: its voters refuse it without
+/// taking its term, so nothing ever stops it) does not keep a slot from others for ever.
+/// Before it: wanted ones (a client waits on them: they beat idle groups for as long as
+/// they wait), holders within their slot (a campaign is not cut short), groups' first
+/// candidates on their first slot, then whoever waited longest since its last slot (ties,
+/// replicas that never held one, in the order given).
 pub fn ration_campaigns(campaigns: &[Campaign], budget: usize) -> Vec<bool> {
     let mut order: Vec<usize> = (0..campaigns.len()).collect();
     order.sort_by_key(|i| {
         let c = &campaigns[*i];
+        let expired = c.held_for_ms.is_some_and(|ms| ms >= CAMPAIGN_SLOT_MS);
         let in_slot = c.held_for_ms.is_some_and(|ms| ms < CAMPAIGN_SLOT_MS);
+        let never_held = c.held_for_ms.is_none() && c.last_slot_ended_ms == 0;
         let waited_since = match c.held_for_ms {
             Some(_) => u64::MAX,
             None => c.last_slot_ended_ms,
         };
-        (!c.wanted, !in_slot, !c.first_candidate, waited_since)
+        (
+            expired,
+            !c.wanted,
+            !in_slot,
+            !(c.first_candidate && never_held),
+            waited_since,
+        )
     });
     let mut chosen = vec![false; campaigns.len()];
     for i in order.into_iter().take(budget) {
@@ -264,6 +275,60 @@ mod tests {
             [true; 6],
             "a holder past its slot keeps it if no one waits"
         );
+        let first_again = Campaign {
+            first_candidate: true,
+            ..waiting(2_000)
+        };
+        assert_eq!(
+            ration_campaigns(&[waiting(1_000), first_again], 1),
+            [true, false],
+            "a first candidate's priority is for its first slot"
+        );
+        let wanted_expired = Campaign {
+            wanted: true,
+            first_candidate: true,
+            ..expired
+        };
+        assert_eq!(
+            ration_campaigns(&[wanted_expired, waiting(0)], 1),
+            [false, true],
+            "past its slot, even a wanted first candidate goes last"
+        );
+    }
+
+    /// Campaigns that can never win (first candidates with a log too short: no voter takes
+    /// their term, so nothing stops them) fill every slot, and a plain waiter must still
+    /// get one, or a group whose winners wait behind them on every node never elects.
+    #[test]
+    fn campaigns_that_cannot_win_do_not_starve_the_rest() {
+        let budget = 2;
+        // (held since, last slot ended) of each campaign that cannot win.
+        let mut hogs: Vec<(Option<u64>, u64)> = vec![(None, 0); budget];
+        for pass in 1..=30u64 {
+            let now = pass * 500;
+            let mut campaigns: Vec<Campaign> = hogs
+                .iter()
+                .map(|(since, ended)| Campaign {
+                    first_candidate: true,
+                    held_for_ms: since.map(|s| now - s),
+                    last_slot_ended_ms: *ended,
+                    ..waiting(0)
+                })
+                .collect();
+            campaigns.push(waiting(0));
+            let chosen = ration_campaigns(&campaigns, budget);
+            if chosen[budget] {
+                return;
+            }
+            for (hog, chosen) in hogs.iter_mut().zip(&chosen) {
+                match (chosen, hog.0) {
+                    (true, None) => hog.0 = Some(now),
+                    (false, Some(_)) => *hog = (None, now),
+                    _ => {}
+                }
+            }
+        }
+        panic!("the waiter never got a slot");
     }
 
     /// However many want to campaign, at most `budget` do, and each of them gets a turn:
