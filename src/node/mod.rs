@@ -532,7 +532,9 @@ impl Node {
             }
             if let Some(pd) = self.pd.get(PD_GROUP) {
                 if pd.is_leader() {
-                    match crate::raft::await_write(pd.raft.metrics(), pd.raft.client_write(command.clone())).await {
+                    match crate::raft::await_write(pd.raft.server_metrics(), pd.raft.client_write(command.clone()))
+                        .await
+                    {
                         Ok(Ok(resp)) => tracing::info!(result = ?resp.data, "bootstrap proposed"),
                         Ok(Err(e)) => tracing::debug!(error = %e, "bootstrap proposal failed"),
                         Err(_) => tracing::debug!("bootstrap proposal's outcome lost with the leadership"),

@@ -92,7 +92,7 @@ pub async fn propose<H: PdHost>(node: &H, command: PdCommand) -> Result<PdResult
         .pd_replica()
         .filter(|g| g.is_leader())
         .ok_or_else(|| "this node does not lead the placement driver".to_string())?;
-    match crate::raft::await_write(pd.raft.metrics(), pd.raft.client_write(command)).await {
+    match crate::raft::await_write(pd.raft.server_metrics(), pd.raft.client_write(command)).await {
         Ok(Ok(response)) => response.data.ok_or_else(|| "an empty reply".to_string()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("this node lost the placement driver's leadership; the outcome is unknown".to_string()),

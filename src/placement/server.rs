@@ -329,7 +329,7 @@ fn propose_once<H: PdHost>(host: &H, pd: Arc<PdGroup>, node: NodeId, command: Pd
     }
     let state = host.pd_server().state.clone();
     tokio::spawn(async move {
-        match crate::raft::await_write(pd.raft.metrics(), pd.raft.client_write(command)).await {
+        match crate::raft::await_write(pd.raft.server_metrics(), pd.raft.client_write(command)).await {
             Ok(Ok(resp)) => tracing::info!(node, result = ?resp.data, "recorded a member"),
             Ok(Err(e)) => {
                 tracing::debug!(node, error = %e, "member record not committed; retried on the next heartbeat")

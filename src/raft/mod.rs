@@ -105,8 +105,11 @@ pub struct OutcomeLost {
     pub leader: Option<u64>,
 }
 
-/// What openraft publishes about a replica.
-pub type Metrics = tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>;
+/// What openraft publishes about a replica's role: its vote, state, leader and
+/// membership. Unlike `Raft::metrics()`, which openraft sends after every pass of its
+/// loop (several times per entry), this changes only when one of those does, so a task
+/// waiting on it is not woken per entry.
+pub type ServerMetrics = tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<u64, BasicNode>>;
 
 /// Awaits `write`, a `client_write` proposed on the replica `metrics` describes, but not
 /// forever. openraft 0.9 answers a write when its entry is applied on this replica or
@@ -117,14 +120,15 @@ pub type Metrics = tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, Basic
 /// the term it proposed in, the write has [`LOST_LEADERSHIP_GRACE_MS`] more to resolve;
 /// after that its outcome is unknown to the caller, who must not propose it again.
 pub async fn await_write<T>(
-    mut metrics: Metrics,
+    mut metrics: ServerMetrics,
     write: impl std::future::Future<Output = T>,
 ) -> Result<T, OutcomeLost> {
-    let term = metrics.borrow().current_term;
-    let leading_in_term =
-        |m: &openraft::RaftMetrics<u64, BasicNode>| m.current_term == term && m.state == openraft::ServerState::Leader;
+    let term = metrics.borrow().vote.leader_id.term;
+    let leading_in_term = |m: &openraft::metrics::RaftServerMetrics<u64, BasicNode>| {
+        m.vote.leader_id.term == term && m.state == openraft::ServerState::Leader
+    };
     tokio::pin!(write);
-    while leading_in_term(&metrics.borrow()) {
+    while leading_in_term(&metrics.borrow_and_update()) {
         tokio::select! {
             biased;
             out = &mut write => return Ok(out),
@@ -149,16 +153,18 @@ pub async fn await_write<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{RaftMetrics, ServerState};
+    use openraft::metrics::RaftServerMetrics;
+    use openraft::{ServerState, Vote};
     use std::time::Duration;
     use tokio::sync::{oneshot, watch};
 
-    fn leader(term: u64) -> RaftMetrics<u64, BasicNode> {
-        RaftMetrics {
-            current_term: term,
+    fn leader(term: u64) -> RaftServerMetrics<u64, BasicNode> {
+        RaftServerMetrics {
+            id: 1,
+            vote: Vote::new_committed(term, 1),
             state: ServerState::Leader,
             current_leader: Some(1),
-            ..RaftMetrics::new_initial(1)
+            ..Default::default()
         }
     }
 
@@ -179,7 +185,7 @@ mod tests {
         let waiting = tokio::spawn(await_write(rx.clone(), answered));
         tokio::task::yield_now().await;
         tx.send_modify(|m| {
-            m.current_term = 4;
+            m.vote = Vote::new(4, 2);
             m.state = ServerState::Follower;
             m.current_leader = Some(2);
         });
@@ -192,7 +198,7 @@ mod tests {
         let (_answer, answered) = oneshot::channel::<u8>();
         let waiting = tokio::spawn(await_write(rx.clone(), answered));
         tokio::task::yield_now().await;
-        tx.send_modify(|m| m.current_term = 6);
+        tx.send_modify(|m| m.vote = Vote::new(6, 3));
         tokio::time::sleep(Duration::from_millis(LOST_LEADERSHIP_GRACE_MS + 1)).await;
         assert!(waiting.is_finished(), "no answer past the grace: given up");
         let lost = waiting.await.unwrap().unwrap_err();

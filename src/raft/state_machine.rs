@@ -4,11 +4,12 @@
 //! Layout in the `sm` tree, all under the group's 8-byte prefix: `0x00` the applied log id
 //! and membership, owned here; `0xff` the redo record of the last apply call, owned here;
 //! every other tag belongs to the kind's state. An apply call writes its redo record, then
-//! the state's changes and the new applied log id one by one; a crash in between is
-//! finished from the redo record at the next start, so the state and its applied index
-//! always agree (splits and snapshot installs use one atomic sled batch instead). sled is
-//! not flushed per apply:
-//! the log is the source of truth, and after a crash openraft re-applies from the applied
+//! the state's changes one by one; a crash in between is finished from the redo record at
+//! the next start, so the state and its applied index always agree (splits and snapshot
+//! installs use one atomic sled batch instead). Values each call rewrites in full (the
+//! applied log id, a kind's totals) live only in the redo record until the next start or
+//! atomic commit writes them under their keys ([`WriteBatch::insert_summary`]). sled is
+//! not flushed per apply: the log is the source of truth, and after a crash openraft re-applies from the applied
 //! index sled kept. Snapshots live in the `snapshots` tree and are flushed (with the state
 //! they were taken from) before openraft may purge the log they cover.
 
@@ -54,11 +55,24 @@ const REDO_FORMAT: u8 = 1;
 #[derive(Default)]
 pub struct WriteBatch {
     ops: Vec<(sled::IVec, Option<sled::IVec>)>,
+    /// Values every apply call writes again in full: see [`Self::insert_summary`].
+    summaries: Vec<(sled::IVec, sled::IVec)>,
 }
 
 impl WriteBatch {
     pub fn insert(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
         self.ops.push((key.into(), Some(value.into())));
+    }
+
+    /// Writes a value that every apply call of the group writes again in full (the
+    /// applied log id, a kind's running totals). An ordinary apply call keeps it in its
+    /// redo record only, not under its own key: the next start makes the last redo record
+    /// again before anything reads the key, and the redo record of each call holds the
+    /// value as of that call. That saves two sled inserts per apply call, which at one
+    /// write per entry were half of the state machine's sled writes. An atomic commit
+    /// (split, snapshot install) writes it under its key and drops the redo record.
+    pub fn insert_summary(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
+        self.summaries.push((key.into(), value.into()));
     }
 
     pub fn remove(&mut self, key: impl Into<sled::IVec>) {
@@ -67,15 +81,16 @@ impl WriteBatch {
 
     /// The writes as a redo record: format byte, then per write a `u32` LE key length,
     /// the key, and either `0` (a removal) or `1`, a `u32` LE value length and the value.
+    /// Summaries are encoded as ordinary writes after the others.
     fn encode_redo(&self) -> Vec<u8> {
-        let len: usize = self
-            .ops
-            .iter()
-            .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, |v| v.len()))
-            .sum();
+        let writes = || {
+            let summaries = self.summaries.iter().map(|(k, v)| (k, Some(v)));
+            self.ops.iter().map(|(k, v)| (k, v.as_ref())).chain(summaries)
+        };
+        let len: usize = writes().map(|(k, v)| 9 + k.len() + v.map_or(0, |v| v.len())).sum();
         let mut out = Vec::with_capacity(1 + len);
         out.push(REDO_FORMAT);
-        for (key, value) in &self.ops {
+        for (key, value) in writes() {
             out.extend_from_slice(&(key.len() as u32).to_le_bytes());
             out.extend_from_slice(key);
             match value {
@@ -124,7 +139,8 @@ impl WriteBatch {
         Ok(batch)
     }
 
-    /// Makes the writes one by one, in order.
+    /// Makes the writes one by one, in order, but not the summaries (kept in the redo
+    /// record).
     fn write_each(self, sm: &sled::Tree) -> sled::Result<()> {
         for (key, value) in self.ops {
             match value {
@@ -143,6 +159,9 @@ impl WriteBatch {
                 Some(value) => batch.insert(key, value),
                 None => batch.remove(key),
             }
+        }
+        for (key, value) in self.summaries {
+            batch.insert(key, value);
         }
         sm.apply_batch(batch)
     }
@@ -188,7 +207,8 @@ pub trait GroupState<K: GroupKind<State = Self>>: Sized + Send + Sync + 'static 
     fn is_barrier(_command: &Cmd<K>) -> bool {
         false
     }
-    /// Adds the changes held since the last commit to `batch`.
+    /// Adds the changes held since the last commit to `batch`: a value rewritten in full
+    /// by every call (a running total) as a summary ([`WriteBatch::insert_summary`]).
     fn stage(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError>;
     /// Called once the batch is committed: publish the new state to the view.
     fn committed(&mut self);
@@ -375,7 +395,7 @@ impl<K: GroupKind> StateMachineStore<K> {
     /// [`finish_interrupted_apply`] completes a call a crash cut short.
     fn write(&mut self, mut batch: WriteBatch, atomic: bool) -> Result<(), StorageError> {
         self.state.stage(&mut batch)?;
-        batch.insert(
+        batch.insert_summary(
             state_key(self.group, TAG_APPLIED, &[]),
             codec::encode(&self.meta).map_err(storage_io_error)?,
         );
@@ -591,14 +611,20 @@ mod tests {
         batch.remove(&b"b"[..]);
         batch.insert(&b""[..], &b""[..]);
         batch.insert(vec![7u8; 300], vec![9u8; 70_000]);
+        batch.insert_summary(&b"s"[..], &b"total"[..]);
         batch
     }
 
+    /// The summaries come back as ordinary writes after the others, so the start's replay
+    /// makes them under their keys.
     #[test]
     fn a_redo_record_gives_back_the_writes_in_order() {
         let batch = sample();
         let decoded = WriteBatch::decode_redo(&batch.encode_redo()).unwrap();
-        assert_eq!(decoded.ops, batch.ops);
+        let mut expected = batch.ops.clone();
+        expected.extend(batch.summaries.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
+        assert_eq!(decoded.ops, expected);
+        assert!(decoded.summaries.is_empty());
     }
 
     /// A damaged redo record fails the replica's start with an error, never a panic or a
@@ -610,7 +636,7 @@ mod tests {
             if WriteBatch::decode_redo(&bytes[..cut]).is_ok() {
                 // A cut exactly between two writes is a shorter valid record.
                 let decoded = WriteBatch::decode_redo(&bytes[..cut]).unwrap();
-                assert!(decoded.ops.len() < 4, "cut at {cut}");
+                assert!(decoded.ops.len() < 5, "cut at {cut}");
             }
         }
         assert!(WriteBatch::decode_redo(&[]).is_err());

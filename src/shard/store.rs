@@ -93,7 +93,7 @@ impl Proposer for ShardProposer {
             if planted_unbounded_wait {
                 return write_outcome(raft.client_write(command).await, count);
             }
-            match crate::raft::await_write(raft.metrics(), raft.client_write(command)).await {
+            match crate::raft::await_write(raft.server_metrics(), raft.client_write(command)).await {
                 Ok(written) => write_outcome(written, count),
                 Err(lost) => Err(Unknown::LeaderChanged(lost.leader)),
             }
@@ -592,7 +592,7 @@ impl GroupState<ShardKind> for ShardState {
             let bytes = codec::encode(&record).map_err(storage_io_error)?;
             batch.insert(state_key(self.group, TAG_RECORD, &key), bytes);
         }
-        batch.insert(
+        batch.insert_summary(
             state_key(self.group, TAG_SHARD_META, &[]),
             codec::encode(&self.meta).map_err(storage_io_error)?,
         );
@@ -721,7 +721,7 @@ mod tests {
                 undone += 1;
             }
         }
-        assert_eq!(undone, 4, "two records, the shard's meta and the applied meta");
+        assert_eq!(undone, 2, "two records (the metas are in the redo record only)");
         finish_interrupted_apply(&db, 7).unwrap();
         let reopened = ShardState::open(&db, 7, false).unwrap();
         let versions: Vec<u64> = [&b"a"[..], b"b"]
@@ -746,6 +746,30 @@ mod tests {
             Some(1),
             "the applied index is committed with the batch"
         );
+    }
+
+    /// The shard's meta and the applied log id are kept in each apply call's redo record,
+    /// not under their own keys, until the next start makes the last redo record again:
+    /// the reopened replica has the last call's totals and applied index.
+    #[tokio::test]
+    async fn the_metas_of_the_last_apply_call_come_back_from_its_redo_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let mut sm = store(&db, dir.path());
+        sm.apply(vec![put(1, b"a")]).await.unwrap();
+        sm.apply(vec![put(2, b"b"), put(3, b"c")]).await.unwrap();
+        drop(sm);
+        let tree = db.open_tree("sm").unwrap();
+        assert_eq!(
+            tree.get(state_key(7, TAG_SHARD_META, &[])).unwrap(),
+            None,
+            "an ordinary apply call does not write the meta under its key"
+        );
+        finish_interrupted_apply(&db, 7).unwrap();
+        let reopened = ShardState::open(&db, 7, false).unwrap();
+        assert_eq!(reopened.meta.live_keys, 3);
+        let (applied, _) = store(&db, dir.path()).applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(3));
     }
 
     #[test]
