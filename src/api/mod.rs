@@ -440,7 +440,7 @@ async fn cluster(State(node): State<Arc<Api>>) -> impl IntoResponse {
         .values()
         .map(|n| {
             let shards = map.shards_on(n.id).count();
-            let leaders = view.leader_hints.values().filter(|l| **l == n.id).count();
+            let leaders = view.leader_hints.values().filter(|(l, _)| *l == n.id).count();
             let incarnation = map.incarnations.get(&n.id).map(|i| crate::identity::hex(*i));
             json!({"id": n.id, "addr": n.addr, "state": node.node_state(n.id, n.state), "shards": shards, "leaders": leaders, "incarnation": incarnation})
         })

@@ -48,7 +48,8 @@ pub const PD_STALE_AFTER_MS: u64 = 5_000;
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
     pub pd_leader: Option<NodeId>,
-    pub leader_hints: BTreeMap<GroupId, NodeId>,
+    /// Each group's leader as the PD last heard of it, and its term then.
+    pub leader_hints: BTreeMap<GroupId, (NodeId, u64)>,
     /// Hints whose leader no longer reports leading the group: routing may still try
     /// them, a quiet replica does not follow them.
     pub lapsed_hints: std::collections::BTreeSet<GroupId>,
@@ -170,7 +171,7 @@ impl Node {
         if let Some(leader) = self.local_leader(group) {
             return Some(leader);
         }
-        if let Some(hint) = self.view.read().unwrap().leader_hints.get(&group) {
+        if let Some((hint, _)) = self.view.read().unwrap().leader_hints.get(&group) {
             return Some(*hint);
         }
         self.map().shards.get(&group).and_then(|s| s.replicas.first().copied())
@@ -730,8 +731,9 @@ impl NodeView for Node {
 
     fn leader_hint(&self, group: u64) -> Option<LeaderHint> {
         let view = self.view.read().unwrap();
-        view.leader_hints.get(&group).map(|node| LeaderHint {
-            node: *node,
+        view.leader_hints.get(&group).map(|&(node, term)| LeaderHint {
+            node,
+            term,
             current: !view.lapsed_hints.contains(&group),
         })
     }

@@ -77,7 +77,8 @@ pub struct HeartbeatReply {
     pub redirect: Option<String>,
     pub pd_leader: NodeId,
     pub map: Option<ClusterMap>,
-    pub leader_hints: BTreeMap<GroupId, NodeId>,
+    /// Each group's leader as last reported, and the term it reported leading in.
+    pub leader_hints: BTreeMap<GroupId, (NodeId, u64)>,
     /// Milliseconds since the PD leader last heard from each node.
     pub last_seen_ms: BTreeMap<NodeId, u64>,
     /// Groups whose hinted leader's latest heartbeat no longer lists them (see
@@ -274,7 +275,7 @@ pub fn handle_heartbeat<H: PdHost>(host: &H, hb: &Heartbeat) -> Result<Option<He
         redirect: None,
         pd_leader: host.node_id(),
         map: (map.revision > hb.revision).then(|| (*map).clone()),
-        leader_hints: state.leader_hints.iter().map(|(g, (n, _))| (*g, *n)).collect(),
+        leader_hints: state.leader_hints.clone(),
         last_seen_ms: last_seen_ms(&state, &map, now),
         lapsed_hints: state.lapsed_hints.clone(),
     }))

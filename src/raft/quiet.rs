@@ -51,21 +51,24 @@ pub trait NodeView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaderHint {
     pub node: u64,
+    /// The term the node reported leading the group in.
+    pub term: u64,
     /// The node's latest heartbeat still lists the group among those it leads.
     pub current: bool,
 }
 
-/// The leader a replica may wait on quietly: the one its Raft state names (`believed`),
-/// or, when that names none (a reopened replica), the placement driver's hint while the
-/// hinted node still reports leading the group. A lapsed hint names nobody to wait on:
-/// after a whole-cluster restart at 10,000 shards, a hint naming a candidate that could
-/// not win (its log one entry short) kept the two replicas with the whole log quiet
-/// behind it, and the group never elected a leader. A `candidate` follows no hint: its
-/// term is past the hinted leader's, whose appends it refuses, so a quiet leader would
-/// never reach it (simulation `batch` seed 15: a replica cut off campaigned, and after
-/// the heal waited behind its quiet leader for good).
-pub fn leader_to_follow(believed: Option<u64>, hint: Option<LeaderHint>, candidate: bool) -> Option<u64> {
-    believed.or(hint.filter(|h| h.current && !candidate).map(|h| h.node))
+/// The leader a replica at `term` may wait on quietly: the one its Raft state names
+/// (`believed`), or, when that names none (a reopened replica), the placement driver's
+/// hint while the hinted node still reports leading the group in a term no older than the
+/// replica's. A lapsed hint names nobody to wait on: after a whole-cluster restart at
+/// 10,000 shards, a hint naming a candidate that could not win (its log one entry short)
+/// kept the two replicas with the whole log quiet behind it, and the group never elected
+/// a leader. A hint from an older term names a leader whose appends the replica refuses,
+/// so a quiet leader would never reach it: a replica cut off that campaigned (simulation
+/// `batch` seed 15), or one that voted for a candidate that then lost, would wait behind
+/// its quiet leader for good.
+pub fn leader_to_follow(believed: Option<u64>, hint: Option<LeaderHint>, term: u64) -> Option<u64> {
+    believed.or(hint.filter(|h| h.current && h.term >= term).map(|h| h.node))
 }
 
 /// How long a reopened replica that is not its group's first candidate waits for a
@@ -201,22 +204,39 @@ mod tests {
 
     #[test]
     fn a_reopened_replica_follows_only_a_current_hint() {
-        let current = |node| Some(LeaderHint { node, current: true });
-        let lapsed = |node| Some(LeaderHint { node, current: false });
-        assert_eq!(leader_to_follow(Some(2), None, false), Some(2));
+        let current = |node| {
+            Some(LeaderHint {
+                node,
+                term: 5,
+                current: true,
+            })
+        };
+        let lapsed = |node| {
+            Some(LeaderHint {
+                node,
+                term: 5,
+                current: false,
+            })
+        };
+        assert_eq!(leader_to_follow(Some(2), None, 5), Some(2));
         assert_eq!(
-            leader_to_follow(Some(2), current(3), false),
+            leader_to_follow(Some(2), current(3), 5),
             Some(2),
             "its own Raft state first"
         );
-        assert_eq!(leader_to_follow(Some(2), lapsed(2), false), Some(2));
-        assert_eq!(leader_to_follow(None, current(3), false), Some(3), "a reopened replica");
-        assert_eq!(leader_to_follow(None, lapsed(3), false), None, "no longer reported");
-        assert_eq!(leader_to_follow(None, None, false), None);
+        assert_eq!(leader_to_follow(Some(2), lapsed(2), 5), Some(2));
+        assert_eq!(leader_to_follow(None, current(3), 5), Some(3), "a reopened replica");
         assert_eq!(
-            leader_to_follow(None, current(3), true),
+            leader_to_follow(None, current(3), 4),
+            Some(3),
+            "a replica behind the leader's term"
+        );
+        assert_eq!(leader_to_follow(None, lapsed(3), 5), None, "no longer reported");
+        assert_eq!(leader_to_follow(None, None, 5), None);
+        assert_eq!(
+            leader_to_follow(None, current(3), 6),
             None,
-            "a candidate campaigns on"
+            "a replica past the leader's term (it campaigned, or voted for a candidate that lost) refuses its appends"
         );
     }
 

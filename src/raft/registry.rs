@@ -233,6 +233,8 @@ pub struct RegistryConfig {
     pub planted_quiet_ignores_own_view: bool,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::LastingLeaderHints`.
     pub planted_lasting_leader_hints: bool,
+    /// Planted bug (simulation only): see `crate::node::PlantedBug::HintsOfAnyTerm`.
+    pub planted_hints_of_any_term: bool,
     /// Replicas of this node that may campaign at once (`quiet::ration_campaigns`).
     pub max_campaigning_replicas: usize,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignSlotsWithoutWake`.
@@ -681,9 +683,12 @@ impl<K: GroupKind> Registry<K> {
                 // After a restart the vote comes back uncommitted: no leader is known until
                 // the leader speaks, which a quiet one does not. The PD knows who leads.
                 let hint = view.filter(|v| v.fresh()).and_then(|v| v.leader_hint(group.id));
-                let leader = match self.config.planted_lasting_leader_hints {
-                    true => m.current_leader.or(hint.map(|h| h.node)),
-                    false => leader_to_follow(m.current_leader, hint, m.state == ServerState::Candidate),
+                let leader = if self.config.planted_lasting_leader_hints {
+                    m.current_leader.or(hint.map(|h| h.node))
+                } else if self.config.planted_hints_of_any_term {
+                    leader_to_follow(m.current_leader, hint, 0)
+                } else {
+                    leader_to_follow(m.current_leader, hint, m.current_term)
                 };
                 let role = match leader {
                     _ if leading => Role::Leader,

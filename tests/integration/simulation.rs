@@ -251,6 +251,21 @@ async fn planted_campaign_slots_without_wake_is_caught_within_three_seeds() {
     );
 }
 
+/// A replica whose term passed its quiet leader's must not wait on the placement driver's
+/// hint for that leader: with the planted bug, the replica cut off in `batch` seed 15
+/// campaigned, and after the heal it waits behind a leader whose appends it refuses.
+#[tokio::test]
+async fn planted_hints_of_any_term_is_caught_at_batch_seed_15() {
+    let _serial = serial().await;
+    assert_caught(
+        15..16,
+        "hints-of-any-term",
+        "batch",
+        &["liveness:"],
+        "a replica waiting behind a leader of an older term",
+    );
+}
+
 /// The quiet scenario does what it is for: replicas go quiet, and wake both on requests
 /// and because their leader's node was lost. Its messages also share batches.
 #[tokio::test]
