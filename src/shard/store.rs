@@ -656,6 +656,8 @@ mod tests {
         let files = DurableFiles::open(dir).unwrap();
         let (wal, _) = Wal::open(&dir.join("raft-log"), SEGMENT_BYTES_DEFAULT).unwrap();
         let flusher = Flusher::start(db.clone(), files, Arc::new(wal), FlushMode::Inline, "t".into());
+        // As the registry opens a replica.
+        finish_interrupted_apply(db, 7).unwrap();
         let state = ShardState::open(db, 7, false).unwrap();
         StateMachineStore::open(db, 7, state, flusher, "t".into(), Probe::new(1, None)).unwrap()
     }
@@ -840,7 +842,9 @@ mod tests {
             sm
         };
         drop(sm);
+        finish_interrupted_apply(&db, 7).unwrap();
         let mut state = ShardState::open(&db, 7, false).unwrap();
+        assert_eq!(state.meta.live_keys, 20, "reopened as a replica is");
         let view = state.view();
         let at = view.median_key_hash(1024).expect("a split point");
         let upper = keys.iter().find(|k| key_hash(k) >= at).unwrap();
