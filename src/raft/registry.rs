@@ -80,16 +80,20 @@ pub enum Wake {
     LeaderLost,
     /// Log growth, or a leader, term or membership change.
     Activity,
+    /// A replica that knows no leader was given one of the node's campaign slots (its
+    /// turn to campaign after waiting, see `quiet::ration_campaigns`).
+    CampaignSlot,
 }
 
 impl Wake {
-    pub const ALL: [Wake; 3] = [Wake::Request, Wake::LeaderLost, Wake::Activity];
+    pub const ALL: [Wake; 4] = [Wake::Request, Wake::LeaderLost, Wake::Activity, Wake::CampaignSlot];
 
     pub fn name(self) -> &'static str {
         match self {
             Wake::Request => "request",
             Wake::LeaderLost => "leader_lost",
             Wake::Activity => "activity",
+            Wake::CampaignSlot => "campaign_slot",
         }
     }
 }
@@ -780,6 +784,12 @@ impl<K: GroupKind> Registry<K> {
                 let wake = match self.config.planted_campaign_slots_without_wake {
                     true => Decision::Keep,
                     false => Decision::Active,
+                };
+                // A follower of a lost leader keeps its reason; a leaderless replica's
+                // turn is not activity, so slot rotation stays apart in the counters.
+                let why = match why {
+                    Wake::Activity => Wake::CampaignSlot,
+                    other => other,
                 };
                 group.apply(wake, why, seen_active_at);
                 campaigning += 1;

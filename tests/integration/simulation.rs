@@ -292,9 +292,14 @@ async fn the_quiet_scenario_quiets_groups_and_wakes_them() {
     for how in ["lease_reads", "round_reads"] {
         assert!(report[how].as_u64().unwrap_or(0) > 0, "no {how}: {report}");
     }
-    // One campaign slot per node: some replica that would have campaigned waited its turn.
+    // One campaign slot per node: some replica that would have campaigned waited its turn,
+    // and some got it (counted as its own wake-up reason, not as activity).
     assert!(
         report["campaigns_deferred"].as_u64().unwrap_or(0) > 0,
         "no campaign waited for a slot: {report}"
+    );
+    assert!(
+        report["wakeups"]["campaign_slot"].as_u64().unwrap_or(0) > 0,
+        "no replica woken for its campaign slot: {report}"
     );
 }
