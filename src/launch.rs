@@ -128,6 +128,7 @@ async fn check_identity(
             let answer = post_internal::<IdentityQuery, IdentityAnswer>(
                 client,
                 addr,
+                None,
                 "/internal/identity",
                 credentials,
                 query,

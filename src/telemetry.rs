@@ -37,7 +37,7 @@ use Kind::{Counter, Gauge, Histogram};
 pub const PROPOSAL_FAILURE_REASONS: [&str; 3] = ["leader_changed", "timeout", "error"];
 
 /// Why an internal RPC is refused (`midasflow_rpc_rejected_total{reason}`).
-pub const RPC_REJECT_REASONS: [&str; 3] = ["missing_identity", "wrong_cluster", "wrong_incarnation"];
+pub const RPC_REJECT_REASONS: [&str; 4] = ["missing_identity", "wrong_cluster", "wrong_incarnation", "misdirected"];
 
 /// Operator types and outcomes (`midasflow_pd_operators_*_total{type, outcome}`), as
 /// `OperatorKind::name` and the executor's outcome words spell them.

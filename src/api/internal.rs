@@ -32,7 +32,9 @@ use crate::node::{Heartbeat, MAX_HEARTBEAT_BODY_BYTES, MAX_VOTE_BODY_BYTES, SNAP
 use crate::placement::PD_GROUP;
 use crate::raft::batch::{self, BatchItem, ItemAnswer, RaftOp};
 use crate::raft::membership::AdminRequest;
-use crate::raft::network::{CLUSTER_HEADER, ELECTION_TIMEOUTS_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER};
+use crate::raft::network::{
+    CLUSTER_HEADER, ELECTION_TIMEOUTS_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER, TARGET_HEADER,
+};
 use crate::raft::read_batch::{Confirmed, ReadRefused};
 use crate::raft::registry::{Group, Registry, RegistryError, Wake};
 use crate::raft::state_machine::check_snapshot_data;
@@ -147,6 +149,20 @@ fn check_sender(node: &Api, request: &Request) -> Result<Sender, ApiError> {
                     identity::hex(*known)
                 ),
             ));
+        }
+    }
+    // Meant for another node: this address has changed hands (a node replaced on the same
+    // host and port under a new id). Answering would let the sender count this node's
+    // answer (an accepted append, a vote) as the other's.
+    if let Some(to) = header(TARGET_HEADER) {
+        let me = node.config.node_id;
+        if to.parse::<u64>().ok() != Some(me) {
+            metrics::counter!("midasflow_rpc_rejected_total", "node" => node.label(), "reason" => "misdirected")
+                .increment(1);
+            tracing::warn!(sender, to, "refused an internal request meant for another node");
+            return Err(ApiError::misdirected(format!(
+                "node {sender} sent this to node {to:?}; this is node {me}"
+            )));
         }
     }
     Ok(Sender {

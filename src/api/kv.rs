@@ -529,7 +529,7 @@ async fn read_on_follower(
         return fallback(&"no address for the leader");
     };
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let index = match node.shards.read_index(&addr, group.id, remaining).await {
+    let index = match node.shards.read_index(leader, &addr, group.id, remaining).await {
         Ok(index) => index,
         Err(e) => return fallback(&e),
     };

@@ -312,6 +312,7 @@ impl Node {
             let answer = post_internal::<Heartbeat, HeartbeatReply>(
                 self.shards.client(),
                 &addr,
+                None,
                 "/internal/pd/heartbeat",
                 self.shards.credentials(),
                 hb,

@@ -118,6 +118,7 @@ pub async fn admin<H: PdHost>(
     post_internal(
         node.client(),
         &addr,
+        Some(target),
         &membership::admin_path(group),
         node.credentials(),
         &request,

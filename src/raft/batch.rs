@@ -270,6 +270,9 @@ struct Queued {
     reply: oneshot::Sender<Result<ItemAnswer, TransportError>>,
 }
 
+/// Queues to peers: by node id, then address.
+type PeerQueues = HashMap<u64, HashMap<String, mpsc::Sender<Queued>>>;
+
 /// The node's batching sender, shared by every group of every kind.
 #[derive(Clone)]
 pub struct RaftSender {
@@ -284,14 +287,16 @@ struct Inner {
     /// peer accepts (its limit adds [`MAX_FRAMING_BYTES`]).
     max_batch_bytes: usize,
     batches_in_flight: usize,
-    /// Each lane's queue to each peer (indexed by [`Lane::index`]).
-    peers: [Mutex<HashMap<String, mpsc::Sender<Queued>>>; 3],
+    /// Each lane's queue to each peer, by node id, then address (indexed by
+    /// [`Lane::index`]). The id is part of the key: a batch names the node it is meant
+    /// for, and an address may come to belong to another node.
+    peers: [Mutex<PeerQueues>; 3],
     metrics: SenderMetrics,
     /// This node's election timeouts: a read lease counts on a follower only if its own
     /// are at least these.
     election_timeouts: ElectionTimeouts,
-    /// What each peer said in its latest batch answer (`ELECTION_TIMEOUTS_HEADER`).
-    peer_timeouts: Mutex<HashMap<String, ElectionTimeouts>>,
+    /// What each peer node said in its latest batch answer (`ELECTION_TIMEOUTS_HEADER`).
+    peer_timeouts: Mutex<HashMap<u64, ElectionTimeouts>>,
 }
 
 /// Handles of the metrics of Raft messages this node sends, made once.
@@ -340,11 +345,11 @@ impl RaftSender {
         }
     }
 
-    /// Whether the peer at `addr` said, in its latest batch answer, that its election
-    /// timeouts are at least this node's (see `ELECTION_TIMEOUTS_HEADER`).
-    pub fn times_like_this_node(&self, addr: &str) -> bool {
+    /// Whether node `peer` said, in its latest batch answer, that its election timeouts
+    /// are at least this node's (see `ELECTION_TIMEOUTS_HEADER`).
+    pub fn times_like_this_node(&self, peer: u64) -> bool {
         let said = self.inner.peer_timeouts.lock().unwrap_or_else(|e| e.into_inner());
-        said.get(addr)
+        said.get(&peer)
             .is_some_and(|t| t.at_least(&self.inner.election_timeouts))
     }
 
@@ -360,11 +365,17 @@ impl RaftSender {
         &self.inner.metrics
     }
 
-    /// Sends one message to the peer at `addr` in the next batch, and waits for its answer
-    /// (the caller bounds the wait; `timeout` bounds the batch request carrying it).
-    pub async fn call(&self, addr: &str, item: BatchItem, timeout: Duration) -> Result<ItemAnswer, TransportError> {
+    /// Sends one message to node `to` at `addr` in the next batch, and waits for its
+    /// answer (the caller bounds the wait; `timeout` bounds the batch request carrying it).
+    pub async fn call(
+        &self,
+        to: u64,
+        addr: &str,
+        item: BatchItem,
+        timeout: Duration,
+    ) -> Result<ItemAnswer, TransportError> {
         let (reply, answer) = oneshot::channel();
-        self.enqueue(addr, Queued { item, timeout, reply })?;
+        self.enqueue(to, addr, Queued { item, timeout, reply })?;
         answer.await.unwrap_or_else(|_| {
             Err(TransportError::Io {
                 addr: addr.to_string(),
@@ -373,16 +384,17 @@ impl RaftSender {
         })
     }
 
-    fn enqueue(&self, addr: &str, queued: Queued) -> Result<(), TransportError> {
+    fn enqueue(&self, to: u64, addr: &str, queued: Queued) -> Result<(), TransportError> {
         let lane = Lane::of(&queued.item);
         let mut peers = self.inner.peers[lane.index()].lock().unwrap();
+        let peer = peers.entry(to).or_default();
         // Looked up by `&str` first: no allocation per message on the hot path.
-        if !peers.contains_key(addr) {
+        if !peer.contains_key(addr) {
             let (tx, rx) = mpsc::channel(MAX_QUEUED_PER_PEER);
-            tokio::spawn(run_peer(self.inner.clone(), lane, addr.to_string(), rx));
-            peers.insert(addr.to_string(), tx);
+            tokio::spawn(run_peer(self.inner.clone(), lane, to, addr.to_string(), rx));
+            peer.insert(addr.to_string(), tx);
         }
-        peers[addr].try_send(queued).map_err(|e| TransportError::Io {
+        peer[addr].try_send(queued).map_err(|e| TransportError::Io {
             addr: addr.to_string(),
             message: match e {
                 mpsc::error::TrySendError::Full(_) => {
@@ -395,7 +407,7 @@ impl RaftSender {
 }
 
 /// One peer's sender: takes what is queued, a batch at a time, within the in-flight bound.
-async fn run_peer(inner: Arc<Inner>, lane: Lane, addr: String, mut queue: mpsc::Receiver<Queued>) {
+async fn run_peer(inner: Arc<Inner>, lane: Lane, to: u64, addr: String, mut queue: mpsc::Receiver<Queued>) {
     let in_flight = Arc::new(Semaphore::new(inner.batches_in_flight));
     let returned = Arc::new(Notify::new());
     let idle = Duration::from_millis(PEER_IDLE_EXIT_MS);
@@ -415,7 +427,12 @@ async fn run_peer(inner: Arc<Inner>, lane: Lane, addr: String, mut queue: mpsc::
                     // this lock, so no message can slip in between the check and removal.
                     let mut peers = inner.peers[lane.index()].lock().unwrap();
                     if queue.is_empty() {
-                        peers.remove(&addr);
+                        if let Some(peer) = peers.get_mut(&to) {
+                            peer.remove(&addr);
+                            if peer.is_empty() {
+                                peers.remove(&to);
+                            }
+                        }
                         return;
                     }
                     continue;
@@ -444,47 +461,61 @@ async fn run_peer(inner: Arc<Inner>, lane: Lane, addr: String, mut queue: mpsc::
         }
         let (inner, addr, returned) = (inner.clone(), addr.clone(), returned.clone());
         tokio::spawn(async move {
-            send_batch(inner, addr, batch, permit).await;
+            send_batch(inner, to, addr, batch, permit).await;
             returned.notify_waiters();
         });
     }
 }
 
-async fn send_batch(inner: Arc<Inner>, addr: String, batch: Vec<Queued>, _permit: tokio::sync::OwnedSemaphorePermit) {
+async fn send_batch(
+    inner: Arc<Inner>,
+    to: u64,
+    addr: String,
+    batch: Vec<Queued>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let timeout = batch.iter().map(|q| q.timeout).max().unwrap_or_default();
     let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.item, q.reply)).unzip();
     inner.metrics.batches.increment(1);
     inner.metrics.batched_messages.increment(items.len() as u64);
     inner.probe.emit(|| NodeEvent::RaftBatch { messages: items.len() });
     let body = encode_request(&items);
-    let answers = post_bytes(&inner.client, &addr, BATCH_PATH, &inner.credentials, body, timeout)
-        .await
-        .and_then(|answer| {
-            // Before the answers go out: they are what a lease counts.
-            let said = answer
-                .headers()
-                .get(ELECTION_TIMEOUTS_HEADER)
-                .and_then(|v| ElectionTimeouts::parse(v.to_str().ok()?));
-            let mut peers = inner.peer_timeouts.lock().unwrap_or_else(|e| e.into_inner());
-            match said {
-                Some(timeouts) => peers.insert(addr.clone(), timeouts),
-                None => peers.remove(&addr),
-            };
-            drop(peers);
-            decode_response(answer.into_body())
-                .map_err(|e| e.to_string())
-                .and_then(|answers| {
-                    if answers.len() == replies.len() {
-                        Ok(answers)
-                    } else {
-                        Err(format!("{} answers to {} messages", answers.len(), replies.len()))
-                    }
-                })
-                .map_err(|message| TransportError::Decode {
-                    addr: addr.clone(),
-                    message,
-                })
-        });
+    let answers = post_bytes(
+        &inner.client,
+        &addr,
+        Some(to),
+        BATCH_PATH,
+        &inner.credentials,
+        body,
+        timeout,
+    )
+    .await
+    .and_then(|answer| {
+        // Before the answers go out: they are what a lease counts.
+        let said = answer
+            .headers()
+            .get(ELECTION_TIMEOUTS_HEADER)
+            .and_then(|v| ElectionTimeouts::parse(v.to_str().ok()?));
+        let mut peers = inner.peer_timeouts.lock().unwrap_or_else(|e| e.into_inner());
+        match said {
+            Some(timeouts) => peers.insert(to, timeouts),
+            None => peers.remove(&to),
+        };
+        drop(peers);
+        decode_response(answer.into_body())
+            .map_err(|e| e.to_string())
+            .and_then(|answers| {
+                if answers.len() == replies.len() {
+                    Ok(answers)
+                } else {
+                    Err(format!("{} answers to {} messages", answers.len(), replies.len()))
+                }
+            })
+            .map_err(|message| TransportError::Decode {
+                addr: addr.clone(),
+                message,
+            })
+    });
     match answers {
         Ok(answers) => {
             for (reply, answer) in replies.into_iter().zip(answers) {
@@ -609,17 +640,17 @@ mod tests {
         for group in 1..=3 {
             let (sender, addr) = (sender.clone(), addr.clone());
             shards.push(tokio::spawn(async move {
-                sender.call(&addr, item(group, RaftOp::Append, b"shard"), held).await
+                sender.call(2, &addr, item(group, RaftOp::Append, b"shard"), held).await
             }));
         }
         // The shards' first batch is out and held: the lane's one batch in flight.
         held_rx.recv().await.unwrap();
         let pd_wait = Duration::from_secs(30);
-        let answer = tokio::time::timeout(pd_wait, sender.call(&addr, item(0, RaftOp::Vote, b"pd"), pd_wait))
+        let answer = tokio::time::timeout(pd_wait, sender.call(2, &addr, item(0, RaftOp::Vote, b"pd"), pd_wait))
             .await
             .expect("the PD's vote waited behind the shards' batch");
         assert_eq!(answer.unwrap(), ItemAnswer::Ok(Bytes::from_static(b"pd")));
-        let read_index = sender.call(&addr, item(2, RaftOp::ReadIndex, b"read"), pd_wait);
+        let read_index = sender.call(2, &addr, item(2, RaftOp::ReadIndex, b"read"), pd_wait);
         let answer = tokio::time::timeout(pd_wait, read_index)
             .await
             .expect("the read index waited behind the shards' batch");
@@ -670,7 +701,7 @@ mod tests {
             max_ms: 600,
         };
         let sender = RaftSender::new(client, credentials, Probe::default(), 1 << 20, 1, ours);
-        assert!(!sender.times_like_this_node(&addr), "nothing heard yet");
+        assert!(!sender.times_like_this_node(2), "nothing heard yet");
         let cases = [
             (Some("300,600"), true),
             (Some("300,500"), false),
@@ -682,10 +713,10 @@ mod tests {
         for (value, counts) in cases {
             *says.lock().unwrap() = value.map(str::to_string);
             let answer = sender
-                .call(&addr, item(1, RaftOp::Append, b"x"), Duration::from_secs(30))
+                .call(2, &addr, item(1, RaftOp::Append, b"x"), Duration::from_secs(30))
                 .await;
             assert!(answer.is_ok());
-            assert_eq!(sender.times_like_this_node(&addr), counts, "a peer saying {value:?}");
+            assert_eq!(sender.times_like_this_node(2), counts, "a peer saying {value:?}");
         }
         server.abort();
     }

@@ -288,6 +288,7 @@ async fn transfer_leader<K: GroupKind>(
         let asked: Result<AdminReply, _> = post_internal(
             registry.client(),
             to_addr,
+            Some(to),
             &admin_path(group.id),
             registry.credentials(),
             &AdminRequest::Elect {

@@ -35,6 +35,11 @@ pub const SECRET_HEADER: &str = "x-midasflow-secret";
 pub const NODE_HEADER: &str = "x-midasflow-node";
 pub const INCARNATION_HEADER: &str = "x-midasflow-incarnation";
 pub const CLUSTER_HEADER: &str = "x-midasflow-cluster";
+/// The node id a Raft message is meant for. An address can come to belong to another
+/// node (a node replaced by a new one on the same host and port, under a new id); the
+/// receiver refuses what was meant for an id other than its own, so a leader never counts
+/// the new node's answer as the old node's.
+pub const TARGET_HEADER: &str = "x-midasflow-to";
 /// Header on a Raft batch's answer: the answering node's election timeouts,
 /// `{min},{max}` in ms. Its maximum is how long it refuses votes after accepting a
 /// leader's append; its minimum, how soon a candidate of its tries again. A leader's read
@@ -205,6 +210,7 @@ pub async fn send(
 pub async fn post_internal<Req: Serialize, Resp: DeserializeOwned>(
     client: &HttpClient,
     addr: &str,
+    to: Option<u64>,
     path: &str,
     credentials: &Credentials,
     body: &Req,
@@ -215,26 +221,31 @@ pub async fn post_internal<Req: Serialize, Resp: DeserializeOwned>(
         message,
     };
     let body = codec::encode(body).map_err(|e| decode_error(e.to_string()))?;
-    let answer = post_bytes(client, addr, path, credentials, Bytes::from(body), timeout).await?;
+    let answer = post_bytes(client, addr, to, path, credentials, Bytes::from(body), timeout).await?;
     codec::decode(answer.body()).map_err(|e| decode_error(e.to_string()))
 }
 
-/// POSTs bytes to another node's internal route with this node's credentials; anything
-/// but 200 is an error carrying the start of the peer's answer.
+/// POSTs bytes to another node's internal route with this node's credentials, meant for
+/// node `to` when given ([`TARGET_HEADER`]); anything but 200 is an error carrying the
+/// start of the peer's answer.
 pub async fn post_bytes(
     client: &HttpClient,
     addr: &str,
+    to: Option<u64>,
     path: &str,
     credentials: &Credentials,
     body: Bytes,
     timeout: Duration,
 ) -> Result<hyper::Response<Bytes>, TransportError> {
-    let builder = credentials.add_to(
+    let mut builder = credentials.add_to(
         hyper::Request::builder()
             .method(Method::POST)
             .uri(client.url(addr, path))
             .header(hyper::header::CONTENT_TYPE, "application/octet-stream"),
     );
+    if let Some(to) = to {
+        builder = builder.header(TARGET_HEADER, to);
+    }
     let request = builder.body(Full::new(body)).map_err(|e| TransportError::Decode {
         addr: addr.to_string(),
         message: e.to_string(),
@@ -313,7 +324,7 @@ impl<K> GroupNetwork<K> {
                 op,
                 body: Bytes::from(body),
             };
-            match self.sender.call(&self.addr, item, timeout).await? {
+            match self.sender.call(self.target, &self.addr, item, timeout).await? {
                 ItemAnswer::Ok(body) => codec::decode(&body).map_err(|e| TransportError::Decode {
                     addr: self.addr.clone(),
                     message: e.to_string(),
@@ -340,7 +351,7 @@ impl<K> GroupNetwork<K> {
         let (client, credentials) = (self.sender.client(), self.sender.credentials());
         Self::outcome(
             self.target,
-            post_internal(client, &self.addr, &path, credentials, rpc, timeout).await,
+            post_internal(client, &self.addr, Some(self.target), &path, credentials, rpc, timeout).await,
         )
     }
 
@@ -383,7 +394,7 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
                 | AppendEntriesResponse::PartialSuccess(_)
                 | AppendEntriesResponse::Conflict)
         );
-        if self.sender.times_like_this_node(&self.addr) {
+        if self.sender.times_like_this_node(self.target) {
             if accepted {
                 self.acks.record(self.target, term, sent);
             }

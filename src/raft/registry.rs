@@ -328,16 +328,21 @@ impl<K: GroupKind> Registry<K> {
         &self.db
     }
 
-    /// Asks the peer at `addr` (believed to lead `group`) for a read index: the log index
-    /// a replica must have applied to answer a linearizable read that began before this
-    /// call. It travels in the peer's next batch of read-index requests.
-    pub async fn read_index(&self, addr: &str, group: GroupId, timeout: Duration) -> Result<u64, String> {
+    /// Asks node `leader` at `addr` (believed to lead `group`) for a read index: the log
+    /// index a replica must have applied to answer a linearizable read that began before
+    /// this call. It travels in the peer's next batch of read-index requests.
+    pub async fn read_index(&self, leader: u64, addr: &str, group: GroupId, timeout: Duration) -> Result<u64, String> {
         let item = BatchItem {
             group,
             op: RaftOp::ReadIndex,
             body: bytes::Bytes::new(),
         };
-        match self.sender.call(addr, item, timeout).await.map_err(|e| e.to_string())? {
+        match self
+            .sender
+            .call(leader, addr, item, timeout)
+            .await
+            .map_err(|e| e.to_string())?
+        {
             ItemAnswer::Ok(body) => body
                 .as_ref()
                 .try_into()

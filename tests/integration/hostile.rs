@@ -170,9 +170,33 @@ async fn hostile_internal_requests_change_nothing_and_crash_nothing() {
         "x-midasflow-secret: {SECRET}\r\nx-midasflow-node: 99\r\nx-midasflow-incarnation: {:032x}\r\n",
         1u128
     );
+    // Node 2 is asked; a message naming another node as its target is not for it.
+    let meant_for_3 = format!("{with_secret}x-midasflow-to: 3\r\n");
+    let meant_for_2 = format!("{with_secret}x-midasflow-to: 2\r\n");
     let addr = cluster.addrs[&2].clone();
     let cases: Vec<(&str, String, &str, Vec<u8>, u16)> = vec![
         ("no secret", "/internal/pd/heartbeat".into(), "", vec![1, 2, 3], 401),
+        (
+            "a batch meant for another node",
+            BATCH_PATH.into(),
+            &meant_for_3,
+            vec![1],
+            421,
+        ),
+        (
+            "an append meant for another node",
+            "/internal/raft/1/append".into(),
+            &meant_for_3,
+            append(None, vec![put_entry(HIGH_TERM, 0, 8)], None),
+            421,
+        ),
+        (
+            "garbage meant for this node",
+            BATCH_PATH.into(),
+            &meant_for_2,
+            vec![1],
+            400,
+        ),
         (
             "wrong secret",
             "/internal/raft/1/append".into(),
