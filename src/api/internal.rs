@@ -117,6 +117,24 @@ fn check_sender(node: &Api, request: &Request) -> Result<Sender, ApiError> {
             "no sender node id or incarnation".into(),
         ));
     };
+    // Meant for another node: this address has changed hands (a node replaced on the same
+    // host and port under a new id). Answering would let the sender count this node's
+    // answer (an accepted append, a vote) as the other's. Checked before the sender's
+    // identity: a node that was not addressed does not judge it (a `wrong_incarnation`
+    // verdict stops the sender for good).
+    if let Some(raw) = request.headers().get(TARGET_HEADER) {
+        let me = node.config.node_id;
+        // Present but unreadable counts as meant for someone else, never as absent.
+        if raw.to_str().ok().and_then(|to| to.parse::<u64>().ok()) != Some(me) {
+            metrics::counter!("midasflow_rpc_rejected_total", "node" => node.label(), "reason" => "misdirected")
+                .increment(1);
+            let to = String::from_utf8_lossy(raw.as_bytes());
+            tracing::warn!(sender, %to, "refused an internal request meant for another node");
+            return Err(ApiError::misdirected(format!(
+                "node {sender} sent this to node {to:?}; this is node {me}"
+            )));
+        }
+    }
     let theirs = match header(CLUSTER_HEADER) {
         None => None,
         Some(text) => Some(
@@ -149,20 +167,6 @@ fn check_sender(node: &Api, request: &Request) -> Result<Sender, ApiError> {
                     identity::hex(*known)
                 ),
             ));
-        }
-    }
-    // Meant for another node: this address has changed hands (a node replaced on the same
-    // host and port under a new id). Answering would let the sender count this node's
-    // answer (an accepted append, a vote) as the other's.
-    if let Some(to) = header(TARGET_HEADER) {
-        let me = node.config.node_id;
-        if to.parse::<u64>().ok() != Some(me) {
-            metrics::counter!("midasflow_rpc_rejected_total", "node" => node.label(), "reason" => "misdirected")
-                .increment(1);
-            tracing::warn!(sender, to, "refused an internal request meant for another node");
-            return Err(ApiError::misdirected(format!(
-                "node {sender} sent this to node {to:?}; this is node {me}"
-            )));
         }
     }
     Ok(Sender {

@@ -173,6 +173,7 @@ async fn hostile_internal_requests_change_nothing_and_crash_nothing() {
     // Node 2 is asked; a message naming another node as its target is not for it.
     let meant_for_3 = format!("{with_secret}x-midasflow-to: 3\r\n");
     let meant_for_2 = format!("{with_secret}x-midasflow-to: 2\r\n");
+    let meant_for_nobody = format!("{with_secret}x-midasflow-to: two\r\n");
     let addr = cluster.addrs[&2].clone();
     let cases: Vec<(&str, String, &str, Vec<u8>, u16)> = vec![
         ("no secret", "/internal/pd/heartbeat".into(), "", vec![1, 2, 3], 401),
@@ -188,6 +189,13 @@ async fn hostile_internal_requests_change_nothing_and_crash_nothing() {
             "/internal/raft/1/append".into(),
             &meant_for_3,
             append(None, vec![put_entry(HIGH_TERM, 0, 8)], None),
+            421,
+        ),
+        (
+            "a batch with an unreadable target",
+            BATCH_PATH.into(),
+            &meant_for_nobody,
+            vec![1],
             421,
         ),
         (
