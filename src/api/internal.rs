@@ -91,9 +91,14 @@ fn authorize(node: &Api, request: &Request) -> Result<(), ApiError> {
 /// Why a peer's request was refused on identity, as counted in
 /// `midasflow_rpc_rejected_total{reason}`.
 fn reject(node: &Api, reason: &'static str, message: String) -> ApiError {
+    count_rejection(node, reason, &message);
+    ApiError::forbidden(reason, message)
+}
+
+/// Counts and logs a refused internal request (`midasflow_rpc_rejected_total{reason}`).
+fn count_rejection(node: &Api, reason: &'static str, message: &str) {
     metrics::counter!("midasflow_rpc_rejected_total", "node" => node.label(), "reason" => reason).increment(1);
     tracing::warn!(reason, "refused an internal request: {message}");
-    ApiError::forbidden(reason, message)
 }
 
 /// Who sent an internal request, as its headers say and [`check_sender`] verified.
@@ -126,13 +131,10 @@ fn check_sender(node: &Api, request: &Request) -> Result<Sender, ApiError> {
         let me = node.config.node_id;
         // Present but unreadable counts as meant for someone else, never as absent.
         if raw.to_str().ok().and_then(|to| to.parse::<u64>().ok()) != Some(me) {
-            metrics::counter!("midasflow_rpc_rejected_total", "node" => node.label(), "reason" => "misdirected")
-                .increment(1);
             let to = String::from_utf8_lossy(raw.as_bytes());
-            tracing::warn!(sender, %to, "refused an internal request meant for another node");
-            return Err(ApiError::misdirected(format!(
-                "node {sender} sent this to node {to:?}; this is node {me}"
-            )));
+            let message = format!("node {sender} sent this to node {to:?}; this is node {me}");
+            count_rejection(node, "misdirected", &message);
+            return Err(ApiError::misdirected(message));
         }
     }
     let theirs = match header(CLUSTER_HEADER) {
