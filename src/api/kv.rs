@@ -1,5 +1,6 @@
 //! `/v1/kv/...`: reads and writes, served on the shard leader or forwarded to it.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use tokio::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
@@ -235,11 +236,8 @@ async fn parse_call(
 
 pub async fn handle(State(node): State<Arc<Api>>, request: Request) -> Response {
     let method = request.method().clone();
-    let path_and_query = request
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
+    // A shared clone (no copy): only a forwarded request needs it.
+    let uri = request.uri().clone();
     // The body is read (bounded in size and time) before a permit is taken: a client that
     // sends slowly holds only its own connection, never a slot other clients need.
     let (call, headers, body, _body_budget) = match parse_call(&node, request).await {
@@ -255,7 +253,7 @@ pub async fn handle(State(node): State<Arc<Api>>, request: Request) -> Response 
     };
     let forward = Forward {
         method,
-        path_and_query,
+        uri,
         headers,
         body,
     };
@@ -278,9 +276,15 @@ pub(super) fn forwarded_hops(headers: &HeaderMap) -> u32 {
 /// What is needed to replay the request on another node.
 pub(super) struct Forward {
     pub method: Method,
-    pub path_and_query: String,
+    pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl Forward {
+    fn path_and_query(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
 }
 
 enum Attempt {
@@ -577,7 +581,8 @@ fn write_response(op: &KvOp, shard: GroupId, result: KvResult) -> Response {
     match result {
         KvResult::Written { version } => {
             let mut response = axum::Json(json!({"key": key, "version": version, "shard": shard})).into_response();
-            set_version_headers(response.headers_mut(), version, shard);
+            set_version_headers(response.headers_mut(), version);
+            response.headers_mut().insert("x-shard", HeaderValue::from(shard));
             response
         }
         KvResult::Deleted { version } => {
@@ -594,13 +599,23 @@ fn write_response(op: &KvOp, shard: GroupId, result: KvResult) -> Response {
     }
 }
 
-fn set_version_headers(headers: &mut HeaderMap, version: u64, shard: GroupId) {
+/// `X-Version` and its `ETag`.
+fn set_version_headers(headers: &mut HeaderMap, version: u64) {
     headers.insert("x-version", HeaderValue::from(version));
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
-        headers.insert(header::ETAG, etag);
+    // `"` + at most 20 digits + `"`, written on the stack: one allocation, not two.
+    let mut etag = [0u8; 22];
+    let mut cursor = &mut etag[..];
+    if write!(cursor, "\"{version}\"").is_ok() {
+        let written = 22 - cursor.len();
+        if let Ok(value) = HeaderValue::from_bytes(&etag[..written]) {
+            headers.insert(header::ETAG, value);
+        }
     }
-    headers.insert("x-shard", HeaderValue::from(shard));
 }
+
+/// Headers of a value read's response: content type and length, version, ETag, shard,
+/// applied index and routing version.
+const VALUE_RESPONSE_HEADERS: usize = 7;
 
 /// Whether requests check the replica's range (off only for the planted bug that skips it).
 fn range_checked(node: &Api) -> bool {
@@ -657,18 +672,27 @@ async fn serve_local(
     linearizable: bool,
     range_checked: bool,
 ) -> Result<Option<Response>, ApiError> {
-    let Some((applied, record)) = read_applied(group, call.key(), range_checked)? else {
+    let Some((applied, mut record)) = read_applied(group, call.key(), range_checked)? else {
         return Ok(None);
     };
     let mut response = match call {
         KvCall::Read { version, .. } => match read(record.as_ref(), *version) {
-            ReadOutcome::Value { version, value } => {
-                let mut response = Response::new(Body::from(value.to_vec()));
+            ReadOutcome::Value { version, .. } => {
+                // The record is ours: its value becomes the body without a copy.
+                let value = record
+                    .as_mut()
+                    .and_then(|r| r.versions.iter_mut().find(|v| v.version == version))
+                    .map(|v| std::mem::take(&mut v.value))
+                    .unwrap_or_default();
+                let mut response = Response::new(Body::from(value));
+                // Room for every header this response gets (ours, the routing version and
+                // the content length): the map is allocated once, not grown twice.
+                response.headers_mut().reserve(VALUE_RESPONSE_HEADERS);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/octet-stream"),
                 );
-                set_version_headers(response.headers_mut(), version, group.id);
+                set_version_headers(response.headers_mut(), version);
                 response
             }
             ReadOutcome::NotFound => ApiError::not_found("key not found").into_response(),
@@ -741,7 +765,7 @@ pub(super) async fn forward_to(
     })?;
     let mut builder = hyper::Request::builder()
         .method(forward.method.clone())
-        .uri(node.shards.client().url(&addr, &forward.path_and_query))
+        .uri(node.shards.client().url(&addr, forward.path_and_query()))
         .header(HOPS_HEADER, hops);
     for name in FORWARDED_HEADERS {
         if let Some(value) = forward.headers.get(&name) {

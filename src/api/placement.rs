@@ -44,7 +44,7 @@ where
         .ok_or_else(|| ApiError::unavailable("the placement driver has no known leader; retry"))?;
     let forward = Forward {
         method: parts.method,
-        path_and_query: parts.uri.path_and_query().map_or_else(String::new, |p| p.to_string()),
+        uri: parts.uri,
         headers: parts.headers,
         body,
     };

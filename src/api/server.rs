@@ -72,7 +72,10 @@ pub async fn serve(
             };
             let service =
                 TowerToHyperService::new(router.map_request(move |mut request: axum::extract::Request<_>| {
-                    request.extensions_mut().insert(peer);
+                    // Absent means unverified: most connections add nothing (no allocation).
+                    if peer.client_cert_verified {
+                        request.extensions_mut().insert(peer);
+                    }
                     request
                 }));
             let mut builder = hyper::server::conn::http1::Builder::new();
