@@ -576,18 +576,32 @@ fn proposal_failed(node: &Api, reason: &'static str) {
     metrics::counter!("midasflow_raft_proposals_failed_total", "node" => node.label(), "reason" => reason).increment(1);
 }
 
+/// The body of a write's answer. Fields in name order, as the JSON maps elsewhere print
+/// them; serialized straight from the struct, without building a JSON value first.
+#[derive(serde::Serialize)]
+struct WriteReply<'a> {
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+    key: std::borrow::Cow<'a, str>,
+    shard: GroupId,
+    version: u64,
+}
+
 fn write_response(op: &KvOp, shard: GroupId, result: KvResult) -> Response {
-    let key = String::from_utf8_lossy(op.key()).into_owned();
+    let reply = |version, deleted| WriteReply {
+        deleted,
+        key: String::from_utf8_lossy(op.key()),
+        shard,
+        version,
+    };
     match result {
         KvResult::Written { version } => {
-            let mut response = axum::Json(json!({"key": key, "version": version, "shard": shard})).into_response();
+            let mut response = axum::Json(reply(version, false)).into_response();
             set_version_headers(response.headers_mut(), version);
             response.headers_mut().insert("x-shard", HeaderValue::from(shard));
             response
         }
-        KvResult::Deleted { version } => {
-            axum::Json(json!({"key": key, "version": version, "deleted": true, "shard": shard})).into_response()
-        }
+        KvResult::Deleted { version } => axum::Json(reply(version, true)).into_response(),
         KvResult::PreconditionFailed { current } => {
             let mut response =
                 ApiError::precondition_failed(format!("the key's current version is {current}")).into_response();
@@ -890,6 +904,30 @@ mod tests {
     /// The stale-read finding: the record was loaded before the applied index, so an
     /// apply in between made `X-Applied-Index` claim a state newer than the value read.
     /// Here version N is what index N holds: the index returned must not exceed it.
+    /// The reply struct prints what the JSON value it replaced printed, byte for byte.
+    #[test]
+    fn write_replies_keep_their_json() {
+        let written = WriteReply {
+            deleted: false,
+            key: "k\u{fffd}1".into(),
+            shard: 7,
+            version: 3,
+        };
+        let deleted = WriteReply {
+            deleted: true,
+            key: written.key.clone(),
+            ..written
+        };
+        assert_eq!(
+            serde_json::to_string(&written).unwrap(),
+            serde_json::to_string(&json!({"key": "k\u{fffd}1", "version": 3, "shard": 7})).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_string(&deleted).unwrap(),
+            serde_json::to_string(&json!({"key": "k\u{fffd}1", "version": 3, "deleted": true, "shard": 7})).unwrap()
+        );
+    }
+
     #[test]
     fn stale_read_index_never_claims_more_than_was_read() {
         let state = ApplyingMeanwhile(std::cell::Cell::new(5));
