@@ -249,13 +249,15 @@ impl Node {
 
     fn heartbeat(&self) -> Heartbeat {
         let credentials = self.shards.credentials();
-        let pd_led = self.pd.all().into_iter().filter(|g| g.is_leader()).map(|g| LedGroup {
-            group: g.id,
-            term: g.term(),
-            keys: 0,
-            bytes: 0,
-            ops_total: 0,
-            split_at: None,
+        let pd_led = self.pd.all().into_iter().filter_map(|g| {
+            g.leading_term().map(|term| LedGroup {
+                group: g.id,
+                term,
+                keys: 0,
+                bytes: 0,
+                ops_total: 0,
+                split_at: None,
+            })
         });
         Heartbeat {
             node_id: self.config.node_id,
@@ -268,14 +270,15 @@ impl Node {
                 .shards
                 .all()
                 .iter()
-                .filter(|g| g.is_leader())
-                .map(|g| LedGroup {
-                    group: g.id,
-                    term: g.term(),
-                    keys: g.view.live_keys(),
-                    bytes: g.view.live_bytes(),
-                    ops_total: g.view.ops_served(),
-                    split_at: self.split_point(g),
+                .filter_map(|g| {
+                    g.leading_term().map(|term| LedGroup {
+                        group: g.id,
+                        term,
+                        keys: g.view.live_keys(),
+                        bytes: g.view.live_bytes(),
+                        ops_total: g.view.ops_served(),
+                        split_at: self.split_point(g),
+                    })
                 })
                 .chain(pd_led)
                 .collect(),

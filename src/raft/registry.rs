@@ -35,8 +35,10 @@ pub struct Group<K: GroupKind> {
     pub view: Arc<K::View>,
     /// Linearizable reads waiting for a shared leadership confirmation.
     pub reads: ReadBatcher<K>,
-    is_leader: AtomicBool,
-    term: AtomicU64,
+    /// The term this replica last saw, shifted left by one, with the low bit set while it
+    /// leads: one word, so a reader never pairs a new term with an old role (a node's
+    /// heartbeat would report a leader that just stepped down as leading the new term).
+    leadership: AtomicU64,
     /// Set while leadership is being handed over: new proposals wait.
     proposals_paused: AtomicBool,
     /// Held by the one leadership transfer running (`membership::transfer_leader`): its
@@ -200,11 +202,13 @@ impl<K: GroupKind> Group<K> {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.is_leader.load(Ordering::Relaxed)
+        self.leadership.load(Ordering::Relaxed) & 1 == 1
     }
 
-    pub fn term(&self) -> u64 {
-        self.term.load(Ordering::Relaxed)
+    /// The term this replica leads in, if it leads (both from one observation).
+    pub fn leading_term(&self) -> Option<u64> {
+        let word = self.leadership.load(Ordering::Relaxed);
+        (word & 1 == 1).then_some(word >> 1)
     }
 
     /// The leader this replica currently knows of.
@@ -524,8 +528,7 @@ impl<K: GroupKind> Registry<K> {
             applied,
             view,
             reads: ReadBatcher::new(self.node_id, acks, self.config.probe.clone()),
-            is_leader: AtomicBool::new(false),
-            term: AtomicU64::new(0),
+            leadership: AtomicU64::new(0),
             proposals_paused: AtomicBool::new(false),
             transfer: tokio::sync::Mutex::new(()),
             quiet: AtomicBool::new(reopened),
@@ -591,8 +594,9 @@ impl<K: GroupKind> Registry<K> {
                     )
                 };
                 let leader_changed = leader != last_leader;
-                let changed = group.term.swap(term, Ordering::Relaxed) != term || leader_changed;
-                let was_leading = group.is_leader.swap(leading, Ordering::Relaxed);
+                let before = group.leadership.swap((term << 1) | u64::from(leading), Ordering::Relaxed);
+                let changed = before >> 1 != term || leader_changed;
+                let was_leading = before & 1 == 1;
                 // The first observation is the replica's starting state, not activity. A
                 // new term alone (a candidate's vote request) wakes nobody: a replica woken
                 // by every candidate campaigns itself when that candidate is slow, and at
@@ -653,7 +657,7 @@ impl<K: GroupKind> Registry<K> {
                     },
                 };
                 if stopped {
-                    if group.is_leader.swap(false, Ordering::Relaxed) {
+                    if group.leadership.fetch_and(!1, Ordering::Relaxed) & 1 == 1 {
                         metrics::gauge!("midasflow_raft_leaders", "node" => label.clone(), "kind" => K::NAME)
                             .decrement(1.0);
                     }
