@@ -697,7 +697,7 @@ async fn serve_local(
                     .as_mut()
                     .and_then(|r| r.versions.iter_mut().find(|v| v.version == version))
                     .map(|v| std::mem::take(&mut v.value))
-                    .unwrap_or_default();
+                    .ok_or_else(|| ApiError::internal(format!("version {version} vanished from the record read")))?;
                 let mut response = Response::new(Body::from(value));
                 // Room for every header this response gets (ours, the routing version and
                 // the content length): the map is allocated once, not grown twice.
@@ -901,15 +901,13 @@ mod tests {
         assert!(read_applied(&state, b"k", false).unwrap().is_some());
     }
 
-    /// The stale-read finding: the record was loaded before the applied index, so an
-    /// apply in between made `X-Applied-Index` claim a state newer than the value read.
-    /// Here version N is what index N holds: the index returned must not exceed it.
-    /// The reply struct prints what the JSON value it replaced printed, byte for byte.
+    /// The reply struct prints what the JSON value it replaced printed, byte for byte,
+    /// also for a key that is not UTF-8.
     #[test]
     fn write_replies_keep_their_json() {
         let written = WriteReply {
             deleted: false,
-            key: "k\u{fffd}1".into(),
+            key: String::from_utf8_lossy(b"k\xff1"),
             shard: 7,
             version: 3,
         };
@@ -928,6 +926,9 @@ mod tests {
         );
     }
 
+    /// The stale-read finding: the record was loaded before the applied index, so an
+    /// apply in between made `X-Applied-Index` claim a state newer than the value read.
+    /// Here version N is what index N holds: the index returned must not exceed it.
     #[test]
     fn stale_read_index_never_claims_more_than_was_read() {
         let state = ApplyingMeanwhile(std::cell::Cell::new(5));

@@ -594,7 +594,9 @@ impl<K: GroupKind> Registry<K> {
                     )
                 };
                 let leader_changed = leader != last_leader;
-                let before = group.leadership.swap((term << 1) | u64::from(leading), Ordering::Relaxed);
+                let before = group
+                    .leadership
+                    .swap((term << 1) | u64::from(leading), Ordering::Relaxed);
                 let changed = before >> 1 != term || leader_changed;
                 let was_leading = before & 1 == 1;
                 // The first observation is the replica's starting state, not activity. A
