@@ -15,7 +15,7 @@ use crate::node::{new_random_id, Node, NodeConfig, PlantedBug};
 use crate::placement::store::{PdKind, PdState};
 use crate::placement::{pd_voters, ClusterMap, NodeId, PD_GROUP};
 use crate::raft::batch::RaftSender;
-use crate::raft::log_store::{migrate_from_sled, DurableFiles, Flusher};
+use crate::raft::log_store::{make_blob_writes_synchronous, migrate_from_sled, DurableFiles, Flusher};
 use crate::raft::network::{post_internal, Credentials};
 use crate::raft::registry::{Registry, RegistryConfig, RegistryError};
 use crate::raft::transport::{http_client, NetListener};
@@ -180,6 +180,21 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     }
     // Before anything opens a Raft group: is this data dir the node it claims to be?
     let (identity, recorded_cluster) = check_identity(&config, &client, &db_path).await?;
+    let blob_writes_synchronous = match make_blob_writes_synchronous(&db_path) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                path = %db_path.display(),
+                "cannot make sled's blob files durable as they are written on this filesystem: a power \
+                 cut may lose a large value or page, and leave a replica's state behind its applied index \
+                 (docs/durability.md)"
+            );
+            false
+        }
+    };
+    metrics::gauge!("midasflow_storage_blob_writes_synchronous", "node" => config.node_id.to_string())
+        .set(if blob_writes_synchronous { 1.0 } else { 0.0 });
     // No background flushing: durability comes only from the group-commit flusher, and a
     // background thread would make simulations nondeterministic.
     let db = sled::Config::new()

@@ -68,6 +68,12 @@ pub const CATALOGUE: &[MetricDoc] = &[
         "Bytes the node's data directory uses on disk.",
     ),
     doc(
+        "midasflow_storage_blob_writes_synchronous",
+        Gauge,
+        "",
+        "1 when the data dir's filesystem writes sled's blob files (large values and pages) synchronously; 0 when it cannot, and a power cut may then lose one.",
+    ),
+    doc(
         "midasflow_disk_available_bytes",
         Gauge,
         "",

@@ -64,6 +64,71 @@ impl FlushWaiter {
     }
 }
 
+/// sled's directory for page updates over a quarter of its log segment (128 KiB with the
+/// default 512 KiB segments): large values, large redo records, and any leaf page whose
+/// keys and values add up to that when sled rewrites it whole.
+const BLOBS_DIR: &str = "blobs";
+
+/// `FS_SYNC_FL` of `linux/fs.h`: writes to the file return once they are on disk, and so
+/// do entries made in the directory. ext4 and xfs give it to every file made in a
+/// directory that has it.
+const FS_SYNC_FL: libc::c_int = 0x0000_0008;
+
+/// Makes every blob file sled will write durable before its write returns, by setting
+/// `FS_SYNC_FL` on sled's blobs directory in `db_dir` (before `sled::open`).
+///
+/// sled writes a blob file at once and the log record naming it later, in an IO buffer it
+/// only `sync_file_range`s; its recovery skips a record whose blob is missing and keeps
+/// the records after it. Without this, a power cut could keep later records and lose a
+/// blob, and a replica would reopen with state that does not match its applied index
+/// (`docs/durability.md`). Errors when the filesystem cannot do it (tmpfs, btrfs, which
+/// keeps the flag to the directory): the caller warns, and the hazard stays.
+pub fn make_blob_writes_synchronous(db_dir: &Path) -> io::Result<()> {
+    let dir = db_dir.join(BLOBS_DIR);
+    std::fs::create_dir_all(&dir)?;
+    let dir_file = File::open(&dir)?;
+    let flags = file_flags(&dir_file)?;
+    if flags & FS_SYNC_FL == 0 {
+        set_file_flags(&dir_file, flags | FS_SYNC_FL)?;
+    }
+    // What matters is the files: check that one made here inherits the flag. sled skips
+    // (with a warning) a name that is not a number, should a crash leave this behind.
+    let probe_path = dir.join(".sync-probe");
+    let probe = File::create(&probe_path)?;
+    let inherited = file_flags(&probe)? & FS_SYNC_FL != 0;
+    drop(probe);
+    std::fs::remove_file(&probe_path)?;
+    if inherited {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "files made in the directory do not inherit its synchronous-writes flag",
+        ))
+    }
+}
+
+fn file_flags(file: &File) -> io::Result<libc::c_int> {
+    use std::os::fd::AsRawFd;
+    let mut flags: libc::c_int = 0;
+    // SAFETY: an open descriptor, and a pointer to an int, which this ioctl fills.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags)
+}
+
+fn set_file_flags(file: &File, flags: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an open descriptor, and a pointer to an int, which this ioctl reads.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Makes what sled wrote durable. sled 0.34's flush ends in `sync_file_range`, which
 /// writes neither the file's metadata (the size of an appended log) nor the disk's write
 /// cache. So after each `db.flush()`, `fdatasync` its log file, and `fsync` every blob
@@ -92,7 +157,7 @@ impl DurableFiles {
         db_file.sync_all()?;
         let mut files = DurableFiles {
             db_file,
-            blobs_dir: db_dir.join("blobs"),
+            blobs_dir: db_dir.join(BLOBS_DIR),
             synced_blobs: BTreeSet::new(),
             failed: false,
         };

@@ -8,6 +8,10 @@
 //!
 //! The kernel must not remember what the cut removed: files open with DIRECT_IO (no page
 //! cache) and every entry and attribute has a zero TTL, so each access asks this filesystem.
+//!
+//! `FS_SYNC_FL` (`chattr +S`) works as on ext4: a write to such a file, and an entry made or
+//! removed in such a directory, is durable when it returns, and a file or directory made
+//! in such a directory has the flag too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -19,8 +23,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
+    INodeNo, IoctlFlags, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL,
+    TimeOrNow, WriteFlags,
 };
 
 /// Zero: the kernel re-asks on every access, so nothing it cached can outlive a cut.
@@ -31,6 +36,27 @@ const S_IFREG: u32 = 0o100000;
 const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
 const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
 const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
+/// `linux/fs.h`: the ioctls the kernel sends for `FS_IOC_GETFLAGS`/`SETFLAGS` (the first
+/// get comes as `FS_IOC_FSGETXATTR`), and the one flag this filesystem knows.
+const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+const FS_SYNC_FL: u32 = 0x8;
+const FS_XFLAG_SYNC: u32 = 0x20;
+/// `struct fsxattr`: five u32 and 8 bytes of padding.
+const FSXATTR_BYTES: usize = 28;
+
+/// What a power cut keeps beyond what was synced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Nothing.
+    Synced,
+    /// Half the unsynced tail of each file appended to since its last sync.
+    Torn,
+    /// Everything the OS could have written back, except in directories with this name:
+    /// there, only what was synced.
+    WritebackExcept(&'static str),
+}
 
 enum Body {
     File {
@@ -48,6 +74,8 @@ struct Inode {
     body: Body,
     perm: u16,
     mtime: SystemTime,
+    /// `FS_SYNC_FL`: every change is durable at once.
+    sync: bool,
     /// Open handles: an unlinked file stays readable while open.
     open: u32,
 }
@@ -77,6 +105,7 @@ impl State {
                 body: root,
                 perm: 0o755,
                 mtime: SystemTime::now(),
+                sync: false,
                 open: 0,
             },
         );
@@ -149,6 +178,7 @@ impl State {
 
     fn make(&mut self, parent: u64, name: &OsStr, dir: bool, mode: u32) -> Res<FileAttr> {
         let ino = self.next_ino;
+        let sync = self.node(parent)?.sync;
         let entries = self.entries(parent)?;
         if entries.contains_key(name) {
             return Err(Errno::EEXIST);
@@ -174,9 +204,11 @@ impl State {
                 body,
                 perm,
                 mtime: SystemTime::now(),
+                sync,
                 open: 0,
             },
         );
+        self.sync_if_flagged(parent)?;
         self.attr(ino)
     }
 
@@ -185,6 +217,14 @@ impl State {
         match &mut self.node(ino)?.body {
             Body::File { cur, dur } => *dur = cur.clone(),
             Body::Dir { cur, dur, .. } => *dur = cur.clone(),
+        }
+        Ok(())
+    }
+
+    /// A change to `ino` is durable at once if it has `FS_SYNC_FL`.
+    fn sync_if_flagged(&mut self, ino: u64) -> Res<()> {
+        if self.node(ino)?.sync {
+            self.sync(ino)?;
         }
         Ok(())
     }
@@ -220,6 +260,7 @@ impl State {
             _ => {}
         }
         self.entries(parent)?.remove(name);
+        self.sync_if_flagged(parent)?;
         self.maybe_drop(ino);
         Ok(())
     }
@@ -248,21 +289,57 @@ impl State {
         if let Body::Dir { parent, .. } = &mut self.node(ino)?.body {
             *parent = np;
         }
+        self.sync_if_flagged(p)?;
+        self.sync_if_flagged(np)?;
         if let Some(old) = replaced {
             self.maybe_drop(old);
         }
         Ok(())
     }
 
-    /// `tear`: a file that was appended to since its last sync keeps half of the unsynced
-    /// tail, as when power fails in the middle of a write (a torn final record).
-    fn cut(&mut self, tear: bool) {
-        for node in self.inodes.values_mut() {
+    /// Every inode that `Cut::WritebackExcept(name)` reverts: directories entered as
+    /// `name`, and whatever they name, now or durably.
+    fn inside_dirs_named(&self, name: &OsStr) -> HashSet<u64> {
+        let mut inside = HashSet::new();
+        for node in self.inodes.values() {
+            if let Body::Dir { cur, dur, .. } = &node.body {
+                for (entry, &ino) in cur.iter().chain(dur.iter()) {
+                    if entry == name {
+                        inside.insert(ino);
+                    }
+                }
+            }
+        }
+        for dir in inside.clone() {
+            if let Some(Inode {
+                body: Body::Dir { cur, dur, .. },
+                ..
+            }) = self.inodes.get(&dir)
+            {
+                inside.extend(cur.values().chain(dur.values()));
+            }
+        }
+        inside
+    }
+
+    fn cut(&mut self, how: Cut) {
+        let reverted = match how {
+            Cut::WritebackExcept(name) => Some(self.inside_dirs_named(OsStr::new(name))),
+            Cut::Synced | Cut::Torn => None,
+        };
+        for (ino, node) in self.inodes.iter_mut() {
             node.open = 0; // every process is gone
+            if reverted.as_ref().is_some_and(|r| !r.contains(ino)) {
+                match &mut node.body {
+                    Body::File { cur, dur } => *dur = cur.clone(),
+                    Body::Dir { cur, dur, .. } => *dur = cur.clone(),
+                }
+                continue;
+            }
             match &mut node.body {
                 Body::File { cur, dur } => {
                     let appended = cur.len() > dur.len() && cur.starts_with(dur);
-                    if tear && appended {
+                    if how == Cut::Torn && appended {
                         let keep = dur.len() + (cur.len() - dur.len()).div_ceil(2);
                         cur.truncate(keep);
                         *dur = cur.clone();
@@ -354,6 +431,7 @@ impl Filesystem for Fs {
             if let Some(size) = size {
                 st.file(ino.0)?.resize(size as usize, 0); // truncate, or extend with zeros
                 st.node(ino.0)?.mtime = SystemTime::now();
+                st.sync_if_flagged(ino.0)?;
             }
             let node = st.node(ino.0)?;
             if let Some(mode) = mode {
@@ -480,7 +558,7 @@ impl Filesystem for Fs {
             cur[start..end].copy_from_slice(data);
             st.node(ino.0)?.mtime = SystemTime::now();
             st.written += data.len() as u64;
-            Ok(())
+            st.sync_if_flagged(ino.0)
         })();
         match r {
             Ok(()) => reply.written(data.len() as u32),
@@ -579,7 +657,52 @@ impl Filesystem for Fs {
             }
             Ok(())
         });
+        let r = r.and_then(|()| st.sync_if_flagged(ino.0));
         empty(reply, r);
+    }
+
+    /// `FS_IOC_GETFLAGS`/`SETFLAGS` (and the `FSGETXATTR` the kernel asks first), for
+    /// `FS_SYNC_FL` only.
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _: &Request,
+        ino: INodeNo,
+        _: FileHandle,
+        _: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        _: u32,
+        reply: ReplyIoctl,
+    ) {
+        let mut st = lock(&self.0);
+        let node = match st.node(ino.0) {
+            Ok(node) => node,
+            Err(e) => return reply.error(e),
+        };
+        match cmd {
+            FS_IOC_GETFLAGS => {
+                let flags = if node.sync { FS_SYNC_FL } else { 0 };
+                reply.ioctl(0, &flags.to_ne_bytes());
+            }
+            FS_IOC_FSGETXATTR => {
+                let mut attr = [0u8; FSXATTR_BYTES];
+                let xflags = if node.sync { FS_XFLAG_SYNC } else { 0 };
+                attr[..4].copy_from_slice(&xflags.to_ne_bytes());
+                reply.ioctl(0, &attr);
+            }
+            FS_IOC_SETFLAGS => {
+                let Some(flags) = in_data.get(..4).map(|b| u32::from_ne_bytes(b.try_into().unwrap())) else {
+                    return reply.error(Errno::EINVAL);
+                };
+                if flags & !FS_SYNC_FL != 0 {
+                    return reply.error(Errno::EOPNOTSUPP);
+                }
+                node.sync = flags & FS_SYNC_FL != 0;
+                reply.ioctl(0, &[]);
+            }
+            _ => reply.error(Errno::ENOTTY),
+        }
     }
 }
 
@@ -616,13 +739,21 @@ impl PowerCutFs {
     /// fsyncdir (an entry never made durable disappears, with its subtree); inodes no longer
     /// reachable are dropped. Call only after every process using the mount is dead.
     pub fn cut_power(&self) {
-        lock(&self.state).cut(false);
+        lock(&self.state).cut(Cut::Synced);
     }
 
     /// A power cut in the middle of writes: as [`PowerCutFs::cut_power`], except that a
     /// file appended to since its last sync keeps the first half of the unsynced tail.
     pub fn cut_power_tearing(&self) {
-        lock(&self.state).cut(true);
+        lock(&self.state).cut(Cut::Torn);
+    }
+
+    /// A power cut after the OS wrote back every file and directory, except those in
+    /// directories named `dir` (and those directories): they keep only what was synced.
+    /// The worst order for a store that writes such files at once and a record naming them
+    /// later, relying on the record never outliving the file.
+    pub fn cut_power_after_writeback_except(&self, dir: &'static str) {
+        lock(&self.state).cut(Cut::WritebackExcept(dir));
     }
 
     /// Counters: (fsync calls on files, fsyncdir calls, bytes written).
@@ -702,5 +833,45 @@ fn power_cut_keeps_only_synced_data() {
     fs.cut_power();
     assert_eq!(fs::read(root.join("d/a")).unwrap(), b"syn\0\0!");
     assert!(!root.join("d/c").exists());
+    drop(fs);
+}
+
+#[test]
+fn synchronous_blob_dirs_survive_a_cut_that_spares_only_synced_blobs() {
+    use midasflow::raft::log_store::make_blob_writes_synchronous;
+    use std::fs::{self, File};
+    use std::io::Write;
+
+    let dir = tempfile::tempdir().unwrap();
+    let fs = PowerCutFs::mount(dir.path()).unwrap();
+    let root = dir.path();
+    make_blob_writes_synchronous(&root.join("db")).expect("the flag is set and inherited");
+    fs::create_dir_all(root.join("old/blobs")).unwrap(); // no flag: as before the change
+    assert!(
+        !root.join("db/blobs/.sync-probe").exists(),
+        "the inheritance probe is removed"
+    );
+    for blobs in ["db/blobs", "old/blobs"] {
+        let mut blob = File::create(root.join(blobs).join("17")).unwrap();
+        blob.write_all(b"crc").unwrap();
+        blob.write_all(b"large page").unwrap();
+    }
+    fs::write(root.join("db/db"), b"a record naming blob 17").unwrap(); // never synced
+
+    fs.cut_power_after_writeback_except("blobs");
+    assert_eq!(fs::read(root.join("db/db")).unwrap(), b"a record naming blob 17");
+    assert_eq!(fs::read(root.join("db/blobs/17")).unwrap(), b"crclarge page");
+    assert!(!root.join("old/blobs/17").exists(), "an unsynced blob is lost");
+    let (fsyncs, _, _) = fs.stats();
+    assert_eq!(fsyncs, 0, "durable by the flag alone");
+
+    // A blob removed from a flagged directory stays removed; one in the other does not.
+    fs::remove_file(root.join("db/blobs/17")).unwrap();
+    File::create(root.join("old/blobs/18")).unwrap().sync_all().unwrap();
+    File::open(root.join("old/blobs")).unwrap().sync_all().unwrap();
+    fs::remove_file(root.join("old/blobs/18")).unwrap();
+    fs.cut_power_after_writeback_except("blobs");
+    assert!(!root.join("db/blobs/17").exists());
+    assert!(root.join("old/blobs/18").exists(), "its removal was never synced");
     drop(fs);
 }
