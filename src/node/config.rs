@@ -167,6 +167,12 @@ pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
 /// Body limits of the internal routes that carry no log entries.
 pub const MAX_VOTE_BODY_BYTES: usize = 4 << 10;
 pub const MAX_HEARTBEAT_BODY_BYTES: usize = 1 << 20;
+/// Largest key record the limits may produce: `--history-versions` values of
+/// `--max-value-bytes` each. Every write to a key reads, decodes and rewrites its whole
+/// record, and a record travels whole in a shard's snapshot (at most
+/// [`crate::api::internal::MAX_SNAPSHOT_BYTES`], 1 GiB), so the two limits are bounded
+/// together.
+pub const MAX_RECORD_BYTES: u64 = 256 << 20;
 /// Framing around a snapshot chunk's data (meta, membership, ids).
 pub const SNAPSHOT_FRAMING_BYTES: usize = 1 << 20;
 
@@ -364,6 +370,14 @@ impl NodeConfig {
                 crate::shard::MAX_HISTORY_VERSIONS
             ));
         }
+        let record_bytes = u64::from(self.history_versions) * self.limits.max_value_bytes as u64;
+        if record_bytes > MAX_RECORD_BYTES {
+            return Err(format!(
+                "--history-versions {} × --max-value-bytes {} allows a key record of {record_bytes} bytes, over \
+                 {MAX_RECORD_BYTES}: every write rewrites its key's record whole",
+                self.history_versions, self.limits.max_value_bytes
+            ));
+        }
         match (self.initial_cluster.is_empty(), self.join.is_empty()) {
             (true, true) => return Err("give --initial-cluster (a new cluster) or --join (an existing one)".into()),
             (false, false) => return Err("--initial-cluster and --join exclude each other".into()),
@@ -510,6 +524,26 @@ mod tests {
             ..Limits::default()
         };
         assert!(too_big.validate().unwrap_err().contains("--max-value-bytes"));
+    }
+
+    /// The record bound: the defaults and either limit at its own ceiling with the other
+    /// small pass; both large together are refused.
+    #[test]
+    fn retained_versions_times_the_value_limit_is_bounded() {
+        let cluster = BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
+        let mut config = NodeConfig::new(1, "127.0.0.1:1".into(), "/tmp/x".into(), cluster);
+        assert!(config.validate().is_ok());
+        config.history_versions = crate::shard::MAX_HISTORY_VERSIONS;
+        config.limits.max_value_bytes = (MAX_RECORD_BYTES / u64::from(config.history_versions)) as usize;
+        assert!(config.validate().is_ok());
+        config.limits.max_value_bytes = 1 << 20;
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("--history-versions 1024 × --max-value-bytes"));
+        config.history_versions = 8;
+        config.limits.max_value_bytes = MAX_VALUE_BYTES_CEILING;
+        assert!(config.validate().is_ok());
     }
 
     /// A read lease is safe only while no campaign can win: within three quarters of the
