@@ -62,6 +62,8 @@ pub const SIM_QUIET_AFTER_MS: u64 = 1_000;
 pub const QUIET_SHARDS: u32 = 6;
 /// Campaign slots per node in the simulation: fewer than its groups.
 pub const SIM_MAX_CAMPAIGNING_REPLICAS: usize = 1;
+/// Entry bytes per append beyond the first in the simulation: a few of its small writes.
+pub const SIM_APPEND_PAYLOAD_BYTES_MAX: usize = 512;
 /// Batch scenario: enough groups that every batch to a peer can carry several.
 pub const BATCH_SHARDS: u32 = 16;
 /// Nodes of the initial cluster in the placement scenario; the others join.
@@ -976,6 +978,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         // One slot per node, so crashes and partitions leave more leaderless replicas than
         // slots and the rationing runs (`quiet::ration_campaigns`).
         config.raft.max_campaigning_replicas = SIM_MAX_CAMPAIGNING_REPLICAS;
+        // A few entries per append: catch-up after a partition or a crash goes in many
+        // budgeted appends, as large values do in production.
+        config.raft.append_payload_bytes_max = SIM_APPEND_PAYLOAD_BYTES_MAX;
         config.rng_seed = Some(settings.seed);
         config.observer = Some(observer.clone());
         config.planted_bug = settings.planted_bug;

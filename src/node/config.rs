@@ -304,6 +304,10 @@ pub struct RaftTimings {
     pub read_lease_ms: u64,
     /// Shard replicas of this node that campaign at once, at most (`crate::raft::quiet`).
     pub max_campaigning_replicas: usize,
+    /// Encoded entry bytes one append RPC carries beyond its first entry
+    /// (`crate::raft::log_store::APPEND_PAYLOAD_BYTES_MAX`; the simulation sets it small so
+    /// catch-up appends are split).
+    pub append_payload_bytes_max: usize,
 }
 
 impl Default for RaftTimings {
@@ -323,6 +327,7 @@ impl Default for RaftTimings {
             // The most `max_read_lease_ms` allows; heartbeats (100 ms) keep it fresh.
             read_lease_ms: 225,
             max_campaigning_replicas: crate::raft::quiet::DEFAULT_MAX_CAMPAIGNING_REPLICAS,
+            append_payload_bytes_max: crate::raft::log_store::APPEND_PAYLOAD_BYTES_MAX,
         }
     }
 }

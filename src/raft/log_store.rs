@@ -29,6 +29,11 @@ use super::wal::Wal;
 use super::{storage_io_error, Config, Entry, GroupId, GroupKind, LogId, StorageError};
 use crate::codec;
 
+/// Encoded bytes of entries one append RPC carries at most, beyond its first entry (which
+/// goes whatever its size): small enough that the follower can take, write and sync them
+/// within openraft's append timeout (one heartbeat interval) on a slow disk.
+pub const APPEND_PAYLOAD_BYTES_MAX: usize = 4 << 20;
+
 /// Most flush requests waiting at once; appends beyond it wait for room.
 pub const FLUSH_QUEUE_CAPACITY: usize = 65_536;
 
@@ -415,6 +420,7 @@ pub struct LogStore<K> {
     wal: Arc<Wal>,
     flusher: Flusher,
     probe: Probe,
+    append_payload_bytes_max: usize,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -425,6 +431,7 @@ impl<K> Clone for LogStore<K> {
             wal: self.wal.clone(),
             flusher: self.flusher.clone(),
             probe: self.probe.clone(),
+            append_payload_bytes_max: self.append_payload_bytes_max,
             kind: PhantomData,
         }
     }
@@ -437,12 +444,19 @@ fn decode_meta<T: serde::de::DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result
 }
 
 impl<K: GroupKind> LogStore<K> {
-    pub fn open(wal: Arc<Wal>, group: GroupId, flusher: Flusher, probe: Probe) -> Self {
+    pub fn open(
+        wal: Arc<Wal>,
+        group: GroupId,
+        flusher: Flusher,
+        probe: Probe,
+        append_payload_bytes_max: usize,
+    ) -> Self {
         LogStore {
             group,
             probe,
             wal,
             flusher,
+            append_payload_bytes_max,
             kind: PhantomData,
         }
     }
@@ -473,9 +487,26 @@ impl<K: GroupKind> RaftLogReader<Config<K>> for LogStore<K> {
             Bound::Excluded(&i) => i,
             Bound::Unbounded => u64::MAX,
         };
-        self.wal
-            .entries(self.group, start, end)
-            .map_err(storage_io_error)?
+        self.decode(self.wal.entries(self.group, start, end))
+    }
+
+    /// What replication sends in one append: entries up to `append_payload_bytes_max`
+    /// ([`APPEND_PAYLOAD_BYTES_MAX`] by default).
+    /// openraft 0.9 gives an append RPC one heartbeat interval (100 ms by default) and
+    /// sends the same range again after a timeout, so an append of many large entries (up
+    /// to 64 of the value limit: 64 MiB) could time out on every try and never reach a
+    /// follower that fell behind.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry<K>>, StorageError> {
+        self.decode(
+            self.wal
+                .entries_within(self.group, start, end, self.append_payload_bytes_max),
+        )
+    }
+}
+
+impl<K: GroupKind> LogStore<K> {
+    fn decode(&self, read: io::Result<Vec<Vec<u8>>>) -> Result<Vec<Entry<K>>, StorageError> {
+        read.map_err(storage_io_error)?
             .iter()
             .map(|bytes| codec::decode::<Entry<K>>(bytes).map_err(storage_io_error))
             .collect()

@@ -245,6 +245,8 @@ pub struct RegistryConfig {
     pub planted_hints_of_any_term: bool,
     /// Replicas of this node that may campaign at once (`quiet::ration_campaigns`).
     pub max_campaigning_replicas: usize,
+    /// Entry bytes per append RPC beyond the first entry (`LogStore`).
+    pub append_payload_bytes_max: usize,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignSlotsWithoutWake`.
     pub planted_campaign_slots_without_wake: bool,
 }
@@ -445,6 +447,7 @@ impl<K: GroupKind> Registry<K> {
             group,
             self.flusher.clone(),
             self.config.probe.clone(),
+            self.config.append_payload_bytes_max,
         );
         state_machine::finish_interrupted_apply(&self.db, group).map_err(storage)?;
         let state = (self.open_state)(&self.db, group).map_err(storage)?;

@@ -640,6 +640,12 @@ impl Wal {
 
     /// The group's entries with indexes in `[from, to)`, encoded, as far as it has them.
     pub fn entries(&self, group: GroupId, from: u64, to: u64) -> io::Result<Vec<Vec<u8>>> {
+        self.entries_within(group, from, to, usize::MAX)
+    }
+
+    /// As [`Wal::entries`], but only as many as fit in `budget_bytes` (encoded), and always
+    /// the first one there is, whatever its size.
+    pub fn entries_within(&self, group: GroupId, from: u64, to: u64, budget_bytes: usize) -> io::Result<Vec<Vec<u8>>> {
         let located: Vec<(Arc<File>, Loc)> = {
             let inner = self.lock();
             let Some(log) = inner.groups.get(&group) else {
@@ -647,11 +653,15 @@ impl Wal {
             };
             let start = from.max(log.first);
             let end = to.min(log.first + log.entries.len() as u64);
+            let mut total_bytes = 0usize;
             (start..end)
-                .map(|index| {
-                    let loc = log.entries[(index - log.first) as usize];
-                    (inner.segments[&loc.segment].file.clone(), loc)
+                .map(|index| log.entries[(index - log.first) as usize])
+                .take_while(|loc| {
+                    let first = total_bytes == 0;
+                    total_bytes = total_bytes.saturating_add(loc.len as usize).max(1);
+                    first || total_bytes <= budget_bytes
                 })
+                .map(|loc| (inner.segments[&loc.segment].file.clone(), loc))
                 .collect()
         };
         // Read outside the lock; a segment deleted meanwhile stays readable through its
@@ -729,6 +739,27 @@ mod tests {
         assert_eq!(wal.committed(1).as_deref(), Some(&b"c7"[..]));
         assert_eq!(wal.last(1).unwrap().as_deref(), Some(&b"new8"[..]));
         assert_eq!(wal.entries(1, 5, 7).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_budgeted_read_stops_before_the_entry_that_would_pass_it_but_never_before_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        let sizes = [300, 100, 100, 50, 400];
+        let entries: Vec<(u64, Vec<u8>)> = (1..).zip(sizes.iter().map(|&n| vec![7u8; n])).collect();
+        wal.append(1, &entries).unwrap();
+        let lens = |from, budget| -> Vec<usize> {
+            let read = wal.entries_within(1, from, u64::MAX, budget).unwrap();
+            read.iter().map(Vec::len).collect()
+        };
+        assert_eq!(lens(1, 500), [300, 100, 100], "exactly at the budget");
+        assert_eq!(lens(1, 499), [300, 100]);
+        assert_eq!(lens(1, 10), [300], "the first goes whatever its size");
+        assert_eq!(lens(5, 0), [400]);
+        assert_eq!(lens(2, 250), [100, 100, 50]);
+        assert_eq!(lens(2, usize::MAX), [100, 100, 50, 400]);
+        assert_eq!(wal.entries(1, 1, 6).unwrap().len(), 5, "unbudgeted reads are whole");
+        assert!(lens(6, 1_000).is_empty(), "past the end");
     }
 
     #[test]
