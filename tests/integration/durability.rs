@@ -187,6 +187,47 @@ async fn restarted_node_catches_up_by_snapshot_and_serves_the_leaders_data() {
     );
 }
 
+/// A follower that missed 48 MiB of large writes catches up by appends (in appends of at
+/// most `APPEND_PAYLOAD_BYTES_MAX` each) and serves them. On this machine it also did
+/// with unbounded appends: what the bound fixes shows under load
+/// (`docs/performance.md`, "Large values"); this checks the path stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_by_large_values_catches_up() {
+    const VALUE_BYTES: usize = 1 << 20;
+    const WRITES: usize = 48;
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(3, &["--initial-shards", "1"]).await;
+    cluster.kill(3);
+    let mut acked = BTreeMap::new();
+    for i in 0..WRITES {
+        let key = format!("large-{i}");
+        let mut value = format!("{i}-").repeat(VALUE_BYTES / 2);
+        value.truncate(VALUE_BYTES);
+        let reply = put(cluster.client(1 + (i % 2) as u64), &key, value.as_bytes(), &[]).await;
+        assert_eq!(reply.status, 200, "write of {key} with two of three nodes up");
+        acked.insert(key, value);
+    }
+    cluster.restart(3);
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    wait_until("node 3 to catch up", Duration::from_secs(60), || async {
+        let mine = cluster.json(3, "/v1/shards").await;
+        let shard = &mine["shards"][0];
+        let Some(leader) = shard["leader"].as_u64() else {
+            return false;
+        };
+        let theirs = cluster.json(leader, &format!("/v1/shards/{}", shard["id"])).await;
+        shard["local_replica"]["applied_index"] == theirs["local_replica"]["applied_index"]
+    })
+    .await;
+    let shards = cluster.json(3, "/v1/shards").await;
+    assert_eq!(
+        shards["shards"][0]["local_replica"]["snapshot_installs"].as_u64(),
+        Some(0),
+        "caught up by appends, not a snapshot"
+    );
+    assert_all_readable(&cluster, 3, &acked, "?consistency=stale").await;
+}
+
 /// Runs writers through every node, kills every node at once mid-load, runs `crash` (e.g.
 /// a power cut of their filesystem), restarts them and checks that every acknowledged
 /// write reads back. Half the writers pad their values with `padding_bytes.0`, the other
