@@ -62,7 +62,7 @@ pub const SIM_QUIET_AFTER_MS: u64 = 1_000;
 pub const QUIET_SHARDS: u32 = 6;
 /// Campaign slots per node in the simulation: fewer than its groups.
 pub const SIM_MAX_CAMPAIGNING_REPLICAS: usize = 1;
-/// Entry bytes per append beyond the first in the simulation: a few of its small writes.
+/// Entry bytes per append in the simulation: a few of its small writes.
 pub const SIM_APPEND_PAYLOAD_BYTES_MAX: usize = 512;
 /// Batch scenario: enough groups that every batch to a peer can carry several.
 pub const BATCH_SHARDS: u32 = 16;

@@ -304,7 +304,7 @@ pub struct RaftTimings {
     pub read_lease_ms: u64,
     /// Shard replicas of this node that campaign at once, at most (`crate::raft::quiet`).
     pub max_campaigning_replicas: usize,
-    /// Encoded entry bytes one append RPC carries beyond its first entry
+    /// Encoded entry bytes one append RPC carries at most, or its first entry alone
     /// (`crate::raft::log_store::APPEND_PAYLOAD_BYTES_MAX`; the simulation sets it small so
     /// catch-up appends are split).
     pub append_payload_bytes_max: usize,

@@ -29,9 +29,9 @@ use super::wal::Wal;
 use super::{storage_io_error, Config, Entry, GroupId, GroupKind, LogId, StorageError};
 use crate::codec;
 
-/// Encoded bytes of entries one append RPC carries at most, beyond its first entry (which
-/// goes whatever its size): small enough that the follower can take, write and sync them
-/// within openraft's append timeout (one heartbeat interval) on a slow disk.
+/// Encoded bytes of entries one group's append RPC carries at most, or its first entry
+/// alone when that is larger: small enough that the follower can take, write and sync
+/// them within openraft's append timeout (one heartbeat interval).
 pub const APPEND_PAYLOAD_BYTES_MAX: usize = 4 << 20;
 
 /// Most flush requests waiting at once; appends beyond it wait for room.
@@ -99,11 +99,11 @@ pub fn make_blob_writes_synchronous(db_dir: &Path) -> io::Result<()> {
     // What matters is the files: check that one made here inherits the flag. sled skips
     // (with a warning) a name that is not a number, should a crash leave this behind.
     let probe_path = dir.join(".sync-probe");
-    let probe = File::create(&probe_path)?;
-    let inherited = file_flags(&probe)? & FS_SYNC_FL != 0;
-    drop(probe);
-    std::fs::remove_file(&probe_path)?;
-    if inherited {
+    let probe_flags = File::create(&probe_path).and_then(|probe| file_flags(&probe));
+    let removed = std::fs::remove_file(&probe_path);
+    let probe_flags = probe_flags?;
+    removed?;
+    if probe_flags & FS_SYNC_FL != 0 {
         Ok(())
     } else {
         Err(io::Error::new(
@@ -490,8 +490,8 @@ impl<K: GroupKind> RaftLogReader<Config<K>> for LogStore<K> {
         self.decode(self.wal.entries(self.group, start, end))
     }
 
-    /// What replication sends in one append: entries up to `append_payload_bytes_max`
-    /// ([`APPEND_PAYLOAD_BYTES_MAX`] by default).
+    /// What replication sends in one append: entries up to `append_payload_bytes_max` in
+    /// all ([`APPEND_PAYLOAD_BYTES_MAX`] by default), or the first alone if larger.
     /// openraft 0.9 gives an append RPC one heartbeat interval (100 ms by default) and
     /// sends the same range again after a timeout, so an append of many large entries (up
     /// to 64 of the value limit: 64 MiB) could time out on every try and never reach a

@@ -245,7 +245,7 @@ pub struct RegistryConfig {
     pub planted_hints_of_any_term: bool,
     /// Replicas of this node that may campaign at once (`quiet::ration_campaigns`).
     pub max_campaigning_replicas: usize,
-    /// Entry bytes per append RPC beyond the first entry (`LogStore`).
+    /// Entry bytes per append RPC, or its first entry alone (`LogStore`).
     pub append_payload_bytes_max: usize,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignSlotsWithoutWake`.
     pub planted_campaign_slots_without_wake: bool,

@@ -358,6 +358,12 @@ async fn power_cut(how: Cut) {
     let mount = tempfile::tempdir().unwrap();
     let fs = crate::powercut_fs::PowerCutFs::mount(mount.path()).expect("mount the power-cut filesystem");
     let mut cluster = Cluster::start_on(3, &[], Some(mount.path().to_path_buf())).await;
+    if matches!(how, Cut::WritebackExceptBlobs) {
+        for node in 1..=3 {
+            let synchronous = crate::harness::metric(&cluster, node, "midasflow_storage_blob_writes_synchronous").await;
+            assert_eq!(synchronous, 1.0, "node {node} set the attribute on its blobs directory");
+        }
+    }
     let padding = match how {
         Cut::WritebackExceptBlobs => (BUFFER_FILLING_VALUE_BYTES, BLOB_VALUE_BYTES),
         Cut::Synced | Cut::Torn => (0, 0),
