@@ -15,7 +15,9 @@ use crate::node::{new_random_id, Node, NodeConfig, PlantedBug};
 use crate::placement::store::{PdKind, PdState};
 use crate::placement::{pd_voters, ClusterMap, NodeId, PD_GROUP};
 use crate::raft::batch::RaftSender;
-use crate::raft::log_store::{make_blob_writes_synchronous, migrate_from_sled, DurableFiles, Flusher};
+use crate::raft::log_store::{
+    make_blob_writes_synchronous, migrate_from_sled, DurableFiles, Flusher, APPEND_PAYLOAD_BYTES_MAX,
+};
 use crate::raft::network::{post_internal, Credentials};
 use crate::raft::registry::{Registry, RegistryConfig, RegistryError};
 use crate::raft::transport::{http_client, NetListener};
@@ -255,12 +257,14 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         planted_campaign_slots_without_wake: config.has_planted_bug(PlantedBug::CampaignSlotsWithoutWake),
     });
     // One batching sender for every group of every kind: a peer gets one request per
-    // round trip, whatever the number of groups.
+    // round trip, whatever the number of groups. A batch packs as many bytes as one
+    // group's bounded append, so several groups' large appends travel side by side (each
+    // with its own append timeout) rather than one behind another in the same request.
     let sender = RaftSender::new(
         client,
         registry_config.credentials.clone(),
         registry_config.probe.clone(),
-        config.limits.max_append_body_bytes(),
+        APPEND_PAYLOAD_BYTES_MAX.min(config.limits.max_append_body_bytes()),
         config.raft.batches_in_flight_per_peer,
         config.election_timeouts(),
     );

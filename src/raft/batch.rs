@@ -283,8 +283,8 @@ struct Inner {
     client: HttpClient,
     credentials: Arc<Credentials>,
     probe: Probe,
-    /// Bytes of messages per batch: one full append, so a batch never exceeds what a
-    /// peer accepts (its limit adds [`MAX_FRAMING_BYTES`]).
+    /// Bytes of messages a batch packs beyond its first message: at most one full append,
+    /// so a batch never exceeds what a peer accepts (its limit adds [`MAX_FRAMING_BYTES`]).
     max_batch_bytes: usize,
     batches_in_flight: usize,
     /// Each lane's queue to each peer, by node id, then address (indexed by
