@@ -461,6 +461,13 @@ impl<K: GroupKind> LogStore<K> {
         }
     }
 
+    fn decode(&self, read: io::Result<Vec<Vec<u8>>>) -> Result<Vec<Entry<K>>, StorageError> {
+        read.map_err(storage_io_error)?
+            .iter()
+            .map(|bytes| codec::decode::<Entry<K>>(bytes).map_err(storage_io_error))
+            .collect()
+    }
+
     /// Tells the observer what openraft now considers committed (saved, or reloaded).
     fn report_committed(&self, committed: Option<LogId>) {
         if let Some(committed) = committed {
@@ -501,15 +508,6 @@ impl<K: GroupKind> RaftLogReader<Config<K>> for LogStore<K> {
             self.wal
                 .entries_within(self.group, start, end, self.append_payload_bytes_max),
         )
-    }
-}
-
-impl<K: GroupKind> LogStore<K> {
-    fn decode(&self, read: io::Result<Vec<Vec<u8>>>) -> Result<Vec<Entry<K>>, StorageError> {
-        read.map_err(storage_io_error)?
-            .iter()
-            .map(|bytes| codec::decode::<Entry<K>>(bytes).map_err(storage_io_error))
-            .collect()
     }
 }
 
