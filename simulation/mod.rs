@@ -66,6 +66,9 @@ pub const SIM_MAX_CAMPAIGNING_REPLICAS: usize = 1;
 pub const SIM_APPEND_PAYLOAD_BYTES_MAX: usize = 512;
 /// Batch scenario: enough groups that every batch to a peer can carry several.
 pub const BATCH_SHARDS: u32 = 16;
+/// Disk scenario: how long after a node lost its disk (and was refused) the operator
+/// replaces it.
+pub const REPLACE_AFTER_MS: u64 = 1_500;
 /// Nodes of the initial cluster in the placement scenario; the others join.
 pub const PLACEMENT_INITIAL_NODES: u64 = 3;
 
@@ -123,6 +126,10 @@ pub struct SimReport {
     /// Passes in which a replica that would campaign waited for a campaign slot.
     #[serde(default)]
     pub campaigns_deferred: u64,
+    /// Disk scenario: the node that lost its disk and the new node that replaced it on the
+    /// same address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<(u64, u64)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<String>,
 }
@@ -153,6 +160,11 @@ struct Shared {
     refused: std::collections::BTreeSet<u64>,
     /// (node, group) → the newest epoch of the group in a map that node installed.
     epochs: BTreeMap<(u64, u64), u64>,
+    /// Host → the node id it runs now, where that is not the host's own number (a host
+    /// whose node lost its disk and was replaced by a new node on the same address).
+    replacements: BTreeMap<u64, u64>,
+    /// The node the operator replaced (its old id, the new one), once it has.
+    replaced: Option<(u64, u64)>,
     /// Operators the placement driver finished (placement scenario).
     operators_finished: u64,
     /// Clients past their last operation: the final reads wait for all of them, or a
@@ -173,6 +185,20 @@ struct Shared {
 impl Shared {
     fn record(&mut self, line: String) {
         self.trace.push(format!("{:>9.3} {line}", now_ns() as f64 / 1e6));
+    }
+
+    /// The node id host `n{host}` runs now.
+    fn node_on(&self, host: u64) -> u64 {
+        self.replacements.get(&host).copied().unwrap_or(host)
+    }
+
+    fn host_of(&self, node: u64) -> u64 {
+        host_of(&self.replacements, node)
+    }
+
+    /// Whether the node on `host` refused to start (so clients leave the host alone).
+    fn host_refused(&self, host: u64) -> bool {
+        self.refused.contains(&self.node_on(host))
     }
 }
 
@@ -272,6 +298,14 @@ impl Observer for SimObserver {
     }
 }
 
+/// The host that runs node `node`, given the hosts whose node was replaced.
+fn host_of(replacements: &BTreeMap<u64, u64>, node: u64) -> u64 {
+    replacements
+        .iter()
+        .find(|(_, n)| **n == node)
+        .map_or(node, |(host, _)| *host)
+}
+
 fn host_name(node: u64) -> String {
     format!("n{node}")
 }
@@ -335,7 +369,7 @@ fn record_op(shared: &Mutex<Shared>, op: Op, via: u64) {
         "c{} n{via} {} {:?} -> {:?}",
         op.client, op.key, op.kind, op.outcome
     ));
-    if op.outcome.is_none() && op.invoked_ns >= LIVENESS_FROM_MS * 1_000_000 && !s.refused.contains(&via) {
+    if op.outcome.is_none() && op.invoked_ns >= LIVENESS_FROM_MS * 1_000_000 && !s.host_refused(via) {
         let after_heal_s = (op.invoked_ns / 1_000_000 - FAULTS_END_MS) as f64 / 1000.0;
         s.violations.push(format!(
             "liveness: c{}'s {:?} on {} via n{via} failed {after_heal_s:.1} s after heal",
@@ -402,8 +436,7 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
         }
         // Clients stop using a node that refused to start, as a load balancer would.
         let mut target = rng.gen_range(0..clients.len());
-
-        while shared.lock().unwrap().refused.contains(&(target as u64 + 1)) {
+        while shared.lock().unwrap().host_refused(target as u64 + 1) {
             target = (target + 1) % clients.len();
         }
         let invoked_ns = now_ns();
@@ -504,16 +537,7 @@ async fn admin_call(clients: &[Client], method: Method, path: &str, body: Option
 /// The simulated operator of the placement scenario: carries out `steps`, then checks that
 /// scheduling converges once every fault has healed (no operator left running).
 async fn run_admin(settings: SimSettings, steps: Vec<AdminStep>, shared: Arc<Mutex<Shared>>) -> turmoil::Result {
-    let clients: Arc<Vec<Client>> = (1..=settings.nodes)
-        .map(|n| {
-            Client::with_network(
-                &format!("http://{}:{PORT}", host_name(n)),
-                NetKind::Turmoil,
-                Duration::from_millis(ADMIN_TIMEOUT_MS),
-            )
-        })
-        .collect::<Vec<_>>()
-        .into();
+    let clients: Arc<Vec<Client>> = admin_clients(settings.nodes).into();
     let record = |line: String| shared.lock().unwrap().record(line);
     for step in steps {
         let wait_ms = step.at_ms.saturating_sub(now_ns() / 1_000_000);
@@ -590,12 +614,39 @@ async fn run_admin(settings: SimSettings, steps: Vec<AdminStep>, shared: Arc<Mut
             answer.map(|(status, body)| format!("{status} {}", body.to_string().chars().take(100).collect::<String>()));
         record(format!("admin {:?} -> {answer:?}", step.action));
     }
+    await_scheduling_converged(&clients, &shared).await;
+    Ok(())
+}
+
+/// The clients of an operator: one per node, each trying its node only.
+fn admin_clients(nodes: u64) -> Vec<Client> {
+    (1..=nodes)
+        .map(|n| {
+            Client::with_network(
+                &format!("http://{}:{PORT}", host_name(n)),
+                NetKind::Turmoil,
+                Duration::from_millis(ADMIN_TIMEOUT_MS),
+            )
+        })
+        .collect()
+}
+
+/// When an operator makes its last call: there is room for one more round of calls to
+/// every node before the simulation's limit.
+fn last_admin_call_ms(clients: &[Client]) -> u64 {
+    SIM_LIMIT_MS - 5_000 - ADMIN_TIMEOUT_MS * clients.len() as u64
+}
+
+/// Waits until the quiet phase has ended and the placement driver runs no operator, then
+/// checks that each shard's replicas in the map are its group's voters. A violation if
+/// scheduling does not settle in time.
+async fn await_scheduling_converged(clients: &[Client], shared: &Mutex<Shared>) {
     tokio::time::sleep(Duration::from_millis(
         (QUIET_END_MS * 1_000_000).saturating_sub(now_ns()) / 1_000_000,
     ))
     .await;
     loop {
-        let reply = admin_call(&clients, Method::GET, "/v1/operators", None).await;
+        let reply = admin_call(clients, Method::GET, "/v1/operators", None).await;
         if let Some((200, body)) = &reply {
             let running = body["running"].as_array().map_or(0, Vec::len);
             if running == 0 {
@@ -605,13 +656,11 @@ async fn run_admin(settings: SimSettings, steps: Vec<AdminStep>, shared: Arc<Mut
                     s.operators_finished = finished;
                     s.record(format!("admin: scheduling converged ({finished} operators finished)"));
                 }
-                check_membership_matches_map(&clients, &shared).await;
+                check_membership_matches_map(clients, shared).await;
                 break;
             }
         }
-        // Room for one more round of calls to every node before the simulation's limit.
-        let last_call_ms = SIM_LIMIT_MS - 5_000 - ADMIN_TIMEOUT_MS * settings.nodes;
-        if now_ns() > last_call_ms * 1_000_000 {
+        if now_ns() > last_admin_call_ms(clients) * 1_000_000 {
             let running = reply.map(|(_, b)| b["running"].to_string()).unwrap_or_default();
             shared.lock().unwrap().violations.push(format!(
                 "liveness: scheduling did not converge after heal; still running: {running}"
@@ -620,7 +669,94 @@ async fn run_admin(settings: SimSettings, steps: Vec<AdminStep>, shared: Arc<Mut
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The operator of the disk scenario, once the node that lost its disk was replaced by a
+/// new one on its address (`Nemesis::replace`): removes the old id, as soon as the
+/// placement driver allows it (once the old node's replicas and placement-driver seat have
+/// moved), then checks that scheduling settles with every shard on the node each host
+/// runs now, and none on the old id.
+async fn run_replacement_operator(settings: SimSettings, shared: Arc<Mutex<Shared>>) -> turmoil::Result {
+    let clients = admin_clients(settings.nodes);
+    let (old, new) = loop {
+        if let Some(replaced) = shared.lock().unwrap().replaced {
+            break replaced;
+        }
+        if now_ns() > FAULTS_END_MS * 1_000_000 {
+            // Not refused, so never replaced (the identity guard's planted bug).
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let path = format!("/v1/nodes/{old}");
+    let mut last = None;
+    loop {
+        let answer = admin_call(&clients, Method::DELETE, &path, None)
+            .await
+            .map(|(status, _)| status);
+        if answer != last {
+            shared
+                .lock()
+                .unwrap()
+                .record(format!("operator removes node {old} -> {answer:?}"));
+            last = answer;
+        }
+        if answer == Some(200) {
+            break;
+        }
+        if now_ns() > last_admin_call_ms(&clients) * 1_000_000 {
+            shared.lock().unwrap().violations.push(format!(
+                "liveness: node {old} could not be removed after node {new} replaced it (last answer {answer:?})"
+            ));
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The removed node's replicas are re-created on the node each host runs now.
+    let wanted: std::collections::BTreeSet<u64> = {
+        let s = shared.lock().unwrap();
+        (1..=settings.nodes).map(|host| s.node_on(host)).collect()
+    };
+    loop {
+        let problems = match admin_call(&clients, Method::GET, "/v1/shards", None).await {
+            Some((200, shards)) => replication_problems(&shards, &wanted),
+            _ => vec!["liveness: the shard map could not be read".to_string()],
+        };
+        if problems.is_empty() {
+            shared
+                .lock()
+                .unwrap()
+                .record(format!("operator: every shard is on nodes {wanted:?}"));
+            break;
+        }
+        if now_ns() > last_admin_call_ms(&clients) * 1_000_000 {
+            shared.lock().unwrap().violations.extend(problems);
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    await_scheduling_converged(&clients, &shared).await;
     Ok(())
+}
+
+/// Shards (in a `/v1/shards` answer) whose replicas are not exactly `wanted`.
+fn replication_problems(shards: &Value, wanted: &std::collections::BTreeSet<u64>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for shard in shards["shards"].as_array().into_iter().flatten() {
+        let replicas: std::collections::BTreeSet<u64> = shard["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["node_id"].as_u64())
+            .collect();
+        if &replicas != wanted {
+            problems.push(format!(
+                "placement: shard {} is on nodes {replicas:?} after the replacement, not {wanted:?}",
+                shard["id"]
+            ));
+        }
+    }
+    problems
 }
 
 /// Once scheduling has converged, each shard's replicas in the map must be exactly its
@@ -631,7 +767,8 @@ async fn check_membership_matches_map(clients: &[Client], shared: &Mutex<Shared>
     // calling a difference a violation.
     let mut problems = Vec::new();
     for _ in 0..MEMBERSHIP_CHECK_ATTEMPTS {
-        problems = membership_differences(clients).await;
+        let replacements = shared.lock().unwrap().replacements.clone();
+        problems = membership_differences(clients, |node| host_of(&replacements, node)).await;
         if problems.is_empty() {
             return;
         }
@@ -645,7 +782,7 @@ const MEMBERSHIP_CHECK_ATTEMPTS: usize = 10;
 const MEMBERSHIP_CHECK_RETRY_MS: u64 = 300;
 
 /// Each shard whose group (as its leader by the map's hint shows it) differs from the map.
-async fn membership_differences(clients: &[Client]) -> Vec<String> {
+async fn membership_differences(clients: &[Client], host_of: impl Fn(u64) -> u64) -> Vec<String> {
     let Some((200, routing)) = admin_call(clients, Method::GET, "/v1/shards", None).await else {
         return Vec::new();
     };
@@ -658,8 +795,8 @@ async fn membership_differences(clients: &[Client]) -> Vec<String> {
             .flatten()
             .filter_map(|r| r["node_id"].as_u64())
             .collect();
-        let leader = shard["leader"].as_u64().unwrap_or(0) as usize;
-        let answer = match clients.get(leader.wrapping_sub(1)) {
+        let leader = shard["leader"].as_u64().unwrap_or(0);
+        let answer = match clients.get((host_of(leader) as usize).wrapping_sub(1)) {
             Some(client) => client.get_path(&format!("/v1/shards/{id}")).await.ok(),
             None => None,
         };
@@ -689,7 +826,8 @@ async fn membership_differences(clients: &[Client]) -> Vec<String> {
 }
 
 /// Whether every group has a leader that knows it leads, as far as the live nodes tell.
-fn every_group_led(s: &Shared, down: &[u64]) -> bool {
+fn every_group_led(s: &Shared, down_hosts: &[u64]) -> bool {
+    let down: Vec<u64> = down_hosts.iter().map(|host| s.node_on(*host)).collect();
     let live = |n: &u64| !down.contains(n) && !s.refused.contains(n);
     let groups: std::collections::BTreeSet<u64> = s.known_leader.keys().map(|(_, g)| *g).collect();
     groups.into_iter().all(|group| {
@@ -711,8 +849,12 @@ struct Nemesis {
     flapping: Option<(u64, u64, u64, bool)>, // (node, period, next toggle ms, cut now)
     /// A disk loss's second step: (at ms, wiped, crashed), until it has run.
     disk_loss: Option<(u64, u64, u64)>,
+    /// After a disk loss: (from ms, wiped), until the operator replaced the wiped node.
+    replacement: Option<(u64, u64)>,
     /// Where each host's data dir lives.
     data_root: std::path::PathBuf,
+    /// Each host's node configuration, read whenever the host starts.
+    host_configs: BTreeMap<u64, Arc<Mutex<NodeConfig>>>,
 }
 
 impl Nemesis {
@@ -749,10 +891,11 @@ impl Nemesis {
                     for (_, node) in s.newest_leader.values() {
                         *counts.entry(*node).or_default() += 1;
                     }
-                    counts
+                    let node = counts
                         .into_iter()
                         .max_by_key(|(n, c)| (*c, u64::MAX - n))
-                        .map_or(1, |(n, _)| n)
+                        .map_or(1, |(n, _)| n);
+                    s.host_of(node)
                 };
                 shared
                     .lock()
@@ -814,6 +957,17 @@ impl Nemesis {
                     "nemesis wipes n{wiped}'s disk and restarts it; crashes n{crashed}"
                 ));
                 sim.bounce(host_name(wiped).as_str());
+                self.replacement = Some((now_ms + REPLACE_AFTER_MS, wiped));
+            }
+        }
+        if let Some((from, wiped)) = self.replacement {
+            let refused = shared.lock().unwrap().refused.contains(&wiped);
+            if refused && now_ms >= from {
+                self.replacement = None;
+                self.replace(sim, wiped, shared);
+            } else if now_ms >= FAULTS_END_MS {
+                // Never refused (the identity guard's planted bug): nothing to replace.
+                self.replacement = None;
             }
         }
         if let Some((node, period, next, cut)) = self.flapping {
@@ -827,6 +981,35 @@ impl Nemesis {
                 self.flapping = Some((node, period, now_ms + period, !cut));
             }
         }
+    }
+
+    /// What `docs/operations.md` tells an operator to do for a node that lost its disk:
+    /// start the machine as a new node, with a new id and `--join`, on an empty data dir.
+    /// Its address is the old node's, so messages still meant for the old node reach it.
+    /// The simulated operator then removes the old id (`run_replacement_operator`).
+    fn replace(&mut self, sim: &mut turmoil::Sim<'_>, host: u64, shared: &Mutex<Shared>) {
+        let new_id = self.nodes + 1;
+        {
+            let mut config = self.host_configs[&host].lock().unwrap();
+            config.node_id = new_id;
+            config.initial_cluster = BTreeMap::new();
+            config.join = self
+                .others(&[host])
+                .iter()
+                .map(|n| format!("{}:{PORT}", host_name(*n)))
+                .collect();
+        }
+        sim.crash(host_name(host).as_str());
+        let _ = std::fs::remove_dir_all(self.data_root.join(host_name(host)));
+        {
+            let mut s = shared.lock().unwrap();
+            s.replacements.insert(host, new_id);
+            s.replaced = Some((host, new_id));
+            s.record(format!(
+                "operator replaces refused n{host} by node {new_id} on the same address"
+            ));
+        }
+        sim.bounce(host_name(host).as_str());
     }
 
     fn repair(&mut self, sim: &mut turmoil::Sim<'_>) {
@@ -942,6 +1125,7 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         Vec::new()
     };
     let observer: Arc<dyn Observer> = Arc::new(SimObserver(shared.clone()));
+    let mut host_configs = BTreeMap::new();
     for id in 1..=settings.nodes {
         let joins = id > initial_nodes;
         let mut config = NodeConfig::new(
@@ -989,8 +1173,12 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         // the head-read timeout is tested on real processes.
         config.limits.header_read_timeout_ms = crate::raft::transport::SIM_POOL_IDLE_TIMEOUT_MS * 2;
         let refusals = shared.clone();
+        // Read at every start: the operator may have replaced the host's node by a new one.
+        let config = Arc::new(Mutex::new(config));
+        host_configs.insert(id, config.clone());
         sim.host(host_name(id).as_str(), move || {
-            let config = config.clone();
+            let config = config.lock().unwrap().clone();
+            let id = config.node_id;
             let refusals = refusals.clone();
             async move {
                 match crate::launch::start(config).await {
@@ -1022,6 +1210,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
             run_admin(settings.clone(), admin_steps.clone(), shared.clone()),
         );
     }
+    if settings.scenario == Scenario::Disk {
+        sim.client("admin", run_replacement_operator(settings.clone(), shared.clone()));
+    }
     let mut nemesis = Nemesis {
         nodes: settings.nodes,
         clients: settings.clients,
@@ -1029,7 +1220,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         crashed: Vec::new(),
         flapping: None,
         disk_loss: None,
+        replacement: None,
         data_root: data.path().to_path_buf(),
+        host_configs,
     };
     let mut next = 0;
     let mut active: Option<(u64, Fault)> = None;
@@ -1141,6 +1334,7 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         lease_reads: s.lease_reads,
         round_reads: s.round_reads,
         campaigns_deferred: s.campaigns_deferred,
+        replaced: s.replaced,
         trace: if settings.keep_trace {
             std::mem::take(&mut s.trace)
         } else {

@@ -23,8 +23,9 @@ pub enum Scenario {
     Network,
     /// All of the above.
     Mixed,
-    /// A node loses its disk at the worst moment (see [`Fault::DiskLoss`]), then partitions
-    /// and network faults.
+    /// A node loses its disk at the worst moment (see [`Fault::DiskLoss`]) and is refused;
+    /// the operator replaces it by a new node on the same address and removes the old id,
+    /// while partitions and network faults go on.
     Disk,
     /// Scheduling under faults: three initial nodes and more that join, so replicas move
     /// to them; an operator drains nodes, moves replicas and transfers leaders by hand;

@@ -161,9 +161,10 @@ fn lost_disk_message(identity: &Identity, cluster: u128, known: u128) -> String 
     format!(
         "node {node} refuses to start: its data dir is incarnation {mine}, but cluster {cluster} knows node \
          {node} as incarnation {known}. This machine lost (or replaced) the disk of node {node}, and a Raft \
-         voter that forgot its votes could vote twice in a term. To recover: remove node {node} from the \
-         cluster, then start this machine as a new node with a new --node-id and --join (see \
-         docs/operations.md, \"A node lost its disk\"). Do not delete the identity file to get past this.",
+         voter that forgot its votes could vote twice in a term. To recover: start this machine as a new \
+         node with a new --node-id and --join, then remove node {node} from the cluster once its \
+         placement-driver seat has moved (see docs/operations.md, \"A node lost its disk\"). Do not delete \
+         the identity file to get past this.",
         node = identity.node_id,
         mine = hex(identity.incarnation),
         cluster = hex(cluster),

@@ -118,6 +118,10 @@ pub enum PlantedBug {
     /// for an entry a new leader's snapshot covered: that shard's proposal queue on the
     /// node waits for good, and the shard takes no write there again.
     UnboundedWriteWait,
+    /// The scheduler's view counts a removed node as live (up, heard just now): the
+    /// replicas a removed node held are never re-created elsewhere, and the map keeps
+    /// listing them on a node that is gone.
+    RemovedNodesLookLive,
 }
 
 impl std::fmt::Debug for dyn Observer {

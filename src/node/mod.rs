@@ -710,8 +710,8 @@ impl PdHost for Node {
         Node::now_ms(self)
     }
 
-    fn plants_map_before_membership(&self) -> bool {
-        self.config.has_planted_bug(PlantedBug::MapBeforeMembership)
+    fn planted(&self, bug: PlantedBug) -> bool {
+        self.config.has_planted_bug(bug)
     }
 }
 

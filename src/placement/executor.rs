@@ -15,7 +15,8 @@ use super::driver::{next_action, Action, Facts};
 use super::operator::{Origin, Outcome};
 use super::scheduler::{self, Health, ShardStats, View};
 use super::server::{ExecutorState, PdHost, PD_HEARTBEAT_INTERVAL_MS};
-use super::{ClusterMap, NodeId, PdCommand, PdResult, ShardId};
+use super::{ClusterMap, NodeId, NodeState, PdCommand, PdResult, ShardId};
+use crate::node::PlantedBug;
 use crate::raft::membership::{self, AdminReply, AdminRequest};
 use crate::raft::network::post_internal;
 
@@ -61,8 +62,17 @@ pub fn snapshot<H: PdHost>(node: &H) -> Option<Snapshot> {
         .map(|(n, t)| (*n, now.duration_since(*t).as_millis() as u64))
         .collect();
     last_seen_ms.insert(node.node_id(), 0);
+    let mut map = node.map();
+    if node.planted(PlantedBug::RemovedNodesLookLive) {
+        let mut revived = (*map).clone();
+        for info in revived.nodes.values_mut().filter(|n| n.state == NodeState::Removed) {
+            info.state = NodeState::Up;
+            last_seen_ms.insert(info.id, 0);
+        }
+        map = Arc::new(revived);
+    }
     Some(Snapshot {
-        map: node.map(),
+        map,
         last_seen_ms,
         leading_for_ms: state
             .leading_since
@@ -214,7 +224,7 @@ async fn step<H: PdHost>(node: &H, operator: u64, state: &Mutex<ExecutorState>) 
             now_ms: node.now_ms(),
         };
         let mut action = next_action(&op, &map, &facts);
-        if node.plants_map_before_membership()
+        if node.planted(PlantedBug::MapBeforeMembership)
             && op.step == super::operator::Step::LearnerListed
             && op.kind.target().is_some()
         {

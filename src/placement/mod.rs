@@ -619,7 +619,8 @@ impl ClusterMap {
             },
             (NodeState::Removed, _) => rejected(format!("node {node} was removed for good")),
             (_, NodeState::Removed) if self.pd_group.hosts(node) => rejected(format!(
-                "node {node} is a placement-driver voter; drain it and let another node replace it first"
+                "node {node} is a placement-driver voter; its seat must move to another node first (drain it, or, \
+                 if it is down, wait until it has been down for down_after_secs and another node can take the seat)"
             )),
             _ => {
                 self.nodes.get_mut(&node).expect("checked above").state = state;

@@ -185,8 +185,8 @@ pub trait PdHost: Send + Sync + 'static {
     /// The clock operators are stamped with: wall-clock ms, or under simulation the
     /// simulated time (deterministic).
     fn now_ms(&self) -> u64;
-    /// Planted bug (simulation only): see `crate::node::PlantedBug::MapBeforeMembership`.
-    fn plants_map_before_membership(&self) -> bool;
+    /// Whether this node carries planted bug `bug` (simulation only).
+    fn planted(&self, bug: crate::node::PlantedBug) -> bool;
 
     /// The PD leader's state (liveness, leader hints, shard figures).
     fn pd_state(&self) -> MutexGuard<'_, PdLeaderState> {

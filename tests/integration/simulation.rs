@@ -155,6 +155,36 @@ async fn planted_map_before_membership_bug_is_caught_within_five_seeds() {
     );
 }
 
+/// A node that lost its disk is replaced as `docs/operations.md` says: a new node id on
+/// the same address, with `--join`, then the old id removed. Messages still meant for the
+/// old node reach the new one, which must refuse them; the old node's replicas must end up
+/// on the new node.
+#[tokio::test]
+async fn a_node_that_lost_its_disk_is_replaced_on_its_own_address() {
+    let _serial = serial().await;
+    let report = report(&["--seed", "0", "--scenario", "disk", "--json"]);
+    assert_eq!(report["violations"], serde_json::json!([]), "{report}");
+    let replaced = report["replaced"]
+        .as_array()
+        .expect("the operator replaced the wiped node");
+    let (old, new) = (replaced[0].as_u64().unwrap(), replaced[1].as_u64().unwrap());
+    assert!((1..=3).contains(&old) && new == 4, "node {old} replaced by node {new}");
+}
+
+/// A scheduler that treats a removed node as live never re-creates the replicas it held:
+/// after the replacement the map still lists them on the removed id.
+#[tokio::test]
+async fn planted_removed_nodes_look_live_bug_is_caught_within_five_seeds() {
+    let _serial = serial().await;
+    assert_caught(
+        0..5,
+        "removed-nodes-look-live",
+        "disk",
+        &["placement"],
+        "a removed node's replicas left in the map",
+    );
+}
+
 /// A shard that keeps applying writes for keys its split gave away: a write routed with
 /// the old map is acknowledged where no later read looks. It takes a write to reach the
 /// parent's leader between its split and its node's new map, which about one seed in
