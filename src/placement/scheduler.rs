@@ -35,6 +35,13 @@ pub struct ShardStats {
 /// leader.
 pub const LEADER_REPORT_STALE_MS: u64 = 2_000;
 
+/// A node receives replicas and leaders only if this PD leader heard it this recently
+/// (5 node heartbeats). A node silent for longer, or never heard since this leader took
+/// over, may be gone: it is judged down only after `down_after_secs`, and until then an
+/// operator aimed at it would stall until its step timed out, holding an operator slot
+/// that re-creating a lost node's replicas may need.
+pub const TARGET_HEARD_WITHIN_MS: u64 = 2_000;
+
 /// What the PD leader knows beyond the map.
 pub struct View<'a> {
     pub map: &'a ClusterMap,
@@ -307,6 +314,16 @@ impl<'v, 'a> Planner<'v, 'a> {
         health(self.view, node) == Health::Up
     }
 
+    /// Up and heard within [`TARGET_HEARD_WITHIN_MS`]: may receive a replica or a leader.
+    fn can_receive(&self, node: NodeId) -> bool {
+        self.is_up(node)
+            && self
+                .view
+                .last_seen_ms
+                .get(&node)
+                .is_some_and(|&ms| ms <= TARGET_HEARD_WITHIN_MS)
+    }
+
     fn busy(&self, shard: ShardId) -> bool {
         self.running.contains_key(&shard) || self.proposed.contains(&shard)
     }
@@ -338,9 +355,13 @@ impl<'v, 'a> Planner<'v, 'a> {
         }
     }
 
-    /// A live node without a replica of `shard`: the least loaded, then the lowest id.
+    /// A node that can receive a replica of `shard` and has none: the least loaded, then
+    /// the lowest id.
     fn best_target(&self, shard: &ShardInfo) -> Option<NodeId> {
-        let candidates = self.load.iter().filter(|&(&n, _)| self.is_up(n) && !shard.hosts(n));
+        let candidates = self
+            .load
+            .iter()
+            .filter(|&(&n, _)| self.can_receive(n) && !shard.hosts(n));
         candidates.min_by_key(|&(&n, &c)| (c, n)).map(|(&n, _)| n)
     }
 
@@ -397,7 +418,7 @@ impl<'v, 'a> Planner<'v, 'a> {
             let Some(to) = self.best_target(shard) else {
                 let id = shard.id;
                 findings.push(format!(
-                    "shard {id} is under-replicated ({problem}) but no live node lacks a replica of it"
+                    "shard {id} is under-replicated ({problem}) but no live node heard from lately lacks a replica of it"
                 ));
                 continue;
             };
@@ -468,17 +489,29 @@ impl<'v, 'a> Planner<'v, 'a> {
         if up.len() < 2 {
             return one(checker, "nothing to do: fewer than 2 live nodes");
         }
-        let ((src, max), (dst, min)) = (extreme(&up, true), extreme(&up, false));
-        if max - min <= 1 {
+        let receivers: BTreeMap<NodeId, usize> = up
+            .iter()
+            .filter(|&(&n, _)| self.can_receive(n))
+            .map(|(&n, &c)| (n, c))
+            .collect();
+        if receivers.is_empty() {
+            return one(checker, "nothing to do: no live node heard from lately");
+        }
+        let ((src, max), (dst, min)) = (extreme(&up, true), extreme(&receivers, false));
+        if max.saturating_sub(min) <= 1 {
             return one(
                 checker,
                 format!("nothing to do: replica counts on live nodes are within 1 (min {min}, max {max})"),
             );
         }
         let reason = format!("node {src} has {max} replicas, node {dst} has {min}");
-        // Shards with a replica off a live node are the replica checker's.
+        // Shards with a replica off a live node are the replica checker's; a replica on a
+        // node not heard lately may be one it is about to take.
         let candidate = self.view.map.shards.values().find(|s| {
-            s.replicas.contains(&src) && !s.hosts(dst) && !self.busy(s.id) && s.replicas.iter().all(|&n| self.is_up(n))
+            s.replicas.contains(&src)
+                && !s.hosts(dst)
+                && !self.busy(s.id)
+                && s.replicas.iter().all(|&n| self.can_receive(n))
         });
         match candidate {
             Some(shard) => {
@@ -493,7 +526,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                 checker,
                 format!(
                     "{reason}, but every shard on node {src} is on node {dst} already, has an operator, \
-                     or has a replica on a node that is not up"
+                     or has a replica on a node not up or not heard from lately"
                 ),
             ),
         }
@@ -538,7 +571,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         // From the least-led node up: it may share no shard with the most-led one.
         let mut targets: Vec<(usize, NodeId)> = led
             .iter()
-            .filter(|(_, &c)| max - c > 1)
+            .filter(|(&n, &c)| max - c > 1 && self.can_receive(n))
             .map(|(&n, &c)| (c, n))
             .collect();
         targets.sort_unstable();
@@ -883,14 +916,16 @@ mod tests {
         let cases: &[Case] = &[
             ("down node", &[Down(3)], &all, "propose move of shard 1 from node 3 to node 4: node 3 is down (no heartbeat for 40s)"),
             ("never heard by a settled leader", &[Unheard(3, 45_000)], &all, "node 3 is down (not heard from in the 45s this PD leader has led)"),
-            ("never heard by a new leader: not down", &[Unheard(3, 10_000)], &[mv(1, 1, 4)], "nothing to do: every shard has 3 replicas on live nodes"),
+            ("never heard by a new leader: not down", &[Unheard(3, 10_000)], &[], "nothing to do: every shard has 3 replicas on live nodes"),
             ("draining node", &[State(3, draining)], &all, "propose move of shard 3 from node 3 to node 4: node 3 is draining"),
             ("short of replicas", &[Replicas(2, &[2, 3])], &[OperatorKind::AddReplica { shard: 2, to: 4 }], "propose new replica of shard 2 on node 4: shard 2 has 2 of 3 replicas"),
             ("running operator", &[Down(3), Run(7, mv(2, 3, 4))], &[mv(1, 3, 4), mv(3, 3, 4)], "shard 2 is under-replicated; operator 7 is already handling it"),
             ("targets spread", &[Join(5), Down(3)], &[mv(1, 3, 4), mv(2, 3, 5), mv(3, 3, 4)], "move of shard 2 from node 3 to node 5"),
             ("down before draining", &[State(1, draining), Down(3)], &all, "node 3 is down"),
             ("quorum lost", &[Down(2), Down(3)], &[], "shard 1 has lost quorum (replicas on nodes 2, 3 are down); waiting"),
-            ("no target", &[State(4, draining), Down(3)], &[], "shard 3 is under-replicated (replica on node 3 is down) but no live node lacks a replica of it"),
+            ("no target", &[State(4, draining), Down(3)], &[], "shard 3 is under-replicated (replica on node 3 is down) but no live node heard from lately lacks a replica of it"),
+            ("a target not heard from lately", &[Down(3), Unheard(4, 10_000)], &[], "but no live node heard from lately lacks a replica of it"),
+            ("a target heard again", &[Down(3), Unheard(4, 10_000), Join(4)], &all, "node 3 is down"),
         ];
         check("replica", (3, 3), &[Join(4)], cases);
     }
@@ -996,6 +1031,8 @@ mod tests {
             ("balanced", &[], &[], "nothing to do: replica counts on live nodes are within 1 (min 6, max 6)"),
             ("repairs first", &[Join(4), Down(3)], &repairs, "nothing to do: waiting for the replica checker's repairs"),
             ("one live node", &[Down(2), State(3, NodeState::Draining)], &[], "nothing to do: fewer than 2 live nodes"),
+            ("an empty node not heard from lately", &[Join(4), Unheard(4, 10_000)], &[], "within 1 (min 6, max 6)"),
+            ("every shard on a node not heard from lately", &[Join(4), Unheard(3, 10_000)], &[], "or has a replica on a node not up or not heard from lately"),
         ];
         check("balance-replicas", (3, 6), &[], cases);
         check(
@@ -1014,6 +1051,7 @@ mod tests {
             ("least-led first", &[AllLedBy(1), Leader(6, 2)], &[lead(1, 3)], "node 1 leads 5 shards, node 3 leads 0"),
             ("a running transfer counts as done", &[AllLedBy(1), Run(1, lead(1, 3))], &[lead(2, 2)], "node 1 leads 5 shards, node 2 leads 0"),
             ("a down leader counts for no one", &[AllLedBy(3), Down(3)], &[], "within 1 (min 0, max 0)"),
+            ("not to a node not heard from lately", &[AllLedBy(1), Unheard(2, 10_000)], &[lead(1, 3)], "node 1 leads 6 shards, node 3 leads 0"),
             ("balanced", &[], &[], "nothing to do: leader counts on live nodes are within 1 (min 2, max 2)"),
             ("one live node", &[Down(2), Down(3)], &[], "nothing to do: fewer than 2 live nodes hold replicas"),
         ];
