@@ -180,6 +180,9 @@ struct Shared {
     lease_reads: u64,
     round_reads: u64,
     campaigns_deferred: u64,
+    /// (node, group) → the term at which that replica started waiting for a campaign
+    /// slot, while it waits.
+    campaign_waiting: BTreeMap<(u64, u64), u64>,
 }
 
 impl Shared {
@@ -223,12 +226,27 @@ impl Observer for SimObserver {
             s.campaigns_deferred += 1;
             return;
         }
+        if let NodeEvent::VoteRequested { group, term } = event {
+            // Not traced: one per peer per campaign. A replica waiting for a campaign
+            // slot must not campaign: the node's bound on campaigns at once is what
+            // keeps a restart of thousands of groups from an election storm.
+            if let Some(since) = s.campaign_waiting.get(&(node, group)).copied() {
+                if term > since {
+                    s.violations.push(format!(
+                        "campaign bound: n{node}'s replica of group {group} campaigned in term {term} while \
+                         waiting for a campaign slot (since term {since})"
+                    ));
+                }
+            }
+            return;
+        }
         s.record(format!("n{node} {event:?}"));
         if let NodeEvent::Leadership { group, leader, .. } = &event {
             s.known_leader.insert((node, *group), *leader);
         }
         if let NodeEvent::ReplicaRemoved { group } = &event {
             s.known_leader.remove(&(node, *group));
+            s.campaign_waiting.remove(&(node, *group));
         }
         match event {
             NodeEvent::Leadership {
@@ -261,10 +279,18 @@ impl Observer for SimObserver {
                     ));
                 }
             }
+            NodeEvent::CampaignWaiting { group, waiting, term } => {
+                if waiting {
+                    s.campaign_waiting.insert((node, group), term);
+                } else {
+                    s.campaign_waiting.remove(&(node, group));
+                }
+            }
             NodeEvent::ReplicaRemoved { .. }
             | NodeEvent::RaftBatch { .. }
             | NodeEvent::ReadConfirmed { .. }
-            | NodeEvent::CampaignDeferred { .. } => {}
+            | NodeEvent::CampaignDeferred { .. }
+            | NodeEvent::VoteRequested { .. } => {}
             NodeEvent::Quiet { quiet: true, .. } => s.quiet_entered += 1,
             NodeEvent::Quiet { reason, .. } => *s.wakeups.entry(reason).or_default() += 1,
             NodeEvent::MapInstalled {
@@ -1240,9 +1266,11 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
                 // older than the last one it installed: the "never goes back" checks
                 // hold within one run of a node.
                 let mut s = shared.lock().unwrap();
-                for node in restarted {
+                for host in restarted {
+                    let node = s.node_on(host);
                     s.routing.remove(&node);
                     s.epochs.retain(|(n, _), _| *n != node);
+                    s.campaign_waiting.retain(|(n, _), _| *n != node);
                 }
                 drop(s);
                 active = None;

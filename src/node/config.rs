@@ -122,6 +122,9 @@ pub enum PlantedBug {
     /// replicas a removed node held are never re-created elsewhere, and the map keeps
     /// listing them on a node that is gone.
     RemovedNodesLookLive,
+    /// A request wakes a replica that waits for one of its node's campaign slots: every
+    /// leaderless replica that clients reach campaigns at once, past the node's bound.
+    RequestsWakeWaitingCampaigns,
 }
 
 impl std::fmt::Debug for dyn Observer {

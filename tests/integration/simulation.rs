@@ -281,6 +281,21 @@ async fn planted_campaign_slots_without_wake_is_caught_within_three_seeds() {
     );
 }
 
+/// A replica waiting for one of its node's campaign slots must not campaign, whatever
+/// requests reach it: with the planted bug, requests wake it and it does (the behaviour
+/// before the bound held for requests too), in most seeds of several scenarios.
+#[tokio::test]
+async fn planted_requests_wake_waiting_campaigns_is_caught_within_three_seeds() {
+    let _serial = serial().await;
+    assert_caught(
+        0..3,
+        "requests-wake-waiting-campaigns",
+        "crashes",
+        &["campaign bound"],
+        "campaigns past the node's bound",
+    );
+}
+
 /// A replica whose term passed its quiet leader's must not wait on the placement driver's
 /// hint for that leader: with the planted bug, the replica cut off in `batch` seed 15
 /// campaigned, and after the heal it waits behind a leader whose appends it refuses.
