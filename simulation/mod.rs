@@ -10,7 +10,7 @@
 pub mod checker;
 pub mod nemesis;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -67,7 +67,8 @@ pub const SIM_APPEND_PAYLOAD_BYTES_MAX: usize = 512;
 /// Batch scenario: enough groups that every batch to a peer can carry several.
 pub const BATCH_SHARDS: u32 = 16;
 /// Disk scenario: how long after a node lost its disk (and was refused) the operator
-/// replaces it.
+/// replaces it: soon enough that the new node joins while faults still run and leaders
+/// still count the old id (so its messages reach the new node's address).
 pub const REPLACE_AFTER_MS: u64 = 1_500;
 /// Nodes of the initial cluster in the placement scenario; the others join.
 pub const PLACEMENT_INITIAL_NODES: u64 = 3;
@@ -157,7 +158,7 @@ struct Shared {
     known_leader: BTreeMap<(u64, u64), Option<u64>>,
     /// Nodes that refused to start (the identity guard, after a disk loss): down for good,
     /// as an operator would leave them until they are replaced.
-    refused: std::collections::BTreeSet<u64>,
+    refused: BTreeSet<u64>,
     /// (node, group) → the newest epoch of the group in a map that node installed.
     epochs: BTreeMap<(u64, u64), u64>,
     /// Host → the node id it runs now, where that is not the host's own number (a host
@@ -180,9 +181,6 @@ struct Shared {
     lease_reads: u64,
     round_reads: u64,
     campaigns_deferred: u64,
-    /// (node, group) → the term at which that replica started waiting for a campaign
-    /// slot, while it waits.
-    campaign_waiting: BTreeMap<(u64, u64), u64>,
 }
 
 impl Shared {
@@ -195,6 +193,7 @@ impl Shared {
         self.replacements.get(&host).copied().unwrap_or(host)
     }
 
+    /// The host that runs node `node`.
     fn host_of(&self, node: u64) -> u64 {
         host_of(&self.replacements, node)
     }
@@ -226,27 +225,12 @@ impl Observer for SimObserver {
             s.campaigns_deferred += 1;
             return;
         }
-        if let NodeEvent::VoteRequested { group, term } = event {
-            // Not traced: one per peer per campaign. A replica waiting for a campaign
-            // slot must not campaign: the node's bound on campaigns at once is what
-            // keeps a restart of thousands of groups from an election storm.
-            if let Some(since) = s.campaign_waiting.get(&(node, group)).copied() {
-                if term > since {
-                    s.violations.push(format!(
-                        "campaign bound: n{node}'s replica of group {group} campaigned in term {term} while \
-                         waiting for a campaign slot (since term {since})"
-                    ));
-                }
-            }
-            return;
-        }
         s.record(format!("n{node} {event:?}"));
         if let NodeEvent::Leadership { group, leader, .. } = &event {
             s.known_leader.insert((node, *group), *leader);
         }
         if let NodeEvent::ReplicaRemoved { group } = &event {
             s.known_leader.remove(&(node, *group));
-            s.campaign_waiting.remove(&(node, *group));
         }
         match event {
             NodeEvent::Leadership {
@@ -279,18 +263,10 @@ impl Observer for SimObserver {
                     ));
                 }
             }
-            NodeEvent::CampaignWaiting { group, waiting, term } => {
-                if waiting {
-                    s.campaign_waiting.insert((node, group), term);
-                } else {
-                    s.campaign_waiting.remove(&(node, group));
-                }
-            }
             NodeEvent::ReplicaRemoved { .. }
             | NodeEvent::RaftBatch { .. }
             | NodeEvent::ReadConfirmed { .. }
-            | NodeEvent::CampaignDeferred { .. }
-            | NodeEvent::VoteRequested { .. } => {}
+            | NodeEvent::CampaignDeferred { .. } => {}
             NodeEvent::Quiet { quiet: true, .. } => s.quiet_entered += 1,
             NodeEvent::Quiet { reason, .. } => *s.wakeups.entry(reason).or_default() += 1,
             NodeEvent::MapInstalled {
@@ -324,7 +300,9 @@ impl Observer for SimObserver {
     }
 }
 
-/// The host that runs node `node`, given the hosts whose node was replaced.
+/// The host that runs node `node`, given the hosts whose node was replaced. A node that
+/// was replaced maps to its old host, which now runs its replacement: callers ask only
+/// about nodes that run (leaders, map hints).
 fn host_of(replacements: &BTreeMap<u64, u64>, node: u64) -> u64 {
     replacements
         .iter()
@@ -388,14 +366,16 @@ async fn perform(client: &Client, key: &str, kind: &OpKind) -> Option<Outcome> {
     }
 }
 
-/// Adds a client op to the trace and history, flagging failures in the quiet phase.
-fn record_op(shared: &Mutex<Shared>, op: Op, via: u64) {
+/// Adds a client op, sent through host `n{host}`, to the trace and history, flagging
+/// failures in the quiet phase. The trace names the node the host runs.
+fn record_op(shared: &Mutex<Shared>, op: Op, host: u64) {
     let mut s = shared.lock().unwrap();
+    let via = s.node_on(host);
     s.record(format!(
         "c{} n{via} {} {:?} -> {:?}",
         op.client, op.key, op.kind, op.outcome
     ));
-    if op.outcome.is_none() && op.invoked_ns >= LIVENESS_FROM_MS * 1_000_000 && !s.host_refused(via) {
+    if op.outcome.is_none() && op.invoked_ns >= LIVENESS_FROM_MS * 1_000_000 && !s.refused.contains(&via) {
         let after_heal_s = (op.invoked_ns / 1_000_000 - FAULTS_END_MS) as f64 / 1000.0;
         s.violations.push(format!(
             "liveness: c{}'s {:?} on {} via n{via} failed {after_heal_s:.1} s after heal",
@@ -407,15 +387,7 @@ fn record_op(shared: &Mutex<Shared>, op: Op, via: u64) {
 
 async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) -> turmoil::Result {
     let mut rng = SmallRng::seed_from_u64(settings.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let clients: Vec<Client> = (1..=settings.nodes)
-        .map(|n| {
-            Client::with_network(
-                &format!("http://{}:{PORT}", host_name(n)),
-                NetKind::Turmoil,
-                Duration::from_millis(CLIENT_TIMEOUT_MS),
-            )
-        })
-        .collect();
+    let clients = host_clients(settings.nodes, CLIENT_TIMEOUT_MS);
     let keys: Vec<String> = (0..KEYS).map(|k| format!("k{k}")).collect();
     let mut last_seen: BTreeMap<String, u64> = BTreeMap::new();
     tokio::time::sleep(Duration::from_millis(WARMUP_MS)).await;
@@ -579,14 +551,6 @@ async fn run_admin(settings: SimSettings, steps: Vec<AdminStep>, shared: Arc<Mut
             _ => Vec::new(),
         };
         let pick = |pick: u64| shards.get((pick % shards.len().max(1) as u64) as usize).cloned();
-        let replicas = |shard: &Value| -> Vec<u64> {
-            shard["replicas"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|r| r["node_id"].as_u64())
-                .collect()
-        };
         let answer = match &step.action {
             AdminAction::Drain { node, for_ms } => {
                 let answer = admin_call(&clients, Method::POST, &format!("/v1/nodes/{node}/drain"), None).await;
@@ -604,7 +568,7 @@ async fn run_admin(settings: SimSettings, steps: Vec<AdminStep>, shared: Arc<Mut
             }
             AdminAction::Move { pick: p } => match pick(*p) {
                 Some(shard) => {
-                    let held = replicas(&shard);
+                    let held = replica_ids(&shard);
                     let from = held.get((*p / 7) as usize % held.len().max(1)).copied().unwrap_or(1);
                     let free: Vec<u64> = (1..=settings.nodes).filter(|n| !held.contains(n)).collect();
                     let to = free.get((*p / 13) as usize % free.len().max(1)).copied().unwrap_or(1);
@@ -628,7 +592,7 @@ async fn run_admin(settings: SimSettings, steps: Vec<AdminStep>, shared: Arc<Mut
             },
             AdminAction::TransferLeader { pick: p } => match pick(*p) {
                 Some(shard) => {
-                    let held = replicas(&shard);
+                    let held = replica_ids(&shard);
                     let to = held.get((*p / 7) as usize % held.len().max(1)).copied().unwrap_or(1);
                     let path = format!("/v1/shards/{}/transfer-leader", shard["id"]);
                     admin_call(&clients, Method::POST, &path, Some(serde_json::json!({"to": to}))).await
@@ -646,14 +610,29 @@ async fn run_admin(settings: SimSettings, steps: Vec<AdminStep>, shared: Arc<Mut
 
 /// The clients of an operator: one per node, each trying its node only.
 fn admin_clients(nodes: u64) -> Vec<Client> {
-    (1..=nodes)
+    host_clients(nodes, ADMIN_TIMEOUT_MS)
+}
+
+/// One client per host, in host order, each with a per-request timeout of `timeout_ms`.
+fn host_clients(hosts: u64, timeout_ms: u64) -> Vec<Client> {
+    (1..=hosts)
         .map(|n| {
             Client::with_network(
                 &format!("http://{}:{PORT}", host_name(n)),
                 NetKind::Turmoil,
-                Duration::from_millis(ADMIN_TIMEOUT_MS),
+                Duration::from_millis(timeout_ms),
             )
         })
+        .collect()
+}
+
+/// The node ids a shard of a `/v1/shards` answer lists as its replicas, in map order.
+fn replica_ids(shard: &Value) -> Vec<u64> {
+    shard["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["node_id"].as_u64())
         .collect()
 }
 
@@ -709,7 +688,13 @@ async fn run_replacement_operator(settings: SimSettings, shared: Arc<Mutex<Share
             break replaced;
         }
         if now_ns() > FAULTS_END_MS * 1_000_000 {
-            // Not refused, so never replaced (the identity guard's planted bug).
+            // The wiped node started: as its old self, with the identity guard's planted
+            // bug (its own checkers judge what that did).
+            shared
+                .lock()
+                .unwrap()
+                .violations
+                .push("identity: the node that lost its disk was never refused, so never replaced".into());
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -738,21 +723,24 @@ async fn run_replacement_operator(settings: SimSettings, shared: Arc<Mutex<Share
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // The removed node's replicas are re-created on the node each host runs now.
-    let wanted: std::collections::BTreeSet<u64> = {
+    // The removed node's replicas are re-created on the nodes the hosts run now.
+    let live: BTreeSet<u64> = {
         let s = shared.lock().unwrap();
         (1..=settings.nodes).map(|host| s.node_on(host)).collect()
     };
-    loop {
-        let problems = match admin_call(&clients, Method::GET, "/v1/shards", None).await {
-            Some((200, shards)) => replication_problems(&shards, &wanted),
+    let shard_problems = || async {
+        match admin_call(&clients, Method::GET, "/v1/shards", None).await {
+            Some((200, shards)) => replication_problems(&shards, old, &live),
             _ => vec!["liveness: the shard map could not be read".to_string()],
-        };
+        }
+    };
+    loop {
+        let problems = shard_problems().await;
         if problems.is_empty() {
             shared
                 .lock()
                 .unwrap()
-                .record(format!("operator: every shard is on nodes {wanted:?}"));
+                .record(format!("operator: no shard is on node {old}"));
             break;
         }
         if now_ns() > last_admin_call_ms(&clients) * 1_000_000 {
@@ -762,22 +750,24 @@ async fn run_replacement_operator(settings: SimSettings, shared: Arc<Mutex<Share
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     await_scheduling_converged(&clients, &shared).await;
+    // Once more on the settled map: the first pass may have passed during faults.
+    let problems = shard_problems().await;
+    shared.lock().unwrap().violations.extend(problems);
     Ok(())
 }
 
-/// Shards (in a `/v1/shards` answer) whose replicas are not exactly `wanted`.
-fn replication_problems(shards: &Value, wanted: &std::collections::BTreeSet<u64>) -> Vec<String> {
+/// Shards (in a `/v1/shards` answer) still on the `removed` node, on a node no host runs
+/// (`live` are the nodes the hosts run), or with fewer replicas than the replication
+/// factor allows on those nodes.
+fn replication_problems(shards: &Value, removed: u64, live: &BTreeSet<u64>) -> Vec<String> {
+    let replication = crate::placement::REPLICATION_FACTOR.min(live.len());
     let mut problems = Vec::new();
     for shard in shards["shards"].as_array().into_iter().flatten() {
-        let replicas: std::collections::BTreeSet<u64> = shard["replicas"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r["node_id"].as_u64())
-            .collect();
-        if &replicas != wanted {
+        let replicas: BTreeSet<u64> = replica_ids(shard).into_iter().collect();
+        if replicas.contains(&removed) || !replicas.is_subset(live) || replicas.len() != replication {
             problems.push(format!(
-                "placement: shard {} is on nodes {replicas:?} after the replacement, not {wanted:?}",
+                "placement: shard {} is on nodes {replicas:?} after node {removed} was replaced and removed \
+                 ({replication} of {live:?} wanted)",
                 shard["id"]
             ));
         }
@@ -815,12 +805,7 @@ async fn membership_differences(clients: &[Client], host_of: impl Fn(u64) -> u64
     let mut problems = Vec::new();
     for shard in routing["shards"].as_array().into_iter().flatten() {
         let id = &shard["id"];
-        let in_map: std::collections::BTreeSet<u64> = shard["replicas"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r["node_id"].as_u64())
-            .collect();
+        let in_map: BTreeSet<u64> = replica_ids(shard).into_iter().collect();
         let leader = shard["leader"].as_u64().unwrap_or(0);
         let answer = match clients.get((host_of(leader) as usize).wrapping_sub(1)) {
             Some(client) => client.get_path(&format!("/v1/shards/{id}")).await.ok(),
@@ -832,9 +817,8 @@ async fn membership_differences(clients: &[Client], host_of: impl Fn(u64) -> u64
             .unwrap_or(Value::Null);
         let local = &detail["local_replica"];
         let found = if local["state"] == "Leader" {
-            let ids = |v: &Value| -> std::collections::BTreeSet<u64> {
-                v.as_array().into_iter().flatten().filter_map(Value::as_u64).collect()
-            };
+            let ids =
+                |v: &Value| -> BTreeSet<u64> { v.as_array().into_iter().flatten().filter_map(Value::as_u64).collect() };
             Some((ids(&local["voters"]), ids(&local["group_learners"])))
         } else {
             None
@@ -855,7 +839,7 @@ async fn membership_differences(clients: &[Client], host_of: impl Fn(u64) -> u64
 fn every_group_led(s: &Shared, down_hosts: &[u64]) -> bool {
     let down: Vec<u64> = down_hosts.iter().map(|host| s.node_on(*host)).collect();
     let live = |n: &u64| !down.contains(n) && !s.refused.contains(n);
-    let groups: std::collections::BTreeSet<u64> = s.known_leader.keys().map(|(_, g)| *g).collect();
+    let groups: BTreeSet<u64> = s.known_leader.keys().map(|(_, g)| *g).collect();
     groups.into_iter().all(|group| {
         s.known_leader.iter().any(|((node, g), leader)| {
             *g == group
@@ -912,7 +896,7 @@ impl Nemesis {
         match fault {
             Fault::IsolateLeader => {
                 let leader = {
-                    let s = shared.lock().unwrap();
+                    let mut s = shared.lock().unwrap();
                     let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
                     for (_, node) in s.newest_leader.values() {
                         *counts.entry(*node).or_default() += 1;
@@ -921,12 +905,10 @@ impl Nemesis {
                         .into_iter()
                         .max_by_key(|(n, c)| (*c, u64::MAX - n))
                         .map_or(1, |(n, _)| n);
-                    s.host_of(node)
+                    let host = s.host_of(node);
+                    s.record(format!("nemesis isolates leader n{node} (host n{host})"));
+                    host
                 };
-                shared
-                    .lock()
-                    .unwrap()
-                    .record(format!("nemesis isolates leader n{leader}"));
                 let others = Self::names(&self.others(&[leader]));
                 self.cut_between(sim, &Self::names(&[leader]), &others);
             }
@@ -1015,6 +997,7 @@ impl Nemesis {
     /// The simulated operator then removes the old id (`run_replacement_operator`).
     fn replace(&mut self, sim: &mut turmoil::Sim<'_>, host: u64, shared: &Mutex<Shared>) {
         let new_id = self.nodes + 1;
+        let old_id = shared.lock().unwrap().node_on(host);
         {
             let mut config = self.host_configs[&host].lock().unwrap();
             config.node_id = new_id;
@@ -1030,9 +1013,9 @@ impl Nemesis {
         {
             let mut s = shared.lock().unwrap();
             s.replacements.insert(host, new_id);
-            s.replaced = Some((host, new_id));
+            s.replaced = Some((old_id, new_id));
             s.record(format!(
-                "operator replaces refused n{host} by node {new_id} on the same address"
+                "operator replaces refused node {old_id} by node {new_id} on host n{host}"
             ));
         }
         sim.bounce(host_name(host).as_str());
@@ -1270,7 +1253,6 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
                     let node = s.node_on(host);
                     s.routing.remove(&node);
                     s.epochs.retain(|(n, _), _| *n != node);
-                    s.campaign_waiting.retain(|(n, _), _| *n != node);
                 }
                 drop(s);
                 active = None;
@@ -1369,4 +1351,39 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
             Vec::new()
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_problems_find_shards_left_on_a_removed_or_unknown_node() {
+        let shards = |replicas: &[&[u64]]| {
+            let shards: Vec<Value> = replicas
+                .iter()
+                .enumerate()
+                .map(|(id, nodes)| {
+                    let replicas: Vec<Value> = nodes.iter().map(|n| serde_json::json!({"node_id": n})).collect();
+                    serde_json::json!({"id": id, "replicas": replicas})
+                })
+                .collect();
+            serde_json::json!({ "shards": shards })
+        };
+        let live: BTreeSet<u64> = [1, 3, 4].into();
+        assert!(replication_problems(&shards(&[&[1, 3, 4], &[4, 3, 1]]), 2, &live).is_empty());
+        let problems = replication_problems(&shards(&[&[1, 3, 4], &[1, 2, 3], &[1, 3], &[1, 3, 5]]), 2, &live);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("placement: shard 1 "), "{problems:?}");
+        // Five hosts: three replicas each, on any of them.
+        let live: BTreeSet<u64> = [1, 3, 4, 5, 6].into();
+        assert!(replication_problems(&shards(&[&[1, 5, 6], &[3, 4, 6]]), 2, &live).is_empty());
+    }
+
+    #[test]
+    fn hosts_map_to_the_node_they_run() {
+        let replacements = BTreeMap::from([(2, 4)]);
+        assert_eq!(host_of(&replacements, 4), 2);
+        assert_eq!(host_of(&replacements, 3), 3);
+    }
 }

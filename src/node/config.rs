@@ -118,13 +118,11 @@ pub enum PlantedBug {
     /// for an entry a new leader's snapshot covered: that shard's proposal queue on the
     /// node waits for good, and the shard takes no write there again.
     UnboundedWriteWait,
-    /// The scheduler's view counts a removed node as live (up, heard just now): the
+    /// The PD leader's snapshot of the cluster (what the scheduler, the executor and node
+    /// removal judge from) counts a removed node as live, up and heard just now: the
     /// replicas a removed node held are never re-created elsewhere, and the map keeps
     /// listing them on a node that is gone.
     RemovedNodesLookLive,
-    /// A request wakes a replica that waits for one of its node's campaign slots: every
-    /// leaderless replica that clients reach campaigns at once, past the node's bound.
-    RequestsWakeWaitingCampaigns,
 }
 
 impl std::fmt::Debug for dyn Observer {

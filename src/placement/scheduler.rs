@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::operator::{OperatorKind, ScheduleSettings};
+use super::server::PD_HEARTBEAT_INTERVAL_MS;
 use super::{ClusterMap, NodeId, NodeState, ShardId, ShardInfo, REPLICATION_FACTOR};
 
 /// Per-shard figures reported by the shard's leader (absent if no leader reported).
@@ -35,12 +36,13 @@ pub struct ShardStats {
 /// leader.
 pub const LEADER_REPORT_STALE_MS: u64 = 2_000;
 
-/// A node receives replicas and leaders only if this PD leader heard it this recently
-/// (5 node heartbeats). A node silent for longer, or never heard since this leader took
-/// over, may be gone: it is judged down only after `down_after_secs`, and until then an
-/// operator aimed at it would stall until its step timed out, holding an operator slot
-/// that re-creating a lost node's replicas may need.
-pub const TARGET_HEARD_WITHIN_MS: u64 = 2_000;
+/// Balancing involves only nodes this PD leader heard this recently (5 node heartbeats):
+/// they alone receive replicas and leaders, and give them up. A node silent for longer,
+/// or never heard since this leader took over, may be gone: it is judged down only after
+/// `down_after_secs`, and until then an operator that needs it would stall until its
+/// step timed out, holding an operator slot that re-creating a lost node's replicas may
+/// need.
+pub const HEARD_LATELY_MS: u64 = 5 * PD_HEARTBEAT_INTERVAL_MS;
 
 /// What the PD leader knows beyond the map.
 pub struct View<'a> {
@@ -314,14 +316,15 @@ impl<'v, 'a> Planner<'v, 'a> {
         health(self.view, node) == Health::Up
     }
 
-    /// Up and heard within [`TARGET_HEARD_WITHIN_MS`]: may receive a replica or a leader.
-    fn can_receive(&self, node: NodeId) -> bool {
+    /// Up and heard within [`HEARD_LATELY_MS`]: may take part in balancing, and receive a
+    /// replica the replica checker re-creates.
+    fn heard_lately(&self, node: NodeId) -> bool {
         self.is_up(node)
             && self
                 .view
                 .last_seen_ms
                 .get(&node)
-                .is_some_and(|&ms| ms <= TARGET_HEARD_WITHIN_MS)
+                .is_some_and(|&ms| ms <= HEARD_LATELY_MS)
     }
 
     fn busy(&self, shard: ShardId) -> bool {
@@ -361,7 +364,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         let candidates = self
             .load
             .iter()
-            .filter(|&(&n, _)| self.can_receive(n) && !shard.hosts(n));
+            .filter(|&(&n, _)| self.heard_lately(n) && !shard.hosts(n));
         candidates.min_by_key(|&(&n, &c)| (c, n)).map(|(&n, _)| n)
     }
 
@@ -480,28 +483,22 @@ impl<'v, 'a> Planner<'v, 'a> {
         if repairing {
             return one(checker, "nothing to do: waiting for the replica checker's repairs");
         }
-        let up: BTreeMap<NodeId, usize> = self
+        let heard: BTreeMap<NodeId, usize> = self
             .load
             .iter()
-            .filter(|&(&n, _)| self.is_up(n))
+            .filter(|&(&n, _)| self.heard_lately(n))
             .map(|(&n, &c)| (n, c))
             .collect();
-        if up.len() < 2 {
-            return one(checker, "nothing to do: fewer than 2 live nodes");
+        if heard.len() < 2 {
+            return one(checker, "nothing to do: fewer than 2 live nodes heard from lately");
         }
-        let receivers: BTreeMap<NodeId, usize> = up
-            .iter()
-            .filter(|&(&n, _)| self.can_receive(n))
-            .map(|(&n, &c)| (n, c))
-            .collect();
-        if receivers.is_empty() {
-            return one(checker, "nothing to do: no live node heard from lately");
-        }
-        let ((src, max), (dst, min)) = (extreme(&up, true), extreme(&receivers, false));
-        if max.saturating_sub(min) <= 1 {
+        let ((src, max), (dst, min)) = (extreme(&heard, true), extreme(&heard, false));
+        if max - min <= 1 {
             return one(
                 checker,
-                format!("nothing to do: replica counts on live nodes are within 1 (min {min}, max {max})"),
+                format!(
+                    "nothing to do: replica counts on live nodes heard from lately are within 1 (min {min}, max {max})"
+                ),
             );
         }
         let reason = format!("node {src} has {max} replicas, node {dst} has {min}");
@@ -511,7 +508,7 @@ impl<'v, 'a> Planner<'v, 'a> {
             s.replicas.contains(&src)
                 && !s.hosts(dst)
                 && !self.busy(s.id)
-                && s.replicas.iter().all(|&n| self.can_receive(n))
+                && s.replicas.iter().all(|&n| self.heard_lately(n))
         });
         match candidate {
             Some(shard) => {
@@ -538,11 +535,14 @@ impl<'v, 'a> Planner<'v, 'a> {
         let mut led: BTreeMap<NodeId, usize> = map
             .nodes
             .keys()
-            .filter(|&&n| self.is_up(n) && holds(n))
+            .filter(|&&n| self.heard_lately(n) && holds(n))
             .map(|&n| (n, 0))
             .collect();
         if led.len() < 2 {
-            return one(checker, "nothing to do: fewer than 2 live nodes hold replicas");
+            return one(
+                checker,
+                "nothing to do: fewer than 2 live nodes heard from lately hold replicas",
+            );
         }
         // A running transfer counts as done: planning again before it lands would move a
         // second leader off the same node and overshoot.
@@ -565,13 +565,15 @@ impl<'v, 'a> Planner<'v, 'a> {
         if max - min <= 1 {
             return one(
                 checker,
-                format!("nothing to do: leader counts on live nodes are within 1 (min {min}, max {max})"),
+                format!(
+                    "nothing to do: leader counts on live nodes heard from lately are within 1 (min {min}, max {max})"
+                ),
             );
         }
         // From the least-led node up: it may share no shard with the most-led one.
         let mut targets: Vec<(usize, NodeId)> = led
             .iter()
-            .filter(|(&n, &c)| max - c > 1 && self.can_receive(n))
+            .filter(|(_, &c)| max - c > 1)
             .map(|(&n, &c)| (c, n))
             .collect();
         targets.sort_unstable();
@@ -592,7 +594,7 @@ impl<'v, 'a> Planner<'v, 'a> {
             checker,
             format!(
                 "node {src} leads {max} shards, node {low} leads {min}, but no shard node {src} leads \
-                 has a replica on a less-led node and no operator"
+                 has a replica on a less-led node heard from lately and no operator"
             ),
         )
     }
@@ -706,7 +708,10 @@ mod tests {
     enum Act {
         Join(NodeId),
         Down(NodeId),
+        /// Not heard since a PD leader that has led this long took over.
         Unheard(NodeId, u64),
+        /// Heard a second ago.
+        Heard(NodeId),
         State(NodeId, NodeState),
         Replicas(ShardId, &'static [NodeId]),
         Run(u64, OperatorKind),
@@ -769,6 +774,9 @@ mod tests {
                 }
                 Down(node) => {
                     self.seen.insert(*node, 40_000);
+                }
+                Heard(node) => {
+                    self.seen.insert(*node, 1_000);
                 }
                 Unheard(node, leading_for_ms) => {
                     self.seen.remove(node);
@@ -925,7 +933,7 @@ mod tests {
             ("quorum lost", &[Down(2), Down(3)], &[], "shard 1 has lost quorum (replicas on nodes 2, 3 are down); waiting"),
             ("no target", &[State(4, draining), Down(3)], &[], "shard 3 is under-replicated (replica on node 3 is down) but no live node heard from lately lacks a replica of it"),
             ("a target not heard from lately", &[Down(3), Unheard(4, 10_000)], &[], "but no live node heard from lately lacks a replica of it"),
-            ("a target heard again", &[Down(3), Unheard(4, 10_000), Join(4)], &all, "node 3 is down"),
+            ("a target heard again", &[Down(3), Unheard(4, 10_000), Heard(4)], &all, "node 3 is down"),
         ];
         check("replica", (3, 3), &[Join(4)], cases);
     }
@@ -1028,7 +1036,7 @@ mod tests {
         let cases: &[Case] = &[
             ("empty node", &[Join(4)], &[mv(1, 1, 4)], "propose move of shard 1 from node 1 to node 4: node 1 has 6 replicas, node 4 has 0"),
             ("a running move's target counts", &[Join(4), Run(3, mv(1, 2, 4))], &[mv(2, 1, 4)], "node 1 has 6 replicas, node 4 has 1"),
-            ("balanced", &[], &[], "nothing to do: replica counts on live nodes are within 1 (min 6, max 6)"),
+            ("balanced", &[], &[], "nothing to do: replica counts on live nodes heard from lately are within 1 (min 6, max 6)"),
             ("repairs first", &[Join(4), Down(3)], &repairs, "nothing to do: waiting for the replica checker's repairs"),
             ("one live node", &[Down(2), State(3, NodeState::Draining)], &[], "nothing to do: fewer than 2 live nodes"),
             ("an empty node not heard from lately", &[Join(4), Unheard(4, 10_000)], &[], "within 1 (min 6, max 6)"),
@@ -1052,8 +1060,9 @@ mod tests {
             ("a running transfer counts as done", &[AllLedBy(1), Run(1, lead(1, 3))], &[lead(2, 2)], "node 1 leads 5 shards, node 2 leads 0"),
             ("a down leader counts for no one", &[AllLedBy(3), Down(3)], &[], "within 1 (min 0, max 0)"),
             ("not to a node not heard from lately", &[AllLedBy(1), Unheard(2, 10_000)], &[lead(1, 3)], "node 1 leads 6 shards, node 3 leads 0"),
-            ("balanced", &[], &[], "nothing to do: leader counts on live nodes are within 1 (min 2, max 2)"),
-            ("one live node", &[Down(2), Down(3)], &[], "nothing to do: fewer than 2 live nodes hold replicas"),
+            ("balanced", &[], &[], "nothing to do: leader counts on live nodes heard from lately are within 1 (min 2, max 2)"),
+            ("one live node", &[Down(2), Down(3)], &[], "nothing to do: fewer than 2 live nodes heard from lately hold replicas"),
+            ("not from a node not heard from lately", &[AllLedBy(1), Unheard(1, 10_000)], &[], "within 1 (min 0, max 0)"),
         ];
         check("balance-leaders", (3, 6), &[], cases);
         check(

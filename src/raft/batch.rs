@@ -365,10 +365,6 @@ impl RaftSender {
         &self.inner.metrics
     }
 
-    pub fn probe(&self) -> &Probe {
-        &self.inner.probe
-    }
-
     /// Sends one message to node `to` at `addr` in the next batch, and waits for its
     /// answer (the caller bounds the wait; `timeout` bounds the batch request carrying it).
     pub async fn call(

@@ -6,7 +6,6 @@
 //! is `POST /internal/raft/{group}/snapshot` alone. Bodies are versioned bincode, and
 //! every RPC has a timeout, because a partition drops bytes silently.
 
-use crate::raft::probe::NodeEvent;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -425,10 +424,6 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
         self.sender.metrics().votes.increment(1);
-        self.sender.probe().emit(|| NodeEvent::VoteRequested {
-            group: self.group,
-            term: rpc.vote.leader_id.term,
-        });
         self.call(RaftOp::Vote, &rpc, &option).await
     }
 }

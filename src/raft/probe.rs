@@ -34,12 +34,8 @@ pub enum NodeEvent {
     /// its read lease, or by a quorum round.
     ReadConfirmed { lease: bool },
     /// A replica that would campaign waits for one of the node's campaign slots
-    /// (`quiet::ration_campaigns`): once per pass while it waits.
+    /// (`quiet::ration_campaigns`).
     CampaignDeferred { group: GroupId },
-    /// A replica started or stopped waiting for a campaign slot, at term `term`.
-    CampaignWaiting { group: GroupId, waiting: bool, term: u64 },
-    /// A candidate asked a peer for its vote in `term`.
-    VoteRequested { group: GroupId, term: u64 },
     /// A replica stopped ticking (`quiet`), or started again and why.
     Quiet {
         group: GroupId,

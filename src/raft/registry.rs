@@ -63,10 +63,6 @@ pub struct Group<K: GroupKind> {
     /// holds none), and when its last slot ended (`quiet::ration_campaigns`).
     campaign_since_ms: AtomicU64,
     campaign_ended_ms: AtomicU64,
-    /// Kept quiet by `tend` until a campaign slot is free: no touch wakes it meanwhile.
-    campaign_waiting: AtomicBool,
-    /// Planted bug (simulation only): see `crate::node::PlantedBug::RequestsWakeWaitingCampaigns`.
-    planted_touch_wakes_waiting: bool,
     clock: tokio::time::Instant,
     /// A snapshot-and-purge after a split is running (see `tend`).
     compacting: Arc<AtomicBool>,
@@ -124,41 +120,10 @@ impl<K: GroupKind> Group<K> {
         // from an older activity time backs off if it sees this store; if it wins the race
         // instead, its next pass (500 ms) sees recent activity and wakes the group.
         self.active_at_ms.store(self.now_ms(), Ordering::SeqCst);
-        // A replica waiting for a campaign slot is woken by the pass that gives it one
-        // (being wanted now, it goes first): woken by requests instead, every leaderless
-        // replica that clients reach would campaign at once, past the node's bound.
-        let waiting = self.campaign_waiting.load(Ordering::SeqCst) && !self.planted_touch_wakes_waiting;
-        if self.quiet.load(Ordering::SeqCst) && !waiting {
+        if self.quiet.load(Ordering::SeqCst) {
             let _guard = self.quiet_lock.lock().unwrap();
             self.set_quiet(false, why);
         }
-    }
-
-    /// Marks the replica as waiting for a campaign slot, or no longer; `term` is its term
-    /// now (the simulation checks that a waiting replica starts no campaign past it).
-    fn set_campaign_waiting(&self, waiting: bool, term: u64) {
-        if self.campaign_waiting.swap(waiting, Ordering::SeqCst) != waiting {
-            self.probe.emit(|| NodeEvent::CampaignWaiting {
-                group: self.id,
-                waiting,
-                term,
-            });
-        }
-    }
-
-    /// Waits for a campaign slot: no election timer (and with it no nudge) until `tend`
-    /// gives it one, whatever touched it since the decision.
-    fn wait_for_campaign_slot(&self, why: Wake, seen_active_at: u64, term: u64) {
-        self.release_campaign_slot();
-        self.set_campaign_waiting(true, term);
-        if self.planted_touch_wakes_waiting {
-            // As for any quiet decision: a touch since the decision keeps it ticking.
-            self.apply(Decision::Quiet, why, seen_active_at);
-            return;
-        }
-        let _guard = self.quiet_lock.lock().unwrap();
-        self.set_quiet(true, why);
-        self.raft.runtime_config().tick(false);
     }
 
     /// Whether this replica may neither vote nor campaign yet (see `vote_hold`).
@@ -284,8 +249,6 @@ pub struct RegistryConfig {
     pub append_payload_bytes_max: usize,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignSlotsWithoutWake`.
     pub planted_campaign_slots_without_wake: bool,
-    /// Planted bug (simulation only): see `crate::node::PlantedBug::RequestsWakeWaitingCampaigns`.
-    pub planted_requests_wake_waiting_campaigns: bool,
 }
 
 /// Opens a group's state of kind `K` from the node's database.
@@ -585,8 +548,6 @@ impl<K: GroupKind> Registry<K> {
             seen_log_index: AtomicU64::new(0),
             campaign_since_ms: AtomicU64::new(NO_SLOT),
             campaign_ended_ms: AtomicU64::new(0),
-            campaign_waiting: AtomicBool::new(false),
-            planted_touch_wakes_waiting: self.config.planted_requests_wake_waiting_campaigns,
             clock: self.clock,
             compacting: Arc::new(AtomicBool::new(false)),
             state_machine_stopped: std::sync::Mutex::new(Some(state_machine_stopped)),
@@ -722,7 +683,7 @@ impl<K: GroupKind> Registry<K> {
         let mut without_leader = 0;
         let mut campaigners = Vec::new();
         for group in self.all() {
-            let (inputs, seen_active_at, compact, voter, term) = {
+            let (inputs, seen_active_at, compact, voter) = {
                 let m = group.raft.metrics();
                 let m = m.borrow();
                 let last_log = m.last_log_index.unwrap_or(0);
@@ -788,7 +749,6 @@ impl<K: GroupKind> Registry<K> {
                     seen_active_at,
                     leading && m.snapshot.is_none() && applied >= 1,
                     voter,
-                    m.current_term,
                 )
             };
             if compact && group.view.range().is_some() && !group.compacting.swap(true, Ordering::AcqRel) {
@@ -822,22 +782,19 @@ impl<K: GroupKind> Registry<K> {
                     group,
                     why,
                     seen_active_at,
-                    term,
                 ));
                 continue;
             }
             group.release_campaign_slot();
-            group.set_campaign_waiting(false, term);
             group.apply(decision, why, seen_active_at);
             quiet_count += usize::from(group.is_quiet());
         }
         let wants: Vec<Campaign> = campaigners.iter().map(|c| c.0).collect();
         let chosen = ration_campaigns(&wants, self.config.max_campaigning_replicas);
         let mut campaigning = 0;
-        for ((_, group, why, seen_active_at, term), chosen) in campaigners.into_iter().zip(chosen) {
+        for ((_, group, why, seen_active_at), chosen) in campaigners.into_iter().zip(chosen) {
             if chosen {
                 group.hold_campaign_slot();
-                group.set_campaign_waiting(false, term);
                 let wake = match self.config.planted_campaign_slots_without_wake {
                     true => Decision::Keep,
                     false => Decision::Active,
@@ -851,7 +808,10 @@ impl<K: GroupKind> Registry<K> {
                 group.apply(wake, why, seen_active_at);
                 campaigning += 1;
             } else {
-                group.wait_for_campaign_slot(why, seen_active_at, term);
+                // Stops its election timer (and with it the nudge) until its turn. A
+                // request since the decision keeps it ticking, as for any quiet decision.
+                group.release_campaign_slot();
+                group.apply(Decision::Quiet, why, seen_active_at);
                 self.config
                     .probe
                     .emit(|| NodeEvent::CampaignDeferred { group: group.id });
