@@ -608,7 +608,7 @@ async fn run_admin(settings: SimSettings, steps: Vec<AdminStep>, shared: Arc<Mut
     Ok(())
 }
 
-/// The clients of an operator: one per node, each trying its node only.
+/// The clients of an operator: one per host, each trying its host only.
 fn admin_clients(nodes: u64) -> Vec<Client> {
     host_clients(nodes, ADMIN_TIMEOUT_MS)
 }
