@@ -131,6 +131,10 @@ pub struct SimReport {
     /// same address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced: Option<(u64, u64)>,
+    /// Internal requests the nodes refused, by reason (`misdirected`: meant for another
+    /// node id, as a replaced node's messages reaching its replacement's address).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused_requests: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<String>,
 }
@@ -181,6 +185,8 @@ struct Shared {
     lease_reads: u64,
     round_reads: u64,
     campaigns_deferred: u64,
+    /// Internal requests the nodes refused, by reason.
+    refused_requests: BTreeMap<&'static str, u64>,
 }
 
 impl Shared {
@@ -225,6 +231,11 @@ impl Observer for SimObserver {
             s.campaigns_deferred += 1;
             return;
         }
+        if let NodeEvent::InternalRequestRefused { reason } = event {
+            // Counted, not traced: a refused peer retries every round trip.
+            *s.refused_requests.entry(reason).or_default() += 1;
+            return;
+        }
         s.record(format!("n{node} {event:?}"));
         if let NodeEvent::Leadership { group, leader, .. } = &event {
             s.known_leader.insert((node, *group), *leader);
@@ -266,7 +277,8 @@ impl Observer for SimObserver {
             NodeEvent::ReplicaRemoved { .. }
             | NodeEvent::RaftBatch { .. }
             | NodeEvent::ReadConfirmed { .. }
-            | NodeEvent::CampaignDeferred { .. } => {}
+            | NodeEvent::CampaignDeferred { .. }
+            | NodeEvent::InternalRequestRefused { .. } => {}
             NodeEvent::Quiet { quiet: true, .. } => s.quiet_entered += 1,
             NodeEvent::Quiet { reason, .. } => *s.wakeups.entry(reason).or_default() += 1,
             NodeEvent::MapInstalled {
@@ -1345,6 +1357,7 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         round_reads: s.round_reads,
         campaigns_deferred: s.campaigns_deferred,
         replaced: s.replaced,
+        refused_requests: s.refused_requests.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         trace: if settings.keep_trace {
             std::mem::take(&mut s.trace)
         } else {

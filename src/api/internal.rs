@@ -99,6 +99,9 @@ fn reject(node: &Api, reason: &'static str, message: String) -> ApiError {
 fn count_rejection(node: &Api, reason: &'static str, message: &str) {
     metrics::counter!("midasflow_rpc_rejected_total", "node" => node.label(), "reason" => reason).increment(1);
     tracing::warn!(reason, "refused an internal request: {message}");
+    node.config
+        .probe()
+        .emit(|| crate::raft::probe::NodeEvent::InternalRequestRefused { reason });
 }
 
 /// Who sent an internal request, as its headers say and [`check_sender`] verified.

@@ -36,6 +36,9 @@ pub enum NodeEvent {
     /// A replica that would campaign waits for one of the node's campaign slots
     /// (`quiet::ration_campaigns`).
     CampaignDeferred { group: GroupId },
+    /// The node refused a peer's internal request (the reasons of
+    /// `midasflow_rpc_rejected_total`, e.g. `misdirected`: meant for another node id).
+    InternalRequestRefused { reason: &'static str },
     /// A replica stopped ticking (`quiet`), or started again and why.
     Quiet {
         group: GroupId,

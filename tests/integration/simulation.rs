@@ -171,6 +171,11 @@ async fn a_node_that_lost_its_disk_is_replaced_on_its_own_address() {
     let wiped = report["faults"][0]["fault"]["DiskLoss"]["wiped"].as_u64();
     assert_eq!(Some(old), wiped, "the node replaced is the one wiped: {report}");
     assert_eq!(new, 4, "node {old} replaced by node {new}");
+    let misdirected = report["refused_requests"]["misdirected"].as_u64().unwrap_or(0);
+    assert!(
+        misdirected > 0,
+        "messages for node {old} reached node {new} and were refused: {report}"
+    );
 }
 
 /// A scheduler that treats a removed node as live never re-creates the replicas it held:
