@@ -387,7 +387,7 @@ fn record_op(shared: &Mutex<Shared>, op: Op, host: u64) {
         "c{} n{via} {} {:?} -> {:?}",
         op.client, op.key, op.kind, op.outcome
     ));
-    if op.outcome.is_none() && op.invoked_ns >= LIVENESS_FROM_MS * 1_000_000 && !s.refused.contains(&via) {
+    if op.outcome.is_none() && op.invoked_ns >= LIVENESS_FROM_MS * 1_000_000 && !s.host_refused(host) {
         let after_heal_s = (op.invoked_ns / 1_000_000 - FAULTS_END_MS) as f64 / 1000.0;
         s.violations.push(format!(
             "liveness: c{}'s {:?} on {} via n{via} failed {after_heal_s:.1} s after heal",
