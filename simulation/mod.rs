@@ -62,6 +62,10 @@ pub const SIM_QUIET_AFTER_MS: u64 = 1_000;
 pub const QUIET_SHARDS: u32 = 6;
 /// Campaign slots per node in the simulation: fewer than its groups.
 pub const SIM_MAX_CAMPAIGNING_REPLICAS: usize = 1;
+/// A campaign may start this soon after its replica's gate closed: the decision (a tick
+/// handled, a nudge sent) came first. A replica that campaigns with its gate closed any
+/// longer broke the node's bound on campaigns.
+pub const CAMPAIGN_GATE_SLACK_MS: u64 = 100;
 /// Entry bytes per append in the simulation: a few of its small writes.
 pub const SIM_APPEND_PAYLOAD_BYTES_MAX: usize = 512;
 /// Batch scenario: enough groups that every batch to a peer can carry several.
@@ -127,6 +131,13 @@ pub struct SimReport {
     /// Passes in which a replica that would campaign waited for a campaign slot.
     #[serde(default)]
     pub campaigns_deferred: u64,
+    /// Campaigns started (a replica voted for itself in a new term), and how many of them
+    /// by a replica whose campaign gate was closed within the last
+    /// [`CAMPAIGN_GATE_SLACK_MS`] (a decision already under way as the gate closed).
+    #[serde(default)]
+    pub campaigns_started: u64,
+    #[serde(default)]
+    pub campaigns_started_as_gate_closed: u64,
     /// Disk scenario: the node that lost its disk and the new node that replaced it on the
     /// same address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,6 +196,10 @@ struct Shared {
     lease_reads: u64,
     round_reads: u64,
     campaigns_deferred: u64,
+    campaigns_started: u64,
+    campaigns_started_as_gate_closed: u64,
+    /// (node, group) → since when (ns) that replica's campaign gate is closed.
+    gate_closed_since_ns: BTreeMap<(u64, u64), u64>,
     /// Internal requests the nodes refused, by reason.
     refused_requests: BTreeMap<&'static str, u64>,
 }
@@ -242,6 +257,7 @@ impl Observer for SimObserver {
         }
         if let NodeEvent::ReplicaRemoved { group } = &event {
             s.known_leader.remove(&(node, *group));
+            s.gate_closed_since_ns.remove(&(node, *group));
         }
         match event {
             NodeEvent::Leadership {
@@ -263,6 +279,25 @@ impl Observer for SimObserver {
                 }
             }
             NodeEvent::Leadership { .. } => {}
+            NodeEvent::CampaignGate { group, open: true } => {
+                s.gate_closed_since_ns.remove(&(node, group));
+            }
+            NodeEvent::CampaignGate { group, open: false } => {
+                s.gate_closed_since_ns.insert((node, group), now_ns());
+            }
+            NodeEvent::CampaignStarted { group, term } => {
+                s.campaigns_started += 1;
+                if let Some(closed_ns) = s.gate_closed_since_ns.get(&(node, group)).copied() {
+                    let closed_ms = now_ns().saturating_sub(closed_ns) / 1_000_000;
+                    if closed_ms >= CAMPAIGN_GATE_SLACK_MS {
+                        s.violations.push(format!(
+                            "campaign bound: n{node} started a campaign for group {group} in term {term} with its campaign gate closed for {closed_ms} ms"
+                        ));
+                    } else {
+                        s.campaigns_started_as_gate_closed += 1;
+                    }
+                }
+            }
             NodeEvent::Committed { group, index } => {
                 s.committed.insert((node, group), index);
             }
@@ -1356,6 +1391,8 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         lease_reads: s.lease_reads,
         round_reads: s.round_reads,
         campaigns_deferred: s.campaigns_deferred,
+        campaigns_started: s.campaigns_started,
+        campaigns_started_as_gate_closed: s.campaigns_started_as_gate_closed,
         replaced: s.replaced,
         refused_requests: s.refused_requests.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         trace: if settings.keep_trace {

@@ -85,12 +85,17 @@ class Cluster:
             self.procs[n] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
             log.close()
 
-    def wait_all_leaders(self, timeout=600):
+    def wait_all_leaders(self, timeout=600, on_sample=None):
+        """Polls every node's /metrics until every group has a leader; `on_sample` sees
+        each poll's sums by node."""
         groups = self.shards + 1
         deadline = time.time() + timeout
         started, reported = time.time(), time.time()
         while True:
-            leaders = sum(metric_sums(p).get("midasflow_raft_leaders", 0) for p in self.ports.values())
+            sums = {n: metric_sums(p) for n, p in self.ports.items()}
+            if on_sample:
+                on_sample(sums)
+            leaders = sum(s.get("midasflow_raft_leaders", 0) for s in sums.values())
             if leaders >= groups:
                 return
             if time.time() - reported >= 10:

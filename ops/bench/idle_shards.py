@@ -9,17 +9,24 @@ keys, lets the cluster idle, then samples over a window:
   - leader changes, heartbeat RPCs and vote RPCs counted by /metrics during the window;
   - quiet groups per node.
 With --restart it then stops all three nodes (SIGTERM) and times their restart until
-every group has a leader again and a write succeeds through each node. With --failover
+every group has a leader again and a write succeeds through each node; with
+--restart-load CONNS, `midasflow bench` drives writes and linearizable reads (CONNS
+connections each, sent to any node, which forwards) from the moment the nodes start again
+until every group has a leader, and the restart's campaigns, vote requests and the most
+campaigning replicas seen on a node are reported. With --failover
 it then kill -9s the node leading one idle shard and times the first successful write to
 that shard through another node.
 
 Usage: idle_shards.py BINARY [--shards N] [--idle-secs S] [--window-secs S]
-                      [--restart] [--failover] [--out FILE] [-- extra server flags]
+                      [--restart [--restart-load CONNS]] [--failover] [--out FILE]
+                      [-- extra server flags]
 Results are printed as JSON and appended to --out.
 """
 import argparse
 import json
+import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -34,6 +41,7 @@ def main():
     parser.add_argument("--window-secs", type=float, default=60)
     parser.add_argument("--probe-keys", type=int, default=200)
     parser.add_argument("--restart", action="store_true")
+    parser.add_argument("--restart-load", type=int, default=0, metavar="CONNS")
     parser.add_argument("--failover", action="store_true")
     parser.add_argument("--out")
     own, extra = split_extra(sys.argv[1:])
@@ -42,6 +50,7 @@ def main():
     cluster = Cluster(args.binary, args.shards, extra)
     ports, procs = cluster.ports, cluster.procs
     result = {"shards": args.shards, "flags": extra}
+    load = []
     try:
         started = time.time()
         cluster.start()
@@ -86,8 +95,25 @@ def main():
             cluster.stop()
             restarted = time.time()
             cluster.start()
-            cluster.wait_all_leaders()
+            if args.restart_load:
+                load = start_load(args.binary, cluster, args.restart_load)
+                result["restart_load_connections"] = args.restart_load
+            most_campaigning = {n: 0 for n in ports}
+
+            def sample(sums):
+                for n, node_sums in sums.items():
+                    campaigning = int(node_sums.get("midasflow_raft_campaigning_replicas", 0))
+                    most_campaigning[n] = max(most_campaigning[n], campaigning)
+
+            cluster.wait_all_leaders(on_sample=sample)
             result["restart_secs_to_all_leaders"] = round(time.time() - restarted, 1)
+            stop_load(load)
+            load = []
+            # Counters started again with the processes: these are the restart's.
+            sums = {n: metric_sums(p) for n, p in ports.items()}
+            result["restart_campaigns"] = int(sum(s.get("midasflow_raft_campaigns_total", 0) for s in sums.values()))
+            result["restart_vote_rpcs"] = int(sum(s.get("midasflow_raft_vote_rpcs_total", 0) for s in sums.values()))
+            result["restart_most_campaigning_replicas"] = most_campaigning
             for n, port in ports.items():
                 while call(port, "PUT", "/v1/kv/idle-probe-1", body=b"r")[0] != 200:
                     if time.time() - restarted > 600:
@@ -114,11 +140,30 @@ def main():
             result["failover_shard"] = shard
             result["secs_to_first_write_after_leader_kill"] = round(time.time() - killed, 2) if status == 200 else None
     finally:
+        stop_load(load)
         cluster.remove()
     print(json.dumps(result, indent=2))
     if args.out:
         with open(args.out, "a") as f:
             f.write(json.dumps(result) + "\n")
+
+
+def start_load(binary, cluster, connections):
+    """Writes and linearizable reads, sent round-robin to the nodes, for up to 10 minutes."""
+    procs = []
+    for workload in ("write", "read"):
+        cmd = [binary, "bench", "--endpoints", cluster.endpoints(), "--workload", workload, "--routing", "any",
+               "--connections", str(connections), "--duration-secs", "600", "--keys", "10000",
+               "--out", os.path.join(cluster.root, f"restart-load-{workload}.json")]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
+
+
+def stop_load(procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 if __name__ == "__main__":

@@ -123,6 +123,11 @@ pub enum PlantedBug {
     /// replicas a removed node held are never re-created elsewhere, and the map keeps
     /// listing them on a node that is gone.
     RemovedNodesLookLive,
+    /// A leaderless replica waiting for a campaign slot is held back only by its tick
+    /// being off, not by its campaign gate: a request wakes the tick, and the replica
+    /// campaigns past the node's bound on campaigns (what every replica a client reached
+    /// did before the gate).
+    CampaignGateByTickOnly,
 }
 
 impl std::fmt::Debug for dyn Observer {

@@ -535,6 +535,15 @@ impl<K: GroupKind> RaftLogStorage<Config<K>> for LogStore<K> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        if !vote.is_committed() && vote.leader_id.voted_for() == Some(self.probe.node()) {
+            // A vote for itself in a new term: this replica starts a campaign.
+            metrics::counter!("midasflow_raft_campaigns_total", "node" => self.probe.node().to_string(), "kind" => K::NAME)
+                .increment(1);
+            self.probe.emit(|| NodeEvent::CampaignStarted {
+                group: self.group,
+                term: vote.leader_id.term,
+            });
+        }
         let bytes = codec::encode(vote).map_err(storage_io_error)?;
         self.wal.set_vote(self.group, &bytes).map_err(storage_io_error)?;
         // A vote must survive a crash before it is acted on, or a node could vote twice.

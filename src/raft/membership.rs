@@ -235,6 +235,7 @@ async fn perform_inner<K: GroupKind>(
                     "this replica does not follow node {leader} in term {term} (its vote: {vote})"
                 ));
             }
+            group.open_campaign_gate();
             raft.trigger().elect().await.map_err(|e| e.to_string())
         }
         AdminRequest::Split(plan) => {

@@ -36,6 +36,12 @@ pub enum NodeEvent {
     /// A replica that would campaign waits for one of the node's campaign slots
     /// (`quiet::ration_campaigns`).
     CampaignDeferred { group: GroupId },
+    /// A replica's campaign gate opened or closed: whether its own election timer may
+    /// start a campaign (`Group::set_campaign_gate`). Emitted when the replica is opened,
+    /// too.
+    CampaignGate { group: GroupId, open: bool },
+    /// A replica started a campaign: it saved a vote for itself in a new `term`.
+    CampaignStarted { group: GroupId, term: u64 },
     /// The node refused a peer's internal request (the reasons of
     /// `midasflow_rpc_rejected_total`, e.g. `misdirected`: meant for another node id).
     InternalRequestRefused { reason: &'static str },
@@ -61,6 +67,11 @@ pub struct Probe {
 impl Probe {
     pub fn new(node: u64, observer: Option<Arc<dyn Observer>>) -> Self {
         Probe { node, observer }
+    }
+
+    /// The node whose events this probe emits.
+    pub fn node(&self) -> u64 {
+        self.node
     }
 
     /// As [`Probe::emit`], when `condition` holds.

@@ -63,6 +63,11 @@ pub struct Group<K: GroupKind> {
     /// holds none), and when its last slot ended (`quiet::ration_campaigns`).
     campaign_since_ms: AtomicU64,
     campaign_ended_ms: AtomicU64,
+    /// Whether this replica's own election timer may start a campaign: closed for a
+    /// voter that knows no leader and holds no campaign slot (see `set_campaign_gate`).
+    campaign_gate: AtomicBool,
+    /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignGateByTickOnly`.
+    planted_gate_by_tick_only: bool,
     clock: tokio::time::Instant,
     /// A snapshot-and-purge after a split is running (see `tend`).
     compacting: Arc<AtomicBool>,
@@ -129,6 +134,42 @@ impl<K: GroupKind> Group<K> {
     /// Whether this replica may neither vote nor campaign yet (see `vote_hold`).
     pub fn holds_votes(&self) -> bool {
         self.vote_hold.load(Ordering::SeqCst)
+    }
+
+    /// Ends the vote hold (`vote_hold`).
+    fn end_vote_hold(&self) {
+        let _guard = self.quiet_lock.lock().unwrap();
+        self.vote_hold.store(false, Ordering::SeqCst);
+        self.raft.runtime_config().elect(self.may_campaign());
+    }
+
+    /// Whether the replica may start an election on its own (its timer or our nudge).
+    fn may_campaign(&self) -> bool {
+        (self.campaign_gate.load(Ordering::SeqCst) || self.planted_gate_by_tick_only) && !self.holds_votes()
+    }
+
+    /// Opens or closes the campaign gate. The node's bound on campaigns cannot rest on
+    /// ticking alone: a request wakes a quiet replica's tick at once (a follower must
+    /// notice a dead leader), so a leaderless replica kept waiting for a slot would
+    /// campaign as soon as a client reached it, and under load every one of them did.
+    /// openraft reads this flag as it handles each tick, so no tick already queued slips
+    /// past a closed gate; an explicit trigger (a leadership transfer) is not bound by it.
+    fn set_campaign_gate(&self, open: bool) {
+        // `tend` calls this for every replica twice a second: no lock unless it changes.
+        if self.campaign_gate.load(Ordering::SeqCst) == open {
+            return;
+        }
+        let _guard = self.quiet_lock.lock().unwrap();
+        if self.campaign_gate.swap(open, Ordering::SeqCst) != open {
+            self.raft.runtime_config().elect(self.may_campaign());
+            self.probe.emit(|| NodeEvent::CampaignGate { group: self.id, open });
+        }
+    }
+
+    /// A leadership transfer's target follows the leader that chose it: its gate is open
+    /// under the rule anyway, but `tend` may not have seen it follow yet.
+    pub fn open_campaign_gate(&self) {
+        self.set_campaign_gate(true);
     }
 
     /// Whether ticking is off (no heartbeats, no election timer).
@@ -249,6 +290,8 @@ pub struct RegistryConfig {
     pub append_payload_bytes_max: usize,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignSlotsWithoutWake`.
     pub planted_campaign_slots_without_wake: bool,
+    /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignGateByTickOnly`.
+    pub planted_campaign_gate_by_tick_only: bool,
 }
 
 /// Opens a group's state of kind `K` from the node's database.
@@ -515,16 +558,10 @@ impl<K: GroupKind> Registry<K> {
             raft.runtime_config().tick(false);
         }
         let vote_hold = Arc::new(AtomicBool::new(reopened || recreated));
-        if reopened || recreated {
-            raft.runtime_config().elect(false);
-            let (raft, vote_hold) = (raft.clone(), vote_hold.clone());
-            let hold_ms = self.config.raft_config.election_timeout_max;
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(hold_ms)).await;
-                vote_hold.store(false, Ordering::SeqCst);
-                raft.runtime_config().elect(true);
-            });
-        }
+        // A reopened replica knows no leader: its gate opens once `tend` sees it follow
+        // one or gives it a slot.
+        let campaign_gate = !reopened;
+        raft.runtime_config().elect(campaign_gate && !(reopened || recreated));
         let created = Arc::new(Group {
             id: group,
             raft,
@@ -548,12 +585,28 @@ impl<K: GroupKind> Registry<K> {
             seen_log_index: AtomicU64::new(0),
             campaign_since_ms: AtomicU64::new(NO_SLOT),
             campaign_ended_ms: AtomicU64::new(0),
+            campaign_gate: AtomicBool::new(campaign_gate),
+            planted_gate_by_tick_only: self.config.planted_campaign_gate_by_tick_only,
             clock: self.clock,
             compacting: Arc::new(AtomicBool::new(false)),
             state_machine_stopped: std::sync::Mutex::new(Some(state_machine_stopped)),
             label: self.label.clone(),
             probe: self.config.probe.clone(),
         });
+        self.config.probe.emit(|| NodeEvent::CampaignGate {
+            group,
+            open: campaign_gate,
+        });
+        if created.holds_votes() {
+            let weak = Arc::downgrade(&created);
+            let hold_ms = self.config.raft_config.election_timeout_max;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+                if let Some(group) = weak.upgrade() {
+                    group.end_vote_hold();
+                }
+            });
+        }
         self.groups.write().unwrap().insert(group, created.clone());
         self.spawn_monitor(created.clone());
         metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone(), "kind" => K::NAME)
@@ -651,7 +704,7 @@ impl<K: GroupKind> Registry<K> {
                             // Still no leader: a heartbeat may have arrived as the timer
                             // fired, and a follower of a fresh leader must not campaign.
                             let leaderless = group.raft.metrics().borrow().current_leader.is_none();
-                            if leaderless && !group.is_quiet() && !group.holds_votes() {
+                            if leaderless && !group.is_quiet() && group.may_campaign() {
                                 tracing::debug!(group = group.id, node = node_id, term, "no leader for a while; starting an election");
                                 metrics::counter!("midasflow_raft_election_nudges_total", "node" => label.clone()).increment(1);
                                 let _ = group.raft.trigger().elect().await;
@@ -786,6 +839,9 @@ impl<K: GroupKind> Registry<K> {
                 continue;
             }
             group.release_campaign_slot();
+            // Leaders and followers keep their timers (a follower must notice a dead
+            // leader at once when a request wakes it); the rest wait for a slot.
+            group.set_campaign_gate(inputs.role != Role::Other);
             group.apply(decision, why, seen_active_at);
             quiet_count += usize::from(group.is_quiet());
         }
@@ -795,6 +851,7 @@ impl<K: GroupKind> Registry<K> {
         for ((_, group, why, seen_active_at), chosen) in campaigners.into_iter().zip(chosen) {
             if chosen {
                 group.hold_campaign_slot();
+                group.set_campaign_gate(true);
                 let wake = match self.config.planted_campaign_slots_without_wake {
                     true => Decision::Keep,
                     false => Decision::Active,
@@ -808,9 +865,9 @@ impl<K: GroupKind> Registry<K> {
                 group.apply(wake, why, seen_active_at);
                 campaigning += 1;
             } else {
-                // Stops its election timer (and with it the nudge) until its turn. A
-                // request since the decision keeps it ticking, as for any quiet decision.
+                // No campaign until its turn, whatever wakes its tick meanwhile.
                 group.release_campaign_slot();
+                group.set_campaign_gate(false);
                 group.apply(Decision::Quiet, why, seen_active_at);
                 self.config
                     .probe

@@ -129,4 +129,6 @@ async fn idle_groups_go_quiet_wake_on_requests_and_elect_after_leader_loss() {
         lost += metric_with(&cluster, node, wakeups, "reason=\"leader_lost\"").await;
     }
     assert!(lost > 0.0, "a replica woke because its leader's node was lost");
+    let campaigns = metric_sum(&cluster, &cluster.live_nodes(), "midasflow_raft_campaigns_total").await;
+    assert!(campaigns > 0.0, "the new leaders' campaigns are counted");
 }

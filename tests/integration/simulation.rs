@@ -288,6 +288,22 @@ async fn planted_campaign_slots_without_wake_is_caught_within_three_seeds() {
     );
 }
 
+/// A leaderless replica waiting for a campaign slot must not campaign when a request wakes
+/// its tick: with the planted bug (the gate not enforced, as before there was one), the
+/// crashes scenario's clients reach leaderless replicas after each restart, and the
+/// campaign-bound checker sees them campaign without a slot.
+#[tokio::test]
+async fn planted_campaign_gate_by_tick_only_is_caught_within_two_seeds() {
+    let _serial = serial().await;
+    assert_caught(
+        0..2,
+        "campaign-gate-by-tick-only",
+        "crashes",
+        &["campaign bound"],
+        "campaigns past the node's bound under client load",
+    );
+}
+
 /// A replica whose term passed its quiet leader's must not wait on the placement driver's
 /// hint for that leader: with the planted bug, the replica cut off in `batch` seed 15
 /// campaigned, and after the heal it waits behind a leader whose appends it refuses.
@@ -338,5 +354,10 @@ async fn the_quiet_scenario_quiets_groups_and_wakes_them() {
     assert!(
         report["wakeups"]["campaign_slot"].as_u64().unwrap_or(0) > 0,
         "no replica woken for its campaign slot: {report}"
+    );
+    // Elections happened, each seen by the campaign-bound checker.
+    assert!(
+        report["campaigns_started"].as_u64().unwrap_or(0) > 0,
+        "no campaign seen: {report}"
     );
 }
