@@ -176,7 +176,7 @@ pub const CATALOGUE: &[MetricDoc] = &[
         "midasflow_raft_campaigns_waiting",
         Gauge,
         "kind",
-        "Replicas that would campaign but wait for a campaign slot (--max-campaigning-replicas), their election timers stopped.",
+        "Replicas that would campaign but wait for a campaign slot (--max-campaigning-replicas): no election until their turn.",
     ),
     doc(
         "midasflow_raft_quiet_groups",
@@ -195,6 +195,12 @@ pub const CATALOGUE: &[MetricDoc] = &[
         Counter,
         "",
         "Elections started because a group had no leader for too long.",
+    ),
+    doc(
+        "midasflow_raft_campaigns_total",
+        Counter,
+        "kind",
+        "Campaigns this node's replicas started (a vote for itself saved in a new term), whatever started them.",
     ),
     doc(
         "midasflow_raft_group_wakeups_total",
