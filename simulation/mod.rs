@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::client::{encode_key_str, Client};
 use crate::node::{NodeConfig, PlantedBug};
+use crate::placement::PD_GROUP;
 use crate::raft::log_store::FlushMode;
 use crate::raft::probe::{NodeEvent, Observer};
 use crate::raft::transport::NetKind;
@@ -198,8 +199,9 @@ struct Shared {
     campaigns_deferred: u64,
     campaigns_started: u64,
     campaigns_started_as_gate_closed: u64,
-    /// (node, group) → since when (ns) that replica's campaign gate is closed.
-    gate_closed_since_ns: BTreeMap<(u64, u64), u64>,
+    /// (node, group) → that replica's campaign gate (`quiet::Gate`'s name), and since
+    /// when (ns).
+    gates: BTreeMap<(u64, u64), (&'static str, u64)>,
     /// Internal requests the nodes refused, by reason.
     refused_requests: BTreeMap<&'static str, u64>,
 }
@@ -257,7 +259,7 @@ impl Observer for SimObserver {
         }
         if let NodeEvent::ReplicaRemoved { group } = &event {
             s.known_leader.remove(&(node, *group));
-            s.gate_closed_since_ns.remove(&(node, *group));
+            s.gates.remove(&(node, *group));
         }
         match event {
             NodeEvent::Leadership {
@@ -279,23 +281,38 @@ impl Observer for SimObserver {
                 }
             }
             NodeEvent::Leadership { .. } => {}
-            NodeEvent::CampaignGate { group, open: true } => {
-                s.gate_closed_since_ns.remove(&(node, group));
-            }
-            NodeEvent::CampaignGate { group, open: false } => {
-                s.gate_closed_since_ns.insert((node, group), now_ns());
+            NodeEvent::CampaignGate { group, gate } => {
+                s.gates.insert((node, group), (gate, now_ns()));
+                let slots = s
+                    .gates
+                    .iter()
+                    .filter(|((n, g), (gate, _))| *n == node && *g != PD_GROUP && *gate == "slot")
+                    .count();
+                if slots > SIM_MAX_CAMPAIGNING_REPLICAS {
+                    s.violations.push(format!(
+                        "campaign bound: n{node} has {slots} replicas holding campaign slots, more than its {SIM_MAX_CAMPAIGNING_REPLICAS}"
+                    ));
+                }
             }
             NodeEvent::CampaignStarted { group, term } => {
                 s.campaigns_started += 1;
-                if let Some(closed_ns) = s.gate_closed_since_ns.get(&(node, group)).copied() {
-                    let closed_ms = now_ns().saturating_sub(closed_ns) / 1_000_000;
-                    if closed_ms >= CAMPAIGN_GATE_SLACK_MS {
-                        s.violations.push(format!(
-                            "campaign bound: n{node} started a campaign for group {group} in term {term} with its campaign gate closed for {closed_ms} ms"
-                        ));
-                    } else {
+                let knows_leader = s.known_leader.get(&(node, group)).copied().flatten().is_some();
+                let (gate, since_ns) = s.gates.get(&(node, group)).copied().unwrap_or(("closed", 0));
+                let closed_ms = now_ns().saturating_sub(since_ns) / 1_000_000;
+                let why = match gate {
+                    "closed" if closed_ms < CAMPAIGN_GATE_SLACK_MS => {
                         s.campaigns_started_as_gate_closed += 1;
+                        None
                     }
+                    "closed" => Some(format!("with its campaign gate closed for {closed_ms} ms")),
+                    "slot" | "transfer" | "created" => None,
+                    _ if knows_leader => None,
+                    _ => Some(format!("knowing no leader, without a campaign slot (its gate: {gate})")),
+                };
+                if let Some(why) = why {
+                    s.violations.push(format!(
+                        "campaign bound: n{node} started a campaign for group {group} in term {term} {why}"
+                    ));
                 }
             }
             NodeEvent::Committed { group, index } => {

@@ -256,6 +256,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         append_payload_bytes_max: config.raft.append_payload_bytes_max,
         planted_campaign_slots_without_wake: config.has_planted_bug(PlantedBug::CampaignSlotsWithoutWake),
         planted_campaign_gate_by_tick_only: config.has_planted_bug(PlantedBug::CampaignGateByTickOnly),
+        planted_leaderless_gates_open: config.has_planted_bug(PlantedBug::LeaderlessGatesOpen),
+        planted_hint_followers_never_ask: config.has_planted_bug(PlantedBug::HintFollowersNeverAsk),
     });
     // One batching sender for every group of every kind: a peer gets one request per
     // round trip, whatever the number of groups. A batch packs as many bytes as one

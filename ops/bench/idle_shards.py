@@ -13,7 +13,7 @@ every group has a leader again and a write succeeds through each node; with
 --restart-load CONNS, `midasflow bench` drives writes and linearizable reads (CONNS
 connections each, sent to any node, which forwards) from the moment the nodes start again
 until every group has a leader, and the restart's campaigns, vote requests and the most
-campaigning replicas seen on a node are reported. With --failover
+campaign slots a node held are reported. With --failover
 it then kill -9s the node leading one idle shard and times the first successful write to
 that shard through another node.
 
@@ -98,12 +98,12 @@ def main():
             if args.restart_load:
                 load = start_load(args.binary, cluster, args.restart_load)
                 result["restart_load_connections"] = args.restart_load
-            most_campaigning = {n: 0 for n in ports}
+            most_slots = {n: 0 for n in ports}
 
             def sample(sums):
                 for n, node_sums in sums.items():
                     campaigning = int(node_sums.get("midasflow_raft_campaigning_replicas", 0))
-                    most_campaigning[n] = max(most_campaigning[n], campaigning)
+                    most_slots[n] = max(most_slots[n], campaigning)
 
             cluster.wait_all_leaders(on_sample=sample)
             result["restart_secs_to_all_leaders"] = round(time.time() - restarted, 1)
@@ -113,7 +113,7 @@ def main():
             sums = {n: metric_sums(p) for n, p in ports.items()}
             result["restart_campaigns"] = int(sum(s.get("midasflow_raft_campaigns_total", 0) for s in sums.values()))
             result["restart_vote_rpcs"] = int(sum(s.get("midasflow_raft_vote_rpcs_total", 0) for s in sums.values()))
-            result["restart_most_campaigning_replicas"] = most_campaigning
+            result["restart_most_campaign_slots_held"] = most_slots
             for n, port in ports.items():
                 while call(port, "PUT", "/v1/kv/idle-probe-1", body=b"r")[0] != 200:
                     if time.time() - restarted > 600:

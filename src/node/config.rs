@@ -128,6 +128,16 @@ pub enum PlantedBug {
     /// campaigns past the node's bound on campaigns (what every replica a client reached
     /// did before the gate).
     CampaignGateByTickOnly,
+    /// Every replica that does not campaign this pass keeps its campaign gate open as if
+    /// it followed a leader, leaderless ones included: a reopened replica waiting for its
+    /// group's first candidate, or one that follows only the placement driver's hint,
+    /// campaigns as soon as a request wakes its tick, outside the node's bound.
+    LeaderlessGatesOpen,
+    /// A replica that follows only the placement driver's hint never asks that leader to
+    /// make itself known: after a restart, a quiet leader that counts the replica caught up
+    /// (its matched index is from before) sends it nothing, and the replica never learns
+    /// its leader.
+    HintFollowersNeverAsk,
 }
 
 impl std::fmt::Debug for dyn Observer {

@@ -235,7 +235,7 @@ async fn perform_inner<K: GroupKind>(
                     "this replica does not follow node {leader} in term {term} (its vote: {vote})"
                 ));
             }
-            group.open_campaign_gate();
+            group.open_campaign_gate_for_transfer();
             raft.trigger().elect().await.map_err(|e| e.to_string())
         }
         AdminRequest::Split(plan) => {
@@ -269,20 +269,31 @@ async fn transfer_leader<K: GroupKind>(
     let _pause = group.pause_proposals();
     let raft = &group.raft;
     let term = raft.metrics().borrow().vote.leader_id.term;
-    // Undone on drop, whatever happens (the admin request's timeout drops this future).
-    let _transferring = Transferring::start(group);
+    let asked_at = Instant::now();
     let result = async {
-        let deadline = Instant::now() + Duration::from_millis(TRANSFER_CATCH_UP_MS);
+        // Heartbeats still run here: the target must also have accepted one of this
+        // term's appends since the transfer began. A target that restarted knows no leader
+        // until one reaches it (its matched index is the one from before), and refuses to
+        // campaign for a leader it does not follow; with heartbeats off from the start, no
+        // append ever reached it, and the placement driver retried the same doomed
+        // transfer every few seconds.
+        let deadline = asked_at + Duration::from_millis(TRANSFER_CATCH_UP_MS);
         loop {
             let now = status(group);
-            if now.matched.get(&to).copied() == Some(now.last_log_index) {
+            if now.matched.get(&to).copied() == Some(now.last_log_index)
+                && group.reads.follower_accepted_since(to, term, asked_at)
+            {
                 break;
             }
             if Instant::now() >= deadline {
-                return Err(format!("node {to} did not catch up within {TRANSFER_CATCH_UP_MS} ms"));
+                return Err(format!(
+                    "node {to} did not catch up with term {term} within {TRANSFER_CATCH_UP_MS} ms"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Undone on drop, whatever happens (the admin request's timeout drops this future).
+        let _transferring = Transferring::start(group);
         // The followers refuse votes while the leader's lease is fresh.
         let lease_ms = registry.election_timeout_max_ms() + registry.heartbeat_interval_ms();
         tokio::time::sleep(Duration::from_millis(lease_ms)).await;

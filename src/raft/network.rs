@@ -394,13 +394,13 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
                 | AppendEntriesResponse::PartialSuccess(_)
                 | AppendEntriesResponse::Conflict)
         );
-        if self.sender.times_like_this_node(self.target) {
-            if accepted {
-                self.acks.record(self.target, term, sent);
-            }
-        } else {
+        let for_lease = self.sender.times_like_this_node(self.target);
+        if !for_lease {
             // Restarted with shorter timeouts, say: what it accepted before no longer counts.
             self.acks.forget(self.target);
+        }
+        if accepted {
+            self.acks.record(self.target, term, sent, for_lease);
         }
         answer
     }

@@ -36,10 +36,10 @@ pub enum NodeEvent {
     /// A replica that would campaign waits for one of the node's campaign slots
     /// (`quiet::ration_campaigns`).
     CampaignDeferred { group: GroupId },
-    /// A replica's campaign gate opened or closed: whether its own election timer may
-    /// start a campaign (`Group::set_campaign_gate`). Emitted when the replica is opened,
+    /// A replica's campaign gate changed (`quiet::Gate`: whether it may start an election
+    /// on its own, and why; `closed` when it may not). Emitted when the replica is opened,
     /// too.
-    CampaignGate { group: GroupId, open: bool },
+    CampaignGate { group: GroupId, gate: &'static str },
     /// A replica started a campaign: it saved a vote for itself in a new `term`.
     CampaignStarted { group: GroupId, term: u64 },
     /// The node refused a peer's internal request (the reasons of

@@ -8,7 +8,8 @@
 //! leader's node lost, which then campaigns as usual. A candidate's vote request (a new
 //! term with no leader yet) does not: the candidate's own timer keeps the election going,
 //! and waking its peers would have them campaign too. At most a bounded number of a node's
-//! replicas campaign at once ([`ration_campaigns`]); the rest stop ticking until their turn.
+//! replicas campaign at once ([`ration_campaigns`]); the rest have their campaign [`Gate`]
+//! closed until their turn (and stop ticking, until a request wakes the tick).
 //!
 //! Quiet changes only timers. Votes, terms, appends and `ensure_linearizable` work the
 //! same, so "at most one leader per term" and linearizable reads do not depend on it.
@@ -87,6 +88,9 @@ pub struct Inputs {
     pub membership_settled: bool,
     /// Follower: liveness of the leader's node.
     pub leader: Liveness,
+    /// Active within the last [`CAMPAIGN_SLOT_MS`] (a request, or log growth): a client
+    /// may be waiting on it.
+    pub wanted: bool,
     /// This node's own liveness view is fresh (it reached the placement driver lately).
     pub view_fresh: bool,
     /// The replica was reopened from disk and has seen no leader yet: it knows none (its
@@ -129,7 +133,16 @@ pub fn decide(inputs: &Inputs, quiet_after_ms: u64) -> Decision {
             Liveness::Live => Decision::Active,
             Liveness::Unknown => Decision::Keep,
         },
-        Role::Other if inputs.starting && !inputs.view_fresh => Decision::Keep,
+        // A stale view keeps a reopened replica waiting: campaigning on it could depose
+        // live leaders. Past the grace, one that requests want campaigns in its turn, so
+        // the groups clients use still elect while the placement driver is out of reach.
+        Role::Other
+            if inputs.starting
+                && !inputs.view_fresh
+                && !(inputs.wanted && inputs.starting_for_ms >= STARTING_GRACE_MS) =>
+        {
+            Decision::Keep
+        }
         Role::Other if inputs.starting && !inputs.first_candidate && inputs.starting_for_ms < STARTING_GRACE_MS => {
             Decision::Keep
         }
@@ -149,6 +162,70 @@ pub const DEFAULT_MAX_CAMPAIGNING_REPLICAS: usize = 128;
 /// How long a replica keeps its campaign slot while others wait for one: several
 /// election timeouts, so a slot is not taken away mid-campaign.
 pub const CAMPAIGN_SLOT_MS: u64 = 3_000;
+
+/// Whether a replica may start an election on its own (its election timer, or the node's
+/// nudge), and why. Ticking alone cannot bound campaigns: a request wakes a replica's tick
+/// at once (a follower must notice a dead leader), so a leaderless replica held back only
+/// by a stopped tick campaigns as soon as a client reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Gate {
+    /// It may not: a voter that knows no leader and holds no campaign slot, a learner, or
+    /// a reopened replica not judged yet.
+    Closed = 0,
+    Leader,
+    /// Its Raft state names the leader it follows: a request that reaches it while that
+    /// leader is gone makes it campaign at once.
+    Follower,
+    /// It holds one of the node's campaign slots ([`ration_campaigns`]).
+    Slot,
+    /// A leadership transfer chose it.
+    Transfer,
+    /// A replica just created (a new group, a split child, a move's target), until the
+    /// next pass judges it.
+    Created,
+}
+
+impl Gate {
+    const ALL: [Gate; 6] = [
+        Gate::Closed,
+        Gate::Leader,
+        Gate::Follower,
+        Gate::Slot,
+        Gate::Transfer,
+        Gate::Created,
+    ];
+
+    pub fn is_open(self) -> bool {
+        self != Gate::Closed
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Gate::Closed => "closed",
+            Gate::Leader => "leader",
+            Gate::Follower => "follower",
+            Gate::Slot => "slot",
+            Gate::Transfer => "transfer",
+            Gate::Created => "created",
+        }
+    }
+
+    pub fn from_u8(value: u8) -> Gate {
+        Gate::ALL.get(usize::from(value)).copied().unwrap_or(Gate::Closed)
+    }
+}
+
+/// The gate of a replica that does not campaign this pass (see [`ration_campaigns`] for
+/// those that do): a leader's, and a follower's whose own Raft state names its leader,
+/// stay open; a replica that follows only the placement driver's hint, or none, waits.
+pub fn gate_without_campaign(role: Role, raft_names_leader: bool) -> Gate {
+    match role {
+        Role::Leader => Gate::Leader,
+        Role::Follower if raft_names_leader => Gate::Follower,
+        Role::Follower | Role::Other => Gate::Closed,
+    }
+}
 
 /// A replica that would campaign this pass (a voter that knows no leader, or follows a
 /// lost one).
@@ -390,6 +467,7 @@ mod tests {
             replicas_caught_up: true,
             membership_settled: true,
             leader: Liveness::Live,
+            wanted: false,
             view_fresh: true,
             starting: false,
             starting_for_ms: 0,
@@ -465,6 +543,28 @@ mod tests {
                 Keep,
             ),
             (
+                "reopened replica with a stale view that requests want, within the grace",
+                Inputs {
+                    starting: true,
+                    view_fresh: false,
+                    wanted: true,
+                    starting_for_ms: 1_000,
+                    ..inputs(Role::Other, 100)
+                },
+                Keep,
+            ),
+            (
+                "... past the grace: it campaigns in its turn",
+                Inputs {
+                    starting: true,
+                    view_fresh: false,
+                    wanted: true,
+                    starting_for_ms: STARTING_GRACE_MS,
+                    ..inputs(Role::Other, 100)
+                },
+                Active,
+            ),
+            (
                 "reopened first candidate of a group nobody leads",
                 Inputs {
                     starting: true,
@@ -494,6 +594,22 @@ mod tests {
         ];
         for (name, case, want) in cases {
             assert_eq!(decide(&case, q), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_leaders_and_followers_of_a_leader_raft_names_keep_their_gate_open() {
+        assert_eq!(gate_without_campaign(Role::Leader, false), Gate::Leader);
+        assert_eq!(gate_without_campaign(Role::Follower, true), Gate::Follower);
+        assert_eq!(
+            gate_without_campaign(Role::Follower, false),
+            Gate::Closed,
+            "a replica following only the placement driver's hint waits for a slot"
+        );
+        assert_eq!(gate_without_campaign(Role::Other, true), Gate::Closed);
+        for gate in Gate::ALL {
+            assert_eq!(Gate::from_u8(gate as u8), gate);
+            assert_eq!(gate.is_open(), gate != Gate::Closed);
         }
     }
 

@@ -79,6 +79,8 @@ pub struct ReadPolicy {
 #[derive(Debug, Default)]
 pub struct FollowerAcks {
     acks: Mutex<HashMap<u64, Ack>>,
+    /// Every follower's latest acceptance, whether or not it counts for the lease.
+    accepted: Mutex<HashMap<u64, Ack>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,13 +90,29 @@ struct Ack {
 }
 
 impl FollowerAcks {
-    /// `follower` accepted an append this replica sent at `sent` as the leader of `term`.
-    pub fn record(&self, follower: u64, term: u64, sent: Instant) {
-        let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
-        let ack = acks.entry(follower).or_insert(Ack { term, sent });
-        if (term, sent) > (ack.term, ack.sent) {
-            *ack = Ack { term, sent };
+    /// `follower` accepted an append this replica sent at `sent` as the leader of `term`;
+    /// `for_lease`: its election timeouts let the lease count on it.
+    pub fn record(&self, follower: u64, term: u64, sent: Instant, for_lease: bool) {
+        let newest = |acks: &Mutex<HashMap<u64, Ack>>| {
+            let mut acks = acks.lock().unwrap_or_else(|e| e.into_inner());
+            let ack = acks.entry(follower).or_insert(Ack { term, sent });
+            if (term, sent) > (ack.term, ack.sent) {
+                *ack = Ack { term, sent };
+            }
+        };
+        newest(&self.accepted);
+        if for_lease {
+            newest(&self.acks);
         }
+    }
+
+    /// Whether `follower` accepted an append of `term` sent at `since` or later: it
+    /// follows this leader now.
+    pub fn accepted_since(&self, follower: u64, term: u64, since: Instant) -> bool {
+        let accepted = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
+        accepted
+            .get(&follower)
+            .is_some_and(|a| a.term == term && a.sent >= since)
     }
 
     /// Drops what `follower` accepted: it no longer counts for the lease.
@@ -150,6 +168,11 @@ pub enum Confirmed {
 }
 
 impl<K: GroupKind> ReadBatcher<K> {
+    /// Whether `follower` accepted an append of `term` sent at `since` or later.
+    pub fn follower_accepted_since(&self, follower: u64, term: u64, since: Instant) -> bool {
+        self.acks.accepted_since(follower, term, since)
+    }
+
     /// `acks` is what the group's network records (`FollowerAcks::record`).
     pub fn new(node_id: u64, acks: Arc<FollowerAcks>, probe: Probe) -> Self {
         ReadBatcher {
@@ -314,21 +337,34 @@ mod tests {
         let t0 = Instant::now() - Duration::from_secs(1);
         let at = |ms| t0 + Duration::from_millis(ms);
         assert_eq!(acks.oldest(3, &[2, 3]), None, "nothing accepted yet");
-        acks.record(2, 3, at(10));
+        acks.record(2, 3, at(10), true);
         assert_eq!(acks.oldest(3, &[2, 3]), None, "one follower has accepted nothing");
-        acks.record(3, 3, at(20));
+        acks.record(3, 3, at(20), true);
         assert_eq!(acks.oldest(3, &[2, 3]), Some(at(10)));
-        acks.record(2, 3, at(30));
+        acks.record(2, 3, at(30), true);
         assert_eq!(acks.oldest(3, &[2, 3]), Some(at(20)), "the latest acceptance counts");
-        acks.record(2, 3, at(5));
+        acks.record(2, 3, at(5), true);
         assert_eq!(
             acks.oldest(3, &[2, 3]),
             Some(at(20)),
             "a late answer to an older append"
         );
         assert_eq!(acks.oldest(4, &[2, 3]), None, "acceptances of another term");
-        acks.record(2, 4, at(40));
+        acks.record(2, 4, at(40), true);
         assert_eq!(acks.oldest(4, &[2]), Some(at(40)));
         assert!(acks.oldest(4, &[]).is_some(), "a group of one voter");
+    }
+
+    #[test]
+    fn acceptances_outside_the_lease_still_show_who_follows() {
+        let acks = FollowerAcks::default();
+        let t0 = Instant::now() - Duration::from_secs(1);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        acks.record(2, 3, at(10), false);
+        assert_eq!(acks.oldest(3, &[2]), None, "not counted for the lease");
+        assert!(acks.accepted_since(2, 3, at(10)));
+        assert!(!acks.accepted_since(2, 3, at(11)), "sent before the point asked about");
+        assert!(!acks.accepted_since(2, 4, at(0)), "another term");
+        assert!(!acks.accepted_since(3, 3, at(0)), "another follower");
     }
 }

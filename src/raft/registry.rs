@@ -6,7 +6,7 @@
 //! resurrecting it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,7 +19,8 @@ use super::log_store::{Flusher, LogStore};
 use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
 use super::quiet::{
-    decide, leader_to_follow, ration_campaigns, Campaign, Decision, Inputs, Liveness, NodeView, Role, CAMPAIGN_SLOT_MS,
+    decide, gate_without_campaign, leader_to_follow, ration_campaigns, Campaign, Decision, Gate, Inputs, Liveness,
+    NodeView, Role, CAMPAIGN_SLOT_MS,
 };
 use super::read_batch::{FollowerAcks, ReadBatcher};
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
@@ -56,16 +57,18 @@ pub struct Group<K: GroupKind> {
     /// re-created where it was removed) neither votes nor campaigns until this clears,
     /// `election_timeout_max` after it was opened: a leader's read lease may count on
     /// the refusal its earlier self owed (`read_batch`).
-    vote_hold: Arc<AtomicBool>,
+    vote_hold: AtomicBool,
     active_at_ms: AtomicU64,
     seen_log_index: AtomicU64,
+    /// When this replica last asked the leader the placement driver names to make itself
+    /// known (see `tend`; 0: never).
+    introduced_at_ms: AtomicU64,
     /// Since when this replica holds one of the node's campaign slots ([`NO_SLOT`]: it
     /// holds none), and when its last slot ended (`quiet::ration_campaigns`).
     campaign_since_ms: AtomicU64,
     campaign_ended_ms: AtomicU64,
-    /// Whether this replica's own election timer may start a campaign: closed for a
-    /// voter that knows no leader and holds no campaign slot (see `set_campaign_gate`).
-    campaign_gate: AtomicBool,
+    /// Whether this replica may start an election on its own, and why (a `quiet::Gate`).
+    campaign_gate: AtomicU8,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignGateByTickOnly`.
     planted_gate_by_tick_only: bool,
     clock: tokio::time::Instant,
@@ -143,33 +146,39 @@ impl<K: GroupKind> Group<K> {
         self.raft.runtime_config().elect(self.may_campaign());
     }
 
-    /// Whether the replica may start an election on its own (its timer or our nudge).
-    fn may_campaign(&self) -> bool {
-        (self.campaign_gate.load(Ordering::SeqCst) || self.planted_gate_by_tick_only) && !self.holds_votes()
+    fn campaign_gate(&self) -> Gate {
+        Gate::from_u8(self.campaign_gate.load(Ordering::SeqCst))
     }
 
-    /// Opens or closes the campaign gate. The node's bound on campaigns cannot rest on
-    /// ticking alone: a request wakes a quiet replica's tick at once (a follower must
-    /// notice a dead leader), so a leaderless replica kept waiting for a slot would
-    /// campaign as soon as a client reached it, and under load every one of them did.
-    /// openraft reads this flag as it handles each tick, so no tick already queued slips
-    /// past a closed gate; an explicit trigger (a leadership transfer) is not bound by it.
-    fn set_campaign_gate(&self, open: bool) {
+    /// Whether the replica may start an election on its own (its timer or our nudge).
+    fn may_campaign(&self) -> bool {
+        (self.campaign_gate().is_open() || self.planted_gate_by_tick_only) && !self.holds_votes()
+    }
+
+    /// Sets the campaign gate (`quiet::Gate`). It is openraft's `enable_elect`, which the
+    /// Raft core reads as it handles each tick, so no tick already queued slips past a
+    /// closed gate. Explicit triggers are not bound by it: a leadership transfer's, and a
+    /// nudge that checked the gate just before it closed (the simulation's checker allows
+    /// for that).
+    fn set_campaign_gate(&self, gate: Gate) {
         // `tend` calls this for every replica twice a second: no lock unless it changes.
-        if self.campaign_gate.load(Ordering::SeqCst) == open {
+        if self.campaign_gate() == gate {
             return;
         }
         let _guard = self.quiet_lock.lock().unwrap();
-        if self.campaign_gate.swap(open, Ordering::SeqCst) != open {
+        if Gate::from_u8(self.campaign_gate.swap(gate as u8, Ordering::SeqCst)) != gate {
             self.raft.runtime_config().elect(self.may_campaign());
-            self.probe.emit(|| NodeEvent::CampaignGate { group: self.id, open });
+            self.probe.emit(|| NodeEvent::CampaignGate {
+                group: self.id,
+                gate: gate.name(),
+            });
         }
     }
 
-    /// A leadership transfer's target follows the leader that chose it: its gate is open
-    /// under the rule anyway, but `tend` may not have seen it follow yet.
-    pub fn open_campaign_gate(&self) {
-        self.set_campaign_gate(true);
+    /// The target of a leadership transfer: if its first try fails, its own timer tries
+    /// again before `tend` judges it.
+    pub fn open_campaign_gate_for_transfer(&self) {
+        self.set_campaign_gate(Gate::Transfer);
     }
 
     /// Whether ticking is off (no heartbeats, no election timer).
@@ -190,13 +199,30 @@ impl<K: GroupKind> Group<K> {
         }
     }
 
-    fn campaign(&self, first_candidate: bool, seen_active_at: u64) -> Campaign {
+    /// Active within the last [`CAMPAIGN_SLOT_MS`], as of `seen_active_at`.
+    fn wanted(&self, seen_active_at: u64) -> bool {
+        // 0 is a reopened replica's "never active", not activity at the clock's start.
+        seen_active_at > 0 && self.now_ms().saturating_sub(seen_active_at) < CAMPAIGN_SLOT_MS
+    }
+
+    /// Whether this replica may ask its hinted leader to make itself known now: at most
+    /// once per [`CAMPAIGN_SLOT_MS`].
+    fn due_for_introduction(&self) -> bool {
+        let now = self.now_ms();
+        let last = self.introduced_at_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= CAMPAIGN_SLOT_MS;
+        if due {
+            self.introduced_at_ms.store(now.max(1), Ordering::Relaxed);
+        }
+        due
+    }
+
+    fn campaign(&self, inputs: &Inputs) -> Campaign {
         let now = self.now_ms();
         let since = self.campaign_since_ms.load(Ordering::Relaxed);
         Campaign {
-            // 0 is a reopened replica's "never active", not activity at the clock's start.
-            wanted: seen_active_at > 0 && now.saturating_sub(seen_active_at) < CAMPAIGN_SLOT_MS,
-            first_candidate,
+            wanted: inputs.wanted,
+            first_candidate: inputs.first_candidate,
             held_for_ms: (since != NO_SLOT).then(|| now.saturating_sub(since)),
             last_slot_ended_ms: self.campaign_ended_ms.load(Ordering::Relaxed),
         }
@@ -258,6 +284,36 @@ impl<K: GroupKind> Group<K> {
     }
 }
 
+/// See [`Registry::read_index`].
+async fn read_index(
+    sender: &RaftSender,
+    leader: u64,
+    addr: &str,
+    group: GroupId,
+    timeout: Duration,
+) -> Result<u64, String> {
+    let item = BatchItem {
+        group,
+        op: RaftOp::ReadIndex,
+        body: bytes::Bytes::new(),
+    };
+    match sender
+        .call(leader, addr, item, timeout)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        ItemAnswer::Ok(body) => body
+            .as_ref()
+            .try_into()
+            .map(u64::from_le_bytes)
+            .map_err(|_| format!("a read index of {} bytes", body.len())),
+        ItemAnswer::Refused { status, body } => Err(format!(
+            "refused ({status}): {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )),
+    }
+}
+
 /// How often the node runs [`Registry::tend`].
 pub const TEND_INTERVAL_MS: u64 = 500;
 
@@ -292,6 +348,10 @@ pub struct RegistryConfig {
     pub planted_campaign_slots_without_wake: bool,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignGateByTickOnly`.
     pub planted_campaign_gate_by_tick_only: bool,
+    /// Planted bug (simulation only): see `crate::node::PlantedBug::LeaderlessGatesOpen`.
+    pub planted_leaderless_gates_open: bool,
+    /// Planted bug (simulation only): see `crate::node::PlantedBug::HintFollowersNeverAsk`.
+    pub planted_hint_followers_never_ask: bool,
 }
 
 /// Opens a group's state of kind `K` from the node's database.
@@ -381,27 +441,7 @@ impl<K: GroupKind> Registry<K> {
     /// index a replica must have applied to answer a linearizable read that began before
     /// this call. It travels in the peer's next batch of read-index requests.
     pub async fn read_index(&self, leader: u64, addr: &str, group: GroupId, timeout: Duration) -> Result<u64, String> {
-        let item = BatchItem {
-            group,
-            op: RaftOp::ReadIndex,
-            body: bytes::Bytes::new(),
-        };
-        match self
-            .sender
-            .call(leader, addr, item, timeout)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            ItemAnswer::Ok(body) => body
-                .as_ref()
-                .try_into()
-                .map(u64::from_le_bytes)
-                .map_err(|_| format!("a read index of {} bytes", body.len())),
-            ItemAnswer::Refused { status, body } => Err(format!(
-                "refused ({status}): {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            )),
-        }
+        read_index(&self.sender, leader, addr, group, timeout).await
     }
 
     pub fn get(&self, group: GroupId) -> Option<Arc<Group<K>>> {
@@ -542,6 +582,17 @@ impl<K: GroupKind> Registry<K> {
             .is_some();
         // Both records must be durable before the group's first log entry is.
         self.flusher.mark_db_dirty();
+        // A reopened replica knows no leader: its gate opens once `tend` sees it follow
+        // one or gives it a slot. A reopened or re-created one holds its votes, and with
+        // them its campaigns, for a while (`vote_hold`). Set before `initialize`, whose
+        // election does not wait for a tick.
+        let vote_hold = reopened || recreated;
+        let campaign_gate = if reopened { Gate::Closed } else { Gate::Created };
+        raft.runtime_config().elect(campaign_gate.is_open() && !vote_hold);
+        self.config.probe.emit(|| NodeEvent::CampaignGate {
+            group,
+            gate: campaign_gate.name(),
+        });
         if let Some(members) = initial_members {
             let initialized = raft
                 .is_initialized()
@@ -557,11 +608,6 @@ impl<K: GroupKind> Registry<K> {
         if reopened {
             raft.runtime_config().tick(false);
         }
-        let vote_hold = Arc::new(AtomicBool::new(reopened || recreated));
-        // A reopened replica knows no leader: its gate opens once `tend` sees it follow
-        // one or gives it a slot.
-        let campaign_gate = !reopened;
-        raft.runtime_config().elect(campaign_gate && !(reopened || recreated));
         let created = Arc::new(Group {
             id: group,
             raft,
@@ -575,7 +621,7 @@ impl<K: GroupKind> Registry<K> {
             quiet_lock: std::sync::Mutex::new(()),
             starting: AtomicBool::new(reopened),
             created_at_ms: self.clock.elapsed().as_millis() as u64,
-            vote_hold,
+            vote_hold: AtomicBool::new(vote_hold),
             // A reopened replica has been idle as far as anyone knows.
             active_at_ms: AtomicU64::new(if reopened {
                 0
@@ -583,9 +629,10 @@ impl<K: GroupKind> Registry<K> {
                 self.clock.elapsed().as_millis() as u64
             }),
             seen_log_index: AtomicU64::new(0),
+            introduced_at_ms: AtomicU64::new(0),
             campaign_since_ms: AtomicU64::new(NO_SLOT),
             campaign_ended_ms: AtomicU64::new(0),
-            campaign_gate: AtomicBool::new(campaign_gate),
+            campaign_gate: AtomicU8::new(campaign_gate as u8),
             planted_gate_by_tick_only: self.config.planted_campaign_gate_by_tick_only,
             clock: self.clock,
             compacting: Arc::new(AtomicBool::new(false)),
@@ -593,11 +640,7 @@ impl<K: GroupKind> Registry<K> {
             label: self.label.clone(),
             probe: self.config.probe.clone(),
         });
-        self.config.probe.emit(|| NodeEvent::CampaignGate {
-            group,
-            open: campaign_gate,
-        });
-        if created.holds_votes() {
+        if vote_hold {
             let weak = Arc::downgrade(&created);
             let hold_ms = self.config.raft_config.election_timeout_max;
             tokio::spawn(async move {
@@ -664,6 +707,12 @@ impl<K: GroupKind> Registry<K> {
                     (leader_changed && leader.is_some()) || was_leading != leading || membership != last_membership;
                 if woken && !first {
                     group.touch(Wake::Activity);
+                }
+                // A leader or follower that lost its leader (a candidate's new term, a step
+                // down) waits for a slot like any leaderless replica, rather than
+                // campaigning against that candidate until the next pass judges it.
+                if leader.is_none() && matches!(group.campaign_gate(), Gate::Leader | Gate::Follower) {
+                    group.set_campaign_gate(Gate::Closed);
                 }
                 (last_membership, first) = (membership, false);
                 if was_leading != leading {
@@ -735,8 +784,9 @@ impl<K: GroupKind> Registry<K> {
         let mut quiet_count = 0;
         let mut without_leader = 0;
         let mut campaigners = Vec::new();
+        let mut introductions = Vec::new();
         for group in self.all() {
-            let (inputs, seen_active_at, compact, voter) = {
+            let (inputs, seen_active_at, compact, voter, raft_names_leader, introduce) = {
                 let m = group.raft.metrics();
                 let m = m.borrow();
                 let last_log = m.last_log_index.unwrap_or(0);
@@ -784,6 +834,7 @@ impl<K: GroupKind> Registry<K> {
                     replicas_caught_up,
                     membership_settled: settled,
                     leader: leader.map_or(Liveness::Unknown, liveness),
+                    wanted: group.wanted(seen_active_at),
                     view_fresh,
                     starting,
                     starting_for_ms: group.now_ms().saturating_sub(group.created_at_ms),
@@ -802,8 +853,26 @@ impl<K: GroupKind> Registry<K> {
                     seen_active_at,
                     leading && m.snapshot.is_none() && applied >= 1,
                     voter,
+                    m.current_leader.is_some(),
+                    // Follows only the placement driver's hint: see below.
+                    leader
+                        .filter(|_| role == Role::Follower && m.current_leader.is_none())
+                        .and_then(|l| membership.get_node(&l).map(|n| (l, n.addr.clone()))),
                 )
             };
+            // A replica that follows only the placement driver's hint (its Raft state names
+            // no leader: reopened, say) waits with its gate closed, and a quiet leader sends
+            // it nothing: the leader's matched index for it is from before the restart, so
+            // it counts it caught up. It asks that leader for a read index, which wakes the
+            // leader's group; the heartbeats that follow make the leader known here.
+            if let Some((leader, addr)) = introduce {
+                if introductions.len() < self.config.max_campaigning_replicas
+                    && !self.config.planted_hint_followers_never_ask
+                    && group.due_for_introduction()
+                {
+                    introductions.push((group.id, leader, addr));
+                }
+            }
             if compact && group.view.range().is_some() && !group.compacting.swap(true, Ordering::AcqRel) {
                 let group = group.clone();
                 tokio::spawn(async move {
@@ -830,50 +899,59 @@ impl<K: GroupKind> Registry<K> {
                     Role::Other => true,
                 };
             if campaigns {
-                campaigners.push((
-                    group.campaign(inputs.first_candidate, seen_active_at),
-                    group,
-                    why,
-                    seen_active_at,
-                ));
+                campaigners.push((group.campaign(&inputs), group, why, seen_active_at));
                 continue;
             }
             group.release_campaign_slot();
-            // Leaders and followers keep their timers (a follower must notice a dead
-            // leader at once when a request wakes it); the rest wait for a slot.
-            group.set_campaign_gate(inputs.role != Role::Other);
+            let gate = match self.config.planted_leaderless_gates_open {
+                true if inputs.role != Role::Leader && voter => Gate::Follower,
+                _ => gate_without_campaign(inputs.role, raft_names_leader),
+            };
+            group.set_campaign_gate(gate);
             group.apply(decision, why, seen_active_at);
             quiet_count += usize::from(group.is_quiet());
         }
         let wants: Vec<Campaign> = campaigners.iter().map(|c| c.0).collect();
         let chosen = ration_campaigns(&wants, self.config.max_campaigning_replicas);
-        let mut campaigning = 0;
-        for ((_, group, why, seen_active_at), chosen) in campaigners.into_iter().zip(chosen) {
-            if chosen {
-                group.hold_campaign_slot();
-                group.set_campaign_gate(true);
-                let wake = match self.config.planted_campaign_slots_without_wake {
-                    true => Decision::Keep,
-                    false => Decision::Active,
-                };
-                // A follower of a lost leader keeps its reason; a leaderless replica's
-                // turn is not activity, so slot rotation stays apart in the counters.
-                let why = match why {
-                    Wake::Activity => Wake::CampaignSlot,
-                    other => other,
-                };
-                group.apply(wake, why, seen_active_at);
-                campaigning += 1;
-            } else {
-                // No campaign until its turn, whatever wakes its tick meanwhile.
-                group.release_campaign_slot();
-                group.set_campaign_gate(false);
-                group.apply(Decision::Quiet, why, seen_active_at);
-                self.config
-                    .probe
-                    .emit(|| NodeEvent::CampaignDeferred { group: group.id });
-            }
+        // Those that lose their slot close their gates before others open theirs, so no
+        // more than the budget are open for a slot at any moment.
+        let (chosen, waiting): (Vec<_>, Vec<_>) = campaigners.into_iter().zip(chosen).partition(|(_, chosen)| *chosen);
+        for ((_, group, why, seen_active_at), _) in waiting {
+            // No campaign until its turn, whatever wakes its tick meanwhile.
+            group.release_campaign_slot();
+            group.set_campaign_gate(Gate::Closed);
+            group.apply(Decision::Quiet, why, seen_active_at);
+            self.config
+                .probe
+                .emit(|| NodeEvent::CampaignDeferred { group: group.id });
             quiet_count += usize::from(group.is_quiet());
+        }
+        let campaigning = chosen.len();
+        for ((_, group, why, seen_active_at), _) in chosen {
+            group.hold_campaign_slot();
+            group.set_campaign_gate(Gate::Slot);
+            let wake = match self.config.planted_campaign_slots_without_wake {
+                true => Decision::Keep,
+                false => Decision::Active,
+            };
+            // A follower of a lost leader keeps its reason; a leaderless replica's turn is
+            // not activity, so slot rotation stays apart in the counters.
+            let why = match why {
+                Wake::Activity => Wake::CampaignSlot,
+                other => other,
+            };
+            group.apply(wake, why, seen_active_at);
+            quiet_count += usize::from(group.is_quiet());
+        }
+        let timeout = Duration::from_millis(self.config.raft_config.election_timeout_max);
+        for (group, leader, addr) in introductions {
+            let sender = self.sender.clone();
+            tokio::spawn(async move {
+                // Any answer will do: the request woke the leader's group.
+                if let Err(e) = read_index(&sender, leader, &addr, group, timeout).await {
+                    tracing::debug!(group, leader, error = %e, "asking the hinted leader to make itself known");
+                }
+            });
         }
         metrics::gauge!("midasflow_raft_campaigning_replicas", "node" => self.label.clone(), "kind" => K::NAME)
             .set(campaigning as f64);

@@ -304,6 +304,36 @@ async fn planted_campaign_gate_by_tick_only_is_caught_within_two_seeds() {
     );
 }
 
+/// Only leaders and followers whose Raft state names their leader keep their campaign gate
+/// open: with the planted bug, every replica not campaigning this pass keeps it open, and
+/// a reopened replica a request reaches campaigns knowing no leader and holding no slot.
+#[tokio::test]
+async fn planted_leaderless_gates_open_is_caught_within_two_seeds() {
+    let _serial = serial().await;
+    assert_caught(
+        0..2,
+        "leaderless-gates-open",
+        "crashes",
+        &["campaign bound"],
+        "campaign gates open on replicas that know no leader",
+    );
+}
+
+/// A replica that follows only the placement driver's hint must ask that leader to make
+/// itself known: with the planted bug, after a crash in the batch scenario a quiet leader
+/// that counts the restarted replica caught up never reaches it.
+#[tokio::test]
+async fn planted_hint_followers_never_ask_is_caught_within_two_seeds() {
+    let _serial = serial().await;
+    assert_caught(
+        0..2,
+        "hint-followers-never-ask",
+        "batch",
+        &["liveness"],
+        "restarted replicas that never learn their quiet leader",
+    );
+}
+
 /// A replica whose term passed its quiet leader's must not wait on the placement driver's
 /// hint for that leader: with the planted bug, the replica cut off in `batch` seed 15
 /// campaigned, and after the heal it waits behind a leader whose appends it refuses.
