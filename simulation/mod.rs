@@ -63,10 +63,13 @@ pub const SIM_QUIET_AFTER_MS: u64 = 1_000;
 pub const QUIET_SHARDS: u32 = 6;
 /// Campaign slots per node in the simulation: fewer than its groups.
 pub const SIM_MAX_CAMPAIGNING_REPLICAS: usize = 1;
-/// A campaign may start this soon after its replica's gate closed: the decision (a tick
-/// handled, a nudge sent) came first. A replica that campaigns with its gate closed any
-/// longer broke the node's bound on campaigns.
+/// A campaign may start this soon after its replica's gate closed: the decision (a nudge
+/// sent just before; a tick is handled against the gate itself) came first. A replica
+/// that campaigns with its gate closed any longer broke the node's bound on campaigns.
 pub const CAMPAIGN_GATE_SLACK_MS: u64 = 100;
+/// A gate opened for a transfer or a new replica lasts until the next pass of `tend`
+/// judges the replica; a campaign through one that old is outside the bound.
+pub const CAMPAIGN_GATE_ONE_OFF_MS: u64 = 2 * crate::raft::registry::TEND_INTERVAL_MS + CAMPAIGN_GATE_SLACK_MS;
 /// Entry bytes per append in the simulation: a few of its small writes.
 pub const SIM_APPEND_PAYLOAD_BYTES_MAX: usize = 512;
 /// Batch scenario: enough groups that every batch to a peer can carry several.
@@ -298,13 +301,16 @@ impl Observer for SimObserver {
                 s.campaigns_started += 1;
                 let knows_leader = s.known_leader.get(&(node, group)).copied().flatten().is_some();
                 let (gate, since_ns) = s.gates.get(&(node, group)).copied().unwrap_or(("closed", 0));
-                let closed_ms = now_ns().saturating_sub(since_ns) / 1_000_000;
+                let gate_ms = now_ns().saturating_sub(since_ns) / 1_000_000;
                 let why = match gate {
-                    "closed" if closed_ms < CAMPAIGN_GATE_SLACK_MS => {
+                    "closed" if gate_ms < CAMPAIGN_GATE_SLACK_MS => {
                         s.campaigns_started_as_gate_closed += 1;
                         None
                     }
-                    "closed" => Some(format!("with its campaign gate closed for {closed_ms} ms")),
+                    "closed" => Some(format!("with its campaign gate closed for {gate_ms} ms")),
+                    "transfer" | "created" if gate_ms >= CAMPAIGN_GATE_ONE_OFF_MS => Some(format!(
+                        "through a gate opened for a {gate} {gate_ms} ms before, past the next pass"
+                    )),
                     "slot" | "transfer" | "created" => None,
                     _ if knows_leader => None,
                     _ => Some(format!("knowing no leader, without a campaign slot (its gate: {gate})")),
@@ -1252,6 +1258,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         sim.host(host_name(id).as_str(), move || {
             let config = config.lock().unwrap().clone();
             let id = config.node_id;
+            // A (re)started node reports each replica's gate as it opens it; a replica of
+            // its earlier life that it does not reopen has none.
+            refusals.lock().unwrap().gates.retain(|(node, _), _| *node != id);
             let refusals = refusals.clone();
             async move {
                 match crate::launch::start(config).await {

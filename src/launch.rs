@@ -251,7 +251,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         probe: config.probe(),
         planted_quiet_ignores_own_view: config.has_planted_bug(PlantedBug::QuietReadsWithoutQuorum),
         planted_lasting_leader_hints: config.has_planted_bug(PlantedBug::LastingLeaderHints),
-        planted_hints_of_any_term: config.has_planted_bug(PlantedBug::HintsOfAnyTerm),
         max_campaigning_replicas: config.raft.max_campaigning_replicas,
         append_payload_bytes_max: config.raft.append_payload_bytes_max,
         planted_campaign_slots_without_wake: config.has_planted_bug(PlantedBug::CampaignSlotsWithoutWake),

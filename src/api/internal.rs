@@ -441,7 +441,12 @@ async fn raft_message_of<K: GroupKind>(
         RaftOp::ReadIndex => {
             // Never creates a replica: only a leader has a read index to give.
             let group = existing.ok_or_else(|| ApiError::not_found(format!("group {group_id} is not hosted here")))?;
-            group.touch(Wake::Request);
+            // A quiet leader wakes, so its heartbeats reach the asker too. Not a follower:
+            // its leader is quiet, its timer long run out, and woken it would campaign
+            // against that live leader (a stale hint sends the asker here).
+            if group.is_leader() {
+                group.touch(Wake::Request);
+            }
             match group.reads.confirm(&group.raft, node.config.read_policy()).await {
                 Ok((index, how)) => {
                     if how == Confirmed::Lease {

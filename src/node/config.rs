@@ -101,11 +101,6 @@ pub enum PlantedBug {
     /// after the hinted node stopped reporting the group: a restarted group whose hinted
     /// node lost its election stays quiet behind it, and never elects again.
     LastingLeaderHints,
-    /// A replica that knows no leader follows the placement driver's current hint whatever
-    /// its own term: a replica whose term passed the hinted leader's (it campaigned while
-    /// cut off) refuses that leader's appends, and waits behind it for good while the
-    /// leader is quiet.
-    HintsOfAnyTerm,
     /// A replica given one of the node's campaign slots is not woken if it is quiet: only a
     /// replica that was already ticking campaigns, so a group whose replicas all went quiet
     /// or were reopened after a restart (and which no request touches) never elects.

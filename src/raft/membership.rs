@@ -3,9 +3,10 @@
 //! caller decides what to change).
 //!
 //! openraft 0.9 has no leadership-transfer API. The transfer here: the leader stops
-//! taking proposals and heartbeats, waits until the target has every entry and the
-//! followers' leader lease (`election_timeout_max`) has run out, then asks the target to
-//! campaign. Writes wait for at least the lease.
+//! taking proposals, waits until the target has every entry and has accepted an append of
+//! its term, stops heartbeats, waits until the followers' leader lease
+//! (`election_timeout_max`) has run out, then asks the target to campaign. Writes wait for
+//! at least the lease.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -170,8 +170,8 @@ pub const CAMPAIGN_SLOT_MS: u64 = 3_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Gate {
-    /// It may not: a voter that knows no leader and holds no campaign slot, a learner, or
-    /// a reopened replica not judged yet.
+    /// It may not: a voter that knows no leader (or follows only the placement driver's
+    /// hint) and holds no campaign slot, a learner, or a reopened replica not judged yet.
     Closed = 0,
     Leader,
     /// Its Raft state names the leader it follows: a request that reaches it while that

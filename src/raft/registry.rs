@@ -166,6 +166,17 @@ impl<K: GroupKind> Group<K> {
             return;
         }
         let _guard = self.quiet_lock.lock().unwrap();
+        // Judged from metrics read earlier: a replica that lost its leader since (the
+        // monitor closed its gate meanwhile) must not open it again as a follower.
+        let gate = match gate {
+            Gate::Leader | Gate::Follower if self.current_leader().is_none() => Gate::Closed,
+            gate => gate,
+        };
+        self.store_campaign_gate(gate);
+    }
+
+    /// Call with `quiet_lock` held.
+    fn store_campaign_gate(&self, gate: Gate) {
         if Gate::from_u8(self.campaign_gate.swap(gate as u8, Ordering::SeqCst)) != gate {
             self.raft.runtime_config().elect(self.may_campaign());
             self.probe.emit(|| NodeEvent::CampaignGate {
@@ -175,8 +186,20 @@ impl<K: GroupKind> Group<K> {
         }
     }
 
-    /// The target of a leadership transfer: if its first try fails, its own timer tries
-    /// again before `tend` judges it.
+    /// Closes a leader's or follower's gate once its Raft state names no leader, under
+    /// the lock, so a slot `tend` just gave is left alone.
+    fn close_campaign_gate_without_leader(&self) {
+        if !matches!(self.campaign_gate(), Gate::Leader | Gate::Follower) {
+            return;
+        }
+        let _guard = self.quiet_lock.lock().unwrap();
+        if matches!(self.campaign_gate(), Gate::Leader | Gate::Follower) && self.current_leader().is_none() {
+            self.store_campaign_gate(Gate::Closed);
+        }
+    }
+
+    /// The target of a leadership transfer: its campaign is the point, whatever `tend`
+    /// judged before (its next pass judges it again, and may close the gate).
     pub fn open_campaign_gate_for_transfer(&self) {
         self.set_campaign_gate(Gate::Transfer);
     }
@@ -338,8 +361,6 @@ pub struct RegistryConfig {
     pub planted_quiet_ignores_own_view: bool,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::LastingLeaderHints`.
     pub planted_lasting_leader_hints: bool,
-    /// Planted bug (simulation only): see `crate::node::PlantedBug::HintsOfAnyTerm`.
-    pub planted_hints_of_any_term: bool,
     /// Replicas of this node that may campaign at once (`quiet::ration_campaigns`).
     pub max_campaigning_replicas: usize,
     /// Entry bytes per append RPC, or its first entry alone (`LogStore`).
@@ -584,8 +605,8 @@ impl<K: GroupKind> Registry<K> {
         self.flusher.mark_db_dirty();
         // A reopened replica knows no leader: its gate opens once `tend` sees it follow
         // one or gives it a slot. A reopened or re-created one holds its votes, and with
-        // them its campaigns, for a while (`vote_hold`). Set before `initialize`, whose
-        // election does not wait for a tick.
+        // them its campaigns, for a while (`vote_hold`). Reported before `initialize`,
+        // whose election (not bound by the gate) the simulation checks against it.
         let vote_hold = reopened || recreated;
         let campaign_gate = if reopened { Gate::Closed } else { Gate::Created };
         raft.runtime_config().elect(campaign_gate.is_open() && !vote_hold);
@@ -608,6 +629,7 @@ impl<K: GroupKind> Registry<K> {
         if reopened {
             raft.runtime_config().tick(false);
         }
+        let last_log_index = raft.metrics().borrow().last_log_index.unwrap_or(0);
         let created = Arc::new(Group {
             id: group,
             raft,
@@ -628,7 +650,9 @@ impl<K: GroupKind> Registry<K> {
             } else {
                 self.clock.elapsed().as_millis() as u64
             }),
-            seen_log_index: AtomicU64::new(0),
+            // A reopened log is not growth: counted as such, every reopened replica would
+            // look wanted on the first pass.
+            seen_log_index: AtomicU64::new(last_log_index),
             introduced_at_ms: AtomicU64::new(0),
             campaign_since_ms: AtomicU64::new(NO_SLOT),
             campaign_ended_ms: AtomicU64::new(0),
@@ -711,8 +735,8 @@ impl<K: GroupKind> Registry<K> {
                 // A leader or follower that lost its leader (a candidate's new term, a step
                 // down) waits for a slot like any leaderless replica, rather than
                 // campaigning against that candidate until the next pass judges it.
-                if leader.is_none() && matches!(group.campaign_gate(), Gate::Leader | Gate::Follower) {
-                    group.set_campaign_gate(Gate::Closed);
+                if leader.is_none() {
+                    group.close_campaign_gate_without_leader();
                 }
                 (last_membership, first) = (membership, false);
                 if was_leading != leading {
@@ -806,8 +830,6 @@ impl<K: GroupKind> Registry<K> {
                 let hint = view.filter(|v| v.fresh()).and_then(|v| v.leader_hint(group.id));
                 let leader = if self.config.planted_lasting_leader_hints {
                     m.current_leader.or(hint.map(|h| h.node))
-                } else if self.config.planted_hints_of_any_term {
-                    leader_to_follow(m.current_leader, hint, 0)
                 } else {
                     leader_to_follow(m.current_leader, hint, m.current_term)
                 };
@@ -856,7 +878,9 @@ impl<K: GroupKind> Registry<K> {
                     m.current_leader.is_some(),
                     // Follows only the placement driver's hint: see below.
                     leader
-                        .filter(|_| role == Role::Follower && m.current_leader.is_none())
+                        .filter(|l| {
+                            role == Role::Follower && m.current_leader.is_none() && liveness(*l) == Liveness::Live
+                        })
                         .and_then(|l| membership.get_node(&l).map(|n| (l, n.addr.clone()))),
                 )
             };

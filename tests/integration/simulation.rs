@@ -258,14 +258,14 @@ async fn planted_quiet_reads_without_quorum_is_caught_within_twelve_seeds() {
 /// A node that answers a Raft batch's messages in the order they finish hands one group's
 /// answer to another: a leader counts an append its follower refused, or a vote granted
 /// in another group. Only answers that differ in kind do harm, and most shared batches
-/// carry alike answers (heartbeats), so few seeds catch it: seed 0 of the batch scenario
-/// sees two leaders in one term, a non-linearizable history and openraft's own
-/// assertions panicking inside a node.
+/// carry alike answers (heartbeats), so few seeds catch it: seed 13 of the batch scenario
+/// sees openraft's own assertions panicking inside a node (with the campaign gate there
+/// are fewer elections, so fewer vote answers to mix up: seed 0 caught it before).
 #[tokio::test]
-async fn planted_batch_answers_out_of_order_is_caught_within_eight_seeds() {
+async fn planted_batch_answers_out_of_order_is_caught_within_fourteen_seeds() {
     let _serial = serial().await;
     assert_caught(
-        0..8,
+        0..14,
         "batch-answers-in-completion-order",
         "batch",
         &["two leaders", "not linearizable", "lost acknowledged write", "panic"],
@@ -331,21 +331,6 @@ async fn planted_hint_followers_never_ask_is_caught_within_two_seeds() {
         "batch",
         &["liveness"],
         "restarted replicas that never learn their quiet leader",
-    );
-}
-
-/// A replica whose term passed its quiet leader's must not wait on the placement driver's
-/// hint for that leader: with the planted bug, the replica cut off in `batch` seed 15
-/// campaigned, and after the heal it waits behind a leader whose appends it refuses.
-#[tokio::test]
-async fn planted_hints_of_any_term_is_caught_at_batch_seed_15() {
-    let _serial = serial().await;
-    assert_caught(
-        15..16,
-        "hints-of-any-term",
-        "batch",
-        &["liveness:"],
-        "a replica waiting behind a leader of an older term",
     );
 }
 
