@@ -71,6 +71,8 @@ pub struct Group<K: GroupKind> {
     campaign_gate: AtomicU8,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignGateByTickOnly`.
     planted_gate_by_tick_only: bool,
+    /// Planted bug (simulation only): see `crate::node::PlantedBug::LeaderlessGatesOpen`.
+    planted_leaderless_gates_open: bool,
     clock: tokio::time::Instant,
     /// A snapshot-and-purge after a split is running (see `tend`).
     compacting: Arc<AtomicBool>,
@@ -169,7 +171,9 @@ impl<K: GroupKind> Group<K> {
         // Judged from metrics read earlier: a replica that lost its leader since (the
         // monitor closed its gate meanwhile) must not open it again as a follower.
         let gate = match gate {
-            Gate::Leader | Gate::Follower if self.current_leader().is_none() => Gate::Closed,
+            Gate::Leader | Gate::Follower if self.current_leader().is_none() && !self.planted_leaderless_gates_open => {
+                Gate::Closed
+            }
             gate => gate,
         };
         self.store_campaign_gate(gate);
@@ -658,6 +662,7 @@ impl<K: GroupKind> Registry<K> {
             campaign_ended_ms: AtomicU64::new(0),
             campaign_gate: AtomicU8::new(campaign_gate as u8),
             planted_gate_by_tick_only: self.config.planted_campaign_gate_by_tick_only,
+            planted_leaderless_gates_open: self.config.planted_leaderless_gates_open,
             clock: self.clock,
             compacting: Arc::new(AtomicBool::new(false)),
             state_machine_stopped: std::sync::Mutex::new(Some(state_machine_stopped)),
