@@ -88,6 +88,9 @@ pub struct SimSettings {
     pub clients: u64,
     pub scenario: Scenario,
     pub planted_bug: Option<PlantedBug>,
+    /// Each node's bound on campaigning replicas ([`SIM_MAX_CAMPAIGNING_REPLICAS`] unless
+    /// a test asks for more room for the budget to adapt in).
+    pub max_campaigning_replicas: usize,
     /// Keep the full semantic trace in the report (for replaying one seed).
     pub keep_trace: bool,
 }
@@ -142,6 +145,12 @@ pub struct SimReport {
     pub campaigns_started: u64,
     #[serde(default)]
     pub campaigns_started_as_gate_closed: u64,
+    /// The smallest shard campaign budget any node set, and how many times a node set a
+    /// smaller one than before (`quiet::adapt_campaign_budget`).
+    #[serde(default)]
+    pub campaign_budget_min: Option<usize>,
+    #[serde(default)]
+    pub campaign_budget_cuts: u64,
     /// Disk scenario: the node that lost its disk and the new node that replaced it on the
     /// same address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,6 +214,12 @@ struct Shared {
     /// (node, group) → that replica's campaign gate (`quiet::Gate`'s name), and since
     /// when (ns).
     gates: BTreeMap<(u64, u64), (&'static str, u64)>,
+    /// The configured bound on campaigning replicas, and each node's shard campaign budget
+    /// as it last set it (the bound until it does).
+    max_campaigning_replicas: usize,
+    campaign_budgets: BTreeMap<u64, usize>,
+    campaign_budget_min: Option<usize>,
+    campaign_budget_cuts: u64,
     /// Internal requests the nodes refused, by reason.
     refused_requests: BTreeMap<&'static str, u64>,
 }
@@ -212,6 +227,25 @@ struct Shared {
 impl Shared {
     fn record(&mut self, line: String) {
         self.trace.push(format!("{:>9.3} {line}", now_ns() as f64 / 1e6));
+    }
+
+    /// No more of a node's shard replicas hold campaign slots than its budget allows.
+    fn check_campaign_budget(&mut self, node: u64) {
+        let budget = self
+            .campaign_budgets
+            .get(&node)
+            .copied()
+            .unwrap_or(self.max_campaigning_replicas);
+        let slots = self
+            .gates
+            .iter()
+            .filter(|((n, g), (gate, _))| *n == node && *g != PD_GROUP && *gate == "slot")
+            .count();
+        if slots > budget {
+            self.violations.push(format!(
+                "campaign bound: n{node} has {slots} replicas holding campaign slots, more than its budget of {budget}"
+            ));
+        }
     }
 
     /// The node id host `n{host}` runs now.
@@ -244,6 +278,28 @@ impl Observer for SimObserver {
         }
         if let NodeEvent::ReadConfirmed { lease } = event {
             *(if lease { &mut s.lease_reads } else { &mut s.round_reads }) += 1;
+            return;
+        }
+        if let NodeEvent::CampaignBudget { kind, slots } = event {
+            // One per pass: traced only when it changes.
+            if kind == "shard" {
+                let before = s
+                    .campaign_budgets
+                    .insert(node, slots)
+                    .unwrap_or(s.max_campaigning_replicas);
+                if slots != before {
+                    s.record(format!("n{node} {event:?}"));
+                }
+                s.campaign_budget_cuts += u64::from(slots < before);
+                s.campaign_budget_min = Some(s.campaign_budget_min.map_or(slots, |m| m.min(slots)));
+                let bound = s.max_campaigning_replicas;
+                if slots > bound {
+                    s.violations.push(format!(
+                        "campaign bound: n{node} set a budget of {slots} campaign slots, above its bound {bound}"
+                    ));
+                }
+                s.check_campaign_budget(node);
+            }
             return;
         }
         if let NodeEvent::CampaignDeferred { .. } = event {
@@ -286,17 +342,9 @@ impl Observer for SimObserver {
             NodeEvent::Leadership { .. } => {}
             NodeEvent::CampaignGate { group, gate } => {
                 s.gates.insert((node, group), (gate, now_ns()));
-                let slots = s
-                    .gates
-                    .iter()
-                    .filter(|((n, g), (gate, _))| *n == node && *g != PD_GROUP && *gate == "slot")
-                    .count();
-                if slots > SIM_MAX_CAMPAIGNING_REPLICAS {
-                    s.violations.push(format!(
-                        "campaign bound: n{node} has {slots} replicas holding campaign slots, more than its {SIM_MAX_CAMPAIGNING_REPLICAS}"
-                    ));
-                }
+                s.check_campaign_budget(node);
             }
+            NodeEvent::CampaignBudget { .. } => {}
             NodeEvent::CampaignStarted { group, term } => {
                 s.campaigns_started += 1;
                 let knows_leader = s.known_leader.get(&(node, group)).copied().flatten().is_some();
@@ -1172,7 +1220,10 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         .prefix("midasflow-sim-")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let shared = Arc::new(Mutex::new(Shared {
+        max_campaigning_replicas: settings.max_campaigning_replicas,
+        ..Shared::default()
+    }));
     let mut nemesis_rng = SmallRng::seed_from_u64(settings.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xFA17);
     let faults = nemesis::schedule(
         &mut nemesis_rng,
@@ -1240,7 +1291,7 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         config.raft.batches_in_flight_per_peer = 1;
         // One slot per node, so crashes and partitions leave more leaderless replicas than
         // slots and the rationing runs (`quiet::ration_campaigns`).
-        config.raft.max_campaigning_replicas = SIM_MAX_CAMPAIGNING_REPLICAS;
+        config.raft.max_campaigning_replicas = settings.max_campaigning_replicas;
         // A few entries per append: catch-up after a partition or a crash goes in many
         // budgeted appends, as large values do in production.
         config.raft.append_payload_bytes_max = SIM_APPEND_PAYLOAD_BYTES_MAX;
@@ -1260,7 +1311,12 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
             let id = config.node_id;
             // A (re)started node reports each replica's gate as it opens it; a replica of
             // its earlier life that it does not reopen has none.
-            refusals.lock().unwrap().gates.retain(|(node, _), _| *node != id);
+            {
+                let mut s = refusals.lock().unwrap();
+                s.gates.retain(|(node, _), _| *node != id);
+                // A restarted node's budget starts again at the bound.
+                s.campaign_budgets.remove(&id);
+            }
             let refusals = refusals.clone();
             async move {
                 match crate::launch::start(config).await {
@@ -1419,6 +1475,8 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         campaigns_deferred: s.campaigns_deferred,
         campaigns_started: s.campaigns_started,
         campaigns_started_as_gate_closed: s.campaigns_started_as_gate_closed,
+        campaign_budget_min: s.campaign_budget_min,
+        campaign_budget_cuts: s.campaign_budget_cuts,
         replaced: s.replaced,
         refused_requests: s.refused_requests.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         trace: if settings.keep_trace {

@@ -124,7 +124,8 @@ pub struct Tuning {
     pub read_lease_ms: u64,
     /// Shard replicas of this node that may campaign for leadership at once (1 to 65536);
     /// the others wait their turn with their election timers stopped. Bounds the load of
-    /// a whole-cluster restart or the loss of a node that led thousands of groups.
+    /// a whole-cluster restart or the loss of a node that led thousands of groups. An upper
+    /// bound: the node halves it while campaigns run out of time, and grows it back.
     #[arg(long, env = "MIDASFLOW_MAX_CAMPAIGNING_REPLICAS", default_value_t = RaftTimings::default().max_campaigning_replicas)]
     pub max_campaigning_replicas: usize,
     /// Batches of Raft messages (appends and votes of every group) in flight to one peer;

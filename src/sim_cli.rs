@@ -32,6 +32,10 @@ pub struct SimArgs {
     /// Plant a bug the checkers must catch (debug builds only).
     #[arg(long, value_enum)]
     pub planted_bug: Option<PlantedBug>,
+    /// Each node's bound on campaigning replicas; the budget adapts below it.
+    #[arg(long, default_value_t = crate::simulation::SIM_MAX_CAMPAIGNING_REPLICAS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub max_campaigning_replicas: u64,
     /// Print the full semantic trace (with --seed).
     #[arg(long)]
     pub trace: bool,
@@ -55,10 +59,11 @@ fn parse_range(text: &str) -> Result<Range<u64>, String> {
 
 fn replay_command(args: &SimArgs, seed: u64, scenario: Scenario) -> String {
     let mut cmd = format!(
-        "cargo run -- sim --seed {seed} --scenario {} --nodes {} --clients {} --trace",
+        "cargo run -- sim --seed {seed} --scenario {} --nodes {} --clients {} --max-campaigning-replicas {} --trace",
         scenario.name(),
         args.nodes,
-        args.clients
+        args.clients,
+        args.max_campaigning_replicas
     );
     if let Some(bug) = args.planted_bug {
         cmd.push_str(&format!(
@@ -88,6 +93,7 @@ fn run_one(args: &SimArgs, seed: u64) -> Result<(), String> {
         clients: args.clients,
         scenario,
         planted_bug: args.planted_bug,
+        max_campaigning_replicas: args.max_campaigning_replicas as usize,
         keep_trace: args.trace,
     };
     let report = simulation::run(&settings)?;
@@ -155,6 +161,8 @@ fn run_child(args: &SimArgs, seed: u64, scenario: Scenario) -> Result<SimReport,
         &args.nodes.to_string(),
         "--clients",
         &args.clients.to_string(),
+        "--max-campaigning-replicas",
+        &args.max_campaigning_replicas.to_string(),
     ]);
     if let Some(bug) = args.planted_bug {
         cmd.args(["--planted-bug", bug.to_possible_value().unwrap().get_name()]);

@@ -173,6 +173,12 @@ pub const CATALOGUE: &[MetricDoc] = &[
         "Replicas holding one of the node's campaign slots (voters that know no leader, or follow a lost one, and tick) at the last check.",
     ),
     doc(
+        "midasflow_raft_campaign_budget",
+        Gauge,
+        "kind",
+        "Replicas that may hold campaign slots now: --max-campaigning-replicas while campaigns end in elections, halved while they run out of time (an overloaded machine, a node cut off).",
+    ),
+    doc(
         "midasflow_raft_campaigns_waiting",
         Gauge,
         "kind",

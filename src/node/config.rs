@@ -133,6 +133,10 @@ pub enum PlantedBug {
     /// (its matched index is from before) sends it nothing, and the replica never learns
     /// its leader.
     HintFollowersNeverAsk,
+    /// The node rations campaign slots by its configured bound, not by the budget adapted
+    /// to how campaigns end: while campaigns run out of time (a node cut off from the
+    /// majority, an overloaded machine), it keeps opening as many as the bound allows.
+    CampaignBudgetIgnored,
 }
 
 impl std::fmt::Debug for dyn Observer {

@@ -40,6 +40,10 @@ pub enum NodeEvent {
     /// on its own, and why; `closed` when it may not). Emitted when the replica is opened,
     /// too.
     CampaignGate { group: GroupId, gate: &'static str },
+    /// The node's campaign budget for groups of `kind` (`quiet::adapt_campaign_budget`), as
+    /// a pass of `tend` sets it: after the gates of replicas losing their slot closed,
+    /// before those gaining one open.
+    CampaignBudget { kind: &'static str, slots: usize },
     /// A replica started a campaign: it saved a vote for itself in a new `term`.
     CampaignStarted { group: GroupId, term: u64 },
     /// The node refused a peer's internal request (the reasons of

@@ -275,9 +275,140 @@ pub fn ration_campaigns(campaigns: &[Campaign], budget: usize) -> Vec<bool> {
     chosen
 }
 
+/// How many of a node's replicas may hold campaign slots now: the configured bound
+/// (`--max-campaigning-replicas`) while campaigns end in elections, less while they run
+/// out of time. A bound too large for the machine makes every vote time out, so every
+/// campaign expires and none succeeds (at 10,000 shards, 1,024 slots per node on this
+/// project's test box stalled a restart for minutes, where 128 settled in 15 s); the
+/// budget finds a level the machine can finish instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CampaignBudget {
+    pub slots: usize,
+    /// When the budget last shrank, or grew back after shrinking (ms on the node's clock).
+    pub changed_at_ms: u64,
+}
+
+impl CampaignBudget {
+    pub fn new(max: usize) -> CampaignBudget {
+        CampaignBudget {
+            slots: max.max(1),
+            changed_at_ms: 0,
+        }
+    }
+}
+
+/// What the campaign slots did since the last pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotOutcomes {
+    /// Slots that ended because their replica's group has a leader.
+    pub won: usize,
+    /// Slots held for [`CAMPAIGN_SLOT_MS`] or longer without a leader.
+    pub expired: usize,
+}
+
+/// The next budget. Halved (never below 1) when more slots expired than were won and the
+/// expired ones are a quarter of the budget or more: one campaign that cannot win (a log
+/// too short) expires whatever the load, and must not shrink a large budget. Once it has
+/// shrunk, it grows back by a sixteenth of `max` on a pass where none expire. No change
+/// comes sooner than [`CAMPAIGN_SLOT_MS`] after the last: the campaigns a change admits
+/// need that long to show whether the machine finishes them (growing every pass, a
+/// restart at 10,000 shards with 1,024 slots swung between overload and cuts, and took
+/// 101 s where it took 49 s in another run).
+pub fn adapt_campaign_budget(
+    budget: CampaignBudget,
+    max: usize,
+    outcomes: SlotOutcomes,
+    now_ms: u64,
+) -> CampaignBudget {
+    let max = max.max(1);
+    let slots = budget.slots.clamp(1, max);
+    let settled = now_ms.saturating_sub(budget.changed_at_ms) >= CAMPAIGN_SLOT_MS;
+    let overloaded = outcomes.expired > outcomes.won && outcomes.expired * 4 >= slots;
+    if overloaded && settled && slots > 1 {
+        return CampaignBudget {
+            slots: slots / 2,
+            changed_at_ms: now_ms,
+        };
+    }
+    if outcomes.expired == 0 && slots < max && settled {
+        return CampaignBudget {
+            slots: (slots + (max / 16).max(1)).min(max),
+            changed_at_ms: now_ms,
+        };
+    }
+    CampaignBudget { slots, ..budget }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn outcomes(won: usize, expired: usize) -> SlotOutcomes {
+        SlotOutcomes { won, expired }
+    }
+
+    #[test]
+    fn the_campaign_budget_halves_when_campaigns_run_out_of_time() {
+        let start = CampaignBudget::new(1024);
+        let cut = adapt_campaign_budget(start, 1024, outcomes(10, 600), 3_000);
+        assert_eq!(cut.slots, 512);
+        // The campaigns that cut admits have not had their slot yet: no second cut.
+        let soon = adapt_campaign_budget(cut, 1024, outcomes(0, 400), 3_500);
+        assert_eq!(soon.slots, 512, "a cut waits a slot's length after the last");
+        let later = adapt_campaign_budget(soon, 1024, outcomes(0, 400), 6_000);
+        assert_eq!(later.slots, 256);
+        let mut budget = later;
+        for pass in 0..20 {
+            budget = adapt_campaign_budget(budget, 1024, outcomes(0, budget.slots), 6_000 + 3_000 * (pass + 1));
+        }
+        assert_eq!(budget.slots, 1, "never below one slot");
+    }
+
+    #[test]
+    fn one_campaign_that_cannot_win_does_not_shrink_a_large_budget() {
+        let budget = CampaignBudget::new(128);
+        assert_eq!(adapt_campaign_budget(budget, 128, outcomes(0, 1), 10_000).slots, 128);
+        assert_eq!(adapt_campaign_budget(budget, 128, outcomes(0, 31), 10_000).slots, 128);
+        assert_eq!(adapt_campaign_budget(budget, 128, outcomes(0, 32), 10_000).slots, 64);
+        assert_eq!(
+            adapt_campaign_budget(budget, 128, outcomes(40, 32), 10_000).slots,
+            128,
+            "more won than expired: the machine keeps up"
+        );
+    }
+
+    #[test]
+    fn the_campaign_budget_grows_back_once_campaigns_succeed() {
+        let cut = CampaignBudget {
+            slots: 8,
+            changed_at_ms: 1_000,
+        };
+        assert_eq!(
+            adapt_campaign_budget(cut, 128, outcomes(5, 0), 2_000).slots,
+            8,
+            "not before a slot's length"
+        );
+        let grown = adapt_campaign_budget(cut, 128, outcomes(5, 0), 4_000);
+        assert_eq!(grown.slots, 16, "a sixteenth of the bound");
+        assert_eq!(
+            adapt_campaign_budget(grown, 128, outcomes(5, 0), 4_500).slots,
+            16,
+            "the next step waits a slot's length too"
+        );
+        let mut budget = grown;
+        let mut steps = 1;
+        while budget.slots < 128 {
+            budget = adapt_campaign_budget(budget, 128, outcomes(3, 0), 4_000 + CAMPAIGN_SLOT_MS * steps);
+            steps += 1;
+        }
+        assert_eq!(steps, 15, "from 8 to 128 in steps of 8");
+        let expiring = adapt_campaign_budget(cut, 128, outcomes(0, 1), 10_000);
+        assert_eq!(expiring.slots, 8, "no growth while slots expire");
+        assert_eq!(
+            adapt_campaign_budget(CampaignBudget::new(1), 1, outcomes(0, 5), 10_000).slots,
+            1
+        );
+    }
 
     #[test]
     fn a_reopened_replica_follows_only_a_current_hint() {

@@ -19,8 +19,8 @@ use super::log_store::{Flusher, LogStore};
 use super::network::{Credentials, GroupNetworkFactory};
 use super::probe::{NodeEvent, Probe};
 use super::quiet::{
-    decide, gate_without_campaign, leader_to_follow, ration_campaigns, Campaign, Decision, Gate, Inputs, Liveness,
-    NodeView, Role, CAMPAIGN_SLOT_MS,
+    adapt_campaign_budget, decide, gate_without_campaign, leader_to_follow, ration_campaigns, Campaign, CampaignBudget,
+    Decision, Gate, Inputs, Liveness, NodeView, Role, SlotOutcomes, CAMPAIGN_SLOT_MS,
 };
 use super::read_batch::{FollowerAcks, ReadBatcher};
 use super::runtime::{group_seed, seed_thread_rng, SeamRng};
@@ -67,6 +67,8 @@ pub struct Group<K: GroupKind> {
     /// holds none), and when its last slot ended (`quiet::ration_campaigns`).
     campaign_since_ms: AtomicU64,
     campaign_ended_ms: AtomicU64,
+    /// Its current slot ran out of time and was counted so (`quiet::SlotOutcomes`).
+    campaign_slot_expired: AtomicBool,
     /// Whether this replica may start an election on its own, and why (a `quiet::Gate`).
     campaign_gate: AtomicU8,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignGateByTickOnly`.
@@ -215,15 +217,27 @@ impl<K: GroupKind> Group<K> {
 
     /// Takes a campaign slot, or keeps the one it holds.
     fn hold_campaign_slot(&self) {
-        let _ = self
-            .campaign_since_ms
-            .compare_exchange(NO_SLOT, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+        let started =
+            self.campaign_since_ms
+                .compare_exchange(NO_SLOT, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+        if started.is_ok() {
+            self.campaign_slot_expired.store(false, Ordering::Relaxed);
+        }
     }
 
-    fn release_campaign_slot(&self) {
-        if self.campaign_since_ms.swap(NO_SLOT, Ordering::Relaxed) != NO_SLOT {
+    /// Whether it held a slot.
+    fn release_campaign_slot(&self) -> bool {
+        let held = self.campaign_since_ms.swap(NO_SLOT, Ordering::Relaxed) != NO_SLOT;
+        if held {
             self.campaign_ended_ms.store(self.now_ms(), Ordering::Relaxed);
         }
+        held
+    }
+
+    /// True once per slot, on the first pass that finds it held for [`CAMPAIGN_SLOT_MS`].
+    fn slot_expires_now(&self, campaign: &Campaign) -> bool {
+        campaign.held_for_ms.is_some_and(|ms| ms >= CAMPAIGN_SLOT_MS)
+            && !self.campaign_slot_expired.swap(true, Ordering::Relaxed)
     }
 
     /// Active within the last [`CAMPAIGN_SLOT_MS`], as of `seen_active_at`.
@@ -377,6 +391,8 @@ pub struct RegistryConfig {
     pub planted_leaderless_gates_open: bool,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::HintFollowersNeverAsk`.
     pub planted_hint_followers_never_ask: bool,
+    /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignBudgetIgnored`.
+    pub planted_campaign_budget_ignored: bool,
 }
 
 /// Opens a group's state of kind `K` from the node's database.
@@ -403,6 +419,8 @@ pub struct Registry<K: GroupKind> {
     /// child, never from an empty log (see `api::internal`).
     awaiting_snapshot: std::sync::Mutex<std::collections::BTreeSet<GroupId>>,
     clock: tokio::time::Instant,
+    /// How many replicas may hold campaign slots now (`quiet::adapt_campaign_budget`).
+    campaign_budget: std::sync::Mutex<CampaignBudget>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -425,6 +443,7 @@ impl<K: GroupKind> Registry<K> {
     ) -> Result<Self, RegistryError> {
         let storage = |e: sled::Error| RegistryError::Storage(e.to_string());
         let label = config.node_id.to_string();
+        let campaign_budget = std::sync::Mutex::new(CampaignBudget::new(config.max_campaigning_replicas));
         Ok(Registry {
             node_id: config.node_id,
             label,
@@ -439,6 +458,7 @@ impl<K: GroupKind> Registry<K> {
             lifecycle: tokio::sync::Mutex::new(()),
             awaiting_snapshot: Default::default(),
             clock: tokio::time::Instant::now(),
+            campaign_budget,
         })
     }
 
@@ -660,6 +680,7 @@ impl<K: GroupKind> Registry<K> {
             introduced_at_ms: AtomicU64::new(0),
             campaign_since_ms: AtomicU64::new(NO_SLOT),
             campaign_ended_ms: AtomicU64::new(0),
+            campaign_slot_expired: AtomicBool::new(false),
             campaign_gate: AtomicU8::new(campaign_gate as u8),
             planted_gate_by_tick_only: self.config.planted_campaign_gate_by_tick_only,
             planted_leaderless_gates_open: self.config.planted_leaderless_gates_open,
@@ -814,6 +835,7 @@ impl<K: GroupKind> Registry<K> {
         let mut without_leader = 0;
         let mut campaigners = Vec::new();
         let mut introductions = Vec::new();
+        let mut slots = SlotOutcomes::default();
         for group in self.all() {
             let (inputs, seen_active_at, compact, voter, raft_names_leader, introduce) = {
                 let m = group.raft.metrics();
@@ -928,10 +950,14 @@ impl<K: GroupKind> Registry<K> {
                     Role::Other => true,
                 };
             if campaigns {
-                campaigners.push((group.campaign(&inputs), group, why, seen_active_at));
+                let campaign = group.campaign(&inputs);
+                slots.expired += usize::from(group.slot_expires_now(&campaign));
+                campaigners.push((campaign, group, why, seen_active_at));
                 continue;
             }
-            group.release_campaign_slot();
+            if group.release_campaign_slot() && raft_names_leader {
+                slots.won += 1;
+            }
             let gate = match self.config.planted_leaderless_gates_open {
                 true if inputs.role != Role::Leader && voter => Gate::Follower,
                 _ => gate_without_campaign(inputs.role, raft_names_leader),
@@ -941,7 +967,17 @@ impl<K: GroupKind> Registry<K> {
             quiet_count += usize::from(group.is_quiet());
         }
         let wants: Vec<Campaign> = campaigners.iter().map(|c| c.0).collect();
-        let chosen = ration_campaigns(&wants, self.config.max_campaigning_replicas);
+        let budget = {
+            let mut budget = self.campaign_budget.lock().unwrap();
+            let now_ms = self.clock.elapsed().as_millis() as u64;
+            *budget = adapt_campaign_budget(*budget, self.config.max_campaigning_replicas, slots, now_ms);
+            budget.slots
+        };
+        let rationed = match self.config.planted_campaign_budget_ignored {
+            true => self.config.max_campaigning_replicas,
+            false => budget,
+        };
+        let chosen = ration_campaigns(&wants, rationed);
         // Those that lose their slot close their gates before others open theirs, so no
         // more than the budget are open for a slot at any moment.
         let (chosen, waiting): (Vec<_>, Vec<_>) = campaigners.into_iter().zip(chosen).partition(|(_, chosen)| *chosen);
@@ -955,6 +991,12 @@ impl<K: GroupKind> Registry<K> {
                 .emit(|| NodeEvent::CampaignDeferred { group: group.id });
             quiet_count += usize::from(group.is_quiet());
         }
+        // After the losers' gates closed and before the winners' open: the slots open at
+        // any moment are within the budget last reported.
+        self.config.probe.emit(|| NodeEvent::CampaignBudget {
+            kind: K::NAME,
+            slots: budget,
+        });
         let campaigning = chosen.len();
         for ((_, group, why, seen_active_at), _) in chosen {
             group.hold_campaign_slot();
@@ -984,6 +1026,8 @@ impl<K: GroupKind> Registry<K> {
         }
         metrics::gauge!("midasflow_raft_campaigning_replicas", "node" => self.label.clone(), "kind" => K::NAME)
             .set(campaigning as f64);
+        metrics::gauge!("midasflow_raft_campaign_budget", "node" => self.label.clone(), "kind" => K::NAME)
+            .set(budget as f64);
         metrics::gauge!("midasflow_raft_campaigns_waiting", "node" => self.label.clone(), "kind" => K::NAME)
             .set((wants.len() - campaigning) as f64);
         metrics::gauge!("midasflow_raft_groups_without_leader", "node" => self.label.clone(), "kind" => K::NAME)

@@ -75,10 +75,24 @@ async fn one_seed_replays_identically() {
 /// violation of one of `kinds` (a violation of another kind, e.g. liveness, does not count
 /// as catching it). `missed` says what the checkers would have missed.
 fn assert_caught(seeds: std::ops::Range<u64>, bug: &str, scenario: &str, kinds: &[&str], missed: &str) {
+    assert_caught_with(seeds, bug, scenario, &[], kinds, missed);
+}
+
+/// [`assert_caught`] with more `sim` arguments.
+fn assert_caught_with(
+    seeds: std::ops::Range<u64>,
+    bug: &str,
+    scenario: &str,
+    extra: &[&str],
+    kinds: &[&str],
+    missed: &str,
+) {
     let count = seeds.end - seeds.start;
     let seed = seeds.into_iter().find(|seed| {
         let seed = seed.to_string();
-        let report = report(&["--seed", &seed, "--scenario", scenario, "--json", "--planted-bug", bug]);
+        let mut args = vec!["--seed", &seed, "--scenario", scenario, "--json", "--planted-bug", bug];
+        args.extend_from_slice(extra);
+        let report = report(&args);
         report["violations"].as_array().is_some_and(|v| {
             v.iter()
                 .any(|v| kinds.iter().any(|k| v.as_str().unwrap_or("").starts_with(k)))
@@ -332,6 +346,52 @@ async fn planted_hint_followers_never_ask_is_caught_within_two_seeds() {
         "batch",
         &["liveness"],
         "restarted replicas that never learn their quiet leader",
+    );
+}
+
+/// With room to adapt (4 slots per node), a node cut off from the majority sees its
+/// campaigns run out of time and halves its campaign budget; the slots it opens stay
+/// within the budget it reports.
+#[tokio::test]
+async fn the_campaign_budget_shrinks_while_campaigns_cannot_finish() {
+    let _serial = serial().await;
+    let report = report(&[
+        "--seed",
+        "2",
+        "--scenario",
+        "partitions",
+        "--max-campaigning-replicas",
+        "4",
+        "--json",
+    ]);
+    assert!(
+        report["violations"].as_array().is_some_and(|v| v.is_empty()),
+        "violations: {}",
+        report["violations"]
+    );
+    assert!(
+        report["campaign_budget_cuts"].as_u64().is_some_and(|cuts| cuts > 0),
+        "no node ever cut its campaign budget: {report}"
+    );
+    assert!(
+        report["campaign_budget_min"].as_u64().is_some_and(|min| min < 4),
+        "the budget never went below the bound: {report}"
+    );
+}
+
+/// A node must ration campaign slots by its adapted budget: with the planted bug it opens
+/// as many as its bound allows while campaigns run out of time, and the campaign-bound
+/// checker sees more slots open than the budget the node reported.
+#[tokio::test]
+async fn planted_campaign_budget_ignored_is_caught_within_three_seeds() {
+    let _serial = serial().await;
+    assert_caught_with(
+        0..3,
+        "campaign-budget-ignored",
+        "partitions",
+        &["--max-campaigning-replicas", "4"],
+        &["campaign bound"],
+        "campaign slots opened past the adapted budget",
     );
 }
 
