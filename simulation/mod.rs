@@ -214,8 +214,9 @@ struct Shared {
     /// (node, group) → that replica's campaign gate (`quiet::Gate`'s name), and since
     /// when (ns).
     gates: BTreeMap<(u64, u64), (&'static str, u64)>,
-    /// The configured bound on campaigning replicas, and each node's shard campaign budget
-    /// as it last set it (the bound until it does).
+    /// The configured bound on campaigning replicas (set where the run starts; the
+    /// default 0 is never used), and each node's shard campaign budget as it last set it
+    /// (the bound until it does).
     max_campaigning_replicas: usize,
     campaign_budgets: BTreeMap<u64, usize>,
     campaign_budget_min: Option<usize>,
@@ -344,7 +345,6 @@ impl Observer for SimObserver {
                 s.gates.insert((node, group), (gate, now_ns()));
                 s.check_campaign_budget(node);
             }
-            NodeEvent::CampaignBudget { .. } => {}
             NodeEvent::CampaignStarted { group, term } => {
                 s.campaigns_started += 1;
                 let knows_leader = s.known_leader.get(&(node, group)).copied().flatten().is_some();
@@ -384,6 +384,7 @@ impl Observer for SimObserver {
             | NodeEvent::RaftBatch { .. }
             | NodeEvent::ReadConfirmed { .. }
             | NodeEvent::CampaignDeferred { .. }
+            | NodeEvent::CampaignBudget { .. }
             | NodeEvent::InternalRequestRefused { .. } => {}
             NodeEvent::Quiet { quiet: true, .. } => s.quiet_entered += 1,
             NodeEvent::Quiet { reason, .. } => *s.wakeups.entry(reason).or_default() += 1,
@@ -1289,8 +1290,9 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         config.net = NetKind::Turmoil;
         config.flush_mode = FlushMode::Inline;
         config.raft.batches_in_flight_per_peer = 1;
-        // One slot per node, so crashes and partitions leave more leaderless replicas than
-        // slots and the rationing runs (`quiet::ration_campaigns`).
+        // One slot per node unless a test asks for more, so crashes and partitions leave
+        // more leaderless replicas than slots and the rationing runs
+        // (`quiet::ration_campaigns`).
         config.raft.max_campaigning_replicas = settings.max_campaigning_replicas;
         // A few entries per append: catch-up after a partition or a crash goes in many
         // budgeted appends, as large values do in production.

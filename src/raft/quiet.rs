@@ -284,15 +284,18 @@ pub fn ration_campaigns(campaigns: &[Campaign], budget: usize) -> Vec<bool> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CampaignBudget {
     pub slots: usize,
-    /// When the budget last shrank, or grew back after shrinking (ms on the node's clock).
-    pub changed_at_ms: u64,
+    /// When the current window of outcomes began (ms on the node's clock).
+    pub window_started_ms: u64,
+    /// What the slots did in the current window.
+    pub seen: SlotOutcomes,
 }
 
 impl CampaignBudget {
     pub fn new(max: usize) -> CampaignBudget {
         CampaignBudget {
             slots: max.max(1),
-            changed_at_ms: 0,
+            window_started_ms: 0,
+            seen: SlotOutcomes::default(),
         }
     }
 }
@@ -306,14 +309,19 @@ pub struct SlotOutcomes {
     pub expired: usize,
 }
 
-/// The next budget. Halved (never below 1) when more slots expired than were won and the
-/// expired ones are a quarter of the budget or more: one campaign that cannot win (a log
-/// too short) expires whatever the load, and must not shrink a large budget. Once it has
-/// shrunk, it grows back by a sixteenth of `max` on a pass where none expire. No change
-/// comes sooner than [`CAMPAIGN_SLOT_MS`] after the last: the campaigns a change admits
-/// need that long to show whether the machine finishes them (growing every pass, a
-/// restart at 10,000 shards with 1,024 slots swung between overload and cuts, and took
-/// 101 s where it took 49 s in another run).
+/// How long the budget gathers slot outcomes before each decision: a slot's length and
+/// two passes of `tend`, so every campaign the last decision admitted has had its whole
+/// slot, and been counted, by the next.
+pub const CAMPAIGN_BUDGET_WINDOW_MS: u64 = CAMPAIGN_SLOT_MS + 1_000;
+
+/// Adds a pass's outcomes to the window and, once the window is
+/// [`CAMPAIGN_BUDGET_WINDOW_MS`] long, decides and starts the next. Halved, never below
+/// one slot, when more slots ran out of time than were won and those are a quarter of the
+/// budget or more: one campaign that cannot win (a log too short) runs out whatever the
+/// load, and must not shrink a large budget. Grown back by a sixteenth of `max` when
+/// fewer than a quarter ran out. Deciding once per window, not every pass: growing every
+/// pass, a restart at 10,000 shards with 1,024 slots swung between overload and cuts and
+/// took 101 s where another run took 49 s.
 pub fn adapt_campaign_budget(
     budget: CampaignBudget,
     max: usize,
@@ -322,21 +330,25 @@ pub fn adapt_campaign_budget(
 ) -> CampaignBudget {
     let max = max.max(1);
     let slots = budget.slots.clamp(1, max);
-    let settled = now_ms.saturating_sub(budget.changed_at_ms) >= CAMPAIGN_SLOT_MS;
-    let overloaded = outcomes.expired > outcomes.won && outcomes.expired * 4 >= slots;
-    if overloaded && settled && slots > 1 {
-        return CampaignBudget {
-            slots: slots / 2,
-            changed_at_ms: now_ms,
-        };
+    let seen = SlotOutcomes {
+        won: budget.seen.won + outcomes.won,
+        expired: budget.seen.expired + outcomes.expired,
+    };
+    if now_ms.saturating_sub(budget.window_started_ms) < CAMPAIGN_BUDGET_WINDOW_MS {
+        return CampaignBudget { slots, seen, ..budget };
     }
-    if outcomes.expired == 0 && slots < max && settled {
-        return CampaignBudget {
-            slots: (slots + (max / 16).max(1)).min(max),
-            changed_at_ms: now_ms,
-        };
+    let slots = if seen.expired > seen.won && seen.expired * 4 >= slots {
+        (slots / 2).max(1)
+    } else if seen.expired * 4 < slots {
+        (slots + (max / 16).max(1)).min(max)
+    } else {
+        slots
+    };
+    CampaignBudget {
+        slots,
+        window_started_ms: now_ms,
+        seen: SlotOutcomes::default(),
     }
-    CampaignBudget { slots, ..budget }
 }
 
 #[cfg(test)]
@@ -350,18 +362,29 @@ mod tests {
     #[test]
     fn the_campaign_budget_halves_when_campaigns_run_out_of_time() {
         let start = CampaignBudget::new(1024);
-        let cut = adapt_campaign_budget(start, 1024, outcomes(10, 600), 3_000);
+        let cut = adapt_campaign_budget(start, 1024, outcomes(10, 600), CAMPAIGN_BUDGET_WINDOW_MS);
         assert_eq!(cut.slots, 512);
-        // The campaigns that cut admits have not had their slot yet: no second cut.
-        let soon = adapt_campaign_budget(cut, 1024, outcomes(0, 400), 3_500);
-        assert_eq!(soon.slots, 512, "a cut waits a slot's length after the last");
-        let later = adapt_campaign_budget(soon, 1024, outcomes(0, 400), 6_000);
-        assert_eq!(later.slots, 256);
+        // The campaigns that cut admits have not had their slot yet: no second cut, but
+        // what runs out meanwhile counts at the window's end.
+        let soon = adapt_campaign_budget(cut, 1024, outcomes(0, 400), 4_500);
+        assert_eq!(soon.slots, 512, "one decision per window");
+        let later = adapt_campaign_budget(soon, 1024, outcomes(0, 0), 8_000);
+        assert_eq!(later.slots, 256, "expiries inside the window count at its end");
         let mut budget = later;
-        for pass in 0..20 {
-            budget = adapt_campaign_budget(budget, 1024, outcomes(0, budget.slots), 6_000 + 3_000 * (pass + 1));
+        for window in 1..=20 {
+            budget = adapt_campaign_budget(budget, 1024, outcomes(0, budget.slots), 8_000 + 4_000 * window);
         }
         assert_eq!(budget.slots, 1, "never below one slot");
+        assert_eq!(
+            adapt_campaign_budget(CampaignBudget::new(0), 0, outcomes(0, 5), 10_000).slots,
+            1
+        );
+        let fresh = CampaignBudget::new(64);
+        assert_eq!(
+            adapt_campaign_budget(fresh, 64, outcomes(0, 64), CAMPAIGN_BUDGET_WINDOW_MS - 1).slots,
+            64,
+            "the first window is a whole one too"
+        );
     }
 
     #[test]
@@ -373,7 +396,12 @@ mod tests {
         assert_eq!(
             adapt_campaign_budget(budget, 128, outcomes(40, 32), 10_000).slots,
             128,
-            "more won than expired: the machine keeps up"
+            "more won than ran out: the machine keeps up"
+        );
+        assert_eq!(
+            adapt_campaign_budget(budget, 128, outcomes(32, 32), 10_000).slots,
+            128,
+            "as many won as ran out: no cut"
         );
     }
 
@@ -381,32 +409,56 @@ mod tests {
     fn the_campaign_budget_grows_back_once_campaigns_succeed() {
         let cut = CampaignBudget {
             slots: 8,
-            changed_at_ms: 1_000,
+            window_started_ms: 1_000,
+            seen: SlotOutcomes::default(),
         };
         assert_eq!(
             adapt_campaign_budget(cut, 128, outcomes(5, 0), 2_000).slots,
             8,
-            "not before a slot's length"
+            "not within the window"
         );
-        let grown = adapt_campaign_budget(cut, 128, outcomes(5, 0), 4_000);
+        let grown = adapt_campaign_budget(cut, 128, outcomes(5, 0), 5_000);
         assert_eq!(grown.slots, 16, "a sixteenth of the bound");
-        assert_eq!(
-            adapt_campaign_budget(grown, 128, outcomes(5, 0), 4_500).slots,
-            16,
-            "the next step waits a slot's length too"
-        );
+        assert_eq!(adapt_campaign_budget(grown, 128, outcomes(5, 0), 5_500).slots, 16);
         let mut budget = grown;
-        let mut steps = 1;
+        let mut windows = 1;
         while budget.slots < 128 {
-            budget = adapt_campaign_budget(budget, 128, outcomes(3, 0), 4_000 + CAMPAIGN_SLOT_MS * steps);
-            steps += 1;
+            budget = adapt_campaign_budget(budget, 128, outcomes(3, 0), 5_000 + CAMPAIGN_BUDGET_WINDOW_MS * windows);
+            windows += 1;
         }
-        assert_eq!(steps, 15, "from 8 to 128 in steps of 8");
-        let expiring = adapt_campaign_budget(cut, 128, outcomes(0, 1), 10_000);
-        assert_eq!(expiring.slots, 8, "no growth while slots expire");
+        assert_eq!(windows, 15, "from 8 to 128 in steps of 8");
         assert_eq!(
-            adapt_campaign_budget(CampaignBudget::new(1), 1, outcomes(0, 5), 10_000).slots,
-            1
+            adapt_campaign_budget(cut, 128, outcomes(0, 1), 10_000).slots,
+            16,
+            "fewer than a quarter ran out: it grows"
+        );
+        assert_eq!(
+            adapt_campaign_budget(cut, 128, outcomes(2, 2), 10_000).slots,
+            8,
+            "a quarter ran out: it holds"
+        );
+        assert_eq!(
+            adapt_campaign_budget(cut, 128, outcomes(0, 2), 10_000).slots,
+            4,
+            "and more than were won: a cut"
+        );
+        let small = CampaignBudget { slots: 2, ..cut };
+        assert_eq!(
+            adapt_campaign_budget(small, 4, outcomes(1, 0), 10_000).slots,
+            3,
+            "a step of at least one"
+        );
+        let near = CampaignBudget { slots: 98, ..cut };
+        assert_eq!(
+            adapt_campaign_budget(near, 100, outcomes(1, 0), 10_000).slots,
+            100,
+            "never past the bound"
+        );
+        let above = CampaignBudget { slots: 500, ..cut };
+        assert_eq!(
+            adapt_campaign_budget(above, 100, outcomes(0, 0), 1_500).slots,
+            100,
+            "clamped to the bound"
         );
     }
 

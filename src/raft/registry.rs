@@ -917,6 +917,8 @@ impl<K: GroupKind> Registry<K> {
             // it counts it caught up. It asks that leader for a read index, which wakes the
             // leader's group; the heartbeats that follow make the leader known here.
             if let Some((leader, addr)) = introduce {
+                // Bounded by the flag, not the adapted budget: an introduction is one read
+                // index to a live leader, not an election, and must not wait behind one.
                 if introductions.len() < self.config.max_campaigning_replicas
                     && !self.config.planted_hint_followers_never_ask
                     && group.due_for_introduction()
