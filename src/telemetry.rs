@@ -176,7 +176,7 @@ pub const CATALOGUE: &[MetricDoc] = &[
         "midasflow_raft_campaign_budget",
         Gauge,
         "kind",
-        "Replicas that may hold campaign slots now: --max-campaigning-replicas while campaigns end in elections, halved while they run out of time (an overloaded machine, a node cut off).",
+        "Replicas that may hold campaign slots now: --max-campaigning-replicas while campaigns end in elections; decided once per 4 s window, halved while they run out of time (an overloaded machine, a node cut off), grown back once few do.",
     ),
     doc(
         "midasflow_raft_campaigns_waiting",

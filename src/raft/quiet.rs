@@ -310,8 +310,10 @@ pub struct SlotOutcomes {
 }
 
 /// How long the budget gathers slot outcomes before each decision: a slot's length and
-/// two passes of `tend`, so every campaign the last decision admitted has had its whole
-/// slot, and been counted, by the next.
+/// two passes of `tend` (`TEND_INTERVAL_MS`, 500 ms), so every campaign the last decision
+/// admitted has had its whole slot, and been counted, by the next. Slots admitted before
+/// the last decision are counted too: after a cut, the next window still sees the runs
+/// out of slots the larger budget admitted, so a cut tends to be followed by another.
 pub const CAMPAIGN_BUDGET_WINDOW_MS: u64 = CAMPAIGN_SLOT_MS + 1_000;
 
 /// Adds a pass's outcomes to the window and, once the window is
