@@ -466,6 +466,11 @@ impl<K: GroupKind> Registry<K> {
         self.config.raft_config.election_timeout_max
     }
 
+    /// ms since the registry started: the clock its groups' times are on.
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
     pub fn heartbeat_interval_ms(&self) -> u64 {
         self.config.raft_config.heartbeat_interval
     }
@@ -666,14 +671,10 @@ impl<K: GroupKind> Registry<K> {
             quiet: AtomicBool::new(reopened),
             quiet_lock: std::sync::Mutex::new(()),
             starting: AtomicBool::new(reopened),
-            created_at_ms: self.clock.elapsed().as_millis() as u64,
+            created_at_ms: self.now_ms(),
             vote_hold: AtomicBool::new(vote_hold),
             // A reopened replica has been idle as far as anyone knows.
-            active_at_ms: AtomicU64::new(if reopened {
-                0
-            } else {
-                self.clock.elapsed().as_millis() as u64
-            }),
+            active_at_ms: AtomicU64::new(if reopened { 0 } else { self.now_ms() }),
             // A reopened log is not growth: counted as such, every reopened replica would
             // look wanted on the first pass.
             seen_log_index: AtomicU64::new(last_log_index),
@@ -971,8 +972,7 @@ impl<K: GroupKind> Registry<K> {
         let wants: Vec<Campaign> = campaigners.iter().map(|c| c.0).collect();
         let budget = {
             let mut budget = self.campaign_budget.lock().unwrap();
-            let now_ms = self.clock.elapsed().as_millis() as u64;
-            *budget = adapt_campaign_budget(*budget, self.config.max_campaigning_replicas, slots, now_ms);
+            *budget = adapt_campaign_budget(*budget, self.config.max_campaigning_replicas, slots, self.now_ms());
             budget.slots
         };
         let rationed = match self.config.planted_campaign_budget_ignored {
