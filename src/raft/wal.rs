@@ -19,6 +19,12 @@
 //! - Only the last segment can have a torn tail (a segment is synced before the next is
 //!   created); recovery cuts it at the last whole record. A bad record anywhere else is
 //!   corruption, and the node refuses to start rather than lose acknowledged entries.
+//! - The current segment's file runs ahead of its records with zeros, written a chunk at
+//!   a time ([`PREALLOCATE_BYTES`]): an `fdatasync` of an append that stays inside the
+//!   file's size writes no inode (and on a journaled filesystem commits no journal
+//!   transaction); syncs took about a quarter less time here (ext4). Past the last record
+//!   there are only zeros (a cut torn tail is truncated away, so no stale record can
+//!   follow a new one), and a segment is cut to its last record before the next starts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -40,6 +46,11 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 /// copied forward so it can be deleted (an idle group's few entries must not pin
 /// gigabytes of log).
 pub const PINNED_SEGMENTS_MAX: usize = 2;
+/// How far ahead of its records the current segment's file is extended with zeros (at
+/// most the segment size). One inode write per this many bytes of log instead of one
+/// per sync.
+pub const PREALLOCATE_BYTES: u64 = 1 << 20;
+static ZEROS: [u8; PREALLOCATE_BYTES as usize] = [0; PREALLOCATE_BYTES as usize];
 
 const MAGIC: &[u8; 8] = b"MFLOG\x00\x00\x01";
 const RECORD_HEADER_BYTES: usize = 12;
@@ -80,9 +91,23 @@ impl GroupLog {
 
 struct Segment {
     file: Arc<File>,
+    /// Where its records end (the next write's offset).
     len: u64,
+    /// The file's size: `len` plus the zeros written ahead of it.
+    allocated: u64,
     /// Live entries whose payload is in this segment.
     live: u64,
+}
+
+impl Segment {
+    fn new(file: File, len: u64) -> Segment {
+        Segment {
+            file: Arc::new(file),
+            len,
+            allocated: len,
+            live: 0,
+        }
+    }
 }
 
 struct Inner {
@@ -100,7 +125,8 @@ struct Inner {
 pub struct Recovered {
     pub segments: usize,
     pub records: u64,
-    /// Bytes cut from the last segment's torn tail.
+    /// Bytes cut from the last segment's torn tail, up to its last non-zero byte (the zeros
+    /// written ahead of the records are not told apart from a torn record's own).
     pub torn_bytes: u64,
 }
 
@@ -258,11 +284,22 @@ impl Inner {
         let seq = *self.segments.last_key_value().expect("a segment").0;
         let segment = self.segments.get_mut(&seq).expect("the current segment");
         let offset = segment.len;
+        let end = offset + buf.len() as u64;
         if let Err(e) = segment.file.write_all_at(buf, offset) {
             self.failed = true;
             return Err(e);
         }
-        segment.len += buf.len() as u64;
+        segment.len = end;
+        if end > segment.allocated {
+            let chunk = PREALLOCATE_BYTES.min(self.segment_bytes).max(1);
+            let ahead = end.div_ceil(chunk) * chunk;
+            // Only an optimisation: if the disk is too full for the zeros, the records
+            // still go in, the file growing with them as it did without.
+            segment.allocated = match segment.file.write_all_at(&ZEROS[..(ahead - end) as usize], end) {
+                Ok(()) => ahead,
+                Err(_) => end,
+            };
+        }
         Ok((seq, offset))
     }
 
@@ -270,8 +307,17 @@ impl Inner {
     /// can be torn), the new one opens with a checkpoint of every group's metadata and is
     /// made durable, and only then are old segments deleted or compacted.
     fn roll(&mut self) -> io::Result<()> {
-        let (seq, current) = self.current();
-        current.file.sync_data()?;
+        let seq = self.current().0;
+        let current = self.segments.get_mut(&seq).expect("the current segment");
+        if current.allocated > current.len {
+            // Only the last segment may end in zeros (recovery reads a zero tail anywhere
+            // else as damage).
+            current.file.set_len(current.len)?;
+            current.allocated = current.len;
+            current.file.sync_all()?;
+        } else {
+            current.file.sync_data()?;
+        }
         let next = seq + 1;
         let mut buf = MAGIC.to_vec();
         let mut groups: Vec<_> = self.groups.iter().collect();
@@ -288,14 +334,7 @@ impl Inner {
             }
         }
         let file = create_segment(&self.dir, next, &buf)?;
-        self.segments.insert(
-            next,
-            Segment {
-                file: Arc::new(file),
-                len: buf.len() as u64,
-                live: 0,
-            },
-        );
+        self.segments.insert(next, Segment::new(file, buf.len() as u64));
         self.collect()
     }
 
@@ -468,16 +507,13 @@ impl Wal {
             let path = dir.join(segment_name(seq));
             let bytes = std::fs::read(&path)?;
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            inner.segments.insert(
-                seq,
-                Segment {
-                    file: Arc::new(file),
-                    len: bytes.len() as u64,
-                    live: 0,
-                },
-            );
+            inner.segments.insert(seq, Segment::new(file, bytes.len() as u64));
             let (whole, cut) = replay_segment(&mut inner, seq, &bytes, &mut stats)?;
-            if cut {
+            let tail = &bytes[whole as usize..];
+            if cut && last && whole >= MAGIC.len() as u64 && tail.iter().all(|b| *b == 0) {
+                // Preallocated space, not damage: the records end where the zeros start.
+                inner.segments.get_mut(&seq).expect("just inserted").len = whole;
+            } else if cut {
                 if !last {
                     return Err(corrupt(format!(
                         "log segment {seq} is damaged at offset {whole} but is not the last one: refusing to \
@@ -485,14 +521,17 @@ impl Wal {
                     )));
                 }
                 // A torn tail: what was never synced (and so never acknowledged).
+                // Truncated, not just overwritten later: a whole record left after the
+                // torn one could otherwise be read back after the next append.
                 let segment = inner.segments.get_mut(&seq).expect("just inserted");
-                stats.torn_bytes = bytes.len() as u64 - whole;
+                stats.torn_bytes = tail.iter().rposition(|b| *b != 0).map_or(0, |last| last as u64 + 1);
                 if whole < MAGIC.len() as u64 {
                     segment.file.write_all_at(MAGIC, 0)?;
                     segment.len = MAGIC.len() as u64;
                 } else {
                     segment.len = whole;
                 }
+                segment.allocated = segment.len;
                 segment.file.set_len(segment.len)?;
                 segment.file.sync_all()?;
             }
@@ -500,14 +539,7 @@ impl Wal {
         stats.segments = inner.segments.len();
         if inner.segments.is_empty() {
             let file = create_segment(dir, 1, MAGIC)?;
-            inner.segments.insert(
-                1,
-                Segment {
-                    file: Arc::new(file),
-                    len: MAGIC.len() as u64,
-                    live: 0,
-                },
-            );
+            inner.segments.insert(1, Segment::new(file, MAGIC.len() as u64));
         }
         inner.collect()?;
         Ok((
@@ -762,6 +794,21 @@ mod tests {
         assert!(lens(6, 1_000).is_empty(), "past the end");
     }
 
+    /// The segment's bytes up to the end of its whole records.
+    fn records_of(path: &Path) -> Vec<u8> {
+        let mut bytes = std::fs::read(path).unwrap();
+        let mut inner = Inner {
+            dir: PathBuf::new(),
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            segments: BTreeMap::new(),
+            groups: HashMap::new(),
+            failed: false,
+        };
+        let (end, _) = replay_segment(&mut inner, 0, &bytes, &mut Recovered::default()).unwrap();
+        bytes.truncate(end as usize);
+        bytes
+    }
+
     #[test]
     fn a_torn_tail_is_cut_at_the_last_whole_record() {
         let dir = tempfile::tempdir().unwrap();
@@ -771,15 +818,15 @@ mod tests {
             wal.sync().unwrap();
         }
         let path = dir.path().join(segment_name(1));
-        let whole = std::fs::metadata(&path).unwrap().len();
-        // Half of a sixth record, then garbage where a seventh would be.
-        let mut bytes = std::fs::read(&path).unwrap();
+        let whole = records_of(&path).len() as u64;
+        // Half of a sixth record, written over the zeros ahead of the records.
         let mut extra = Vec::new();
         record(&mut extra, TAG_ENTRY, 1, &[&6u64.to_le_bytes(), b"six"]);
-        bytes.extend_from_slice(&extra[..extra.len() / 2]);
-        std::fs::write(&path, &bytes).unwrap();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&extra[..extra.len() / 2], whole).unwrap();
         let (wal, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
-        assert_eq!(recovered.torn_bytes, (extra.len() / 2) as u64);
+        // Counted up to its last non-zero byte: the zeros after it are not told apart.
+        assert!(recovered.torn_bytes > 0 && recovered.torn_bytes <= (extra.len() / 2) as u64);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
         assert_eq!(indexes(&wal, 1), expect(1, 1..=5));
         // Appending after the cut continues a readable log.
@@ -787,6 +834,80 @@ mod tests {
         drop(wal);
         let (wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
         assert_eq!(indexes(&wal, 1), expect(1, 1..=6));
+    }
+
+    /// A crash can leave a whole record behind a torn one (pages reach the disk in any
+    /// order). The cut must drop it too: were it left in place, a shorter append after the
+    /// cut could end right where it starts and bring it back at the next start.
+    #[test]
+    fn a_whole_record_behind_a_torn_one_never_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+            append(&wal, 1, 1..=5);
+            wal.sync().unwrap();
+        }
+        let path = dir.path().join(segment_name(1));
+        let whole = records_of(&path).len() as u64;
+        let mut torn = Vec::new();
+        record(&mut torn, TAG_ENTRY, 1, &[&6u64.to_le_bytes(), b"long sixth entry"]);
+        let mut stale = Vec::new();
+        record(&mut stale, TAG_ENTRY, 1, &[&7u64.to_le_bytes(), b"stale seventh"]);
+        let mut replacement = Vec::new();
+        record(&mut replacement, TAG_ENTRY, 1, &[&6u64.to_le_bytes(), b"6"]);
+        // The sixth is torn (its last bytes never reached the disk), the seventh whole.
+        let torn_at = whole + replacement.len() as u64;
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&torn[..torn.len() - 3], whole).unwrap();
+        file.write_all_at(&stale, torn_at).unwrap();
+        {
+            let (wal, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+            assert!(recovered.torn_bytes > 0);
+            assert_eq!(indexes(&wal, 1), expect(1, 1..=5));
+            // Cut, not just left to be overwritten: the append below zero-fills after
+            // itself, but a crash before its sync, or an append ending on a chunk
+            // boundary, would not.
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+            wal.append(1, &[(6, b"6".to_vec())]).unwrap();
+            wal.sync().unwrap();
+        }
+        let (wal, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        assert_eq!(recovered.torn_bytes, 0);
+        let mut want = expect(1, 1..=5);
+        want.push("6".into());
+        assert_eq!(indexes(&wal, 1), want, "the stale seventh must not come back");
+    }
+
+    #[test]
+    fn the_current_segment_runs_ahead_in_zeros_that_a_restart_does_not_call_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_name(1));
+        {
+            let (wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+            append(&wal, 1, 1..=5);
+            wal.sync().unwrap();
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), PREALLOCATE_BYTES);
+        {
+            let (wal, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+            assert_eq!(recovered.torn_bytes, 0);
+            assert_eq!(indexes(&wal, 1), expect(1, 1..=5));
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                PREALLOCATE_BYTES,
+                "the zeros are kept, not cut as a torn tail"
+            );
+            // Appends go on where the records end, not after the zeros.
+            append(&wal, 1, 6..=6);
+            // One entry larger than the chunk extends the file past it.
+            wal.append(2, &[(1, vec![b'x'; PREALLOCATE_BYTES as usize])]).unwrap();
+            wal.sync().unwrap();
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * PREALLOCATE_BYTES);
+        let (wal, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        assert_eq!(recovered.torn_bytes, 0);
+        assert_eq!(indexes(&wal, 1), expect(1, 1..=6));
+        assert_eq!(wal.entries(2, 1, 2).unwrap()[0].len(), PREALLOCATE_BYTES as usize);
     }
 
     #[test]
@@ -797,10 +918,11 @@ mod tests {
             append(&wal, 1, 1..=3);
         }
         let path = dir.path().join(segment_name(1));
-        let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
+        let last = records_of(&path).len() as u64 - 1;
+        let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let mut byte = [0];
+        file.read_exact_at(&mut byte, last).unwrap();
+        file.write_all_at(&[byte[0] ^ 0xff], last).unwrap();
         let (wal, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
         assert!(recovered.torn_bytes > 0);
         assert_eq!(indexes(&wal, 1), expect(1, 1..=2));
@@ -816,7 +938,15 @@ mod tests {
             }
             assert!(wal.segment_count() > 1);
         }
-        let path = segment_files(dir.path())[0].clone();
+        let files = segment_files(dir.path());
+        for older in &files[..files.len() - 1] {
+            assert_eq!(
+                std::fs::read(older).unwrap().len(),
+                records_of(older).len(),
+                "a segment left behind ends at its last record, not in zeros"
+            );
+        }
+        let path = files[0].clone();
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[20] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();

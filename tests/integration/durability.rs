@@ -370,7 +370,9 @@ async fn power_cut(how: Cut) {
     };
     let cut = || match how {
         Cut::Synced => fs.cut_power(),
-        Cut::Torn => fs.cut_power_tearing(),
+        // Not asserted: whether any file holds unsynced appended bytes at the instant
+        // of the kill varies from run to run (0-3 files in ten runs).
+        Cut::Torn => println!("{} files torn", fs.cut_power_tearing()),
         Cut::WritebackExceptBlobs => {
             let blobs = blob_files(mount.path());
             println!("{blobs} blob files before the cut");

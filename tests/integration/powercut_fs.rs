@@ -51,11 +51,27 @@ const FSXATTR_BYTES: usize = 28;
 enum Cut {
     /// Nothing.
     Synced,
-    /// Half the unsynced tail of each file appended to since its last sync.
+    /// Half the unsynced bytes of each file appended to since its last sync (past its end,
+    /// or over zeros written ahead).
     Torn,
     /// Everything the OS could have written back, except in directories with this name:
     /// there, only what was synced.
     WritebackExcept(&'static str),
+}
+
+/// Where a file was appended to since its last sync, if that is all that changed: bytes
+/// written past its durable end, or over zeros it already had there (a log that writes
+/// zeros ahead of its records). `[from, to)` spans every byte that differs.
+fn appended_since_sync(cur: &[u8], dur: &[u8]) -> Option<(usize, usize)> {
+    let from = cur.iter().zip(dur).take_while(|(a, b)| a == b).count();
+    if cur.len() <= from || dur.get(from..).is_some_and(|rest| rest.iter().any(|b| *b != 0)) {
+        return None;
+    }
+    let to = (from..cur.len())
+        .rev()
+        .find(|&i| cur[i] != dur.get(i).copied().unwrap_or(0))?
+        + 1;
+    Some((from, to))
 }
 
 enum Body {
@@ -322,7 +338,9 @@ impl State {
         inside
     }
 
-    fn cut(&mut self, how: Cut) {
+    /// Returns how many files it tore.
+    fn cut(&mut self, how: Cut) -> usize {
+        let mut torn_files = 0;
         let reverted = match how {
             Cut::WritebackExcept(name) => Some(self.inside_dirs_named(OsStr::new(name))),
             Cut::Synced | Cut::Torn => None,
@@ -337,16 +355,19 @@ impl State {
                 continue;
             }
             match &mut node.body {
-                Body::File { cur, dur } => {
-                    let appended = cur.len() > dur.len() && cur.starts_with(dur);
-                    if how == Cut::Torn && appended {
-                        let keep = dur.len() + (cur.len() - dur.len()).div_ceil(2);
-                        cur.truncate(keep);
+                Body::File { cur, dur } => match appended_since_sync(cur, dur) {
+                    Some((from, to)) if how == Cut::Torn => {
+                        let keep = from + (to - from).div_ceil(2);
+                        let mut torn = cur[..keep].to_vec();
+                        if dur.len() > keep {
+                            torn.extend_from_slice(&dur[keep..]);
+                        }
+                        *cur = torn;
                         *dur = cur.clone();
-                    } else {
-                        *cur = dur.clone();
+                        torn_files += 1;
                     }
-                }
+                    _ => *cur = dur.clone(),
+                },
                 Body::Dir { cur, dur, .. } => *cur = dur.clone(),
             }
         }
@@ -371,6 +392,7 @@ impl State {
             }
         }
         self.inodes.retain(|ino, _| keep.contains(ino));
+        torn_files
     }
 }
 
@@ -743,9 +765,10 @@ impl PowerCutFs {
     }
 
     /// A power cut in the middle of writes: as [`PowerCutFs::cut_power`], except that a
-    /// file appended to since its last sync keeps the first half of the unsynced tail.
-    pub fn cut_power_tearing(&self) {
-        lock(&self.state).cut(Cut::Torn);
+    /// file appended to since its last sync (past its end, or over zeros written ahead)
+    /// keeps the first half of the unsynced bytes. Returns how many files it tore.
+    pub fn cut_power_tearing(&self) -> usize {
+        lock(&self.state).cut(Cut::Torn)
     }
 
     /// A power cut after the OS wrote back every file and directory, except those in
