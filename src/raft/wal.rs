@@ -115,6 +115,11 @@ struct Inner {
     segment_bytes: u64,
     segments: BTreeMap<u64, Segment>,
     groups: HashMap<GroupId, GroupLog>,
+    /// Groups whose commit point changed since it was last written: it goes out with
+    /// the next record anyone writes (commit points only speed up replay after a
+    /// restart, so one behind is harmless, and a write of its own per commit was one
+    /// more `pwrite` per entry on every replica).
+    unwritten_commits: Vec<GroupId>,
     /// A failed write or sync may have lost data the kernel will never write again:
     /// nothing after it can be trusted, so every later call fails.
     failed: bool,
@@ -269,12 +274,18 @@ impl Inner {
         (*seq, segment)
     }
 
-    /// Writes `buf` at the end of the current segment; returns the segment and the offset
-    /// `buf` starts at. Starts a new segment first if the current one is full.
-    fn write(&mut self, buf: &[u8]) -> io::Result<(u64, u64)> {
+    /// Writes `buf` at the end of the current segment, followed by the commit points not
+    /// yet written; returns the segment and the offset `buf` starts at. Starts a new
+    /// segment first if the current one is full.
+    fn write(&mut self, buf: &mut Vec<u8>) -> io::Result<(u64, u64)> {
         self.check()?;
         if self.current().1.len >= self.segment_bytes {
             self.roll().inspect_err(|_| self.failed = true)?;
+        }
+        for group in self.unwritten_commits.drain(..) {
+            if let Some(committed) = self.groups.get(&group).and_then(|log| log.committed.as_ref()) {
+                record(buf, TAG_COMMITTED, group, &[committed]);
+            }
         }
         self.write_here(buf)
     }
@@ -335,6 +346,8 @@ impl Inner {
         }
         let file = create_segment(&self.dir, next, &buf)?;
         self.segments.insert(next, Segment::new(file, buf.len() as u64));
+        // The checkpoint holds every commit point.
+        self.unwritten_commits.clear();
         self.collect()
     }
 
@@ -499,6 +512,7 @@ impl Wal {
             segment_bytes: segment_bytes.max(MAGIC.len() as u64 + 1),
             segments: BTreeMap::new(),
             groups: HashMap::new(),
+            unwritten_commits: Vec::new(),
             failed: false,
         };
         let mut stats = Recovered::default();
@@ -563,7 +577,7 @@ impl Wal {
             .map(|(index, payload)| record(&mut buf, TAG_ENTRY, group, &[&index.to_le_bytes(), payload]))
             .collect();
         let mut inner = self.lock();
-        let (seq, base) = inner.write(&buf)?;
+        let (seq, base) = inner.write(&mut buf)?;
         for ((index, payload), start) in entries.iter().zip(starts) {
             inner.put_entry(group, *index, entry_loc(seq, base, start, payload.len()));
         }
@@ -575,7 +589,7 @@ impl Wal {
         let mut buf = Vec::new();
         record(&mut buf, TAG_TRUNCATE, group, &[&since.to_le_bytes()]);
         let mut inner = self.lock();
-        inner.write(&buf)?;
+        inner.write(&mut buf)?;
         inner.truncate(group, since);
         Ok(())
     }
@@ -586,7 +600,7 @@ impl Wal {
         let mut buf = Vec::new();
         record(&mut buf, TAG_PURGE, group, &[&upto.to_le_bytes(), purged]);
         let mut inner = self.lock();
-        inner.write(&buf)?;
+        inner.write(&mut buf)?;
         inner.purge(group, upto, purged.to_vec());
         let current = inner.current().0;
         if inner.segments.iter().any(|(seq, s)| *seq != current && s.live == 0) {
@@ -604,22 +618,22 @@ impl Wal {
     }
 
     pub fn set_vote(&self, group: GroupId, vote: &[u8]) -> io::Result<()> {
-        self.set_meta(group, TAG_VOTE, vote)
-    }
-
-    pub fn set_committed(&self, group: GroupId, committed: &[u8]) -> io::Result<()> {
-        self.set_meta(group, TAG_COMMITTED, committed)
-    }
-
-    fn set_meta(&self, group: GroupId, tag: u8, value: &[u8]) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(value.len() + 21);
-        record(&mut buf, tag, group, &[value]);
+        let mut buf = Vec::with_capacity(vote.len() + 21);
+        record(&mut buf, TAG_VOTE, group, &[vote]);
         let mut inner = self.lock();
-        inner.write(&buf)?;
-        let log = inner.group(group);
-        match tag {
-            TAG_VOTE => log.vote = Some(value.to_vec()),
-            _ => log.committed = Some(value.to_vec()),
+        inner.write(&mut buf)?;
+        inner.group(group).vote = Some(vote.to_vec());
+        Ok(())
+    }
+
+    /// Records `group`'s commit point; it is written with the next record (see
+    /// `Inner::unwritten_commits`), and durable with the sync after that.
+    pub fn set_committed(&self, group: GroupId, committed: &[u8]) -> io::Result<()> {
+        let mut inner = self.lock();
+        inner.check()?;
+        inner.group(group).committed = Some(committed.to_vec());
+        if !inner.unwritten_commits.contains(&group) {
+            inner.unwritten_commits.push(group);
         }
         Ok(())
     }
@@ -629,7 +643,10 @@ impl Wal {
         let mut buf = Vec::new();
         record(&mut buf, TAG_DROP, group, &[]);
         let mut inner = self.lock();
-        inner.write(&buf)?;
+        // Written after the drop record, it would give the dropped group its commit point
+        // back at replay.
+        inner.unwritten_commits.retain(|g| *g != group);
+        inner.write(&mut buf)?;
         inner.drop_group(group);
         Ok(())
     }
@@ -756,8 +773,8 @@ mod tests {
             wal.truncate(1, 8).unwrap();
             wal.append(1, &[(8, b"new8".to_vec())]).unwrap();
             wal.purge(1, 3, b"p3").unwrap();
-            wal.set_vote(2, b"v2").unwrap();
             wal.set_committed(1, b"c7").unwrap();
+            wal.set_vote(2, b"v2").unwrap();
             wal.sync().unwrap();
         }
         let (wal, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
@@ -802,6 +819,7 @@ mod tests {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             segments: BTreeMap::new(),
             groups: HashMap::new(),
+            unwritten_commits: Vec::new(),
             failed: false,
         };
         let (end, _) = replay_segment(&mut inner, 0, &bytes, &mut Recovered::default()).unwrap();
@@ -1004,6 +1022,40 @@ mod tests {
         let (wal, _) = Wal::open(dir.path(), 400).unwrap();
         assert_eq!(indexes(&wal, 7), expect(7, 1..=3));
         assert_eq!(indexes(&wal, 1), expect(1, 200..=200));
+    }
+
+    #[test]
+    fn a_commit_point_goes_out_with_the_next_record_or_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+            append(&wal, 1, 1..=3);
+            wal.set_committed(1, b"c2").unwrap();
+            append(&wal, 2, 1..=1);
+            wal.set_committed(1, b"c3").unwrap();
+            wal.set_committed(2, b"c1").unwrap();
+            assert_eq!(wal.committed(1).as_deref(), Some(&b"c3"[..]), "read back at once");
+            wal.sync().unwrap();
+        }
+        // Nothing was written after the last two: replay stops at the one before.
+        let (wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        assert_eq!(wal.committed(1).as_deref(), Some(&b"c2"[..]));
+        assert_eq!(wal.committed(2), None);
+        drop(wal);
+        // A new segment's checkpoint carries commit points not written yet.
+        let small = 64;
+        {
+            let (wal, _) = Wal::open(dir.path(), small).unwrap();
+            wal.set_committed(2, b"c1").unwrap();
+            append(&wal, 2, 2..=2);
+            wal.set_committed(1, b"c3").unwrap();
+            append(&wal, 2, 3..=3);
+            assert!(wal.segment_count() > 1);
+        }
+        let (wal, _) = Wal::open(dir.path(), small).unwrap();
+        assert_eq!(wal.committed(1).as_deref(), Some(&b"c3"[..]));
+        assert_eq!(wal.committed(2).as_deref(), Some(&b"c1"[..]));
+        assert_eq!(indexes(&wal, 2), expect(2, 1..=3));
     }
 
     #[test]
