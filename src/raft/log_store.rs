@@ -407,6 +407,7 @@ pub fn migrate_from_sled(db: &sled::Db, wal: &Wal) -> io::Result<u64> {
             }
         }
     }
+    wal.write_commits()?;
     wal.sync()?;
     log.clear().map_err(sled_error)?;
     meta.clear().map_err(sled_error)?;
@@ -565,7 +566,8 @@ impl<K: GroupKind> RaftLogStorage<Config<K>> for LogStore<K> {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Durable with the next sync; only an optimisation for replay after restart.
+        // Written with the next record (or `Wal::write_commits`), durable with the sync
+        // after it; only an optimisation for replay after a restart.
         self.report_committed(committed);
         let bytes = codec::encode(&committed).map_err(storage_io_error)?;
         self.wal.set_committed(self.group, &bytes).map_err(storage_io_error)

@@ -1034,6 +1034,11 @@ impl<K: GroupKind> Registry<K> {
             .set((wants.len() - campaigning) as f64);
         metrics::gauge!("midasflow_raft_groups_without_leader", "node" => self.label.clone(), "kind" => K::NAME)
             .set(without_leader as f64);
+        // Commit points go out with the next log record; on an idle node there may be
+        // none for a long time. A failure here fails every later log call too.
+        if let Err(e) = self.flusher.wal().write_commits() {
+            tracing::warn!(error = %e, "writing commit points to the log");
+        }
         quiet_count
     }
 
@@ -1087,6 +1092,7 @@ impl<K: GroupKind> Registry<K> {
         for group in groups {
             let _ = group.raft.shutdown().await;
         }
+        let _ = self.flusher.wal().write_commits();
         let _ = self.flusher.flush().await;
     }
 

@@ -79,6 +79,9 @@ struct GroupLog {
     entries: VecDeque<Loc>,
     vote: Option<Vec<u8>>,
     committed: Option<Vec<u8>>,
+    /// `committed` changed since it was last written (the group is in
+    /// `Inner::unwritten_commits`).
+    commit_unwritten: bool,
     /// The purge point's index and its encoded log id.
     purged: Option<(u64, Vec<u8>)>,
 }
@@ -116,9 +119,10 @@ struct Inner {
     segments: BTreeMap<u64, Segment>,
     groups: HashMap<GroupId, GroupLog>,
     /// Groups whose commit point changed since it was last written: it goes out with
-    /// the next record anyone writes (commit points only speed up replay after a
-    /// restart, so one behind is harmless, and a write of its own per commit was one
-    /// more `pwrite` per entry on every replica).
+    /// the next record anyone writes, or at the latest with [`Wal::write_commits`] (commit
+    /// points only let a restarted replica re-apply what it had applied, so one a little
+    /// behind is harmless, and a write of its own per commit was one more `pwrite` per
+    /// entry on every replica).
     unwritten_commits: Vec<GroupId>,
     /// A failed write or sync may have lost data the kernel will never write again:
     /// nothing after it can be trusted, so every later call fails.
@@ -282,9 +286,12 @@ impl Inner {
         if self.current().1.len >= self.segment_bytes {
             self.roll().inspect_err(|_| self.failed = true)?;
         }
-        for group in self.unwritten_commits.drain(..) {
-            if let Some(committed) = self.groups.get(&group).and_then(|log| log.committed.as_ref()) {
-                record(buf, TAG_COMMITTED, group, &[committed]);
+        for group in std::mem::take(&mut self.unwritten_commits) {
+            if let Some(log) = self.groups.get_mut(&group) {
+                log.commit_unwritten = false;
+                if let Some(committed) = &log.committed {
+                    record(buf, TAG_COMMITTED, group, &[committed]);
+                }
             }
         }
         self.write_here(buf)
@@ -347,7 +354,11 @@ impl Inner {
         let file = create_segment(&self.dir, next, &buf)?;
         self.segments.insert(next, Segment::new(file, buf.len() as u64));
         // The checkpoint holds every commit point.
-        self.unwritten_commits.clear();
+        for group in std::mem::take(&mut self.unwritten_commits) {
+            if let Some(log) = self.groups.get_mut(&group) {
+                log.commit_unwritten = false;
+            }
+        }
         self.collect()
     }
 
@@ -631,11 +642,23 @@ impl Wal {
     pub fn set_committed(&self, group: GroupId, committed: &[u8]) -> io::Result<()> {
         let mut inner = self.lock();
         inner.check()?;
-        inner.group(group).committed = Some(committed.to_vec());
-        if !inner.unwritten_commits.contains(&group) {
+        let log = inner.group(group);
+        log.committed = Some(committed.to_vec());
+        if !std::mem::replace(&mut log.commit_unwritten, true) {
             inner.unwritten_commits.push(group);
         }
         Ok(())
+    }
+
+    /// Writes the commit points not written yet (not synced): the registry calls it every
+    /// pass of its upkeep, so an idle node's last commit points reach the file too (and a
+    /// `kill -9` keeps them), and before a clean stop.
+    pub fn write_commits(&self) -> io::Result<()> {
+        let mut inner = self.lock();
+        if inner.unwritten_commits.is_empty() {
+            return Ok(());
+        }
+        inner.write(&mut Vec::new()).map(|_| ())
     }
 
     /// Removes a removed replica's entries, commit and purge points; its vote stays.
@@ -646,6 +669,9 @@ impl Wal {
         // Written after the drop record, it would give the dropped group its commit point
         // back at replay.
         inner.unwritten_commits.retain(|g| *g != group);
+        if let Some(log) = inner.groups.get_mut(&group) {
+            log.commit_unwritten = false;
+        }
         inner.write(&mut buf)?;
         inner.drop_group(group);
         Ok(())
@@ -1041,6 +1067,13 @@ mod tests {
         let (wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
         assert_eq!(wal.committed(1).as_deref(), Some(&b"c2"[..]));
         assert_eq!(wal.committed(2), None);
+        // Until they are written on their own (the registry does every pass).
+        wal.set_committed(1, b"c3").unwrap();
+        wal.write_commits().unwrap();
+        wal.write_commits().unwrap();
+        drop(wal);
+        let (wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        assert_eq!(wal.committed(1).as_deref(), Some(&b"c3"[..]));
         drop(wal);
         // A new segment's checkpoint carries commit points not written yet.
         let small = 64;
