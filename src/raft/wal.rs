@@ -286,15 +286,23 @@ impl Inner {
         if self.current().1.len >= self.segment_bytes {
             self.roll().inspect_err(|_| self.failed = true)?;
         }
-        for group in std::mem::take(&mut self.unwritten_commits) {
-            if let Some(log) = self.groups.get_mut(&group) {
-                log.commit_unwritten = false;
-                if let Some(committed) = &log.committed {
-                    record(buf, TAG_COMMITTED, group, &[committed]);
-                }
+        for group in self.take_unwritten_commits() {
+            if let Some(committed) = self.groups.get(&group).and_then(|log| log.committed.as_ref()) {
+                record(buf, TAG_COMMITTED, group, &[committed]);
             }
         }
         self.write_here(buf)
+    }
+
+    /// Empties [`Inner::unwritten_commits`]: the caller writes them, or has.
+    fn take_unwritten_commits(&mut self) -> Vec<GroupId> {
+        let groups = std::mem::take(&mut self.unwritten_commits);
+        for group in &groups {
+            if let Some(log) = self.groups.get_mut(group) {
+                log.commit_unwritten = false;
+            }
+        }
+        groups
     }
 
     /// [`Inner::write`] without starting a new segment (compaction writes while rolling).
@@ -354,11 +362,7 @@ impl Inner {
         let file = create_segment(&self.dir, next, &buf)?;
         self.segments.insert(next, Segment::new(file, buf.len() as u64));
         // The checkpoint holds every commit point.
-        for group in std::mem::take(&mut self.unwritten_commits) {
-            if let Some(log) = self.groups.get_mut(&group) {
-                log.commit_unwritten = false;
-            }
-        }
+        self.take_unwritten_commits();
         self.collect()
     }
 
