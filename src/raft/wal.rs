@@ -857,16 +857,20 @@ mod tests {
         bytes
     }
 
+    /// A log of group 1's entries 1..=5, synced: its segment and where its records end.
+    fn five_synced_entries(dir: &Path) -> (PathBuf, u64) {
+        let (wal, _) = Wal::open(dir, SEGMENT_BYTES_DEFAULT).unwrap();
+        append(&wal, 1, 1..=5);
+        wal.sync().unwrap();
+        let path = dir.join(segment_name(1));
+        let whole = records_of(&path).len() as u64;
+        (path, whole)
+    }
+
     #[test]
     fn a_torn_tail_is_cut_at_the_last_whole_record() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let (wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
-            append(&wal, 1, 1..=5);
-            wal.sync().unwrap();
-        }
-        let path = dir.path().join(segment_name(1));
-        let whole = records_of(&path).len() as u64;
+        let (path, whole) = five_synced_entries(dir.path());
         // Half of a sixth record, written over the zeros ahead of the records.
         let mut extra = Vec::new();
         record(&mut extra, TAG_ENTRY, 1, &[&6u64.to_le_bytes(), b"six"]);
@@ -890,13 +894,7 @@ mod tests {
     #[test]
     fn a_whole_record_behind_a_torn_one_never_comes_back() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let (wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
-            append(&wal, 1, 1..=5);
-            wal.sync().unwrap();
-        }
-        let path = dir.path().join(segment_name(1));
-        let whole = records_of(&path).len() as u64;
+        let (path, whole) = five_synced_entries(dir.path());
         let mut torn = Vec::new();
         record(&mut torn, TAG_ENTRY, 1, &[&6u64.to_le_bytes(), b"long sixth entry"]);
         let mut stale = Vec::new();
