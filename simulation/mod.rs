@@ -129,6 +129,10 @@ pub struct SimReport {
     pub raft_batched_messages: u64,
     #[serde(default)]
     pub raft_shared_batches: u64,
+    /// Bare commit-point updates leaders answered themselves, for the next message to
+    /// carry.
+    #[serde(default)]
+    pub commit_updates_held: u64,
     /// Linearizable reads (and followers' read indexes) confirmed under a read lease, and
     /// by a quorum round.
     #[serde(default)]
@@ -206,6 +210,7 @@ struct Shared {
     raft_batches: u64,
     raft_batched_messages: u64,
     raft_shared_batches: u64,
+    commit_updates_held: u64,
     lease_reads: u64,
     round_reads: u64,
     campaigns_deferred: u64,
@@ -275,6 +280,10 @@ impl Observer for SimObserver {
             s.raft_batches += 1;
             s.raft_batched_messages += messages as u64;
             s.raft_shared_batches += u64::from(messages > 1);
+            return;
+        }
+        if let NodeEvent::CommitUpdateHeld = event {
+            s.commit_updates_held += 1;
             return;
         }
         if let NodeEvent::ReadConfirmed { lease } = event {
@@ -382,6 +391,7 @@ impl Observer for SimObserver {
             }
             NodeEvent::ReplicaRemoved { .. }
             | NodeEvent::RaftBatch { .. }
+            | NodeEvent::CommitUpdateHeld
             | NodeEvent::ReadConfirmed { .. }
             | NodeEvent::CampaignDeferred { .. }
             | NodeEvent::CampaignBudget { .. }
@@ -1472,6 +1482,7 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         raft_batches: s.raft_batches,
         raft_batched_messages: s.raft_batched_messages,
         raft_shared_batches: s.raft_shared_batches,
+        commit_updates_held: s.commit_updates_held,
         lease_reads: s.lease_reads,
         round_reads: s.round_reads,
         campaigns_deferred: s.campaigns_deferred,

@@ -258,6 +258,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         planted_leaderless_gates_open: config.has_planted_bug(PlantedBug::LeaderlessGatesOpen),
         planted_hint_followers_never_ask: config.has_planted_bug(PlantedBug::HintFollowersNeverAsk),
         planted_campaign_budget_ignored: config.has_planted_bug(PlantedBug::CampaignBudgetIgnored),
+        planted_commit_hold_answers_checks: config.has_planted_bug(PlantedBug::CommitHoldAnswersChecks),
     });
     // One batching sender for every group of every kind: a peer gets one request per
     // round trip, whatever the number of groups. A batch packs as many bytes as one

@@ -220,6 +220,12 @@ pub const CATALOGUE: &[MetricDoc] = &[
         "",
         "Empty append-entries (heartbeats) sent.",
     ),
+    doc(
+        "midasflow_raft_commit_updates_held_total",
+        Counter,
+        "",
+        "Bare commit-point updates a leader answered itself; the follower learns the commit point from the next append or heartbeat.",
+    ),
     doc("midasflow_raft_vote_rpcs_total", Counter, "", "Vote requests sent."),
     doc(
         "midasflow_raft_batches_total",

@@ -452,6 +452,11 @@ async fn raft_message_of<K: GroupKind>(
                     if how == Confirmed::Lease {
                         node.metrics.lease_reads.increment(1);
                     }
+                    // The asker waits to have applied up to the index: a commit point its
+                    // stream holds goes out now, not with the next heartbeat.
+                    if group.held_commits.any() {
+                        let _ = group.raft.trigger().heartbeat().await;
+                    }
                     Ok(index.to_le_bytes().to_vec())
                 }
                 Err(ReadRefused::ForwardToLeader(leader)) => Err(ApiError::unavailable(format!(

@@ -137,6 +137,11 @@ pub enum PlantedBug {
     /// to how campaigns end: while campaigns run out of time (a node cut off from the
     /// majority, an overloaded machine), it keeps opening as many as the bound allows.
     CampaignBudgetIgnored,
+    /// A leader's replication stream answers bare commit-point updates itself from any
+    /// client, not only from one that has sent entries: openraft's leadership check for a
+    /// linearizable read is answered "accepted" without asking the follower, so a leader
+    /// cut off from the majority keeps confirming itself and answering reads.
+    CommitHoldAnswersChecks,
 }
 
 impl std::fmt::Debug for dyn Observer {

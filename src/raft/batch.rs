@@ -304,6 +304,8 @@ pub struct SenderMetrics {
     batches: metrics::Counter,
     batched_messages: metrics::Counter,
     pub heartbeats: metrics::Counter,
+    /// Bare commit-point updates answered by the leader's stream (`network::CommitHold`).
+    pub commit_updates_held: metrics::Counter,
     pub votes: metrics::Counter,
     pub snapshot_sends: metrics::Counter,
 }
@@ -315,6 +317,7 @@ impl SenderMetrics {
             batches: metrics::counter!("midasflow_raft_batches_total", "node" => node.clone()),
             batched_messages: metrics::counter!("midasflow_raft_batched_messages_total", "node" => node.clone()),
             heartbeats: metrics::counter!("midasflow_raft_heartbeat_rpcs_total", "node" => node.clone()),
+            commit_updates_held: metrics::counter!("midasflow_raft_commit_updates_held_total", "node" => node.clone()),
             votes: metrics::counter!("midasflow_raft_vote_rpcs_total", "node" => node.clone()),
             snapshot_sends: metrics::counter!("midasflow_raft_snapshot_sends_total", "node" => node),
         }
@@ -363,6 +366,10 @@ impl RaftSender {
 
     pub fn metrics(&self) -> &SenderMetrics {
         &self.inner.metrics
+    }
+
+    pub fn probe(&self) -> &Probe {
+        &self.inner.probe
     }
 
     /// Sends one message to node `to` at `addr` in the next batch, and waits for its

@@ -50,6 +50,10 @@ pub trait GroupKind: Sized + Send + Sync + 'static {
     type View: AppliedView;
     /// Names the kind in logs.
     const NAME: &'static str;
+    /// Whether leaders let followers learn bare commit-point updates from the next message
+    /// (`network::CommitHold`). Off for kinds whose followers' applied state others read
+    /// soon after a write.
+    const HOLDS_COMMIT_UPDATES: bool = false;
 
     /// The command that splits a group as planned (`None`: this kind's groups never split).
     fn split_command(_plan: membership::SplitPlan) -> Option<Cmd<Self>> {

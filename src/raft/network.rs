@@ -6,6 +6,7 @@
 //! is `POST /internal/raft/{group}/snapshot` alone. Bodies are versioned bincode, and
 //! every RPC has a timeout, because a partition drops bytes silently.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +19,14 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, EntryPayload, LogId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::batch::{BatchItem, ItemAnswer, RaftOp, RaftSender};
+use super::probe::NodeEvent;
 use super::read_batch::FollowerAcks;
+use super::state_machine::GroupState;
 use super::transport::HttpClient;
 use super::{Config, GroupId, GroupKind};
 use crate::codec;
@@ -270,12 +273,94 @@ fn status_error(addr: &str, status: StatusCode, body: &[u8]) -> TransportError {
 /// Longest node address accepted (in the map, heartbeats and admin requests).
 pub const MAX_NODE_ADDR_BYTES: usize = 256;
 
+/// Whether an append about to go to a follower may be answered here instead: a bare
+/// commit-point update that the follower can learn from the stream's next message.
+///
+/// openraft 0.9 follows every commit with an empty append to each follower whose stream
+/// has nothing else to send, so at one write per entry a follower handles two messages per
+/// entry. A follower needs the commit point only to apply, and every later append or
+/// heartbeat carries it, so the stream answers such an update "accepted" itself (the same
+/// answer the follower gave the last append, whose log id it repeats) and lets the next
+/// message deliver it: the next entries, or the next heartbeat, at most one heartbeat
+/// interval later. Held at most one at a time: an empty append while one is held goes
+/// out, so a heartbeat always reaches the follower.
+///
+/// Never held:
+/// - anything sent by a client that never sent entries: openraft's leadership check for a
+///   linearizable read (`ensure_linearizable`) makes a client per check and sends one
+///   empty append through it, and answering that without the follower would confirm a
+///   leader that no longer leads;
+/// - a commit point that may cover an entry followers should apply at once (a split, a
+///   membership change, a new leader's blank entry): `urgent` entries.
+///
+/// Pure: the stream's [`GroupNetwork`] keeps one and tells it what it sends.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CommitHold {
+    /// This client has sent log entries: it is a replication stream's.
+    sent_entries: bool,
+    /// The commit point last sent to the follower.
+    sent_commit: Option<LogId<u64>>,
+    /// The last urgent entry sent.
+    urgent_upto: Option<LogId<u64>>,
+    /// The commit point answered here and not yet sent.
+    held: Option<LogId<u64>>,
+}
+
+impl CommitHold {
+    /// Decides for an append carrying `entries` (how many) and `leader_commit`, whose last
+    /// urgent entry is `urgent`: `true` holds it (answer it here), `false` sends it.
+    /// `planted_holds_checks` (simulation only) holds bare updates from any client.
+    pub fn hold(
+        &mut self,
+        entries: usize,
+        urgent: Option<LogId<u64>>,
+        leader_commit: Option<LogId<u64>>,
+        planted_holds_checks: bool,
+    ) -> bool {
+        let bare_update = entries == 0 && leader_commit > self.sent_commit;
+        if bare_update
+            && (self.sent_entries || planted_holds_checks)
+            && self.held.is_none()
+            && self.urgent_upto <= self.sent_commit
+        {
+            self.held = leader_commit;
+            return true;
+        }
+        self.sent_entries |= entries > 0;
+        self.urgent_upto = self.urgent_upto.max(urgent);
+        self.sent_commit = self.sent_commit.max(leader_commit);
+        self.held = None;
+        false
+    }
+
+    /// Whether a commit point is held (answered here, not yet sent).
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+}
+
+/// How many of a group's replication streams hold a commit point ([`CommitHold`]): while
+/// any does, what needs followers to have applied promptly (a follower's read index, a
+/// leader going quiet) sends a heartbeat first.
+#[derive(Debug, Default)]
+pub struct HeldCommits(AtomicUsize);
+
+impl HeldCommits {
+    pub fn any(&self) -> bool {
+        self.0.load(Ordering::Acquire) > 0
+    }
+}
+
 /// Builds clients for one group.
 pub struct GroupNetworkFactory<K> {
     pub group: GroupId,
     pub sender: RaftSender,
     /// Where accepted appends are recorded for the read lease.
     pub acks: Arc<FollowerAcks>,
+    /// Counts the streams holding a commit point.
+    pub held_commits: Arc<HeldCommits>,
+    /// Planted bug (simulation only): see `crate::node::PlantedBug::CommitHoldAnswersChecks`.
+    pub planted_holds_checks: bool,
     pub kind: std::marker::PhantomData<fn() -> K>,
 }
 
@@ -285,7 +370,33 @@ pub struct GroupNetwork<K> {
     addr: String,
     sender: RaftSender,
     acks: Arc<FollowerAcks>,
+    hold: CommitHold,
+    held_commits: Arc<HeldCommits>,
+    planted_holds_checks: bool,
     kind: std::marker::PhantomData<fn() -> K>,
+}
+
+impl<K> GroupNetwork<K> {
+    /// Keeps the group's count of holding streams in step with this stream's hold.
+    fn set_holding(&mut self, was_holding: bool) {
+        match (was_holding, self.hold.holding()) {
+            (false, true) => {
+                self.held_commits.0.fetch_add(1, Ordering::AcqRel);
+            }
+            (true, false) => {
+                self.held_commits.0.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<K> Drop for GroupNetwork<K> {
+    fn drop(&mut self) {
+        if self.hold.holding() {
+            self.held_commits.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl<K: GroupKind> RaftNetworkFactory<Config<K>> for GroupNetworkFactory<K> {
@@ -298,6 +409,9 @@ impl<K: GroupKind> RaftNetworkFactory<Config<K>> for GroupNetworkFactory<K> {
             addr: node.addr.clone(),
             sender: self.sender.clone(),
             acks: self.acks.clone(),
+            hold: CommitHold::default(),
+            held_commits: self.held_commits.clone(),
+            planted_holds_checks: self.planted_holds_checks,
             kind: std::marker::PhantomData,
         }
     }
@@ -377,6 +491,25 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         rpc: AppendEntriesRequest<Config<K>>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
+        if K::HOLDS_COMMIT_UPDATES {
+            let urgent = rpc.entries.iter().rev().find_map(|entry| {
+                let urgent = match &entry.payload {
+                    EntryPayload::Normal(command) => K::State::is_barrier(command),
+                    EntryPayload::Blank | EntryPayload::Membership(_) => true,
+                };
+                urgent.then_some(entry.log_id)
+            });
+            let was_holding = self.hold.holding();
+            let hold = self
+                .hold
+                .hold(rpc.entries.len(), urgent, rpc.leader_commit, self.planted_holds_checks);
+            self.set_holding(was_holding);
+            if hold {
+                self.sender.metrics().commit_updates_held.increment(1);
+                self.sender.probe().emit(|| NodeEvent::CommitUpdateHeld);
+                return Ok(AppendEntriesResponse::Success);
+            }
+        }
         if rpc.entries.is_empty() {
             // A heartbeat (or a bare commit-point update): what quiet groups save.
             self.sender.metrics().heartbeats.increment(1);
@@ -425,5 +558,84 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
         self.sender.metrics().votes.increment(1);
         self.call(RaftOp::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn id(index: u64) -> Option<LogId<u64>> {
+        Some(LogId::new(CommittedLeaderId::new(1, 1), index))
+    }
+
+    /// A replication stream at one write per entry: entries, then the bare update that
+    /// commits them.
+    #[test]
+    fn a_streams_bare_commit_update_waits_for_its_next_message() {
+        let mut hold = CommitHold::default();
+        assert!(!hold.hold(1, None, id(0), false), "entries always go");
+        assert!(
+            hold.hold(0, None, id(1), false),
+            "the bare update that commits them waits"
+        );
+        assert!(hold.holding());
+        assert!(!hold.hold(1, None, id(1), false), "the next entries carry it");
+        assert!(!hold.holding());
+        assert!(hold.hold(0, None, id(2), false));
+        assert!(
+            !hold.hold(0, None, id(2), false),
+            "a heartbeat while one is held goes out"
+        );
+        assert!(!hold.holding());
+        assert!(
+            !hold.hold(0, None, id(2), false),
+            "a heartbeat with nothing new goes out"
+        );
+    }
+
+    /// openraft's leadership check sends one empty append through a client of its own:
+    /// answered here, it would confirm a leader the followers no longer follow.
+    #[test]
+    fn a_client_that_never_sent_entries_holds_nothing() {
+        let mut check = CommitHold::default();
+        assert!(!check.hold(0, None, id(5), false));
+        let mut stream = CommitHold::default();
+        assert!(!stream.hold(0, None, id(5), false), "a new stream's first heartbeat");
+        assert!(
+            !stream.hold(0, None, id(6), false),
+            "nor its later bare updates, before any entry"
+        );
+        let mut planted = CommitHold::default();
+        assert!(
+            planted.hold(0, None, id(5), true),
+            "the planted bug answers the check itself"
+        );
+    }
+
+    /// Held at most one at a time: two bare updates in a row send the second.
+    #[test]
+    fn two_bare_updates_in_a_row_send_the_second() {
+        let mut hold = CommitHold::default();
+        hold.hold(3, None, id(0), false);
+        assert!(hold.hold(0, None, id(2), false));
+        assert!(!hold.hold(0, None, id(3), false));
+        assert!(!hold.hold(1, None, id(3), false));
+        assert!(hold.hold(0, None, id(4), false));
+    }
+
+    /// A split, a membership change or a leader's blank entry: followers apply it at once.
+    #[test]
+    fn the_commit_of_an_urgent_entry_is_sent() {
+        let mut hold = CommitHold::default();
+        assert!(!hold.hold(2, id(2), id(0), false));
+        assert!(!hold.hold(0, None, id(1), false), "may cover the urgent entry 2: sent");
+        assert!(!hold.hold(0, None, id(2), false), "covers it: sent");
+        assert!(!hold.hold(1, None, id(2), false));
+        assert!(
+            hold.hold(0, None, id(3), false),
+            "past it, plain entries' updates wait again"
+        );
     }
 }

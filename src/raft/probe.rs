@@ -30,6 +30,9 @@ pub enum NodeEvent {
     ReplicaRemoved { group: GroupId },
     /// The node sent one batch of Raft messages to a peer.
     RaftBatch { messages: usize },
+    /// A leader's stream answered a bare commit-point update itself
+    /// (`network::CommitHold`).
+    CommitUpdateHeld,
     /// A group's leader confirmed a linearizable read (or a follower's read index): under
     /// its read lease, or by a quorum round.
     ReadConfirmed { lease: bool },

@@ -16,7 +16,7 @@ use openraft::{BasicNode, ServerState};
 
 use super::batch::{BatchItem, ItemAnswer, RaftOp, RaftSender};
 use super::log_store::{Flusher, LogStore};
-use super::network::{Credentials, GroupNetworkFactory};
+use super::network::{Credentials, GroupNetworkFactory, HeldCommits};
 use super::probe::{NodeEvent, Probe};
 use super::quiet::{
     adapt_campaign_budget, decide, gate_without_campaign, leader_to_follow, ration_campaigns, Campaign, CampaignBudget,
@@ -36,6 +36,8 @@ pub struct Group<K: GroupKind> {
     pub view: Arc<K::View>,
     /// Linearizable reads waiting for a shared leadership confirmation.
     pub reads: ReadBatcher<K>,
+    /// Whether this leader's streams hold commit points its followers have not heard.
+    pub held_commits: Arc<HeldCommits>,
     /// The term this replica last saw, shifted left by one, with the low bit set while it
     /// leads: one word, so a reader never pairs a new term with an old role (a node's
     /// heartbeat would report a leader that just stepped down as leading the new term).
@@ -393,6 +395,8 @@ pub struct RegistryConfig {
     pub planted_hint_followers_never_ask: bool,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignBudgetIgnored`.
     pub planted_campaign_budget_ignored: bool,
+    /// Planted bug (simulation only): see `crate::node::PlantedBug::CommitHoldAnswersChecks`.
+    pub planted_commit_hold_answers_checks: bool,
 }
 
 /// Opens a group's state of kind `K` from the node's database.
@@ -600,10 +604,13 @@ impl<K: GroupKind> Registry<K> {
         // timer. `tend` wakes it if no one leads the group (see `quiet.rs`).
         let reopened = initial_members.is_none() && epoch.is_none();
         let acks = Arc::new(FollowerAcks::default());
+        let held_commits = Arc::new(HeldCommits::default());
         let network = GroupNetworkFactory::<K> {
             group,
             sender: self.sender.clone(),
             acks: acks.clone(),
+            held_commits: held_commits.clone(),
+            planted_holds_checks: self.config.planted_commit_hold_answers_checks,
             kind: std::marker::PhantomData,
         };
         if let Some(seed) = self.config.rng_seed {
@@ -665,6 +672,7 @@ impl<K: GroupKind> Registry<K> {
             applied,
             view,
             reads: ReadBatcher::new(self.node_id, acks, self.config.probe.clone()),
+            held_commits,
             leadership: AtomicU64::new(0),
             proposals_paused: AtomicBool::new(false),
             transfer: tokio::sync::Mutex::new(()),
@@ -966,6 +974,13 @@ impl<K: GroupKind> Registry<K> {
                 _ => gate_without_campaign(inputs.role, raft_names_leader),
             };
             group.set_campaign_gate(gate);
+            if decision == Decision::Quiet && inputs.role == Role::Leader && group.held_commits.any() {
+                // Its followers hear the last commit point even though its heartbeats stop.
+                let raft = group.raft.clone();
+                tokio::spawn(async move {
+                    let _ = raft.trigger().heartbeat().await;
+                });
+            }
             group.apply(decision, why, seen_active_at);
             quiet_count += usize::from(group.is_quiet());
         }

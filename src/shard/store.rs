@@ -45,6 +45,7 @@ impl GroupKind for ShardKind {
     type State = ShardState;
     type View = ShardView;
     const NAME: &'static str = "shard";
+    const HOLDS_COMMIT_UPDATES: bool = true;
 
     fn split_command(plan: SplitPlan) -> Option<ShardCommand> {
         Some(ShardCommand::Split(plan))

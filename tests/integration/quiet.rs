@@ -39,6 +39,43 @@ async fn key_on(cluster: &Cluster, via: u64, shard: u64) -> String {
     panic!("no key found for shard {shard}");
 }
 
+/// Leaders answer bare commit-point updates themselves (`network::CommitHold`): a
+/// follower learns the commit point from the next append or heartbeat. In a settled
+/// cluster (every group quiet, so no leader moves to carry it in a new term's entry),
+/// every replica still applies the last write of each shard with no more writes after
+/// it: the heartbeats of the woken groups, and the one sent as a group goes quiet again,
+/// carry it.
+#[tokio::test]
+async fn every_replica_applies_the_last_write_without_more_writes() {
+    let _serial = serial().await;
+    let shards = 8u64;
+    let cluster = Cluster::start(3, &["--initial-shards", "8", "--quiet-after-ms", "500"]).await;
+    wait_for("every shard replica quiet", Duration::from_secs(30), || {
+        all_quiet(&cluster, shards)
+    })
+    .await;
+    for i in 0..40 {
+        let reply = put(cluster.client(1), &format!("last-{i}"), format!("v{i}").as_bytes(), &[]).await;
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    }
+    let held = metric_sum(&cluster, &[1, 2, 3], "midasflow_raft_commit_updates_held_total").await;
+    assert!(held >= 1.0, "no leader held a bare commit-point update");
+    for reader in [1, 2, 3] {
+        for i in 0..40 {
+            let (key, value) = (format!("last-{i}"), format!("v{i}"));
+            wait_until(
+                "every replica to apply every write",
+                Duration::from_secs(10),
+                || async {
+                    let read = get(cluster.client(reader), &key, "?consistency=stale").await;
+                    read.status == 200 && read.body.as_ref() == value.as_bytes()
+                },
+            )
+            .await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn idle_groups_go_quiet_wake_on_requests_and_elect_after_leader_loss() {
     let _serial = serial().await;
