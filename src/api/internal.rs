@@ -454,9 +454,7 @@ async fn raft_message_of<K: GroupKind>(
                     }
                     // The asker waits to have applied up to the index: a commit point its
                     // stream holds goes out now, not with the next heartbeat.
-                    if group.held_commits.any() {
-                        let _ = group.raft.trigger().heartbeat().await;
-                    }
+                    group.send_held_commits();
                     Ok(index.to_le_bytes().to_vec())
                 }
                 Err(ReadRefused::ForwardToLeader(leader)) => Err(ApiError::unavailable(format!(

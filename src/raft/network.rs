@@ -279,58 +279,76 @@ pub const MAX_NODE_ADDR_BYTES: usize = 256;
 /// openraft 0.9 follows every commit with an empty append to each follower whose stream
 /// has nothing else to send, so at one write per entry a follower handles two messages per
 /// entry. A follower needs the commit point only to apply, and every later append or
-/// heartbeat carries it, so the stream answers such an update "accepted" itself (the same
-/// answer the follower gave the last append, whose log id it repeats) and lets the next
-/// message deliver it: the next entries, or the next heartbeat, at most one heartbeat
-/// interval later. Held at most one at a time: an empty append while one is held goes
-/// out, so a heartbeat always reaches the follower.
+/// heartbeat carries it, so the stream answers such an update "accepted" itself and lets
+/// the next message deliver it: the next entries, or the next heartbeat, at most one
+/// heartbeat interval later. Only an update that repeats the log id the follower last
+/// confirmed on this client is held, so the answer claims nothing the follower has not
+/// said (openraft's progress does not move). Held at most one at a time: an empty append
+/// while one is held goes out, so a heartbeat always reaches the follower.
 ///
 /// Never held:
-/// - anything sent by a client that never sent entries: openraft's leadership check for a
-///   linearizable read (`ensure_linearizable`) makes a client per check and sends one
-///   empty append through it, and answering that without the follower would confirm a
-///   leader that no longer leads;
+/// - anything sent by a client the follower has not answered before: openraft's
+///   leadership check for a linearizable read (`ensure_linearizable`) makes a client per
+///   check and sends one empty append through it, and answering that without the
+///   follower would confirm a leader that no longer leads;
 /// - a commit point that may cover an entry followers should apply at once (a split, a
-///   membership change, a new leader's blank entry): `urgent` entries.
+///   membership change, a new leader's blank entry: `urgent`) until the follower
+///   confirmed learning it.
 ///
-/// Pure: the stream's [`GroupNetwork`] keeps one and tells it what it sends.
+/// Pure: the stream's [`GroupNetwork`] keeps one and tells it what it sends and what the
+/// follower answered.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CommitHold {
-    /// This client has sent log entries: it is a replication stream's.
-    sent_entries: bool,
-    /// The commit point last sent to the follower.
-    sent_commit: Option<LogId<u64>>,
+    /// The follower has accepted a message of this client: it is a replication stream's.
+    answered: bool,
+    /// The last log id the follower confirmed holding, by its latest acceptance here.
+    confirmed: Option<LogId<u64>>,
+    /// The commit point the follower learned, by its acceptances here.
+    known_commit: Option<LogId<u64>>,
     /// The last urgent entry sent.
     urgent_upto: Option<LogId<u64>>,
     /// The commit point answered here and not yet sent.
     held: Option<LogId<u64>>,
 }
 
+/// The parts of an append [`CommitHold`] decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outgoing {
+    pub entries: usize,
+    pub prev_log_id: Option<LogId<u64>>,
+    /// The last log id the append covers: its last entry's, or `prev_log_id`.
+    pub last_log_id: Option<LogId<u64>>,
+    /// Its last urgent entry, if any.
+    pub urgent: Option<LogId<u64>>,
+    pub leader_commit: Option<LogId<u64>>,
+}
+
 impl CommitHold {
-    /// Decides for an append carrying `entries` (how many) and `leader_commit`, whose last
-    /// urgent entry is `urgent`: `true` holds it (answer it here), `false` sends it.
-    /// `planted_holds_checks` (simulation only) holds bare updates from any client.
-    pub fn hold(
-        &mut self,
-        entries: usize,
-        urgent: Option<LogId<u64>>,
-        leader_commit: Option<LogId<u64>>,
-        planted_holds_checks: bool,
-    ) -> bool {
-        let bare_update = entries == 0 && leader_commit > self.sent_commit;
+    /// Decides for an append about to go out: `true` holds it (answer it here), `false`
+    /// sends it. `planted_holds_checks` (simulation only) holds bare updates from any
+    /// client.
+    pub fn hold(&mut self, out: &Outgoing, planted_holds_checks: bool) -> bool {
+        let bare_update = out.entries == 0 && out.leader_commit > self.known_commit;
+        let repeats_confirmed = self.answered && out.prev_log_id == self.confirmed;
         if bare_update
-            && (self.sent_entries || planted_holds_checks)
+            && (repeats_confirmed || planted_holds_checks)
             && self.held.is_none()
-            && self.urgent_upto <= self.sent_commit
+            && self.urgent_upto <= self.known_commit
         {
-            self.held = leader_commit;
+            self.held = out.leader_commit;
             return true;
         }
-        self.sent_entries |= entries > 0;
-        self.urgent_upto = self.urgent_upto.max(urgent);
-        self.sent_commit = self.sent_commit.max(leader_commit);
+        self.urgent_upto = self.urgent_upto.max(out.urgent);
         self.held = None;
         false
+    }
+
+    /// The follower accepted `out`, holding its log up to `matching` (the append's last
+    /// log id, or less for a partial success).
+    pub fn accepted(&mut self, out: &Outgoing, matching: Option<LogId<u64>>) {
+        self.answered = true;
+        self.confirmed = matching;
+        self.known_commit = self.known_commit.max(out.leader_commit.min(matching));
     }
 
     /// Whether a commit point is held (answered here, not yet sent).
@@ -491,18 +509,22 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         rpc: AppendEntriesRequest<Config<K>>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
-        if K::HOLDS_COMMIT_UPDATES {
-            let urgent = rpc.entries.iter().rev().find_map(|entry| {
+        let outgoing = Outgoing {
+            entries: rpc.entries.len(),
+            prev_log_id: rpc.prev_log_id,
+            last_log_id: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
+            urgent: rpc.entries.iter().rev().find_map(|entry| {
                 let urgent = match &entry.payload {
                     EntryPayload::Normal(command) => K::State::is_barrier(command),
                     EntryPayload::Blank | EntryPayload::Membership(_) => true,
                 };
                 urgent.then_some(entry.log_id)
-            });
+            }),
+            leader_commit: rpc.leader_commit,
+        };
+        if K::HOLDS_COMMIT_UPDATES {
             let was_holding = self.hold.holding();
-            let hold = self
-                .hold
-                .hold(rpc.entries.len(), urgent, rpc.leader_commit, self.planted_holds_checks);
+            let hold = self.hold.hold(&outgoing, self.planted_holds_checks);
             self.set_holding(was_holding);
             if hold {
                 self.sender.metrics().commit_updates_held.increment(1);
@@ -534,6 +556,11 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         }
         if accepted {
             self.acks.record(self.target, term, sent, for_lease);
+        }
+        match &answer {
+            Ok(AppendEntriesResponse::Success) => self.hold.accepted(&outgoing, outgoing.last_log_id),
+            Ok(AppendEntriesResponse::PartialSuccess(matching)) => self.hold.accepted(&outgoing, *matching),
+            _ => {}
         }
         answer
     }
@@ -570,27 +597,47 @@ mod tests {
         Some(LogId::new(CommittedLeaderId::new(1, 1), index))
     }
 
+    /// An append of entries `first..=last` (none if `first > last`) after `prev`.
+    fn append(prev: u64, last: u64, commit: u64) -> Outgoing {
+        Outgoing {
+            entries: (last - prev) as usize,
+            prev_log_id: id(prev),
+            last_log_id: id(last),
+            urgent: None,
+            leader_commit: id(commit),
+        }
+    }
+
+    /// Sends `out` unless held; a sent one is accepted whole.
+    fn send(hold: &mut CommitHold, out: Outgoing) -> bool {
+        let held = hold.hold(&out, false);
+        if !held {
+            hold.accepted(&out, out.last_log_id);
+        }
+        held
+    }
+
     /// A replication stream at one write per entry: entries, then the bare update that
     /// commits them.
     #[test]
     fn a_streams_bare_commit_update_waits_for_its_next_message() {
         let mut hold = CommitHold::default();
-        assert!(!hold.hold(1, None, id(0), false), "entries always go");
+        assert!(!send(&mut hold, append(0, 1, 0)), "entries always go");
         assert!(
-            hold.hold(0, None, id(1), false),
+            send(&mut hold, append(1, 1, 1)),
             "the bare update that commits them waits"
         );
         assert!(hold.holding());
-        assert!(!hold.hold(1, None, id(1), false), "the next entries carry it");
+        assert!(!send(&mut hold, append(1, 2, 1)), "the next entries carry it");
         assert!(!hold.holding());
-        assert!(hold.hold(0, None, id(2), false));
+        assert!(send(&mut hold, append(2, 2, 2)));
         assert!(
-            !hold.hold(0, None, id(2), false),
+            !send(&mut hold, append(2, 2, 2)),
             "a heartbeat while one is held goes out"
         );
         assert!(!hold.holding());
         assert!(
-            !hold.hold(0, None, id(2), false),
+            !send(&mut hold, append(2, 2, 2)),
             "a heartbeat with nothing new goes out"
         );
     }
@@ -598,43 +645,77 @@ mod tests {
     /// openraft's leadership check sends one empty append through a client of its own:
     /// answered here, it would confirm a leader the followers no longer follow.
     #[test]
-    fn a_client_that_never_sent_entries_holds_nothing() {
+    fn a_client_the_follower_never_answered_holds_nothing() {
         let mut check = CommitHold::default();
-        assert!(!check.hold(0, None, id(5), false));
+        assert!(!check.hold(&append(5, 5, 5), false));
         let mut stream = CommitHold::default();
-        assert!(!stream.hold(0, None, id(5), false), "a new stream's first heartbeat");
-        assert!(
-            !stream.hold(0, None, id(6), false),
-            "nor its later bare updates, before any entry"
-        );
+        assert!(!stream.hold(&append(5, 5, 5), false), "unanswered, nothing is held");
+        stream.accepted(&append(5, 5, 5), id(5));
+        assert!(stream.hold(&append(5, 5, 6), false), "answered, a bare update waits");
         let mut planted = CommitHold::default();
         assert!(
-            planted.hold(0, None, id(5), true),
+            planted.hold(&append(5, 5, 5), true),
             "the planted bug answers the check itself"
         );
+    }
+
+    /// An empty append from anywhere but the follower's confirmed log id (a probe after
+    /// a conflict) goes out: its answer says something new.
+    #[test]
+    fn only_an_update_at_the_confirmed_log_id_is_held() {
+        let mut hold = CommitHold::default();
+        send(&mut hold, append(0, 4, 0));
+        assert!(!hold.hold(&append(3, 3, 4), false), "a probe behind the confirmed id");
+        let mut partial = CommitHold::default();
+        let out = append(0, 4, 0);
+        partial.hold(&out, false);
+        partial.accepted(&out, id(2));
+        assert!(
+            !partial.hold(&append(4, 4, 2), false),
+            "past what the follower confirmed"
+        );
+        assert!(partial.hold(&append(2, 2, 2), false));
+    }
+
+    /// A failed send teaches nothing: the update after it is sent, not held.
+    #[test]
+    fn a_commit_point_the_follower_never_confirmed_is_not_assumed() {
+        let mut hold = CommitHold::default();
+        send(&mut hold, append(0, 3, 0));
+        assert!(send(&mut hold, append(3, 3, 3)));
+        let heartbeat = append(3, 3, 3);
+        assert!(!hold.hold(&heartbeat, false), "the heartbeat goes out; its send fails");
+        assert!(!hold.holding());
+        assert!(
+            hold.hold(&append(3, 3, 3), false),
+            "still unknown to the follower: held once"
+        );
+        assert!(!hold.hold(&append(3, 3, 3), false), "and the next one goes out");
     }
 
     /// Held at most one at a time: two bare updates in a row send the second.
     #[test]
     fn two_bare_updates_in_a_row_send_the_second() {
         let mut hold = CommitHold::default();
-        hold.hold(3, None, id(0), false);
-        assert!(hold.hold(0, None, id(2), false));
-        assert!(!hold.hold(0, None, id(3), false));
-        assert!(!hold.hold(1, None, id(3), false));
-        assert!(hold.hold(0, None, id(4), false));
+        send(&mut hold, append(0, 3, 0));
+        assert!(send(&mut hold, append(3, 3, 2)));
+        assert!(!send(&mut hold, append(3, 3, 3)));
+        assert!(!send(&mut hold, append(3, 4, 3)));
+        assert!(send(&mut hold, append(4, 4, 4)));
     }
 
     /// A split, a membership change or a leader's blank entry: followers apply it at once.
     #[test]
     fn the_commit_of_an_urgent_entry_is_sent() {
         let mut hold = CommitHold::default();
-        assert!(!hold.hold(2, id(2), id(0), false));
-        assert!(!hold.hold(0, None, id(1), false), "may cover the urgent entry 2: sent");
-        assert!(!hold.hold(0, None, id(2), false), "covers it: sent");
-        assert!(!hold.hold(1, None, id(2), false));
+        let mut with_split = append(0, 2, 0);
+        with_split.urgent = id(2);
+        assert!(!send(&mut hold, with_split));
+        assert!(!send(&mut hold, append(2, 2, 1)), "may cover the urgent entry 2: sent");
+        assert!(!send(&mut hold, append(2, 2, 2)), "covers it: sent");
+        assert!(!send(&mut hold, append(2, 3, 2)));
         assert!(
-            hold.hold(0, None, id(3), false),
+            send(&mut hold, append(3, 3, 3)),
             "past it, plain entries' updates wait again"
         );
     }

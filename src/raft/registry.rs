@@ -37,7 +37,7 @@ pub struct Group<K: GroupKind> {
     /// Linearizable reads waiting for a shared leadership confirmation.
     pub reads: ReadBatcher<K>,
     /// Whether this leader's streams hold commit points its followers have not heard.
-    pub held_commits: Arc<HeldCommits>,
+    held_commits: Arc<HeldCommits>,
     /// The term this replica last saw, shifted left by one, with the low bit set while it
     /// leads: one word, so a reader never pairs a new term with an old role (a node's
     /// heartbeat would report a leader that just stepped down as leading the new term).
@@ -309,6 +309,18 @@ impl<K: GroupKind> Group<K> {
 
     pub fn proposals_paused(&self) -> bool {
         self.proposals_paused.load(Ordering::Acquire)
+    }
+
+    /// Sends a heartbeat now if this leader's streams hold commit points their followers
+    /// have not heard (`network::CommitHold`). Not during a leadership transfer: its
+    /// leader keeps silent so that its followers' vote refusal runs out.
+    pub fn send_held_commits(&self) {
+        if self.held_commits.any() && !self.proposals_paused() {
+            let raft = self.raft.clone();
+            tokio::spawn(async move {
+                let _ = raft.trigger().heartbeat().await;
+            });
+        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -974,12 +986,9 @@ impl<K: GroupKind> Registry<K> {
                 _ => gate_without_campaign(inputs.role, raft_names_leader),
             };
             group.set_campaign_gate(gate);
-            if decision == Decision::Quiet && inputs.role == Role::Leader && group.held_commits.any() {
+            if decision == Decision::Quiet && inputs.role == Role::Leader {
                 // Its followers hear the last commit point even though its heartbeats stop.
-                let raft = group.raft.clone();
-                tokio::spawn(async move {
-                    let _ = raft.trigger().heartbeat().await;
-                });
+                group.send_held_commits();
             }
             group.apply(decision, why, seen_active_at);
             quiet_count += usize::from(group.is_quiet());

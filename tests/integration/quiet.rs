@@ -43,8 +43,8 @@ async fn key_on(cluster: &Cluster, via: u64, shard: u64) -> String {
 /// follower learns the commit point from the next append or heartbeat. In a settled
 /// cluster (every group quiet, so no leader moves to carry it in a new term's entry),
 /// every replica still applies the last write of each shard with no more writes after
-/// it: the heartbeats of the woken groups, and the one sent as a group goes quiet again,
-/// carry it.
+/// it: the woken groups' heartbeats carry it. (Fails when a held update is never sent:
+/// checked by breaking `CommitHold` to hold heartbeats too.)
 #[tokio::test]
 async fn every_replica_applies_the_last_write_without_more_writes() {
     let _serial = serial().await;
