@@ -229,15 +229,8 @@ pub fn rejected_writes_applied(ops: &[Op]) -> Vec<String> {
 /// No acknowledged write lost: after heal, each key's final linearizable read must show a
 /// version at least as new as every acknowledged write or delete of that key.
 pub fn lost_writes(ops: &[Op], final_reads: &BTreeMap<String, Outcome>) -> Vec<String> {
-    let mut newest_acked: BTreeMap<&str, u64> = BTreeMap::new();
-    for op in ops {
-        if let Some(Outcome::Written { version } | Outcome::Deleted { version }) = &op.outcome {
-            let entry = newest_acked.entry(&op.key).or_default();
-            *entry = (*entry).max(*version);
-        }
-    }
     let mut lost = Vec::new();
-    for (key, acked) in newest_acked {
+    for (key, (acked, _)) in newest_acknowledged(ops) {
         match final_reads.get(key) {
             Some(Outcome::Value { version, .. }) if *version >= acked => {}
             // A final NotFound is fine only if the newest acknowledged op could be a delete;
@@ -247,6 +240,22 @@ pub fn lost_writes(ops: &[Op], final_reads: &BTreeMap<String, Outcome>) -> Vec<S
         }
     }
     lost
+}
+
+/// Per key, the newest acknowledged write or delete: its version, and whether it was a
+/// delete.
+pub fn newest_acknowledged(ops: &[Op]) -> BTreeMap<&str, (u64, bool)> {
+    let mut newest: BTreeMap<&str, (u64, bool)> = BTreeMap::new();
+    for op in ops {
+        let acked = match &op.outcome {
+            Some(Outcome::Written { version }) => (*version, false),
+            Some(Outcome::Deleted { version }) => (*version, true),
+            _ => continue,
+        };
+        let entry = newest.entry(&op.key).or_default();
+        *entry = (*entry).max(acked);
+    }
+    newest
 }
 
 #[cfg(test)]

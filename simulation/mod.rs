@@ -449,7 +449,11 @@ fn client_name(client: u64) -> String {
 
 /// Sends one op and turns the answer into a definite outcome, or `None` if it is unknown.
 async fn perform(client: &Client, key: &str, kind: &OpKind) -> Option<Outcome> {
-    let path = format!("/v1/kv/{}", encode_key_str(key));
+    perform_at(client, &format!("/v1/kv/{}", encode_key_str(key)), kind).await
+}
+
+/// [`perform`] on a given path (a key's, with a query).
+async fn perform_at(client: &Client, path: &str, kind: &OpKind) -> Option<Outcome> {
     let condition = |p: &Precondition| match p {
         Precondition::None => vec![],
         Precondition::IfMatch(v) => vec![("if-match", v.to_string())],
@@ -460,7 +464,7 @@ async fn perform(client: &Client, key: &str, kind: &OpKind) -> Option<Outcome> {
         OpKind::Put { value, precondition } => (Method::PUT, condition(precondition), Bytes::from(value.clone())),
         OpKind::Delete { precondition } => (Method::DELETE, condition(precondition), Bytes::new()),
     };
-    let reply = match client.request(method, &path, &headers, body).await {
+    let reply = match client.request(method, path, &headers, body).await {
         Ok(reply) => reply,
         // Never connected: the request reached no node, so a write certainly did not happen.
         Err(crate::raft::network::TransportError::Connect { .. }) if *kind != OpKind::Get => {
@@ -608,6 +612,8 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
         while shared.lock().unwrap().clients_stopped < settings.clients {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Before the final reads: their leadership rounds would carry commit points.
+        check_replicas_converge(&clients, &keys, &shared).await;
         // Every acknowledged write must be visible to a linearizable read after heal.
         for key in &keys {
             let mut attempt = 0u64;
@@ -644,6 +650,65 @@ async fn run_client(id: u64, settings: SimSettings, shared: Arc<Mutex<Shared>>) 
         }
     }
     Ok(())
+}
+
+/// How long after the clients stop every replica must show every acknowledged write.
+const CONVERGE_WITHIN_MS: u64 = 8_000;
+
+/// Once the clients have stopped (after heal), a stale read of each key through every
+/// node must come to show the key's newest acknowledged write, or a later one: the node's
+/// own replica answers it (with as many nodes as replicas, each holds one of every
+/// shard), so a replica that never learns a commit point keeps an older version. Run
+/// before the final reads, whose leadership rounds would carry commit points to the
+/// followers. A node that does not answer is left out (it may be down); one that answers
+/// with an older version past the deadline is a violation.
+async fn check_replicas_converge(clients: &[Client], keys: &[String], shared: &Mutex<Shared>) {
+    let deadline_ns = (now_ns() + CONVERGE_WITHIN_MS * 1_000_000).min((SIM_LIMIT_MS - 20_000) * 1_000_000);
+    let newest_acked: BTreeMap<String, (u64, bool)> = {
+        let s = shared.lock().unwrap();
+        let newest = checker::newest_acknowledged(&s.history);
+        newest
+            .into_iter()
+            .map(|(key, acked)| (key.to_string(), acked))
+            .collect()
+    };
+    for key in keys {
+        let Some(&(acked, deleted)) = newest_acked.get(key) else {
+            continue;
+        };
+        let path = format!("/v1/kv/{}?consistency=stale", encode_key_str(key));
+        for (host, client) in (1u64..).zip(clients) {
+            let node = {
+                let s = shared.lock().unwrap();
+                if s.host_refused(host) {
+                    continue;
+                }
+                s.node_on(host)
+            };
+            loop {
+                let seen = perform_at(client, &path, &OpKind::Get).await;
+                let converged = match &seen {
+                    None => true,
+                    Some(Outcome::Value { version, .. }) => *version >= acked,
+                    // A delete leaves no version to compare: the linearizability check
+                    // covers which write or delete came last.
+                    Some(Outcome::NotFound) => deleted,
+                    Some(_) => false,
+                };
+                if converged {
+                    break;
+                }
+                if now_ns() >= deadline_ns {
+                    shared.lock().unwrap().violations.push(format!(
+                        "replicas diverge: a stale read of {key} through n{node} shows {seen:?} {CONVERGE_WITHIN_MS} ms \
+                         after the clients stopped; version {acked} was acknowledged"
+                    ));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Sends one admin request through the first node that answers it (not 503 or a transport

@@ -18,7 +18,7 @@ use crate::raft::batch::RaftSender;
 use crate::raft::log_store::{
     make_blob_writes_synchronous, migrate_from_sled, DurableFiles, Flusher, APPEND_PAYLOAD_BYTES_MAX,
 };
-use crate::raft::network::{post_internal, Credentials};
+use crate::raft::network::{post_internal, Credentials, PlantedHold};
 use crate::raft::registry::{Registry, RegistryConfig, RegistryError};
 use crate::raft::transport::{http_client, NetListener};
 use crate::raft::wal::{Wal, SEGMENT_BYTES_DEFAULT, WAL_DIR};
@@ -258,7 +258,13 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         planted_leaderless_gates_open: config.has_planted_bug(PlantedBug::LeaderlessGatesOpen),
         planted_hint_followers_never_ask: config.has_planted_bug(PlantedBug::HintFollowersNeverAsk),
         planted_campaign_budget_ignored: config.has_planted_bug(PlantedBug::CampaignBudgetIgnored),
-        planted_commit_hold_answers_checks: config.has_planted_bug(PlantedBug::CommitHoldAnswersChecks),
+        planted_hold: if config.has_planted_bug(PlantedBug::CommitHoldAnswersChecks) {
+            PlantedHold::AnswersChecks
+        } else if config.has_planted_bug(PlantedBug::CommitHoldKeepsHeartbeats) {
+            PlantedHold::KeepsHeartbeats
+        } else {
+            PlantedHold::Off
+        },
     });
     // One batching sender for every group of every kind: a peer gets one request per
     // round trip, whatever the number of groups. A batch packs as many bytes as one

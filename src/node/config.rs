@@ -142,6 +142,10 @@ pub enum PlantedBug {
     /// linearizable read is answered "accepted" without asking the follower, so a leader
     /// cut off from the majority keeps confirming itself and answering reads.
     CommitHoldAnswersChecks,
+    /// A leader's replication stream holds every empty append while it holds a commit
+    /// point, heartbeats included: the commit point waits for the group's next entries,
+    /// so followers never apply a group's last writes.
+    CommitHoldKeepsHeartbeats,
 }
 
 impl std::fmt::Debug for dyn Observer {

@@ -323,19 +323,31 @@ pub struct Outgoing {
     pub leader_commit: Option<LogId<u64>>,
 }
 
+/// Planted bugs of [`CommitHold`] (simulation only).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedHold {
+    #[default]
+    Off,
+    /// Bare updates from any client are held, openraft's leadership checks included.
+    AnswersChecks,
+    /// Every empty append is held while one is: the held commit point never goes out.
+    KeepsHeartbeats,
+}
+
 impl CommitHold {
     /// Decides for an append about to go out: `true` holds it (answer it here), `false`
-    /// sends it. `planted_holds_checks` (simulation only) holds bare updates from any
-    /// client.
-    pub fn hold(&mut self, out: &Outgoing, planted_holds_checks: bool) -> bool {
-        let bare_update = out.entries == 0 && out.leader_commit > self.known_commit;
+    /// sends it.
+    pub fn hold(&mut self, out: &Outgoing, planted: PlantedHold) -> bool {
+        let bare_update = out.entries == 0
+            && (out.leader_commit > self.known_commit || (planted == PlantedHold::KeepsHeartbeats && self.holding()));
         let repeats_confirmed = self.answered && out.prev_log_id == self.confirmed;
+        let one_at_a_time = self.held.is_none() || planted == PlantedHold::KeepsHeartbeats;
         if bare_update
-            && (repeats_confirmed || planted_holds_checks)
-            && self.held.is_none()
+            && (repeats_confirmed || planted == PlantedHold::AnswersChecks)
+            && one_at_a_time
             && self.urgent_upto <= self.known_commit
         {
-            self.held = out.leader_commit;
+            self.held = self.held.max(out.leader_commit);
             return true;
         }
         self.urgent_upto = self.urgent_upto.max(out.urgent);
@@ -377,8 +389,9 @@ pub struct GroupNetworkFactory<K> {
     pub acks: Arc<FollowerAcks>,
     /// Counts the streams holding a commit point.
     pub held_commits: Arc<HeldCommits>,
-    /// Planted bug (simulation only): see `crate::node::PlantedBug::CommitHoldAnswersChecks`.
-    pub planted_holds_checks: bool,
+    /// Planted bugs (simulation only): see `crate::node::PlantedBug::CommitHoldAnswersChecks`
+    /// and `CommitHoldKeepsHeartbeats`.
+    pub planted_hold: PlantedHold,
     pub kind: std::marker::PhantomData<fn() -> K>,
 }
 
@@ -390,7 +403,7 @@ pub struct GroupNetwork<K> {
     acks: Arc<FollowerAcks>,
     hold: CommitHold,
     held_commits: Arc<HeldCommits>,
-    planted_holds_checks: bool,
+    planted_hold: PlantedHold,
     kind: std::marker::PhantomData<fn() -> K>,
 }
 
@@ -429,7 +442,7 @@ impl<K: GroupKind> RaftNetworkFactory<Config<K>> for GroupNetworkFactory<K> {
             acks: self.acks.clone(),
             hold: CommitHold::default(),
             held_commits: self.held_commits.clone(),
-            planted_holds_checks: self.planted_holds_checks,
+            planted_hold: self.planted_hold,
             kind: std::marker::PhantomData,
         }
     }
@@ -524,7 +537,7 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         };
         if K::HOLDS_COMMIT_UPDATES {
             let was_holding = self.hold.holding();
-            let hold = self.hold.hold(&outgoing, self.planted_holds_checks);
+            let hold = self.hold.hold(&outgoing, self.planted_hold);
             self.set_holding(was_holding);
             if hold {
                 self.sender.metrics().commit_updates_held.increment(1);
@@ -610,7 +623,7 @@ mod tests {
 
     /// Sends `out` unless held; a sent one is accepted whole.
     fn send(hold: &mut CommitHold, out: Outgoing) -> bool {
-        let held = hold.hold(&out, false);
+        let held = hold.hold(&out, PlantedHold::Off);
         if !held {
             hold.accepted(&out, out.last_log_id);
         }
@@ -647,14 +660,20 @@ mod tests {
     #[test]
     fn a_client_the_follower_never_answered_holds_nothing() {
         let mut check = CommitHold::default();
-        assert!(!check.hold(&append(5, 5, 5), false));
+        assert!(!check.hold(&append(5, 5, 5), PlantedHold::Off));
         let mut stream = CommitHold::default();
-        assert!(!stream.hold(&append(5, 5, 5), false), "unanswered, nothing is held");
+        assert!(
+            !stream.hold(&append(5, 5, 5), PlantedHold::Off),
+            "unanswered, nothing is held"
+        );
         stream.accepted(&append(5, 5, 5), id(5));
-        assert!(stream.hold(&append(5, 5, 6), false), "answered, a bare update waits");
+        assert!(
+            stream.hold(&append(5, 5, 6), PlantedHold::Off),
+            "answered, a bare update waits"
+        );
         let mut planted = CommitHold::default();
         assert!(
-            planted.hold(&append(5, 5, 5), true),
+            planted.hold(&append(5, 5, 5), PlantedHold::AnswersChecks),
             "the planted bug answers the check itself"
         );
     }
@@ -665,16 +684,19 @@ mod tests {
     fn only_an_update_at_the_confirmed_log_id_is_held() {
         let mut hold = CommitHold::default();
         send(&mut hold, append(0, 4, 0));
-        assert!(!hold.hold(&append(3, 3, 4), false), "a probe behind the confirmed id");
+        assert!(
+            !hold.hold(&append(3, 3, 4), PlantedHold::Off),
+            "a probe behind the confirmed id"
+        );
         let mut partial = CommitHold::default();
         let out = append(0, 4, 0);
-        partial.hold(&out, false);
+        partial.hold(&out, PlantedHold::Off);
         partial.accepted(&out, id(2));
         assert!(
-            !partial.hold(&append(4, 4, 2), false),
+            !partial.hold(&append(4, 4, 2), PlantedHold::Off),
             "past what the follower confirmed"
         );
-        assert!(partial.hold(&append(2, 2, 2), false));
+        assert!(partial.hold(&append(2, 2, 2), PlantedHold::Off));
     }
 
     /// A failed send teaches nothing: the update after it is sent, not held.
@@ -684,13 +706,19 @@ mod tests {
         send(&mut hold, append(0, 3, 0));
         assert!(send(&mut hold, append(3, 3, 3)));
         let heartbeat = append(3, 3, 3);
-        assert!(!hold.hold(&heartbeat, false), "the heartbeat goes out; its send fails");
+        assert!(
+            !hold.hold(&heartbeat, PlantedHold::Off),
+            "the heartbeat goes out; its send fails"
+        );
         assert!(!hold.holding());
         assert!(
-            hold.hold(&append(3, 3, 3), false),
+            hold.hold(&append(3, 3, 3), PlantedHold::Off),
             "still unknown to the follower: held once"
         );
-        assert!(!hold.hold(&append(3, 3, 3), false), "and the next one goes out");
+        assert!(
+            !hold.hold(&append(3, 3, 3), PlantedHold::Off),
+            "and the next one goes out"
+        );
     }
 
     /// Held at most one at a time: two bare updates in a row send the second.

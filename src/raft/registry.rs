@@ -16,7 +16,7 @@ use openraft::{BasicNode, ServerState};
 
 use super::batch::{BatchItem, ItemAnswer, RaftOp, RaftSender};
 use super::log_store::{Flusher, LogStore};
-use super::network::{Credentials, GroupNetworkFactory, HeldCommits};
+use super::network::{Credentials, GroupNetworkFactory, HeldCommits, PlantedHold};
 use super::probe::{NodeEvent, Probe};
 use super::quiet::{
     adapt_campaign_budget, decide, gate_without_campaign, leader_to_follow, ration_campaigns, Campaign, CampaignBudget,
@@ -407,8 +407,9 @@ pub struct RegistryConfig {
     pub planted_hint_followers_never_ask: bool,
     /// Planted bug (simulation only): see `crate::node::PlantedBug::CampaignBudgetIgnored`.
     pub planted_campaign_budget_ignored: bool,
-    /// Planted bug (simulation only): see `crate::node::PlantedBug::CommitHoldAnswersChecks`.
-    pub planted_commit_hold_answers_checks: bool,
+    /// Planted bugs (simulation only): see `crate::node::PlantedBug::CommitHoldAnswersChecks`
+    /// and `CommitHoldKeepsHeartbeats`.
+    pub planted_hold: PlantedHold,
 }
 
 /// Opens a group's state of kind `K` from the node's database.
@@ -622,7 +623,7 @@ impl<K: GroupKind> Registry<K> {
             sender: self.sender.clone(),
             acks: acks.clone(),
             held_commits: held_commits.clone(),
-            planted_holds_checks: self.config.planted_commit_hold_answers_checks,
+            planted_hold: self.config.planted_hold,
             kind: std::marker::PhantomData,
         };
         if let Some(seed) = self.config.rng_seed {

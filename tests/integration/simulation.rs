@@ -415,6 +415,21 @@ async fn planted_commit_hold_answers_checks_is_caught_within_six_seeds() {
     );
 }
 
+/// A held commit point must reach the follower with the stream's next message: held for
+/// good (heartbeats held too), followers never apply a group's last writes, and a stale
+/// read through them keeps showing an older version after the clients stop.
+#[tokio::test]
+async fn planted_commit_hold_keeps_heartbeats_is_caught_within_two_seeds() {
+    let _serial = serial().await;
+    assert_caught(
+        0..2,
+        "commit-hold-keeps-heartbeats",
+        "quiet",
+        &["replicas diverge"],
+        "followers that never learn their group's last commit point",
+    );
+}
+
 /// The quiet scenario does what it is for: replicas go quiet, and wake both on requests
 /// and because their leader's node was lost. Its messages also share batches.
 #[tokio::test]
