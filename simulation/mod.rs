@@ -664,16 +664,22 @@ const CONVERGE_WITHIN_MS: u64 = 8_000;
 /// with an older version past the deadline is a violation.
 async fn check_replicas_converge(clients: &[Client], keys: &[String], shared: &Mutex<Shared>) {
     let deadline_ns = (now_ns() + CONVERGE_WITHIN_MS * 1_000_000).min((SIM_LIMIT_MS - 20_000) * 1_000_000);
-    let newest_acked: BTreeMap<String, (u64, bool)> = {
+    // Per key: the newest acknowledged version, and whether the key may be absent (that
+    // was a delete, or a delete without a definite answer may have taken effect).
+    let wanted: BTreeMap<String, (u64, bool)> = {
         let s = shared.lock().unwrap();
-        let newest = checker::newest_acknowledged(&s.history);
-        newest
+        let undecided_delete = |key: &str| {
+            s.history
+                .iter()
+                .any(|op| op.key == key && op.outcome.is_none() && matches!(op.kind, OpKind::Delete { .. }))
+        };
+        checker::newest_acknowledged(&s.history)
             .into_iter()
-            .map(|(key, acked)| (key.to_string(), acked))
+            .map(|(key, (version, deleted))| (key.to_string(), (version, deleted || undecided_delete(key))))
             .collect()
     };
     for key in keys {
-        let Some(&(acked, deleted)) = newest_acked.get(key) else {
+        let Some(&(acked, may_be_absent)) = wanted.get(key) else {
             continue;
         };
         let path = format!("/v1/kv/{}?consistency=stale", encode_key_str(key));
@@ -685,26 +691,31 @@ async fn check_replicas_converge(clients: &[Client], keys: &[String], shared: &M
                 }
                 s.node_on(host)
             };
+            let mut behind = None;
             loop {
+                // Checked before each read, so the final reads keep their time.
+                if now_ns() >= deadline_ns {
+                    if let Some(seen) = behind {
+                        shared.lock().unwrap().violations.push(format!(
+                            "replicas diverge: a stale read of {key} through n{node} shows {seen:?} \
+                             {CONVERGE_WITHIN_MS} ms after the clients stopped; version {acked} was acknowledged"
+                        ));
+                    }
+                    break;
+                }
                 let seen = perform_at(client, &path, &OpKind::Get).await;
                 let converged = match &seen {
                     None => true,
                     Some(Outcome::Value { version, .. }) => *version >= acked,
                     // A delete leaves no version to compare: the linearizability check
                     // covers which write or delete came last.
-                    Some(Outcome::NotFound) => deleted,
+                    Some(Outcome::NotFound) => may_be_absent,
                     Some(_) => false,
                 };
                 if converged {
                     break;
                 }
-                if now_ns() >= deadline_ns {
-                    shared.lock().unwrap().violations.push(format!(
-                        "replicas diverge: a stale read of {key} through n{node} shows {seen:?} {CONVERGE_WITHIN_MS} ms \
-                         after the clients stopped; version {acked} was acknowledged"
-                    ));
-                    break;
-                }
+                behind = seen;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
