@@ -454,7 +454,7 @@ async fn raft_message_of<K: GroupKind>(
                     }
                     // The asker waits to have applied up to the index: a commit point its
                     // stream holds goes out now, not with the next heartbeat.
-                    group.send_held_commits();
+                    group.send_held_commits().await;
                     Ok(index.to_le_bytes().to_vec())
                 }
                 Err(ReadRefused::ForwardToLeader(leader)) => Err(ApiError::unavailable(format!(

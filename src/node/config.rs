@@ -447,6 +447,11 @@ impl NodeConfig {
                 "--quiet-after-ms must be 0 (never quiet) or {QUIET_AFTER_MIN_MS} to {QUIET_AFTER_MAX_MS}"
             ));
         }
+        // A leader's last commit point reaches its followers with a heartbeat
+        // (`network::CommitHold`): one must go out before the group goes quiet.
+        if quiet != 0 && quiet < 2 * self.raft.heartbeat_interval_ms {
+            return Err("--quiet-after-ms must be at least twice --heartbeat-interval-ms".into());
+        }
         if !(1..=MAX_CAMPAIGNING_REPLICAS_LIMIT).contains(&self.raft.max_campaigning_replicas) {
             return Err(format!(
                 "--max-campaigning-replicas must be 1 to {MAX_CAMPAIGNING_REPLICAS_LIMIT}"
@@ -577,6 +582,24 @@ mod tests {
         config.history_versions = 8;
         config.limits.max_value_bytes = MAX_VALUE_BYTES_CEILING;
         assert!(config.validate().is_ok());
+    }
+
+    /// A leader's last commit point reaches its followers with a heartbeat, so a group
+    /// may go quiet only after two heartbeat intervals of idleness.
+    #[test]
+    fn a_group_goes_quiet_only_after_heartbeats_carried_its_commit_point() {
+        let cluster = BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
+        let mut config = NodeConfig::new(1, "127.0.0.1:1".into(), "/tmp/x".into(), cluster);
+        config.raft.quiet_after_ms = 2 * config.raft.heartbeat_interval_ms;
+        config.raft.quiet_after_ms = config.raft.quiet_after_ms.max(QUIET_AFTER_MIN_MS);
+        assert!(config.validate().is_ok());
+        config.raft.heartbeat_interval_ms = config.raft.quiet_after_ms / 2 + 1;
+        config.raft.election_timeout_min_ms = 10 * config.raft.heartbeat_interval_ms;
+        config.raft.election_timeout_max_ms = 20 * config.raft.heartbeat_interval_ms;
+        let refused = config.validate().unwrap_err();
+        assert!(refused.contains("at least twice --heartbeat-interval-ms"), "{refused}");
+        config.raft.quiet_after_ms = 0;
+        assert!(config.validate().is_ok(), "never quiet");
     }
 
     /// A read lease is safe only while no campaign can win: within three quarters of the

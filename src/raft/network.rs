@@ -370,8 +370,8 @@ impl CommitHold {
 }
 
 /// How many of a group's replication streams hold a commit point ([`CommitHold`]): while
-/// any does, what needs followers to have applied promptly (a follower's read index, a
-/// leader going quiet) sends a heartbeat first.
+/// any does, a follower's read index sends a heartbeat first, so the asker applies
+/// promptly.
 #[derive(Debug, Default)]
 pub struct HeldCommits(AtomicUsize);
 

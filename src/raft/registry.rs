@@ -314,12 +314,13 @@ impl<K: GroupKind> Group<K> {
     /// Sends a heartbeat now if this leader's streams hold commit points their followers
     /// have not heard (`network::CommitHold`). Not during a leadership transfer: its
     /// leader keeps silent so that its followers' vote refusal runs out.
-    pub fn send_held_commits(&self) {
+    /// Sends a heartbeat now if this leader's streams hold commit points their followers
+    /// have not heard (`network::CommitHold`). Not during a leadership transfer: its
+    /// leader keeps silent so that its followers' vote refusal runs out. Awaited, not
+    /// spawned: a task spawned per call made simulation replays differ.
+    pub async fn send_held_commits(&self) {
         if self.held_commits.any() && !self.proposals_paused() {
-            let raft = self.raft.clone();
-            tokio::spawn(async move {
-                let _ = raft.trigger().heartbeat().await;
-            });
+            let _ = self.raft.trigger().heartbeat().await;
         }
     }
 
@@ -987,10 +988,6 @@ impl<K: GroupKind> Registry<K> {
                 _ => gate_without_campaign(inputs.role, raft_names_leader),
             };
             group.set_campaign_gate(gate);
-            if decision == Decision::Quiet && inputs.role == Role::Leader {
-                // Its followers hear the last commit point even though its heartbeats stop.
-                group.send_held_commits();
-            }
             group.apply(decision, why, seen_active_at);
             quiet_count += usize::from(group.is_quiet());
         }
