@@ -338,8 +338,9 @@ impl CommitHold {
     /// Decides for an append about to go out: `true` holds it (answer it here), `false`
     /// sends it.
     pub fn hold(&mut self, out: &Outgoing, planted: PlantedHold) -> bool {
-        let bare_update = out.entries == 0
-            && (out.leader_commit > self.known_commit || (planted == PlantedHold::KeepsHeartbeats && self.holding()));
+        // While one is held, every later message carries a commit point past
+        // `known_commit` too: under `KeepsHeartbeats` it is held as well.
+        let bare_update = out.entries == 0 && out.leader_commit > self.known_commit;
         let repeats_confirmed = self.answered && out.prev_log_id == self.confirmed;
         let one_at_a_time = self.held.is_none() || planted == PlantedHold::KeepsHeartbeats;
         if bare_update

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""How long a split holds up the writes to the range it moves.
+
+Each round starts two fresh 3-node clusters on 127.0.0.1 in turn, with the scheduler's
+automatic splits off, waits until every group has a leader, and runs `midasflow bench`
+(durable writes routed to leaders) against each. In the second cluster of a round,
+`--splits` shards are split by hand (`POST /v1/shards/{id}/split`) `--split-at-secs`
+into the run. The tail latencies of the two runs differ by what the splits cost: a write
+to the moved range waits until the new shard has a leader and the map names it.
+
+Usage: split_stall.py BINARY [--rounds 2] [--duration-secs 20] [--split-at-secs 7]
+                      [--splits 2] [--connections 64] [--out FILE] [-- extra server flags]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from cluster import Cluster, call, split_extra
+
+NO_AUTOMATIC_SPLITS = ["--split-qps", "1000000000", "--split-max-keys", "1000000000"]
+
+
+def one_run(args, extra, splits):
+    cluster = Cluster(args.binary, args.shards, NO_AUTOMATIC_SPLITS + extra)
+    try:
+        cluster.start()
+        cluster.wait_all_leaders()
+        out = os.path.join(cluster.root, "bench.json")
+        bench = subprocess.Popen([
+            args.binary, "bench", "--endpoints", cluster.endpoints(), "--connections", str(args.connections),
+            "--duration-secs", str(args.duration_secs), "--keys", str(args.keys), "--out", out,
+        ], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        asked = []
+        if splits:
+            time.sleep(args.split_at_secs)
+            port = next(iter(cluster.ports.values()))
+            for shard in range(1, splits + 1):
+                status, body = call(port, "POST", f"/v1/shards/{shard}/split", body=b"{}")
+                asked.append({"shard": shard, "status": status, "answer": body.decode(errors="replace")})
+        if bench.wait() != 0:
+            raise SystemExit("midasflow bench failed")
+        with open(out) as f:
+            result = json.load(f)
+        return {
+            "splits": splits,
+            "asked": asked,
+            "ops_per_second": round(result["throughput_ops_per_second"]),
+            "errors": result["errors"],
+            "latency_ms": result["latency_ms"],
+        }
+    finally:
+        cluster.remove()
+
+
+def main():
+    own, extra = split_extra(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("binary")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--duration-secs", type=int, default=20)
+    parser.add_argument("--split-at-secs", type=float, default=7.0)
+    parser.add_argument("--splits", type=int, default=2)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--keys", type=int, default=20000)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--out")
+    args = parser.parse_args(own)
+    if not 1 <= args.splits <= args.shards:
+        raise SystemExit("--splits must be between 1 and --shards")
+    if args.split_at_secs >= args.duration_secs:
+        raise SystemExit("--split-at-secs must come before the end of the run")
+    runs = []
+    for round_no in range(1, args.rounds + 1):
+        for splits in (0, args.splits):
+            run = one_run(args, extra, splits)
+            run["round"] = round_no
+            runs.append(run)
+            lat = run["latency_ms"]
+            print(f"round {round_no}, {splits} splits: {run['ops_per_second']} ops/s, errors {run['errors']}, "
+                  f"p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} / p99.9 {lat['p999']:.1f} / max {lat['max']:.1f} ms",
+                  flush=True)
+            for asked in run["asked"]:
+                if not 200 <= asked["status"] < 300:
+                    print(f"  split of shard {asked['shard']} refused: {asked['status']} {asked['answer']}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"runs": runs}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
