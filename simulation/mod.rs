@@ -61,6 +61,15 @@ pub const HEAL_LEADER_BOUND_MS: u64 = 10_000;
 pub const SIM_QUIET_AFTER_MS: u64 = 1_000;
 /// Quiet scenario: more shards than clients touch at once.
 pub const QUIET_SHARDS: u32 = 6;
+
+/// Shards the bootstrap cuts in `scenario`; groups with higher ids are split children.
+fn initial_shards(scenario: Scenario) -> u32 {
+    match scenario {
+        Scenario::Batch => BATCH_SHARDS,
+        Scenario::Quiet => QUIET_SHARDS,
+        _ => 3,
+    }
+}
 /// Campaign slots per node in the simulation: fewer than its groups.
 pub const SIM_MAX_CAMPAIGNING_REPLICAS: usize = 1;
 /// A campaign may start this soon after its replica's gate closed: the decision (a nudge
@@ -133,6 +142,12 @@ pub struct SimReport {
     /// carry.
     #[serde(default)]
     pub commit_updates_held: u64,
+    /// Split children that had a leader, and those whose first leader won the group's
+    /// first term (one campaign, no collision).
+    #[serde(default)]
+    pub split_children_led: u64,
+    #[serde(default)]
+    pub split_children_led_in_first_term: u64,
     /// Linearizable reads (and followers' read indexes) confirmed under a read lease, and
     /// by a quorum round.
     #[serde(default)]
@@ -1365,12 +1380,8 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
             // The clients use a handful of keys: a tiny threshold makes the scheduler split.
             config.schedule.split_max_keys = SIM_SPLIT_MAX_KEYS;
         }
-        config.initial_shards = 3;
-        if settings.scenario == Scenario::Batch {
-            config.initial_shards = BATCH_SHARDS;
-        }
+        config.initial_shards = initial_shards(settings.scenario);
         if settings.scenario == Scenario::Quiet {
-            config.initial_shards = QUIET_SHARDS;
             config.raft.quiet_after_ms = SIM_QUIET_AFTER_MS;
         }
         config.net = NetKind::Turmoil;
@@ -1538,6 +1549,16 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
     }
     let trace_hash = xxhash_rust::xxh3::xxh3_64(s.trace.join("\n").as_bytes());
     let indeterminate = s.history.iter().filter(|o| o.outcome.is_none()).count();
+    let mut first_led_terms = BTreeMap::new();
+    for (group, term) in s.leaders.keys() {
+        let first = first_led_terms.entry(*group).or_insert(*term);
+        *first = (*first).min(*term);
+    }
+    let children: Vec<u64> = first_led_terms
+        .iter()
+        .filter(|(group, _)| **group > u64::from(initial_shards(settings.scenario)))
+        .map(|(_, term)| *term)
+        .collect();
     Ok(SimReport {
         seed: settings.seed,
         scenario: settings.scenario,
@@ -1559,6 +1580,8 @@ pub fn run(settings: &SimSettings) -> Result<SimReport, String> {
         raft_batched_messages: s.raft_batched_messages,
         raft_shared_batches: s.raft_shared_batches,
         commit_updates_held: s.commit_updates_held,
+        split_children_led: children.len() as u64,
+        split_children_led_in_first_term: children.iter().filter(|term| **term == 1).count() as u64,
         lease_reads: s.lease_reads,
         round_reads: s.round_reads,
         campaigns_deferred: s.campaigns_deferred,

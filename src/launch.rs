@@ -19,7 +19,7 @@ use crate::raft::log_store::{
     make_blob_writes_synchronous, migrate_from_sled, DurableFiles, Flusher, APPEND_PAYLOAD_BYTES_MAX,
 };
 use crate::raft::network::{post_internal, Credentials, PlantedHold};
-use crate::raft::registry::{Registry, RegistryConfig, RegistryError};
+use crate::raft::registry::{FirstEntry, Registry, RegistryConfig, RegistryError};
 use crate::raft::transport::{http_client, NetListener};
 use crate::raft::wal::{Wal, SEGMENT_BYTES_DEFAULT, WAL_DIR};
 use crate::shard::store::{ShardKind, ShardState};
@@ -311,8 +311,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     for group in hosted {
         match group {
             _ if shards.is_tombstoned(group) => {}
-            PD_GROUP => drop(pd.ensure(group, None, None).await?),
-            _ => drop(shards.ensure(group, None, None).await?),
+            PD_GROUP => drop(pd.ensure(group, FirstEntry::Empty, None).await?),
+            _ => drop(shards.ensure(group, FirstEntry::Empty, None).await?),
         }
     }
     let voters = pd_voters(&config.initial_cluster);
@@ -322,8 +322,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             .iter()
             .map(|v| (*v, BasicNode::new(&config.initial_cluster[v])))
             .collect();
-        let designated = voters.first() == Some(&config.node_id);
-        pd.ensure(PD_GROUP, designated.then_some(members), None).await?;
+        let first = match voters.first() == Some(&config.node_id) {
+            true => FirstEntry::Campaign(members),
+            false => FirstEntry::Empty,
+        };
+        pd.ensure(PD_GROUP, first, None).await?;
     }
     let listener = NetListener::bind(config.net, &config.listen)
         .await

@@ -6,7 +6,9 @@ automatic splits off, waits until every group has a leader, and runs `midasflow 
 (durable writes routed to leaders) against each. In the second cluster of a round,
 `--splits` shards are split by hand (`POST /v1/shards/{id}/split`) `--split-at-secs`
 into the run. The tail latencies of the two runs differ by what the splits cost: a write
-to the moved range waits until the new shard has a leader and the map names it.
+to the moved range waits until the new shard has a leader and the map names it. Server
+flags go after `--`: `-- --schedule-paused` leaves out the leadership transfers the
+scheduler makes to balance leaders after a split.
 
 Usage: split_stall.py BINARY [--rounds 2] [--duration-secs 20] [--split-at-secs 7]
                       [--splits 2] [--connections 64] [--out FILE] [-- extra server flags]

@@ -36,7 +36,7 @@ use crate::raft::network::{
     CLUSTER_HEADER, ELECTION_TIMEOUTS_HEADER, INCARNATION_HEADER, NODE_HEADER, SECRET_HEADER, TARGET_HEADER,
 };
 use crate::raft::read_batch::{Confirmed, ReadRefused};
-use crate::raft::registry::{Group, Registry, RegistryError, Wake};
+use crate::raft::registry::{FirstEntry, Group, Registry, RegistryError, Wake};
 use crate::raft::state_machine::check_snapshot_data;
 use crate::raft::validate::{self, Local};
 use crate::raft::{Config, GroupId, GroupKind, SnapshotMeta};
@@ -289,10 +289,15 @@ async fn hosted_group<K: GroupKind>(
         Some(g) => Ok(g),
         None => match node.assignment(group) {
             Some(epoch) => {
-                if let Some(shard) = node.map().shards.get(&group) {
-                    node.note_missing_split_state(shard);
-                }
-                registry.ensure(group, None, epoch).await.map_err(|e| match e {
+                let map = node.map();
+                let first = match map.shards.get(&group) {
+                    Some(shard) => {
+                        node.note_missing_split_state(shard);
+                        node.first_entry(&map, shard)
+                    }
+                    _ => FirstEntry::Empty,
+                };
+                registry.ensure(group, first, epoch).await.map_err(|e| match e {
                     RegistryError::Tombstoned(_) => ApiError::not_found(e.to_string()),
                     other => ApiError::unavailable(other.to_string()),
                 })

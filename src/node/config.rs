@@ -146,6 +146,15 @@ pub enum PlantedBug {
     /// point, heartbeats included: the commit point waits for the group's next entries,
     /// so followers never apply a group's last writes.
     CommitHoldKeepsHeartbeats,
+    /// A split child's replicas start their logs with a configuration of their own node
+    /// alone (its first entry, written or by `initialize`): each is a group of one voter
+    /// that elects itself, so the child has a leader on every node at once.
+    SplitChildAloneInItsFirstEntry,
+    /// Every replica of a split child that holds the split's data campaigns as it starts,
+    /// not only the one whose parent replica leads: each votes for itself in the group's
+    /// first term, no one wins it, and writes to the child's range wait for an election
+    /// timer.
+    SplitChildEveryReplicaCampaigns,
 }
 
 impl std::fmt::Debug for dyn Observer {

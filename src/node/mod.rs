@@ -27,7 +27,7 @@ use crate::raft::network::post_internal;
 use crate::raft::network::Credentials;
 use crate::raft::probe::NodeEvent;
 use crate::raft::quiet::{LeaderHint, Liveness, NodeView};
-use crate::raft::registry::{Registry, TEND_INTERVAL_MS};
+use crate::raft::registry::{FirstEntry, Registry, TEND_INTERVAL_MS};
 use crate::raft::transport::HttpClient;
 use crate::raft::{GroupId, GroupKind};
 use crate::shard::store::{ShardGroup, ShardKind};
@@ -442,32 +442,15 @@ impl Node {
             {
                 continue;
             }
-            let members: BTreeMap<u64, BasicNode> = shard
-                .replicas
-                .iter()
-                .filter_map(|r| map.node_addr(*r).map(|a| (*r, BasicNode::new(a))))
-                .collect();
-            // Only a shard the bootstrap created (epoch 1, never changed) is initialized
-            // here; a replica added later learns everything from the group's leader (an
-            // initialize would write a second, conflicting first entry). A split child is
-            // initialized by every replica that holds the split's data (same membership,
-            // so the same first entry); one without it waits for a snapshot.
-            let designated = match shard.parent {
-                Some(_) => shard.epoch == 1 && self.shards.has_state(shard.id),
-                None => shard.epoch == 1 && shard.replicas.first() == Some(&me),
-            };
+            let first = self.first_entry(map, shard);
             self.note_missing_split_state(shard);
-            if let Err(e) = self
-                .shards
-                .ensure(shard.id, designated.then_some(members), Some(shard.epoch))
-                .await
-            {
+            if let Err(e) = self.shards.ensure(shard.id, first, Some(shard.epoch)).await {
                 tracing::warn!(shard = shard.id, error = %e, "could not create replica");
             }
         }
         let pd = &map.pd_group;
         if pd.hosts(me) && self.pd.get(PD_GROUP).is_none() && !self.pd.is_blocked(PD_GROUP, Some(pd.epoch)) {
-            if let Err(e) = self.pd.ensure(PD_GROUP, None, Some(pd.epoch)).await {
+            if let Err(e) = self.pd.ensure(PD_GROUP, FirstEntry::Empty, Some(pd.epoch)).await {
                 tracing::warn!(error = %e, "could not create the placement driver replica");
             }
         }
@@ -480,6 +463,45 @@ impl Node {
         }
         remove_unassigned(&self.shards, map, me).await;
         remove_unassigned(&self.pd, map, me).await;
+    }
+
+    /// How a new replica of `shard` starts its log here. Only a shard the bootstrap
+    /// created (epoch 1, never changed) or a split child is initialized here; a replica
+    /// added later learns everything from the group's leader (an initialize would write a
+    /// second, conflicting first entry).
+    /// - A bootstrap shard: its first replica in the map campaigns; the others start
+    ///   empty.
+    /// - A split child: every replica that holds the split's data starts with the same
+    ///   first entry (the map's members), and only the one whose parent replica leads
+    ///   campaigns at once, as TiKV's do. If every one campaigned, each would vote for
+    ///   itself and no one win until an election timer ran out (about 0.75 s of writes to
+    ///   the child's range held up per split). A replica without the data starts empty
+    ///   and waits for a snapshot.
+    pub fn first_entry(&self, map: &ClusterMap, shard: &crate::placement::ShardInfo) -> FirstEntry {
+        let me = self.config.node_id;
+        if shard.epoch != 1 {
+            return FirstEntry::Empty;
+        }
+        let mut members: BTreeMap<u64, BasicNode> = shard
+            .replicas
+            .iter()
+            .filter_map(|r| map.node_addr(*r).map(|a| (*r, BasicNode::new(a))))
+            .collect();
+        match shard.parent {
+            None if shard.replicas.first() == Some(&me) => FirstEntry::Campaign(members),
+            None => FirstEntry::Empty,
+            Some(_) if !self.shards.has_state(shard.id) => FirstEntry::Empty,
+            Some(parent) => {
+                if self.config.has_planted_bug(PlantedBug::SplitChildAloneInItsFirstEntry) {
+                    members.retain(|id, _| *id == me);
+                }
+                let parent_leads_here = self.shards.get(parent).is_some_and(|p| p.is_leader());
+                match parent_leads_here || self.config.has_planted_bug(PlantedBug::SplitChildEveryReplicaCampaigns) {
+                    true => FirstEntry::Campaign(members),
+                    false => FirstEntry::Written(members),
+                }
+            }
+        }
     }
 
     /// A split child whose parent replica here has not applied the split yet: its data

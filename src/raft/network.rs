@@ -149,6 +149,11 @@ impl Credentials {
 /// Upper bound on any one Raft RPC, whatever openraft asks for.
 pub const MAX_RPC_TIMEOUT_MS: u64 = 10_000;
 
+/// The first wait before a new group's vote request goes again to a peer that has no
+/// replica of the group yet; each wait doubles, within the RPC's time (openraft gives a
+/// vote `election_timeout_min`).
+pub const FIRST_VOTE_RETRY_MS: u64 = 5;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
     #[error("connect to {addr}: {message}")]
@@ -460,6 +465,20 @@ impl<K> GroupNetwork<K> {
         E: std::error::Error + DeserializeOwned,
     {
         let timeout = option.hard_ttl().min(Duration::from_millis(MAX_RPC_TIMEOUT_MS));
+        Self::outcome(self.target, self.call_within(op, rpc, timeout).await)
+    }
+
+    async fn call_within<Req, Resp, E>(
+        &self,
+        op: RaftOp,
+        rpc: &Req,
+        timeout: Duration,
+    ) -> Result<Result<Resp, RaftError<u64, E>>, TransportError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let answer = async {
             let body = codec::encode(rpc).map_err(|e| TransportError::Decode {
                 addr: self.addr.clone(),
@@ -482,7 +501,7 @@ impl<K> GroupNetwork<K> {
                 )),
             }
         };
-        Self::outcome(self.target, answer.await)
+        answer.await
     }
 
     /// Snapshot chunks are large: each travels alone rather than holding up a batch.
@@ -597,8 +616,26 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
-        self.sender.metrics().votes.increment(1);
-        self.call(RaftOp::Vote, &rpc, &option).await
+        // A new group's first campaign (its log is the first entry alone) starts as soon
+        // as its first replica exists, and the others exist milliseconds later: a peer
+        // that answers 404 (no replica of the group yet) is asked again, at growing
+        // intervals, until the RPC's time runs out. Asking again is harmless: a voter
+        // grants one candidate per term, and answers a repeat the same way.
+        let first_campaign = rpc.last_log_id.is_none_or(|id| id.index == 0);
+        let deadline = tokio::time::Instant::now() + option.hard_ttl().min(Duration::from_millis(MAX_RPC_TIMEOUT_MS));
+        let mut retry_in = Duration::from_millis(FIRST_VOTE_RETRY_MS);
+        loop {
+            self.sender.metrics().votes.increment(1);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let answer = self.call_within(RaftOp::Vote, &rpc, left).await;
+            let absent =
+                matches!(&answer, Err(TransportError::Status { status, .. }) if *status == StatusCode::NOT_FOUND);
+            if !(first_campaign && absent) || tokio::time::Instant::now() + retry_in >= deadline {
+                return Self::outcome(self.target, answer);
+            }
+            tokio::time::sleep(retry_in).await;
+            retry_in *= 2;
+        }
     }
 }
 

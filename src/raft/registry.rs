@@ -413,6 +413,30 @@ pub struct RegistryConfig {
     pub planted_hold: PlantedHold,
 }
 
+/// How a replica that has never been initialized starts its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstEntry {
+    /// Empty: it learns the group from a leader, or a snapshot.
+    Empty,
+    /// openraft's `initialize` with these members: the first entry, then a campaign at
+    /// once.
+    Campaign(BTreeMap<u64, BasicNode>),
+    /// The same first entry `initialize` would write, without the campaign: the replica
+    /// elects only if its timer runs out with no leader heard. Every replica of a new
+    /// group that starts this way or by `Campaign` with the same members holds the same
+    /// first entry, so one campaign elects a leader instead of several colliding; and
+    /// each holds the configuration, so the group elects even if the one that campaigned
+    /// dies before its first append (a replica that voted can no longer `initialize`).
+    Written(BTreeMap<u64, BasicNode>),
+}
+
+/// The entry openraft's `initialize(members)` writes first (openraft 0.9
+/// `RaftCore::handle_initialize`): the members' configuration at the default log id.
+pub fn first_entry<K: GroupKind>(members: &BTreeMap<u64, BasicNode>) -> openraft::Entry<super::Config<K>> {
+    use openraft::entry::RaftEntry;
+    openraft::Entry::new_membership(openraft::LogId::default(), openraft::Membership::from(members.clone()))
+}
+
 /// Opens a group's state of kind `K` from the node's database.
 pub type OpenState<K> = Arc<dyn Fn(&sled::Db, GroupId) -> Result<<K as GroupKind>::State, StorageError> + Send + Sync>;
 
@@ -570,16 +594,14 @@ impl<K: GroupKind> Registry<K> {
             .collect()
     }
 
-    /// Returns the group, creating (or reopening) it if needed. When `initial_members` is
-    /// given and the group has never been initialized, this replica initializes it: only
-    /// one designated replica per group does, so bootstrap costs one election.
-    /// `epoch` is the shard epoch of the map assignment that asks for the replica (`None`
-    /// for a reopen after restart, or the PD group); a tombstone at that epoch or later
-    /// refuses it.
+    /// Returns the group, creating (or reopening) it if needed; `first` says how a replica
+    /// that has never been initialized starts its log (see [`FirstEntry`]). `epoch` is the
+    /// shard epoch of the map assignment that asks for the replica (`None` for a reopen
+    /// after restart, or the PD group); a tombstone at that epoch or later refuses it.
     pub async fn ensure(
         &self,
         group: GroupId,
-        initial_members: Option<BTreeMap<u64, BasicNode>>,
+        first: FirstEntry,
         epoch: Option<u64>,
     ) -> Result<Arc<Group<K>>, RegistryError> {
         if let Some(existing) = self.get(group) {
@@ -593,6 +615,9 @@ impl<K: GroupKind> Registry<K> {
             return Err(RegistryError::Tombstoned(group));
         }
         let storage = |e: openraft::StorageError<u64>| RegistryError::Storage(e.to_string());
+        if let FirstEntry::Written(members) = &first {
+            self.write_first_entry(group, members).await?;
+        }
         let log_store = LogStore::<K>::open(
             self.flusher.wal().clone(),
             group,
@@ -616,7 +641,7 @@ impl<K: GroupKind> Registry<K> {
         // A replica reopened after a restart starts quiet: its group most likely has a
         // quiet leader, which sends no heartbeat to hold off this replica's election
         // timer. `tend` wakes it if no one leads the group (see `quiet.rs`).
-        let reopened = initial_members.is_none() && epoch.is_none();
+        let reopened = matches!(first, FirstEntry::Empty) && epoch.is_none();
         let acks = Arc::new(FollowerAcks::default());
         let held_commits = Arc::new(HeldCommits::default());
         let network = GroupNetworkFactory::<K> {
@@ -664,7 +689,7 @@ impl<K: GroupKind> Registry<K> {
             group,
             gate: campaign_gate.name(),
         });
-        if let Some(members) = initial_members {
+        if let FirstEntry::Campaign(members) = first {
             let initialized = raft
                 .is_initialized()
                 .await
@@ -1116,6 +1141,21 @@ impl<K: GroupKind> Registry<K> {
         }
         let _ = self.flusher.wal().write_commits();
         let _ = self.flusher.flush().await;
+    }
+
+    /// Writes [`first_entry`] into a new replica's log, durably, before openraft opens it
+    /// ([`FirstEntry::Written`]). A log or vote already there (an earlier start got this
+    /// far, or the replica was initialized) is left as it is.
+    async fn write_first_entry(&self, group: GroupId, members: &BTreeMap<u64, BasicNode>) -> Result<(), RegistryError> {
+        let wal = self.flusher.wal();
+        let io = |e: std::io::Error| RegistryError::Storage(e.to_string());
+        if wal.last(group).map_err(io)?.is_some() || wal.vote(group).is_some() || wal.purged(group).is_some() {
+            return Ok(());
+        }
+        let entry =
+            crate::codec::encode(&first_entry::<K>(members)).map_err(|e| RegistryError::Storage(e.to_string()))?;
+        wal.append(group, &[(0, entry)]).map_err(io)?;
+        self.flusher.sync_log().await.map_err(io)
     }
 
     /// Whether this node holds state for `group` already.

@@ -684,6 +684,25 @@ async fn auto_split_multiplies_shards_and_loses_nothing() {
     writes.verify(&cluster, 3, Duration::from_secs(30)).await;
 }
 
+/// The term of `shard`'s leader once one of the three nodes says it leads (the scheduler
+/// is paused, so no transfer moves it on).
+async fn leader_term(cluster: &Cluster, shard: u64) -> u64 {
+    wait_for(
+        &format!("a leader of shard {shard}"),
+        Duration::from_secs(20),
+        || async {
+            for node in 1..=3 {
+                let detail = cluster.try_json(node, &format!("/v1/shards/{shard}")).await?;
+                if detail["local_replica"]["state"] == "Leader" {
+                    return detail["term"].as_u64().ok_or(format!("no term: {detail}"));
+                }
+            }
+            Err(format!("no node leads shard {shard} yet"))
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_split_through_the_cli() {
     let _serial = serial().await;
@@ -734,6 +753,7 @@ async fn manual_split_through_the_cli() {
     .await;
     eprintln!("split: {done}");
     let (at, child) = (hash_of(&done["kind"]["at"]).unwrap(), done["kind"]["child"].clone());
+    let mut first_terms = vec![leader_term(&cluster, child.as_u64().unwrap()).await];
     let shards = tiled_everywhere(&cluster, 2, Duration::from_secs(20)).await;
     assert_eq!(shards.len(), 2, "{shards:?}");
     assert_eq!(shards[0]["id"], 1, "{shards:?}");
@@ -774,6 +794,15 @@ async fn manual_split_through_the_cli() {
     let shards = tiled_everywhere(&cluster, 3, Duration::from_secs(20)).await;
     assert_eq!(shards.len(), 3, "{shards:?}");
     assert_eq!(hash_of(&shards[2]["range"]["start"]).unwrap(), middle, "{shards:?}");
+    first_terms.push(leader_term(&cluster, shards[2]["id"].as_u64().unwrap()).await);
+    // Only the replica whose parent replica led campaigns at once; the others start with
+    // the same first entry and wait. If every replica campaigned at once, each would vote
+    // for itself in term 1, and no child would be led in term 1. A machine stalled past an
+    // election timeout can still let a waiting replica campaign too, hence "any".
+    assert!(
+        first_terms.contains(&1),
+        "terms of the children's first leaders: {first_terms:?}"
+    );
     let keys = keys_add_up(&cluster, 100, Duration::from_secs(20)).await;
     eprintln!("keys per shard after the split at {middle:#x}: {keys:?}");
     writes.verify(&cluster, 3, Duration::from_secs(30)).await;

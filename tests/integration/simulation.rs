@@ -430,6 +430,46 @@ async fn planted_commit_hold_keeps_heartbeats_is_caught_within_two_seeds() {
     );
 }
 
+/// A split child's replicas must start with the same first entry: with a configuration of
+/// its own node alone, each elects itself, and the checker sees two leaders in one term.
+#[tokio::test]
+async fn planted_split_child_alone_in_its_first_entry_is_caught_within_two_seeds() {
+    let _serial = serial().await;
+    assert_caught(
+        0..2,
+        "split-child-alone-in-its-first-entry",
+        "placement",
+        &["two leaders in group"],
+        "split children whose replicas each form a group of one",
+    );
+}
+
+/// Only the replica whose parent replica leads campaigns in a new split child, so the
+/// child is led in its first term; with every replica campaigning (the planted bug), each
+/// votes for itself in that term and no child is led in it.
+#[tokio::test]
+async fn split_children_are_led_in_their_first_term() {
+    let _serial = serial().await;
+    for seed in ["0", "1"] {
+        let args = ["--seed", seed, "--scenario", "placement", "--json"];
+        let fixed = report(&args);
+        assert!(fixed["violations"].as_array().is_some_and(|v| v.is_empty()), "{fixed}");
+        let led = fixed["split_children_led"].as_u64().unwrap();
+        let first_term = fixed["split_children_led_in_first_term"].as_u64().unwrap();
+        assert!(led > 0, "seed {seed}: no split child had a leader: {fixed}");
+        assert!(
+            2 * first_term > led,
+            "seed {seed}: {first_term} of {led} split children led in their first term"
+        );
+
+        let planted = report(&[&args[..], &["--planted-bug", "split-child-every-replica-campaigns"]].concat());
+        assert_eq!(
+            planted["split_children_led_in_first_term"], 0,
+            "seed {seed}: every replica campaigned, yet a child was led in its first term: {planted}"
+        );
+    }
+}
+
 /// The quiet scenario does what it is for: replicas go quiet, and wake both on requests
 /// and because their leader's node was lost. Its messages also share batches.
 #[tokio::test]
