@@ -27,6 +27,7 @@ NO_AUTOMATIC_SPLITS = ["--split-qps", "1000000000", "--split-max-keys", "1000000
 
 def one_run(args, extra, splits):
     cluster = Cluster(args.binary, args.shards, NO_AUTOMATIC_SPLITS + extra)
+    bench = None
     try:
         cluster.start()
         cluster.wait_all_leaders()
@@ -54,6 +55,9 @@ def one_run(args, extra, splits):
             "latency_ms": result["latency_ms"],
         }
     finally:
+        if bench is not None and bench.poll() is None:
+            bench.kill()
+            bench.wait()
         cluster.remove()
 
 

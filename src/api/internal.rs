@@ -293,7 +293,12 @@ async fn hosted_group<K: GroupKind>(
                 let first = match map.shards.get(&group) {
                     Some(shard) => {
                         node.note_missing_split_state(shard);
-                        node.first_entry(&map, shard)
+                        // A message from a peer: the group already runs elsewhere, and a
+                        // campaign here would only compete with it.
+                        match node.first_entry(&map, shard) {
+                            FirstEntry::Campaign(members) => FirstEntry::Written(members),
+                            other => other,
+                        }
                     }
                     _ => FirstEntry::Empty,
                 };

@@ -151,7 +151,7 @@ pub enum PlantedBug {
     /// that elects itself, so the child has a leader on every node at once.
     SplitChildAloneInItsFirstEntry,
     /// Every replica of a split child that holds the split's data campaigns as it starts,
-    /// not only the one whose parent replica leads: each votes for itself in the group's
+    /// not only the map's first replica: each votes for itself in the group's
     /// first term, no one wins it, and writes to the child's range wait for an election
     /// timer.
     SplitChildEveryReplicaCampaigns,

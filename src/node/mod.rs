@@ -472,11 +472,12 @@ impl Node {
     /// - A bootstrap shard: its first replica in the map campaigns; the others start
     ///   empty.
     /// - A split child: every replica that holds the split's data starts with the same
-    ///   first entry (the map's members), and only the one whose parent replica leads
-    ///   campaigns at once, as TiKV's do. If every one campaigned, each would vote for
-    ///   itself and no one win until an election timer ran out (about 0.75 s of writes to
-    ///   the child's range held up per split). A replica without the data starts empty
-    ///   and waits for a snapshot.
+    ///   first entry (the map's members), and only the map's first replica campaigns at
+    ///   once (the placement driver lists first the least-led node's replica,
+    ///   `driver::split_campaigner`). If every one campaigned, each would vote for itself
+    ///   and no one win until an election timer ran out (about 0.5 s of writes to the
+    ///   child's range held up per split). A replica without the data starts empty and
+    ///   waits for a snapshot.
     pub fn first_entry(&self, map: &ClusterMap, shard: &crate::placement::ShardInfo) -> FirstEntry {
         let me = self.config.node_id;
         if shard.epoch != 1 {
@@ -487,16 +488,16 @@ impl Node {
             .iter()
             .filter_map(|r| map.node_addr(*r).map(|a| (*r, BasicNode::new(a))))
             .collect();
+        let campaigns = shard.replicas.first() == Some(&me);
         match shard.parent {
-            None if shard.replicas.first() == Some(&me) => FirstEntry::Campaign(members),
+            None if campaigns => FirstEntry::Campaign(members),
             None => FirstEntry::Empty,
             Some(_) if !self.shards.has_state(shard.id) => FirstEntry::Empty,
-            Some(parent) => {
+            Some(_) => {
                 if self.config.has_planted_bug(PlantedBug::SplitChildAloneInItsFirstEntry) {
                     members.retain(|id, _| *id == me);
                 }
-                let parent_leads_here = self.shards.get(parent).is_some_and(|p| p.is_leader());
-                match parent_leads_here || self.config.has_planted_bug(PlantedBug::SplitChildEveryReplicaCampaigns) {
+                match campaigns || self.config.has_planted_bug(PlantedBug::SplitChildEveryReplicaCampaigns) {
                     true => FirstEntry::Campaign(members),
                     false => FirstEntry::Written(members),
                 }

@@ -4,7 +4,7 @@
 //! the action. Every action is idempotent, so a new PD leader simply carries on from the
 //! step the PD log records.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::operator::{Operator, OperatorKind, Outcome, Step};
 use super::{ClusterMap, NodeId, PdCommand};
@@ -43,6 +43,25 @@ pub fn final_replicas(op: &OperatorKind, current: &[NodeId]) -> Vec<NodeId> {
         }
         OperatorKind::TransferLeader { .. } | OperatorKind::Split { .. } => current.to_vec(),
     }
+}
+
+/// The replica of a new split child that campaigns first
+/// (`PdCommand::SplitShardFirst`): of the replicas on nodes that are `up`, the one on the
+/// node leading the fewest shards (`led`: shards led per node), the parent's leader among
+/// equals, then the lowest id. Elsewhere every child would first be led by its parent's
+/// leader's node, and the leader balance would then move it: under openraft 0.9 a
+/// leadership transfer pauses the group's writes for more than an election timeout.
+pub fn split_campaigner(
+    replicas: &[NodeId],
+    up: &dyn Fn(NodeId) -> bool,
+    led: &BTreeMap<NodeId, usize>,
+    parent_leader: Option<NodeId>,
+) -> Option<NodeId> {
+    replicas
+        .iter()
+        .copied()
+        .filter(|n| up(*n))
+        .min_by_key(|n| (led.get(n).copied().unwrap_or(0), Some(*n) != parent_leader, *n))
 }
 
 /// Inputs beyond the map that the decision needs.
@@ -320,6 +339,55 @@ mod tests {
             split_point: None,
             outcome: Ok(()),
         }
+    }
+
+    /// A split child is first led on the least-led live node that holds it, the parent's
+    /// leader among equals; the map lists that replica first, the rest in their order.
+    #[test]
+    fn a_split_child_campaigns_first_on_the_least_led_live_node() {
+        let led: BTreeMap<NodeId, usize> = [(1, 4), (2, 2), (3, 2)].into();
+        let all_up = |_| true;
+        assert_eq!(
+            split_campaigner(&[1, 2, 3], &all_up, &led, Some(1)),
+            Some(2),
+            "fewest, then lowest id"
+        );
+        assert_eq!(
+            split_campaigner(&[1, 2, 3], &all_up, &led, Some(3)),
+            Some(3),
+            "the parent's leader among equals"
+        );
+        assert_eq!(
+            split_campaigner(&[1, 2, 3], &|n| n != 2, &led, Some(1)),
+            Some(3),
+            "not a node that is down"
+        );
+        assert_eq!(
+            split_campaigner(&[1, 2, 3], &|n| n == 1, &led, None),
+            Some(1),
+            "the only one up"
+        );
+        assert_eq!(split_campaigner(&[1, 2, 3], &|_| false, &led, None), None);
+        assert_eq!(
+            split_campaigner(&[4, 1], &all_up, &led, None),
+            Some(4),
+            "a node leading nothing"
+        );
+
+        let mut map = cluster(3);
+        let at = map.shards[&1].start + 1_000;
+        let id = start(&mut map, OperatorKind::Split { shard: 1, at, child: 0 });
+        let parent = map.shards[&1].replicas.clone();
+        let first = parent[2];
+        map.apply(&PdCommand::SplitShardFirst {
+            operator: id,
+            now_ms: 1,
+            first,
+        });
+        let child = map.shards.values().find(|s| s.parent == Some(1)).expect("the child");
+        let mut expected = vec![first];
+        expected.extend(parent.iter().filter(|r| **r != first));
+        assert_eq!(child.replicas, expected);
     }
 
     /// A split: the leader splits in its own log, then the map follows (even past the

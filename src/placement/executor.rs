@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::driver::{next_action, Action, Facts};
+use super::driver::{next_action, split_campaigner, Action, Facts};
 use super::operator::{Origin, Outcome};
 use super::scheduler::{self, Health, ShardStats, View};
 use super::server::{ExecutorState, PdHost, PD_HEARTBEAT_INTERVAL_MS};
@@ -177,7 +177,7 @@ pub async fn split_point<H: PdHost>(node: &H, shard: ShardId) -> Option<u64> {
 }
 
 fn record_finish<H: PdHost>(node: &H, command: &PdCommand, map: &ClusterMap) {
-    if let PdCommand::SplitShard { .. } = command {
+    if let PdCommand::SplitShard { .. } | PdCommand::SplitShardFirst { .. } = command {
         metrics::counter!("midasflow_pd_splits_total", "node" => node.label()).increment(1);
     }
     if let PdCommand::FinishOperator { operator, outcome, .. } = command {
@@ -204,6 +204,35 @@ async fn drive<H: PdHost>(node: Arc<H>, operator: u64, state: Arc<Mutex<Executor
     state.lock().unwrap().active.remove(&operator);
 }
 
+/// The map's half of a split, naming the child's first campaigner
+/// ([`split_campaigner`]) when this PD leader knows who leads what.
+fn split_command<H: PdHost>(
+    node: &H,
+    map: &ClusterMap,
+    shard: ShardId,
+    parent_leader: Option<NodeId>,
+    operator: u64,
+    now_ms: u64,
+) -> PdCommand {
+    let first = snapshot(node).and_then(|snap| {
+        let view = snap.view();
+        let mut led = BTreeMap::new();
+        for leader in view.shards.values().filter_map(|stats| stats.leader) {
+            *led.entry(leader).or_insert(0) += 1;
+        }
+        let up = |n| scheduler::health(&view, n) == Health::Up;
+        split_campaigner(&map.shards.get(&shard)?.replicas, &up, &led, parent_leader)
+    });
+    match first {
+        Some(first) => PdCommand::SplitShardFirst {
+            operator,
+            now_ms,
+            first,
+        },
+        None => PdCommand::SplitShard { operator, now_ms },
+    }
+}
+
 /// One step of one operator; `true` if it made progress and may go on at once.
 async fn step<H: PdHost>(node: &H, operator: u64, state: &Mutex<ExecutorState>) -> bool {
     let map = node.map();
@@ -224,6 +253,17 @@ async fn step<H: PdHost>(node: &H, operator: u64, state: &Mutex<ExecutorState>) 
             now_ms: node.now_ms(),
         };
         let mut action = next_action(&op, &map, &facts);
+        if let Action::Propose(PdCommand::SplitShard { operator, now_ms }) = action {
+            let parent_leader = status.as_ref().and_then(|s| s.leader);
+            action = Action::Propose(split_command(
+                node,
+                &map,
+                op.kind.shard(),
+                parent_leader,
+                operator,
+                now_ms,
+            ));
+        }
         if node.planted(PlantedBug::MapBeforeMembership)
             && op.step == super::operator::Step::LearnerListed
             && op.kind.target().is_some()

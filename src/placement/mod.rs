@@ -218,6 +218,14 @@ pub enum PdCommand {
         operator: u64,
         now_ms: u64,
     },
+    /// As `SplitShard`, with the child's replica on `first` listed first, so it is the one
+    /// that campaigns at once (`Node::first_entry`). A later variant, not a new field, so
+    /// PD logs written before it still decode.
+    SplitShardFirst {
+        operator: u64,
+        now_ms: u64,
+        first: NodeId,
+    },
 }
 
 fn check_addr(addr: &str) -> Result<(), String> {
@@ -273,7 +281,8 @@ impl PdCommand {
             PdCommand::SetNodeState { .. }
             | PdCommand::ListLearner { .. }
             | PdCommand::AdvanceOperator { .. }
-            | PdCommand::SplitShard { .. } => Ok(()),
+            | PdCommand::SplitShard { .. }
+            | PdCommand::SplitShardFirst { .. } => Ok(()),
             PdCommand::StartOperator { reason, .. } => check_reason(reason),
             PdCommand::SetReplicas { replicas, .. } => {
                 if replicas.is_empty() || replicas.len() > REPLICATION_FACTOR {
@@ -560,7 +569,12 @@ impl ClusterMap {
                 outcome,
                 now_ms,
             } => self.finish_operator(*operator, outcome.clone(), *now_ms),
-            PdCommand::SplitShard { operator, now_ms } => self.split_shard(*operator, *now_ms),
+            PdCommand::SplitShard { operator, now_ms } => self.split_shard(*operator, *now_ms, None),
+            PdCommand::SplitShardFirst {
+                operator,
+                now_ms,
+                first,
+            } => self.split_shard(*operator, *now_ms, Some(*first)),
             PdCommand::SetSettings { settings } => {
                 if settings.validate().is_err() || !self.is_bootstrapped() {
                     return rejected("invalid settings, or no cluster yet");
@@ -781,7 +795,7 @@ impl ClusterMap {
         }
     }
 
-    fn split_shard(&mut self, operator: u64, now_ms: u64) -> PdResult {
+    fn split_shard(&mut self, operator: u64, now_ms: u64, first: Option<NodeId>) -> PdResult {
         let Some(op) = self.operators.get(&operator).cloned() else {
             return rejected(format!("operator {operator} is not running"));
         };
@@ -802,11 +816,15 @@ impl ClusterMap {
         if at <= parent.start || u128::from(at) >= parent.end_u128() {
             return rejected(format!("{at:#x} is not inside shard {shard}"));
         }
+        let mut replicas = parent.replicas.clone();
+        if let Some(index) = first.and_then(|first| replicas.iter().position(|r| *r == first)) {
+            replicas[..=index].rotate_right(1);
+        }
         let child_info = ShardInfo {
             id: child,
             start: at,
             end: parent.end,
-            replicas: parent.replicas.clone(),
+            replicas,
             learners: Vec::new(),
             epoch: 1,
             parent: Some(shard),

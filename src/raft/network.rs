@@ -621,11 +621,12 @@ impl<K: GroupKind> RaftNetwork<Config<K>> for GroupNetwork<K> {
         // that answers 404 (no replica of the group yet) is asked again, at growing
         // intervals, until the RPC's time runs out. Asking again is harmless: a voter
         // grants one candidate per term, and answers a repeat the same way.
+        // A removed replica answers 404 as well, for good: the asking stops at the deadline.
         let first_campaign = rpc.last_log_id.is_none_or(|id| id.index == 0);
         let deadline = tokio::time::Instant::now() + option.hard_ttl().min(Duration::from_millis(MAX_RPC_TIMEOUT_MS));
         let mut retry_in = Duration::from_millis(FIRST_VOTE_RETRY_MS);
+        self.sender.metrics().votes.increment(1);
         loop {
-            self.sender.metrics().votes.increment(1);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let answer = self.call_within(RaftOp::Vote, &rpc, left).await;
             let absent =

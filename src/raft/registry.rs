@@ -1145,13 +1145,20 @@ impl<K: GroupKind> Registry<K> {
 
     /// Writes [`first_entry`] into a new replica's log, durably, before openraft opens it
     /// ([`FirstEntry::Written`]). A log or vote already there (an earlier start got this
-    /// far, or the replica was initialized) is left as it is.
+    /// far, or the replica was initialized) is left as it is. The hosted record goes
+    /// first, as for any first entry: a crash after the write reopens the replica rather
+    /// than leaving a log nothing removes.
     async fn write_first_entry(&self, group: GroupId, members: &BTreeMap<u64, BasicNode>) -> Result<(), RegistryError> {
         let wal = self.flusher.wal();
         let io = |e: std::io::Error| RegistryError::Storage(e.to_string());
         if wal.last(group).map_err(io)?.is_some() || wal.vote(group).is_some() || wal.purged(group).is_some() {
             return Ok(());
         }
+        self.hosted
+            .insert(group_prefix(group), &[])
+            .map_err(|e| RegistryError::Storage(e.to_string()))?;
+        // The sync below flushes the database first.
+        self.flusher.mark_db_dirty();
         let entry =
             crate::codec::encode(&first_entry::<K>(members)).map_err(|e| RegistryError::Storage(e.to_string()))?;
         wal.append(group, &[(0, entry)]).map_err(io)?;

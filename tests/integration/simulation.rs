@@ -444,7 +444,7 @@ async fn planted_split_child_alone_in_its_first_entry_is_caught_within_two_seeds
     );
 }
 
-/// Only the replica whose parent replica leads campaigns in a new split child, so the
+/// Only the map's first replica campaigns in a new split child, so the
 /// child is led in its first term; with every replica campaigning (the planted bug), each
 /// votes for itself in that term and no child is led in it.
 #[tokio::test]
