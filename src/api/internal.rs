@@ -296,7 +296,11 @@ async fn hosted_group<K: GroupKind>(
                         // A message from a peer: the group already runs elsewhere, and a
                         // campaign here would only compete with it.
                         match node.first_entry(&map, shard) {
-                            FirstEntry::Campaign(members) => FirstEntry::Written(members),
+                            FirstEntry::Campaign(members)
+                                if !node.config.has_planted_bug(PlantedBug::SplitChildEveryReplicaCampaigns) =>
+                            {
+                                FirstEntry::Written(members)
+                            }
                             other => other,
                         }
                     }

@@ -280,6 +280,29 @@ fn extreme(counts: &BTreeMap<NodeId, usize>, most: bool) -> (NodeId, usize) {
     found.map(|(&n, &c)| (n, c)).unwrap_or_default()
 }
 
+/// Up and heard within [`HEARD_LATELY_MS`]: may take part in balancing, receive a replica
+/// the replica checker re-creates, and campaign first in a new split child.
+pub fn heard_lately(view: &View, node: NodeId) -> bool {
+    health(view, node) == Health::Up && view.last_seen_ms.get(&node).is_some_and(|&ms| ms <= HEARD_LATELY_MS)
+}
+
+/// Each shard with a known leader, and that leader as the leader balance counts it: a
+/// running transfer counts as done (planning again before it lands would move a second
+/// leader off the same node and overshoot).
+pub fn shard_leaders<'a>(view: &View<'a>) -> Vec<(&'a ShardInfo, NodeId)> {
+    let map = view.map;
+    let moving_to = |shard: ShardId| {
+        map.operators.values().find_map(|o| match o.kind {
+            OperatorKind::TransferLeader { shard: s, to } if s == shard => Some(to),
+            _ => None,
+        })
+    };
+    view.shards
+        .iter()
+        .filter_map(|(id, stats)| Some((map.shards.get(id)?, moving_to(*id).or(stats.leader)?)))
+        .collect()
+}
+
 struct Planner<'v, 'a> {
     view: &'v View<'a>,
     /// The running operator on each shard (the lowest id if several).
@@ -312,19 +335,8 @@ impl<'v, 'a> Planner<'v, 'a> {
         }
     }
 
-    fn is_up(&self, node: NodeId) -> bool {
-        health(self.view, node) == Health::Up
-    }
-
-    /// Up and heard within [`HEARD_LATELY_MS`]: may take part in balancing, and receive a
-    /// replica the replica checker re-creates.
     fn heard_lately(&self, node: NodeId) -> bool {
-        self.is_up(node)
-            && self
-                .view
-                .last_seen_ms
-                .get(&node)
-                .is_some_and(|&ms| ms <= HEARD_LATELY_MS)
+        heard_lately(self.view, node)
     }
 
     fn busy(&self, shard: ShardId) -> bool {
@@ -544,20 +556,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                 "nothing to do: fewer than 2 live nodes heard from lately hold replicas",
             );
         }
-        // A running transfer counts as done: planning again before it lands would move a
-        // second leader off the same node and overshoot.
-        let moving_to = |shard: ShardId| {
-            map.operators.values().find_map(|o| match o.kind {
-                OperatorKind::TransferLeader { shard: s, to } if s == shard => Some(to),
-                _ => None,
-            })
-        };
-        let leaders: Vec<(&ShardInfo, NodeId)> = self
-            .view
-            .shards
-            .iter()
-            .filter_map(|(id, stats)| Some((map.shards.get(id)?, moving_to(*id).or(stats.leader)?)))
-            .collect();
+        let leaders = shard_leaders(self.view);
         for (_, leader) in &leaders {
             led.entry(*leader).and_modify(|c| *c += 1);
         }
