@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::driver::{next_action, split_campaigner, Action, Facts};
+use super::driver::{next_action, split_campaigner, Action, Facts, CATCH_UP_LAG_ENTRIES};
 use super::operator::{Origin, Outcome};
 use super::scheduler::{self, Health, ShardStats, View};
 use super::server::{ExecutorState, PdHost, PD_HEARTBEAT_INTERVAL_MS};
@@ -210,18 +210,27 @@ fn split_command<H: PdHost>(
     node: &H,
     map: &ClusterMap,
     shard: ShardId,
-    parent_leader: Option<NodeId>,
+    status: Option<&AdminReply>,
     operator: u64,
     now_ms: u64,
 ) -> PdCommand {
+    let parent_leader = status.and_then(|s| s.leader);
     let first = snapshot(node).and_then(|snap| {
         let view = snap.view();
         let mut led = BTreeMap::new();
-        for leader in view.shards.values().filter_map(|stats| stats.leader) {
+        for (_, leader) in scheduler::shard_leaders(&view) {
             *led.entry(leader).or_insert(0) += 1;
         }
-        let up = |n| scheduler::health(&view, n) == Health::Up;
-        split_campaigner(&map.shards.get(&shard)?.replicas, &up, &led, parent_leader)
+        // Heard from lately, and its log about as long as the leader's, which applied the
+        // split before this status: it most likely starts the child at once (if not, the
+        // other replicas' timers elect, later).
+        let caught_up = |n: NodeId| {
+            Some(n) == parent_leader
+                || status
+                    .is_some_and(|s| (s.matched.get(&n)).is_some_and(|m| m + CATCH_UP_LAG_ENTRIES >= s.last_log_index))
+        };
+        let ready = |n| scheduler::heard_lately(&view, n) && caught_up(n);
+        split_campaigner(&map.shards.get(&shard)?.replicas, &ready, &led, parent_leader)
     });
     match first {
         Some(first) => PdCommand::SplitShardFirst {
@@ -254,15 +263,8 @@ async fn step<H: PdHost>(node: &H, operator: u64, state: &Mutex<ExecutorState>) 
         };
         let mut action = next_action(&op, &map, &facts);
         if let Action::Propose(PdCommand::SplitShard { operator, now_ms }) = action {
-            let parent_leader = status.as_ref().and_then(|s| s.leader);
-            action = Action::Propose(split_command(
-                node,
-                &map,
-                op.kind.shard(),
-                parent_leader,
-                operator,
-                now_ms,
-            ));
+            let command = split_command(node, &map, op.kind.shard(), status.as_ref(), operator, now_ms);
+            action = Action::Propose(command);
         }
         if node.planted(PlantedBug::MapBeforeMembership)
             && op.step == super::operator::Step::LearnerListed
