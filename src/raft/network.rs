@@ -479,29 +479,26 @@ impl<K> GroupNetwork<K> {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let answer = async {
-            let body = codec::encode(rpc).map_err(|e| TransportError::Decode {
+        let body = codec::encode(rpc).map_err(|e| TransportError::Decode {
+            addr: self.addr.clone(),
+            message: e.to_string(),
+        })?;
+        let item = BatchItem {
+            group: self.group,
+            op,
+            body: Bytes::from(body),
+        };
+        match self.sender.call(self.target, &self.addr, item, timeout).await? {
+            ItemAnswer::Ok(body) => codec::decode(&body).map_err(|e| TransportError::Decode {
                 addr: self.addr.clone(),
                 message: e.to_string(),
-            })?;
-            let item = BatchItem {
-                group: self.group,
-                op,
-                body: Bytes::from(body),
-            };
-            match self.sender.call(self.target, &self.addr, item, timeout).await? {
-                ItemAnswer::Ok(body) => codec::decode(&body).map_err(|e| TransportError::Decode {
-                    addr: self.addr.clone(),
-                    message: e.to_string(),
-                }),
-                ItemAnswer::Refused { status, body } => Err(status_error(
-                    &self.addr,
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                    &body,
-                )),
-            }
-        };
-        answer.await
+            }),
+            ItemAnswer::Refused { status, body } => Err(status_error(
+                &self.addr,
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                &body,
+            )),
+        }
     }
 
     /// Snapshot chunks are large: each travels alone rather than holding up a batch.

@@ -432,7 +432,7 @@ pub enum FirstEntry {
 
 /// The entry openraft's `initialize(members)` writes first (openraft 0.9
 /// `RaftCore::handle_initialize`): the members' configuration at the default log id.
-pub fn first_entry<K: GroupKind>(members: &BTreeMap<u64, BasicNode>) -> openraft::Entry<super::Config<K>> {
+fn first_entry<K: GroupKind>(members: &BTreeMap<u64, BasicNode>) -> openraft::Entry<super::Config<K>> {
     use openraft::entry::RaftEntry;
     openraft::Entry::new_membership(openraft::LogId::default(), openraft::Membership::from(members.clone()))
 }
