@@ -22,6 +22,21 @@ pub fn seed_thread_rng(seed: u64) {
     SEEDED.with(|cell| *cell.borrow_mut() = Some(StdRng::seed_from_u64(seed)));
 }
 
+/// Runs synchronous work that can take long (a split's scan and batch, a snapshot's
+/// copy, encoding or install) without holding up the other tasks of its tokio worker:
+/// on the server's multi-threaded runtime those move to another thread meanwhile, so Raft
+/// messages and other groups' requests keep being served. Three splits applied at once
+/// held both workers of a 2-core node for long enough that every Raft request to it
+/// timed out (100 ms) and linearizable reads waited up to 0.7 s. On a single-threaded
+/// runtime (the simulation, tests) there is no other worker, and `f` just runs.
+pub fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// A seed for one group on one node, derived from a simulation's seed.
 pub fn group_seed(base: u64, node: u64, group: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&[base.to_le_bytes(), node.to_le_bytes(), group.to_le_bytes()].concat())

@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 
 use super::log_store::Flusher;
 use super::probe::{NodeEvent, Probe};
+use super::runtime::run_blocking;
 use super::{
     group_prefix, storage_io_error, Cmd, Config, Entry, GroupId, GroupKind, LogId, Reply, SnapshotMeta, StorageError,
     StoredMembership,
@@ -417,7 +418,11 @@ impl<K: GroupKind> StateMachineStore<K> {
     /// or a crash could let the child apply its own log over records the split then writes
     /// again.
     async fn commit_call(&mut self, batch: WriteBatch, holds_barrier: bool) -> Result<(), StorageError> {
-        self.write(batch, holds_barrier)?;
+        if holds_barrier {
+            run_blocking(|| self.write(batch, true))?;
+        } else {
+            self.write(batch, false)?;
+        }
         if holds_barrier {
             self.flusher.flush().await.map_err(storage_io_error)?;
         }
@@ -449,7 +454,7 @@ pub struct SnapshotBuilder<K> {
 impl<K: GroupKind> RaftSnapshotBuilder<Config<K>> for SnapshotBuilder<K> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<Config<K>>, StorageError> {
         let payload = self.payload.as_ref().map_err(Clone::clone)?;
-        let data = codec::encode(payload).map_err(storage_io_error)?;
+        let data = run_blocking(|| codec::encode(payload)).map_err(storage_io_error)?;
         let last = payload.applied.last_applied;
         let meta = SnapshotMeta {
             last_log_id: last,
@@ -463,10 +468,12 @@ impl<K: GroupKind> RaftSnapshotBuilder<Config<K>> for SnapshotBuilder<K> {
             meta: meta.clone(),
             data: data.clone(),
         };
-        let bytes = codec::encode(&stored).map_err(storage_io_error)?;
-        self.snapshots
-            .insert(group_prefix(self.group), bytes)
-            .map_err(storage_io_error)?;
+        run_blocking(|| {
+            let bytes = codec::encode(&stored).map_err(storage_io_error)?;
+            self.snapshots
+                .insert(group_prefix(self.group), bytes)
+                .map_err(storage_io_error)
+        })?;
         // openraft purges the log this snapshot covers once we return: it must be durable.
         self.flusher.flush().await.map_err(storage_io_error)?;
         Ok(Snapshot {
@@ -493,12 +500,11 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
         let mut results = Vec::new();
         let mut barrier_applied = false;
         for entry in entries {
-            if let EntryPayload::Normal(command) = &entry.payload {
-                if K::State::is_barrier(command) {
-                    // What came before, which may be an earlier barrier of this call.
-                    self.commit_call(std::mem::take(&mut batch), barrier_applied).await?;
-                    barrier_applied = true;
-                }
+            let barrier = matches!(&entry.payload, EntryPayload::Normal(command) if K::State::is_barrier(command));
+            if barrier {
+                // What came before, which may be an earlier barrier of this call.
+                self.commit_call(std::mem::take(&mut batch), barrier_applied).await?;
+                barrier_applied = true;
             }
             self.meta.last_applied = Some(entry.log_id);
             let reply = match entry.payload {
@@ -507,6 +513,8 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
                     self.meta.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Reply::<K>::default()
                 }
+                // A barrier (a split) scans and moves a share of the shard's records.
+                EntryPayload::Normal(command) if barrier => run_blocking(|| self.state.apply(command, &mut batch))?,
                 EntryPayload::Normal(command) => self.state.apply(command, &mut batch)?,
             };
             results.push(reply);
@@ -524,7 +532,7 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Copied here, between applies, so the snapshot is one consistent applied state.
-        let payload = self.state.snapshot().map(|state| SnapshotPayload {
+        let payload = run_blocking(|| self.state.snapshot()).map(|state| SnapshotPayload {
             applied: self.meta.clone(),
             state,
         });
@@ -550,37 +558,40 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        // A peer's snapshot is checked whole before anything local changes.
-        let payload: SnapshotPayload = codec::decode(&data).map_err(storage_io_error)?;
-        K::State::check_snapshot(&payload.state).map_err(|e| storage_io_error(BadSnapshot::State(e)))?;
-        let mut batch = WriteBatch::default();
-        for key in self.sm.scan_prefix(group_prefix(self.group)).keys() {
-            batch.remove(key.map_err(storage_io_error)?);
-        }
-        self.state.install(&payload.state, &mut batch)?;
-        // The state and its applied meta first, in one batch; then the snapshot record.
-        let before = std::mem::replace(
-            &mut self.meta,
-            AppliedMeta {
-                last_applied: meta.last_log_id,
-                membership: meta.last_membership.clone(),
-            },
-        );
-        if let Err(e) = self.write(batch, true) {
-            self.meta = before;
-            return Err(e);
-        }
+        run_blocking(|| {
+            // A peer's snapshot is checked whole before anything local changes.
+            let payload: SnapshotPayload = codec::decode(&data).map_err(storage_io_error)?;
+            K::State::check_snapshot(&payload.state).map_err(|e| storage_io_error(BadSnapshot::State(e)))?;
+            let mut batch = WriteBatch::default();
+            for key in self.sm.scan_prefix(group_prefix(self.group)).keys() {
+                batch.remove(key.map_err(storage_io_error)?);
+            }
+            self.state.install(&payload.state, &mut batch)?;
+            // The state and its applied meta first, in one batch; then the snapshot record.
+            let before = std::mem::replace(
+                &mut self.meta,
+                AppliedMeta {
+                    last_applied: meta.last_log_id,
+                    membership: meta.last_membership.clone(),
+                },
+            );
+            if let Err(e) = self.write(batch, true) {
+                self.meta = before;
+                return Err(e);
+            }
+            Ok(())
+        })?;
         self.publish();
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
         };
-        self.snapshots
-            .insert(
-                group_prefix(self.group),
-                codec::encode(&stored).map_err(storage_io_error)?,
-            )
-            .map_err(storage_io_error)?;
+        run_blocking(|| {
+            let bytes = codec::encode(&stored).map_err(storage_io_error)?;
+            self.snapshots
+                .insert(group_prefix(self.group), bytes)
+                .map_err(storage_io_error)
+        })?;
         self.flusher.flush().await.map_err(storage_io_error)?;
         self.applied.snapshot_installs.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("midasflow_raft_snapshot_installs_total", "node" => self.node_label.clone()).increment(1);
