@@ -110,14 +110,28 @@ pub struct PdLeaderState {
 pub struct ShardLoad {
     pub stats: crate::placement::scheduler::ShardStats,
     pub reported_at: Option<Instant>,
+    /// The range and leader the request rate is measured over. A split halves the range
+    /// and a new leader counts from its own total, so either starts a new measurement:
+    /// a rate carried over from the range before a split made the scheduler split the
+    /// same shard again a second later.
+    measured_over: Option<(ShardRange, NodeId)>,
     last_ops: Option<(Instant, u64)>,
     hot_since: Option<Instant>,
 }
 
+/// A shard's hash range: `start` and `end` as the map has them.
+pub type ShardRange = (u64, Option<u64>);
+
 impl ShardLoad {
-    /// Folds in one leader report: the request rate is measured between reports at
-    /// least a second apart.
-    fn record(&mut self, led: &LedGroup, leader: NodeId, now: Instant, split_qps: u64) {
+    /// Folds in one leader report on a shard whose range is `range` in the map: the
+    /// request rate is measured between reports at least a second apart, by one leader
+    /// over one range.
+    fn record(&mut self, led: &LedGroup, leader: NodeId, range: ShardRange, now: Instant, split_qps: u64) {
+        if self.measured_over != Some((range, leader)) {
+            self.measured_over = Some((range, leader));
+            (self.last_ops, self.hot_since) = (None, None);
+            (self.stats.qps, self.stats.hot_secs) = (0, 0);
+        }
         self.stats.leader = Some(leader);
         self.reported_at = Some(now);
         self.stats.keys = led.keys;
@@ -253,12 +267,14 @@ pub fn handle_heartbeat<H: PdHost>(host: &H, hb: &Heartbeat) -> Result<Option<He
         let entry = state.leader_hints.entry(led.group).or_insert((hb.node_id, led.term));
         if led.term >= entry.1 {
             *entry = (hb.node_id, led.term);
-            if led.group != PD_GROUP {
-                state
-                    .shard_stats
-                    .entry(led.group)
-                    .or_default()
-                    .record(led, hb.node_id, now, map.settings.split_qps);
+            if let Some(shard) = map.shards.get(&led.group) {
+                state.shard_stats.entry(led.group).or_default().record(
+                    led,
+                    hb.node_id,
+                    (shard.start, shard.end),
+                    now,
+                    map.settings.split_qps,
+                );
             }
         }
     }
@@ -370,5 +386,41 @@ mod tests {
         assert_eq!(lapsed, BTreeSet::from([7, 8]));
         note_lapsed_hints(&hints, &mut lapsed, 3, &[led(7), led(8), led(9)]);
         assert_eq!(lapsed, BTreeSet::new());
+    }
+
+    /// A shard's request rate is measured over one range by one leader: after a split
+    /// (or a new leader) the rate and how long it stayed hot start again, rather than
+    /// carrying the whole range's rate into the next pass, which split it a second time.
+    #[test]
+    fn a_split_or_a_new_leader_starts_a_new_rate_measurement() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let report = |ops_total| LedGroup { ops_total, ..led(4) };
+        let (whole, lower_half): (ShardRange, ShardRange) = ((0, None), (0, Some(1 << 63)));
+        let mut load = ShardLoad::default();
+        for secs in 0..=11 {
+            load.record(&report(4_000 * secs), 2, whole, at(secs), 3_000);
+        }
+        assert_eq!((load.stats.qps, load.stats.hot_secs), (4_000, 10));
+
+        load.record(&report(4_000 * 12), 2, lower_half, at(12), 3_000);
+        assert_eq!((load.stats.qps, load.stats.hot_secs), (0, 0), "the split's range");
+        load.record(&report(4_000 * 12 + 2_000), 2, lower_half, at(13), 3_000);
+        assert_eq!((load.stats.qps, load.stats.hot_secs), (2_000, 0));
+        for secs in 14..=24 {
+            load.record(
+                &report(4_000 * 12 + 2_000 + 4_000 * (secs - 13)),
+                2,
+                lower_half,
+                at(secs),
+                3_000,
+            );
+        }
+        assert_eq!((load.stats.qps, load.stats.hot_secs), (4_000, 10));
+
+        // Node 3 served fewer operations as this shard's leader than node 2 had.
+        load.record(&report(100), 3, lower_half, at(25), 3_000);
+        assert_eq!((load.stats.qps, load.stats.hot_secs), (0, 0), "a new leader");
+        assert_eq!(load.stats.leader, Some(3));
     }
 }
