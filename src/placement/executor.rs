@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::driver::{next_action, split_campaigner, Action, Facts, CATCH_UP_LAG_ENTRIES};
-use super::operator::{Origin, Outcome};
+use super::operator::{OperatorKind, Origin, Outcome};
 use super::scheduler::{self, Health, ShardStats, View};
 use super::server::{ExecutorState, PdHost, PD_HEARTBEAT_INTERVAL_MS};
 use super::{ClusterMap, NodeId, NodeState, PdCommand, PdResult, ShardId};
@@ -208,6 +208,7 @@ async fn drive<H: PdHost>(node: Arc<H>, operator: u64, state: Arc<Mutex<Executor
 /// ([`split_campaigner`]) when this PD leader knows who leads what.
 fn split_command<H: PdHost>(
     node: &H,
+    state: &Mutex<ExecutorState>,
     map: &ClusterMap,
     shard: ShardId,
     status: Option<&AdminReply>,
@@ -218,7 +219,17 @@ fn split_command<H: PdHost>(
     let first = snapshot(node).and_then(|snap| {
         let view = snap.view();
         let mut led = BTreeMap::new();
-        for (_, leader) in scheduler::shard_leaders(&view) {
+        let mut state = state.lock().unwrap();
+        let child_unlisted = |op: &u64| {
+            view.map.operators.get(op).is_some_and(
+                |o| matches!(o.kind, OperatorKind::Split { child, .. } if !view.map.shards.contains_key(&child)),
+            )
+        };
+        state
+            .named_campaigners
+            .retain(|op, _| *op != operator && child_unlisted(op));
+        let named = state.named_campaigners.values().copied();
+        for leader in scheduler::shard_leaders(&view).into_iter().map(|(_, l)| l).chain(named) {
             *led.entry(leader).or_insert(0) += 1;
         }
         // Heard from lately, and its log about as long as the leader's, which applied the
@@ -230,7 +241,9 @@ fn split_command<H: PdHost>(
                     .is_some_and(|s| (s.matched.get(&n)).is_some_and(|m| m + CATCH_UP_LAG_ENTRIES >= s.last_log_index))
         };
         let ready = |n| scheduler::heard_lately(&view, n) && caught_up(n);
-        split_campaigner(&map.shards.get(&shard)?.replicas, &ready, &led, parent_leader)
+        let first = split_campaigner(&map.shards.get(&shard)?.replicas, &ready, &led, parent_leader)?;
+        state.named_campaigners.insert(operator, first);
+        Some(first)
     });
     match first {
         Some(first) => PdCommand::SplitShardFirst {
@@ -263,7 +276,7 @@ async fn step<H: PdHost>(node: &H, operator: u64, state: &Mutex<ExecutorState>) 
         };
         let mut action = next_action(&op, &map, &facts);
         if let Action::Propose(PdCommand::SplitShard { operator, now_ms }) = action {
-            let command = split_command(node, &map, op.kind.shard(), status.as_ref(), operator, now_ms);
+            let command = split_command(node, state, &map, op.kind.shard(), status.as_ref(), operator, now_ms);
             action = Action::Propose(command);
         }
         if node.planted(PlantedBug::MapBeforeMembership)

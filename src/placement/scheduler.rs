@@ -286,9 +286,12 @@ pub fn heard_lately(view: &View, node: NodeId) -> bool {
     health(view, node) == Health::Up && view.last_seen_ms.get(&node).is_some_and(|&ms| ms <= HEARD_LATELY_MS)
 }
 
-/// Each shard with a known leader, and that leader as the leader balance counts it: a
-/// running transfer counts as done (planning again before it lands would move a second
-/// leader off the same node and overshoot).
+/// Each shard with a known or expected leader, and that leader as the leader balance
+/// counts it: a running transfer counts as done (planning again before it lands would
+/// move a second leader off the same node and overshoot), and a split child no leader
+/// has reported yet counts as led by its first campaigner, which the map lists first
+/// (else the splits of one pass would all pick the same least-led node, and the balance
+/// would then move leaders onto it before the children's first reports).
 pub fn shard_leaders<'a>(view: &View<'a>) -> Vec<(&'a ShardInfo, NodeId)> {
     let map = view.map;
     let moving_to = |shard: ShardId| {
@@ -297,9 +300,13 @@ pub fn shard_leaders<'a>(view: &View<'a>) -> Vec<(&'a ShardInfo, NodeId)> {
             _ => None,
         })
     };
-    view.shards
-        .iter()
-        .filter_map(|(id, stats)| Some((map.shards.get(id)?, moving_to(*id).or(stats.leader)?)))
+    map.shards
+        .values()
+        .filter_map(|shard| {
+            let reported = view.shards.get(&shard.id).and_then(|s| s.leader);
+            let first_campaigner = || shard.parent.and(shard.replicas.first().copied());
+            Some((shard, moving_to(shard.id).or(reported).or_else(first_campaigner)?))
+        })
         .collect()
 }
 
@@ -716,6 +723,9 @@ mod tests {
         Run(u64, OperatorKind),
         Leader(ShardId, NodeId),
         AllLedBy(NodeId),
+        /// A split child on these replicas (its first campaigner first) that no leader
+        /// has reported yet.
+        UnreportedChild(ShardId, &'static [NodeId]),
         Set(fn(&mut ScheduleSettings)),
     }
     use Act::*;
@@ -803,6 +813,11 @@ mod tests {
                 }
                 Leader(shard, node) => self.stats.get_mut(shard).unwrap().leader = Some(*node),
                 AllLedBy(node) => self.stats.values_mut().for_each(|s| s.leader = Some(*node)),
+                UnreportedChild(shard, nodes) => {
+                    let info = self.map.shards.get_mut(shard).unwrap();
+                    (info.parent, info.replicas) = (Some(1), nodes.to_vec());
+                    self.stats.remove(shard);
+                }
                 Set(change) => change(&mut self.map.settings),
             }
         }
@@ -1057,6 +1072,7 @@ mod tests {
             ("most-led to least-led", &[AllLedBy(1)], &[lead(1, 2)], "propose leader transfer of shard 1 to node 2: node 1 leads 6 shards, node 2 leads 0"),
             ("least-led first", &[AllLedBy(1), Leader(6, 2)], &[lead(1, 3)], "node 1 leads 5 shards, node 3 leads 0"),
             ("a running transfer counts as done", &[AllLedBy(1), Run(1, lead(1, 3))], &[lead(2, 2)], "node 1 leads 5 shards, node 2 leads 0"),
+            ("an unreported split child counts for its first campaigner", &[AllLedBy(1), Leader(4, 2), Leader(5, 2), UnreportedChild(6, &[3, 1, 2])], &[lead(1, 3)], "node 1 leads 3 shards, node 3 leads 1"),
             ("a down leader counts for no one", &[AllLedBy(3), Down(3)], &[], "within 1 (min 0, max 0)"),
             ("not to a node not heard from lately", &[AllLedBy(1), Unheard(2, 10_000)], &[lead(1, 3)], "node 1 leads 6 shards, node 3 leads 0"),
             ("balanced", &[], &[], "nothing to do: leader counts on live nodes heard from lately are within 1 (min 2, max 2)"),

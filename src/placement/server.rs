@@ -161,6 +161,9 @@ impl ShardLoad {
 pub struct ExecutorState {
     pub(super) active: std::collections::BTreeSet<u64>,
     pub waiting: BTreeMap<u64, String>,
+    /// The first campaigner named by each split operator whose child the map does not
+    /// list yet: splits whose map commands are built together count each other's.
+    pub(super) named_campaigners: BTreeMap<u64, NodeId>,
 }
 
 /// The placement driver's state on a node: what only the PD leader keeps, and the
