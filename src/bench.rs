@@ -126,6 +126,8 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         for loader in loaders {
             loader.await.map_err(|e| e.to_string())?;
         }
+        // Scripts that act during the timed run (ops/bench/split_stall.py) wait for this.
+        eprintln!("preloaded {} keys", args.keys);
     }
     let (method, query) = match args.workload {
         Workload::Write => (Method::PUT, ""),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How long a split holds up the writes to the range it moves.
+"""How long a split holds up the writes (or reads) of the range it moves.
 
 Each round starts two fresh 3-node clusters on 127.0.0.1 in turn, with the scheduler's
 automatic splits off, waits until every group has a leader, and runs `midasflow bench`
@@ -10,14 +10,19 @@ to the moved range waits until the new shard has a leader and the map names it. 
 flags go after `--`: `-- --schedule-paused` leaves out the leadership transfers the
 scheduler makes to balance leaders after a split.
 
+`--workload read --routing any` measures linearizable reads instead (the bench preloads
+`--keys` keys first; the splits come `--split-at-secs` into the timed run).
+
 Usage: split_stall.py BINARY [--rounds 2] [--duration-secs 20] [--split-at-secs 7]
-                      [--splits 2] [--connections 64] [--out FILE] [-- extra server flags]
+                      [--splits 2] [--connections 64] [--workload write|read|stale]
+                      [--routing leader|any] [--out FILE] [-- extra server flags]
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from cluster import Cluster, call, split_extra
@@ -35,7 +40,21 @@ def one_run(args, extra, splits):
         bench = subprocess.Popen([
             args.binary, "bench", "--endpoints", cluster.endpoints(), "--connections", str(args.connections),
             "--duration-secs", str(args.duration_secs), "--keys", str(args.keys), "--out", out,
-        ], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            "--workload", args.workload, "--routing", args.routing,
+        ], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # The timed run starts once a read workload's preload is done.
+        timed_run = threading.Event()
+        if args.workload == "write":
+            timed_run.set()
+
+        def drain(stream):
+            for line in stream:
+                if line.startswith("preloaded"):
+                    timed_run.set()
+            timed_run.set()
+
+        threading.Thread(target=drain, args=(bench.stderr,), daemon=True).start()
+        timed_run.wait()
         asked = []
         if splits:
             time.sleep(args.split_at_secs)
@@ -72,6 +91,8 @@ def main():
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--keys", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--workload", choices=["write", "read", "stale"], default="write")
+    parser.add_argument("--routing", choices=["leader", "any"], default="leader")
     parser.add_argument("--out")
     args = parser.parse_args(own)
     if not 1 <= args.splits <= args.shards:
