@@ -72,7 +72,7 @@ pub fn snapshot<H: PdHost>(node: &H) -> Option<Snapshot> {
         map = Arc::new(revived);
     }
     Some(Snapshot {
-        map,
+        map: map.clone(),
         last_seen_ms,
         leading_for_ms: state
             .leading_since
@@ -80,17 +80,18 @@ pub fn snapshot<H: PdHost>(node: &H) -> Option<Snapshot> {
         shards: state
             .shard_stats
             .iter()
-            .map(|(s, l)| {
+            .filter_map(|(s, l)| {
                 let report_age_ms = l
                     .reported_at
                     .map_or(u64::MAX, |t| now.duration_since(t).as_millis() as u64);
-                (
+                let shard = map.shards.get(s)?;
+                Some((
                     *s,
                     ShardStats {
                         report_age_ms,
-                        ..l.stats.clone()
+                        ..l.stats_for((shard.start, shard.end))
                     },
-                )
+                ))
             })
             .collect(),
     })
@@ -225,6 +226,7 @@ fn split_command<H: PdHost>(
                 |o| matches!(o.kind, OperatorKind::Split { child, .. } if !view.map.shards.contains_key(&child)),
             )
         };
+        // This operator's own earlier pick (a retry) goes, and so do picks the map lists.
         state
             .named_campaigners
             .retain(|op, _| *op != operator && child_unlisted(op));

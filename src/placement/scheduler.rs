@@ -290,8 +290,9 @@ pub fn heard_lately(view: &View, node: NodeId) -> bool {
 /// counts it: a running transfer counts as done (planning again before it lands would
 /// move a second leader off the same node and overshoot), and a split child no leader
 /// has reported yet counts as led by its first campaigner, which the map lists first
-/// (else the splits of one pass would all pick the same least-led node, and the balance
-/// would then move leaders onto it before the children's first reports).
+/// until its membership first changes (else the splits of one pass would all pick the
+/// same least-led node, and the balance would then move leaders onto it before the
+/// children's first reports).
 pub fn shard_leaders<'a>(view: &View<'a>) -> Vec<(&'a ShardInfo, NodeId)> {
     let map = view.map;
     let moving_to = |shard: ShardId| {
@@ -304,7 +305,11 @@ pub fn shard_leaders<'a>(view: &View<'a>) -> Vec<(&'a ShardInfo, NodeId)> {
         .values()
         .filter_map(|shard| {
             let reported = view.shards.get(&shard.id).and_then(|s| s.leader);
-            let first_campaigner = || shard.parent.and(shard.replicas.first().copied());
+            let first_campaigner = || {
+                (shard.parent.is_some() && shard.epoch == 1)
+                    .then(|| shard.replicas.first().copied())
+                    .flatten()
+            };
             Some((shard, moving_to(shard.id).or(reported).or_else(first_campaigner)?))
         })
         .collect()
@@ -583,10 +588,12 @@ impl<'v, 'a> Planner<'v, 'a> {
             .map(|(&n, &c)| (c, n))
             .collect();
         targets.sort_unstable();
+        // Only a leader that reported can be asked to hand over.
+        let reported = |s: ShardId| self.view.shards.get(&s).and_then(|st| st.leader) == Some(src);
         for (count, dst) in targets {
             let found = leaders
                 .iter()
-                .find(|(s, l)| *l == src && s.replicas.contains(&dst) && !self.busy(s.id));
+                .find(|(s, l)| *l == src && reported(s.id) && s.replicas.contains(&dst) && !self.busy(s.id));
             if let Some(&(shard, _)) = found {
                 let reason = format!("node {src} leads {max} shards, node {dst} leads {count}");
                 let kind = OperatorKind::TransferLeader {
@@ -1072,7 +1079,8 @@ mod tests {
             ("most-led to least-led", &[AllLedBy(1)], &[lead(1, 2)], "propose leader transfer of shard 1 to node 2: node 1 leads 6 shards, node 2 leads 0"),
             ("least-led first", &[AllLedBy(1), Leader(6, 2)], &[lead(1, 3)], "node 1 leads 5 shards, node 3 leads 0"),
             ("a running transfer counts as done", &[AllLedBy(1), Run(1, lead(1, 3))], &[lead(2, 2)], "node 1 leads 5 shards, node 2 leads 0"),
-            ("an unreported split child counts for its first campaigner", &[AllLedBy(1), Leader(4, 2), Leader(5, 2), UnreportedChild(6, &[3, 1, 2])], &[lead(1, 3)], "node 1 leads 3 shards, node 3 leads 1"),
+            ("unreported split children count for their first campaigner", &[AllLedBy(1), Leader(3, 2), Leader(4, 2), UnreportedChild(5, &[3, 1, 2]), UnreportedChild(6, &[3, 2, 1])], &[], "within 1 (min 2, max 2)"),
+            ("an unreported split child is no transfer source", &[AllLedBy(1), UnreportedChild(1, &[1, 2, 3]), UnreportedChild(2, &[1, 3, 2])], &[lead(3, 2)], "node 1 leads 6 shards, node 2 leads 0"),
             ("a down leader counts for no one", &[AllLedBy(3), Down(3)], &[], "within 1 (min 0, max 0)"),
             ("not to a node not heard from lately", &[AllLedBy(1), Unheard(2, 10_000)], &[lead(1, 3)], "node 1 leads 6 shards, node 3 leads 0"),
             ("balanced", &[], &[], "nothing to do: leader counts on live nodes heard from lately are within 1 (min 2, max 2)"),

@@ -123,6 +123,21 @@ pub struct ShardLoad {
 pub type ShardRange = (u64, Option<u64>);
 
 impl ShardLoad {
+    /// The figures the scheduler may use for a shard whose range in the map is `range`.
+    /// Figures reported over another range (before a split the map now shows) count for
+    /// nothing until the leader reports on the new one: the executor finishes a split as
+    /// soon as the map lists the child, and the next pass would otherwise split the
+    /// halved shard again on its whole range's rate or key count.
+    pub fn stats_for(&self, range: ShardRange) -> crate::placement::scheduler::ShardStats {
+        match self.measured_over {
+            Some((measured, _)) if measured == range => self.stats.clone(),
+            _ => crate::placement::scheduler::ShardStats {
+                leader: self.stats.leader,
+                ..Default::default()
+            },
+        }
+    }
+
     /// Folds in one leader report on a shard whose range is `range` in the map: the
     /// request rate is measured between reports at least a second apart, by one leader
     /// over one range.
@@ -421,9 +436,35 @@ mod tests {
         }
         assert_eq!((load.stats.qps, load.stats.hot_secs), (4_000, 10));
 
-        // Node 3 served fewer operations as this shard's leader than node 2 had.
-        load.record(&report(100), 3, lower_half, at(25), 3_000);
+        // Node 3's total as this shard's leader (it led it before) is not node 2's.
+        load.record(&report(4_000 * 40), 3, lower_half, at(25), 3_000);
         assert_eq!((load.stats.qps, load.stats.hot_secs), (0, 0), "a new leader");
         assert_eq!(load.stats.leader, Some(3));
+    }
+
+    /// Until its leader reports on the range the map now shows, a split shard's figures
+    /// from before the split count for nothing, its leader aside.
+    #[test]
+    fn figures_from_before_a_split_count_for_nothing() {
+        let (whole, lower_half): (ShardRange, ShardRange) = ((0, None), (0, Some(1 << 63)));
+        let mut load = ShardLoad::default();
+        let start = Instant::now();
+        for (secs, ops_total) in [(0, 0), (1, 5_000), (12, 60_000)] {
+            let report = LedGroup {
+                ops_total,
+                keys: 2_000_000,
+                split_at: Some(1 << 63),
+                ..led(4)
+            };
+            load.record(&report, 2, whole, start + Duration::from_secs(secs), 3_000);
+        }
+        let hot = load.stats_for(whole);
+        assert_eq!(
+            (hot.keys, hot.qps, hot.hot_secs, hot.split_at),
+            (2_000_000, 5_000, 11, Some(1 << 63))
+        );
+        let after = load.stats_for(lower_half);
+        assert_eq!(after.leader, Some(2));
+        assert_eq!((after.keys, after.qps, after.hot_secs, after.split_at), (0, 0, 0, None));
     }
 }
