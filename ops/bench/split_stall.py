@@ -51,6 +51,8 @@ def one_run(args, extra, splits):
             for line in stream:
                 if line.startswith("preloaded"):
                     timed_run.set()
+                elif "ops/s" not in line:  # the bench's per-second progress is left out
+                    sys.stderr.write(line)
             timed_run.set()
 
         threading.Thread(target=drain, args=(bench.stderr,), daemon=True).start()
@@ -114,7 +116,9 @@ def main():
                     print(f"  split of shard {asked['shard']} refused: {asked['status']} {asked['answer']}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"runs": runs}, f, indent=2)
+            settings = {k: getattr(args, k) for k in ("workload", "routing", "keys", "shards", "connections",
+                                                      "duration_secs", "split_at_secs", "splits")}
+            json.dump({"settings": settings, "server_flags": extra, "runs": runs}, f, indent=2)
 
 
 if __name__ == "__main__":

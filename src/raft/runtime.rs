@@ -25,10 +25,10 @@ pub fn seed_thread_rng(seed: u64) {
 /// Runs synchronous work that can take long (a split's scan and batch, a snapshot's
 /// copy, encoding or install) without holding up the other tasks of its tokio worker:
 /// on the server's multi-threaded runtime those move to another thread meanwhile, so Raft
-/// messages and other groups' requests keep being served. Three splits applied at once
-/// held both workers of a 2-core node for long enough that every Raft request to it
-/// timed out (100 ms) and linearizable reads waited up to 0.7 s. On a single-threaded
-/// runtime (the simulation, tests) there is no other worker, and `f` just runs.
+/// messages and other groups' requests keep being served (three splits applied at once on
+/// a 2-core node ran on its workers while Raft requests to it timed out after 100 ms). On
+/// a single-threaded runtime (the simulation, unit tests) there is no other worker, and
+/// `f` just runs.
 pub fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current().map(|h| h.runtime_flavor()) {

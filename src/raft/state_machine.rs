@@ -419,12 +419,11 @@ impl<K: GroupKind> StateMachineStore<K> {
     /// again.
     async fn commit_call(&mut self, batch: WriteBatch, holds_barrier: bool) -> Result<(), StorageError> {
         if holds_barrier {
+            // Only a barrier's batch is large enough to pay for handing the worker off.
             run_blocking(|| self.write(batch, true))?;
+            self.flusher.flush().await.map_err(storage_io_error)?;
         } else {
             self.write(batch, false)?;
-        }
-        if holds_barrier {
-            self.flusher.flush().await.map_err(storage_io_error)?;
         }
         self.publish();
         Ok(())
