@@ -467,19 +467,27 @@ impl<K: GroupKind> RaftSnapshotBuilder<Config<K>> for SnapshotBuilder<K> {
             meta: meta.clone(),
             data: data.clone(),
         };
-        run_blocking(|| {
-            let bytes = codec::encode(&stored).map_err(storage_io_error)?;
-            self.snapshots
-                .insert(group_prefix(self.group), bytes)
-                .map_err(storage_io_error)
-        })?;
         // openraft purges the log this snapshot covers once we return: it must be durable.
-        self.flusher.flush().await.map_err(storage_io_error)?;
+        store_snapshot(&self.snapshots, &self.flusher, self.group, &stored).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         })
     }
+}
+
+/// Writes a group's snapshot record and makes it durable.
+async fn store_snapshot(
+    snapshots: &sled::Tree,
+    flusher: &Flusher,
+    group: GroupId,
+    stored: &StoredSnapshot,
+) -> Result<(), StorageError> {
+    run_blocking(|| {
+        let bytes = codec::encode(stored).map_err(storage_io_error)?;
+        snapshots.insert(group_prefix(group), bytes).map_err(storage_io_error)
+    })?;
+    flusher.flush().await.map_err(storage_io_error)
 }
 
 impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
@@ -585,13 +593,7 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
             meta: meta.clone(),
             data,
         };
-        run_blocking(|| {
-            let bytes = codec::encode(&stored).map_err(storage_io_error)?;
-            self.snapshots
-                .insert(group_prefix(self.group), bytes)
-                .map_err(storage_io_error)
-        })?;
-        self.flusher.flush().await.map_err(storage_io_error)?;
+        store_snapshot(&self.snapshots, &self.flusher, self.group, &stored).await?;
         self.applied.snapshot_installs.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("midasflow_raft_snapshot_installs_total", "node" => self.node_label.clone()).increment(1);
         Ok(())
