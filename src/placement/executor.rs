@@ -210,7 +210,6 @@ async fn drive<H: PdHost>(node: Arc<H>, operator: u64, state: Arc<Mutex<Executor
 fn split_command<H: PdHost>(
     node: &H,
     state: &Mutex<ExecutorState>,
-    map: &ClusterMap,
     shard: ShardId,
     status: Option<&AdminReply>,
     operator: u64,
@@ -243,7 +242,7 @@ fn split_command<H: PdHost>(
                     .is_some_and(|s| (s.matched.get(&n)).is_some_and(|m| m + CATCH_UP_LAG_ENTRIES >= s.last_log_index))
         };
         let ready = |n| scheduler::heard_lately(&view, n) && caught_up(n);
-        let first = split_campaigner(&map.shards.get(&shard)?.replicas, &ready, &led, parent_leader)?;
+        let first = split_campaigner(&view.map.shards.get(&shard)?.replicas, &ready, &led, parent_leader)?;
         state.named_campaigners.insert(operator, first);
         Some(first)
     });
@@ -278,7 +277,7 @@ async fn step<H: PdHost>(node: &H, operator: u64, state: &Mutex<ExecutorState>) 
         };
         let mut action = next_action(&op, &map, &facts);
         if let Action::Propose(PdCommand::SplitShard { operator, now_ms }) = action {
-            let command = split_command(node, state, &map, op.kind.shard(), status.as_ref(), operator, now_ms);
+            let command = split_command(node, state, op.kind.shard(), status.as_ref(), operator, now_ms);
             action = Action::Propose(command);
         }
         if node.planted(PlantedBug::MapBeforeMembership)
