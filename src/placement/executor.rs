@@ -411,14 +411,20 @@ pub async fn run<H: PdHost>(node: Arc<H>, mut stop: watch::Receiver<bool>) {
         if export {
             publish_gauges(node.as_ref(), &snap);
         }
-        let executor = node.pd_server().executor();
-        for operator in snap.map.operators.keys() {
-            if executor.lock().unwrap().active.insert(*operator) {
-                tokio::spawn(drive(node.clone(), *operator, executor.clone()));
-            }
+        drive_all(&node, &snap.map);
+        if snap.leading_for_ms >= SCHEDULE_WARMUP_MS && schedule(node.as_ref(), &snap).await > 0 {
+            // What the scheduler just started takes its first steps now, not a tick later.
+            drive_all(&node, &node.map());
         }
-        if snap.leading_for_ms >= SCHEDULE_WARMUP_MS {
-            schedule(node.as_ref(), &snap).await;
+    }
+}
+
+/// Starts a drive for each operator of `map` that has none running.
+fn drive_all<H: PdHost>(node: &Arc<H>, map: &ClusterMap) {
+    let executor = node.pd_server().executor();
+    for operator in map.operators.keys() {
+        if executor.lock().unwrap().active.insert(*operator) {
+            tokio::spawn(drive(node.clone(), *operator, executor.clone()));
         }
     }
 }
