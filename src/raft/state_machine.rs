@@ -52,6 +52,12 @@ const TAG_REDO: u8 = 0xff;
 /// Format byte of a redo record.
 const REDO_FORMAT: u8 = 1;
 
+/// An apply call whose redo record is at least this large is written off the tokio
+/// worker. sled stores a page update over a quarter of its 512 KiB segment as a blob
+/// file, and any write larger than that is also in the redo record; half of it leaves
+/// room for sled's own framing.
+const BLOCKING_WRITE_BYTES: usize = 64 * 1024;
+
 /// The sled writes of one apply call (or snapshot install).
 #[derive(Default)]
 pub struct WriteBatch {
@@ -406,10 +412,16 @@ impl<K: GroupKind> StateMachineStore<K> {
             batch.remove(redo_key);
             return batch.write_atomically(&self.sm).map_err(storage_io_error);
         }
-        self.sm
-            .insert(redo_key, batch.encode_redo())
-            .map_err(storage_io_error)?;
-        batch.write_each(&self.sm).map_err(storage_io_error)
+        let redo = batch.encode_redo();
+        let large = redo.len() >= BLOCKING_WRITE_BYTES;
+        let sm = &self.sm;
+        let write = move || {
+            sm.insert(redo_key, redo)?;
+            batch.write_each(sm)
+        };
+        // A write this large makes sled blob files, each written synchronously (see
+        // `make_blob_writes_synchronous`): it must not hold a tokio worker meanwhile.
+        if large { run_blocking(write) } else { write() }.map_err(storage_io_error)
     }
 
     /// Commits an apply call's writes (or those before its next barrier) and publishes
@@ -420,8 +432,18 @@ impl<K: GroupKind> StateMachineStore<K> {
     async fn commit_call(&mut self, batch: WriteBatch, holds_barrier: bool) -> Result<(), StorageError> {
         if holds_barrier {
             // Only a barrier's batch is large enough to pay for handing the worker off.
+            let started = Instant::now();
+            let writes = batch.ops.len();
             run_blocking(|| self.write(batch, true))?;
+            let written = Instant::now();
             self.flusher.flush().await.map_err(storage_io_error)?;
+            tracing::info!(
+                group = self.group,
+                writes,
+                write_ms = written.duration_since(started).as_millis() as u64,
+                flush_ms = written.elapsed().as_millis() as u64,
+                "barrier committed"
+            );
         } else {
             self.write(batch, false)?;
         }
