@@ -15,11 +15,16 @@ scheduler makes to balance leaders after a split.
 
 Usage: split_stall.py BINARY [--rounds 2] [--duration-secs 20] [--split-at-secs 7]
                       [--splits 2] [--connections 64] [--workload write|read|stale]
-                      [--routing leader|any] [--out FILE] [-- extra server flags]
+                      [--routing leader|any] [--out FILE] [--keep-logs DIR]
+                      [-- extra server flags]
+
+`--keep-logs DIR` copies each run's node logs to DIR/round-R-splits-S/ before the
+cluster is removed (a split's leader logs how long its scan, write and flush took).
 """
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -30,7 +35,7 @@ from cluster import Cluster, call, split_extra
 NO_AUTOMATIC_SPLITS = ["--split-qps", "1000000000", "--split-max-keys", "1000000000"]
 
 
-def one_run(args, extra, splits):
+def one_run(args, extra, splits, round_no):
     cluster = Cluster(args.binary, args.shards, NO_AUTOMATIC_SPLITS + extra)
     bench = None
     try:
@@ -79,6 +84,13 @@ def one_run(args, extra, splits):
         if bench is not None and bench.poll() is None:
             bench.kill()
             bench.wait()
+        cluster.stop()
+        if args.keep_logs:
+            kept = os.path.join(args.keep_logs, f"round-{round_no}-splits-{splits}")
+            os.makedirs(kept, exist_ok=True)
+            for name in os.listdir(cluster.root):
+                if name.endswith(".log"):
+                    shutil.copy(os.path.join(cluster.root, name), kept)
         cluster.remove()
 
 
@@ -96,6 +108,7 @@ def main():
     parser.add_argument("--workload", choices=["write", "read", "stale"], default="write")
     parser.add_argument("--routing", choices=["leader", "any"], default="leader")
     parser.add_argument("--out")
+    parser.add_argument("--keep-logs")
     args = parser.parse_args(own)
     if not 1 <= args.splits <= args.shards:
         raise SystemExit("--splits must be between 1 and --shards")
@@ -104,7 +117,7 @@ def main():
     runs = []
     for round_no in range(1, args.rounds + 1):
         for splits in (0, args.splits):
-            run = one_run(args, extra, splits)
+            run = one_run(args, extra, splits, round_no)
             run["round"] = round_no
             runs.append(run)
             lat = run["latency_ms"]

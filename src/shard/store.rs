@@ -520,6 +520,7 @@ impl ShardState {
         // split's state: the child keeps its state. The parent's outcome must not depend
         // on it (every replica of the parent has to end in the same state), so the split
         // is done either way.
+        let scan_started = std::time::Instant::now();
         let child_has_state = crate::raft::state_machine::has_state_in(&self.sm, child);
         let prefix = state_key(self.group, TAG_RECORD, &[]);
         let (mut keys, mut bytes) = (0u64, 0u64);
@@ -557,7 +558,14 @@ impl ShardState {
         self.meta.range = Some((start, Some(at)));
         self.meta.live_keys = self.meta.live_keys.saturating_sub(keys);
         self.meta.live_bytes = self.meta.live_bytes.saturating_sub(bytes);
-        tracing::info!(group = self.group, child, at = %format!("{at:#x}"), keys, "split applied");
+        tracing::info!(
+            group = self.group,
+            child,
+            at = %format!("{at:#x}"),
+            keys,
+            scan_ms = scan_started.elapsed().as_millis() as u64,
+            "split applied"
+        );
         Ok(SplitResult::Done { child })
     }
 }
