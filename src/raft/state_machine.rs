@@ -5,8 +5,9 @@
 //! and membership, owned here; `0xff` the redo record of the last apply call, owned here;
 //! every other tag belongs to the kind's state. An apply call writes its redo record, then
 //! the state's changes one by one; a crash in between is finished from the redo record at
-//! the next start, so the state and its applied index always agree (splits and snapshot
-//! installs use one atomic sled batch instead). Values each call rewrites in full (the
+//! the next start, so the state and its applied index always agree (a split then cuts
+//! its redo record back; a snapshot install uses one atomic sled batch instead). Values
+//! each call rewrites in full (the
 //! applied log id, a kind's totals) live only in the redo record until the next start or
 //! atomic commit writes them under their keys ([`WriteBatch::insert_summary`]). sled is
 //! not flushed per apply: the log is the source of truth, and after a crash openraft re-applies from the applied
@@ -58,6 +59,20 @@ const REDO_FORMAT: u8 = 1;
 /// room for sled's own framing.
 const BLOCKING_WRITE_BYTES: usize = 64 * 1024;
 
+/// How [`StateMachineStore::write`] commits a batch.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Commit {
+    /// The redo record, then each write: an apply call's own writes.
+    Ordinary,
+    /// As `Ordinary`, then the redo record cut back to the summaries: a split, whose
+    /// writes (the child's records) must never be made again once the child may have
+    /// moved on. Not one sled batch: `apply_batch` holds sled's process-wide lock, so a
+    /// split of thousands of records stopped every read and write of the node meanwhile.
+    Barrier,
+    /// One sled batch, which also drops the redo record: a snapshot install.
+    Atomic,
+}
+
 /// The sled writes of one apply call (or snapshot install).
 #[derive(Default)]
 pub struct WriteBatch {
@@ -84,6 +99,15 @@ impl WriteBatch {
 
     pub fn remove(&mut self, key: impl Into<sled::IVec>) {
         self.ops.push((key.into(), None));
+    }
+
+    /// The summaries alone, as a redo record.
+    fn encode_summaries_redo(&self) -> Vec<u8> {
+        WriteBatch {
+            ops: Vec::new(),
+            summaries: self.summaries.clone(),
+        }
+        .encode_redo()
     }
 
     /// The writes as a redo record: format byte, then per write a `u32` LE key length,
@@ -395,29 +419,35 @@ impl<K: GroupKind> StateMachineStore<K> {
     /// Writes `batch`, the state's held changes and the applied meta to sled, not yet
     /// durable: the log is, and a restart re-applies what sled lost.
     ///
-    /// `atomic` (a split, a snapshot install): one sled batch. Otherwise the redo record
-    /// first, then each write on its own: a sled 0.34 `apply_batch` seals and writes sled's
-    /// IO buffer twice (a `pwrite` and a waited `sync_file_range` each, on sled's threads)
-    /// and takes a process-wide exclusive lock, which made it the largest cost of a write.
-    /// [`finish_interrupted_apply`] completes a call a crash cut short.
-    fn write(&mut self, mut batch: WriteBatch, atomic: bool) -> Result<(), StorageError> {
+    /// The redo record first, then each write on its own: a sled 0.34 `apply_batch` seals
+    /// and writes sled's IO buffer twice (a `pwrite` and a waited `sync_file_range` each,
+    /// on sled's threads) and takes a process-wide exclusive lock, which made it the
+    /// largest cost of a write. [`finish_interrupted_apply`] completes a call a crash cut
+    /// short. [`Commit::Barrier`] then cuts the redo record back to the summaries, and
+    /// [`Commit::Atomic`] writes one sled batch instead.
+    fn write(&mut self, mut batch: WriteBatch, commit: Commit) -> Result<(), StorageError> {
         self.state.stage(&mut batch)?;
         batch.insert_summary(
             state_key(self.group, TAG_APPLIED, &[]),
             codec::encode(&self.meta).map_err(storage_io_error)?,
         );
         let redo_key = state_key(self.group, TAG_REDO, &[]);
-        if atomic {
+        if commit == Commit::Atomic {
             // An older redo record must not be made again over this batch.
             batch.remove(redo_key);
             return batch.write_atomically(&self.sm).map_err(storage_io_error);
         }
         let redo = batch.encode_redo();
+        let trimmed = (commit == Commit::Barrier).then(|| batch.encode_summaries_redo());
         let large = redo.len() >= BLOCKING_WRITE_BYTES;
         let sm = &self.sm;
-        let write = move || {
-            sm.insert(redo_key, redo)?;
-            batch.write_each(sm)
+        let write = move || -> sled::Result<()> {
+            sm.insert(&redo_key, redo)?;
+            batch.write_each(sm)?;
+            if let Some(trimmed) = trimmed {
+                sm.insert(redo_key, trimmed)?;
+            }
+            Ok(())
         };
         // A write this large makes sled blob files, each written synchronously (see
         // `make_blob_writes_synchronous`): it must not hold a tokio worker meanwhile.
@@ -426,15 +456,14 @@ impl<K: GroupKind> StateMachineStore<K> {
 
     /// Commits an apply call's writes (or those before its next barrier) and publishes
     /// them. A barrier (a split) writes state other groups build on (a split child's
-    /// records): its writes go in one atomic batch and are durable before anyone sees them,
-    /// or a crash could let the child apply its own log over records the split then writes
-    /// again.
+    /// records): they are durable, and its redo record no longer holds them, before anyone
+    /// sees them, or a crash could let the child apply its own log over records a restart
+    /// then writes again.
     async fn commit_call(&mut self, batch: WriteBatch, holds_barrier: bool) -> Result<(), StorageError> {
         if holds_barrier {
-            // Only a barrier's batch is large enough to pay for handing the worker off.
             let started = Instant::now();
             let writes = batch.ops.len();
-            run_blocking(|| self.write(batch, true))?;
+            self.write(batch, Commit::Barrier)?;
             let written = Instant::now();
             self.flusher.flush().await.map_err(storage_io_error)?;
             tracing::info!(
@@ -445,7 +474,7 @@ impl<K: GroupKind> StateMachineStore<K> {
                 "barrier committed"
             );
         } else {
-            self.write(batch, false)?;
+            self.write(batch, Commit::Ordinary)?;
         }
         self.publish();
         Ok(())
@@ -604,7 +633,7 @@ impl<K: GroupKind> RaftStateMachine<Config<K>> for StateMachineStore<K> {
                     membership: meta.last_membership.clone(),
                 },
             );
-            if let Err(e) = self.write(batch, true) {
+            if let Err(e) = self.write(batch, Commit::Atomic) {
                 self.meta = before;
                 return Err(e);
             }

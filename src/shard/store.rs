@@ -912,8 +912,8 @@ mod tests {
         };
         let replies = sm.apply(vec![entry(41, ShardCommand::Split(plan))]).await.unwrap();
         assert_eq!(replies, vec![ShardReply::Split(SplitResult::Done { child: 9 })]);
-        // The split's atomic batch drops the puts' redo record, so a restart does not
-        // write the moved records back into the parent.
+        // The split's redo record replaced the puts' one, so a restart does not write the
+        // moved records back into the parent.
         finish_interrupted_apply(&db, 7).unwrap();
         let child = ShardState::open(&db, 9, false).unwrap();
         for key in &keys {
@@ -934,6 +934,62 @@ mod tests {
         // A repeat of the same split is done already; another plan is refused.
         let again = sm.apply(vec![entry(43, ShardCommand::Split(plan))]).await.unwrap();
         assert_eq!(again, vec![ShardReply::Split(SplitResult::Done { child: 9 })]);
+    }
+
+    /// A split's writes go one by one behind a redo record (one sled batch would hold
+    /// sled's process-wide lock for the whole move), and that record is then cut back to
+    /// the parent's summaries: a later start must not write the moved records again over
+    /// what the child has written since, and still finds the parent's applied index and
+    /// range.
+    #[tokio::test]
+    async fn a_restart_after_a_split_leaves_the_childs_later_writes_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let keys: Vec<Vec<u8>> = (0..40u32).map(|i| format!("key-{i}").into_bytes()).collect();
+        let mut sm = store(&db, dir.path());
+        sm.apply(
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| put(i as u64 + 1, k))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+        let at = sm.view().median_key_hash(1024).expect("a split point");
+        let plan = SplitPlan {
+            child: 9,
+            at,
+            start: 0,
+            end: None,
+        };
+        sm.apply(vec![entry(41, ShardCommand::Split(plan))]).await.unwrap();
+        drop(sm);
+        // The child writes a newer version of one of its keys.
+        let upper = keys.iter().find(|k| key_hash(k) >= at).unwrap().clone();
+        let newer = KeyRecord {
+            versions: vec![VersionEntry {
+                version: 99,
+                deleted: false,
+                value: b"newer".to_vec(),
+            }],
+        };
+        let tree = db.open_tree("sm").unwrap();
+        tree.insert(state_key(9, TAG_RECORD, &upper), codec::encode(&newer).unwrap())
+            .unwrap();
+        // The node restarts: `store` finishes the parent's last apply call first.
+        let mut sm = store(&db, dir.path());
+        let child = ShardState::open(&db, 9, false).unwrap();
+        assert_eq!(child.view.get(&upper).unwrap(), Some(newer), "the child's write stays");
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(41), "the split's applied index");
+        assert_eq!(sm.view().range(), Some((0, Some(at))), "the parent's range");
+        for key in &keys {
+            assert_eq!(
+                sm.view().get(key).unwrap().is_some(),
+                key_hash(key) < at,
+                "parent holds the lower half"
+            );
+        }
     }
 
     /// A parent replica made again replays its log, split included, while the child's
