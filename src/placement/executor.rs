@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::driver::{next_action, split_campaigner, Action, Facts, CATCH_UP_LAG_ENTRIES};
-use super::operator::{OperatorKind, Origin, Outcome};
+use super::operator::{Origin, Outcome};
 use super::scheduler::{self, Health, ShardStats, View};
 use super::server::{ExecutorState, PdHost, PD_HEARTBEAT_INTERVAL_MS};
 use super::{ClusterMap, NodeId, NodeState, PdCommand, PdResult, ShardId};
@@ -218,21 +218,8 @@ fn split_command<H: PdHost>(
     let parent_leader = status.and_then(|s| s.leader);
     let first = snapshot(node).and_then(|snap| {
         let view = snap.view();
-        let mut led = BTreeMap::new();
         let mut state = state.lock().unwrap();
-        let child_unlisted = |op: &u64| {
-            view.map.operators.get(op).is_some_and(
-                |o| matches!(o.kind, OperatorKind::Split { child, .. } if !view.map.shards.contains_key(&child)),
-            )
-        };
-        // This operator's own earlier pick (a retry) goes, and so do picks the map lists.
-        state
-            .named_campaigners
-            .retain(|op, _| *op != operator && child_unlisted(op));
-        let named = state.named_campaigners.values().copied();
-        for leader in scheduler::shard_leaders(&view).into_iter().map(|(_, l)| l).chain(named) {
-            *led.entry(leader).or_insert(0) += 1;
-        }
+        let led = scheduler::split_leader_counts(&view, &mut state.named_campaigners, operator);
         // Heard from lately, and its log about as long as the leader's, which applied the
         // split before this status: it most likely starts the child at once (if not, the
         // other replicas' timers elect, later).

@@ -315,6 +315,30 @@ pub fn shard_leaders<'a>(view: &View<'a>) -> Vec<(&'a ShardInfo, NodeId)> {
         .collect()
 }
 
+/// Shards led per node for choosing a split child's first campaigner
+/// (`driver::split_campaigner`) for split operator `operator`: [`shard_leaders`], plus the
+/// campaigners already named (`named`, by operator) for splits whose child the map does
+/// not list yet, so that the splits of one executor pass spread their children. Drops
+/// from `named` the picks the map now lists (a listed child counts in
+/// [`shard_leaders`]) and `operator`'s own earlier pick (this is a retry).
+pub fn split_leader_counts(view: &View, named: &mut BTreeMap<u64, NodeId>, operator: u64) -> BTreeMap<NodeId, usize> {
+    let child_unlisted = |op: &u64| {
+        view.map.operators.get(op).is_some_and(
+            |o| matches!(o.kind, OperatorKind::Split { child, .. } if !view.map.shards.contains_key(&child)),
+        )
+    };
+    named.retain(|op, _| *op != operator && child_unlisted(op));
+    let mut led = BTreeMap::new();
+    for leader in shard_leaders(view)
+        .into_iter()
+        .map(|(_, l)| l)
+        .chain(named.values().copied())
+    {
+        *led.entry(leader).or_insert(0) += 1;
+    }
+    led
+}
+
 struct Planner<'v, 'a> {
     view: &'v View<'a>,
     /// The running operator on each shard (the lowest id if several).
@@ -1204,5 +1228,66 @@ mod tests {
         assert!(pd_quorum_heard(&f.view(), 2_000));
         f.leading_for_ms = 5_000;
         assert!(!pd_quorum_heard(&f.view(), 2_000));
+    }
+
+    /// The splits of one executor pass count each other's named campaigners until the
+    /// map lists their children (then the listed child counts, once), and a retried
+    /// split does not count its own earlier pick.
+    #[test]
+    fn split_leader_counts_include_named_campaigners_until_the_map_lists_the_child() {
+        let split = |shard, child| OperatorKind::Split {
+            shard,
+            at: 1 << 62,
+            child,
+        };
+        let mut f = cluster(3, 6, &[AllLedBy(1), Run(10, split(1, 5)), Run(11, split(2, 6))]);
+        let (child5, child6) = (f.map.shards.remove(&5).unwrap(), f.map.shards.remove(&6).unwrap());
+        f.stats.remove(&5);
+        f.stats.remove(&6);
+        let mut named = BTreeMap::new();
+        let counts = |f: &Fixture, named: &mut BTreeMap<u64, NodeId>, op| split_leader_counts(&f.view(), named, op);
+        assert_eq!(counts(&f, &mut named, 10), BTreeMap::from([(1, 4)]));
+        named.insert(10, 2);
+        assert_eq!(
+            counts(&f, &mut named, 11),
+            BTreeMap::from([(1, 4), (2, 1)]),
+            "the other split's pick counts"
+        );
+        named.insert(11, 3);
+        assert_eq!(
+            counts(&f, &mut named, 10),
+            BTreeMap::from([(1, 4), (3, 1)]),
+            "a retry does not count its own earlier pick"
+        );
+        assert_eq!(named, BTreeMap::from([(11, 3)]));
+        named.insert(10, 2);
+        // The map lists split 10's child, led by no one yet: it counts for its first
+        // campaigner, once.
+        f.map.shards.insert(
+            5,
+            ShardInfo {
+                parent: Some(1),
+                replicas: vec![2, 1, 3],
+                ..child5
+            },
+        );
+        assert_eq!(counts(&f, &mut named, 11), BTreeMap::from([(1, 4), (2, 1)]));
+        assert_eq!(
+            named,
+            BTreeMap::new(),
+            "a listed child's pick goes, and so does the retry's own"
+        );
+        // A finished split's pick goes too.
+        named.insert(12, 3);
+        f.map.shards.insert(6, child6);
+        f.stats.insert(
+            6,
+            ShardStats {
+                leader: Some(1),
+                ..Default::default()
+            },
+        );
+        assert_eq!(counts(&f, &mut named, 11), BTreeMap::from([(1, 5), (2, 1)]));
+        assert!(named.is_empty());
     }
 }
