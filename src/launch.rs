@@ -310,7 +310,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     }
     for group in hosted {
         match group {
-            _ if shards.is_tombstoned(group) => {}
+            _ if shards.is_tombstoned(group) => shards.finish_removal(group).await?,
             PD_GROUP => drop(pd.ensure(group, FirstEntry::Empty, None).await?),
             _ => drop(shards.ensure(group, FirstEntry::Empty, None).await?),
         }

@@ -1115,6 +1115,15 @@ impl<K: GroupKind> Registry<K> {
             }
         }
         self.config.probe.emit(|| NodeEvent::ReplicaRemoved { group });
+        self.destroy(group).await?;
+        metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone(), "kind" => K::NAME)
+            .set(self.groups.read().unwrap().len() as f64);
+        Ok(())
+    }
+
+    /// Deletes a stopped replica's data and its hosted record (its tombstone stays).
+    async fn destroy(&self, group: GroupId) -> Result<(), RegistryError> {
+        let storage = |e: sled::Error| RegistryError::Storage(e.to_string());
         // Its vote stays in the log: a replica created here again must not vote twice in a term.
         self.flusher
             .wal()
@@ -1125,10 +1134,17 @@ impl<K: GroupKind> Registry<K> {
         self.flusher
             .flush()
             .await
-            .map_err(|e| RegistryError::Storage(e.to_string()))?;
-        metrics::gauge!("midasflow_raft_groups", "node" => self.label.clone(), "kind" => K::NAME)
-            .set(self.groups.read().unwrap().len() as f64);
-        Ok(())
+            .map_err(|e| RegistryError::Storage(e.to_string()))
+    }
+
+    /// Finishes, at start, the removal of a tombstoned replica that a crash cut short: its
+    /// data must not wait for a replica of the group made here again, which would finish
+    /// its last apply call (a split's redo record names the child's records) over state
+    /// the group's other replicas have moved on from.
+    pub async fn finish_removal(&self, group: GroupId) -> Result<(), RegistryError> {
+        let _guard = self.lifecycle.lock().await;
+        tracing::info!(group, "finishing the removal of a replica cut short by a restart");
+        self.destroy(group).await
     }
 
     /// Stops every replica (clean shutdown); data stays on disk.
@@ -1165,9 +1181,9 @@ impl<K: GroupKind> Registry<K> {
         self.flusher.sync_log().await.map_err(io)
     }
 
-    /// Whether this node holds state for `group` already.
+    /// Whether this node holds a whole state for `group` already.
     pub fn has_state(&self, group: GroupId) -> bool {
-        state_machine::has_state(&self.db, group)
+        state_machine::has_state::<K>(&self.db, group)
     }
 
     pub fn mark_awaiting_snapshot(&self, group: GroupId) {

@@ -92,7 +92,8 @@ impl WriteBatch {
     /// again before anything reads the key, and the redo record of each call holds the
     /// value as of that call. That saves two sled inserts per apply call, which at one
     /// write per entry were half of the state machine's sled writes. An atomic commit
-    /// (split, snapshot install) writes it under its key and drops the redo record.
+    /// (a snapshot install) writes it under its key and drops the redo record, and so does
+    /// the next start after making the redo record again.
     pub fn insert_summary(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
         self.summaries.push((key.into(), value.into()));
     }
@@ -212,16 +213,21 @@ pub fn redo_key(group: GroupId) -> Vec<u8> {
 /// writes are made in order by one task, so after a crash either the redo record of the
 /// last apply call is there and a prefix of its writes, or none of them and every earlier
 /// call's writes. The writes are whole values (never increments), so making them again is
-/// harmless.
+/// harmless now. The record then goes: its summaries are under their keys after this, and
+/// a split's record holds its child's records, which no later start may write again once
+/// the child has moved on.
 pub fn finish_interrupted_apply(db: &sled::Db, group: GroupId) -> Result<(), StorageError> {
     let sm = db.open_tree("sm").map_err(storage_io_error)?;
-    let Some(redo) = sm.get(state_key(group, TAG_REDO, &[])).map_err(storage_io_error)? else {
+    let redo_key = state_key(group, TAG_REDO, &[]);
+    let Some(redo) = sm.get(&redo_key).map_err(storage_io_error)? else {
         return Ok(());
     };
     WriteBatch::decode_redo(&redo)
         .map_err(|e| storage_io_error(std::io::Error::other(format!("group {group}: {e}"))))?
         .write_each(&sm)
-        .map_err(storage_io_error)
+        .map_err(storage_io_error)?;
+    // After the writes: sled keeps a prefix of its log, so the removal never outlives them.
+    sm.remove(redo_key).map(drop).map_err(storage_io_error)
 }
 
 /// A kind's application state. The store around it owns the applied log id, the
@@ -248,6 +254,11 @@ pub trait GroupState<K: GroupKind<State = Self>>: Sized + Send + Sync + 'static 
     fn snapshot(&self) -> Result<Vec<u8>, StorageError>;
     /// Checks a peer's snapshot data whole, before anything local changes.
     fn check_snapshot(data: &[u8]) -> Result<(), String>;
+    /// Whether `sm` holds a whole state of `group`, not part of one (a split's writes are
+    /// made one by one, so a crash or a removal can leave a prefix of them).
+    fn holds_state(sm: &sled::Tree, group: GroupId) -> bool {
+        has_state_in(sm, group)
+    }
     /// Replaces the state with checked snapshot data: writes go into `batch`, which
     /// already removes every key the group had.
     fn install(&mut self, data: &[u8], batch: &mut WriteBatch) -> Result<(), StorageError>;
@@ -323,13 +334,13 @@ pub fn check_snapshot_data<K: GroupKind>(data: &[u8]) -> Result<(), BadSnapshot>
     K::State::check_snapshot(&payload.state).map_err(BadSnapshot::State)
 }
 
-/// Whether this node holds any state for `group` (a split child's is written by its
-/// parent's split before the child's replica exists).
-pub fn has_state(db: &sled::Db, group: GroupId) -> bool {
-    db.open_tree("sm").is_ok_and(|sm| has_state_in(&sm, group))
+/// Whether this node holds a whole state of kind `K` for `group` (a split child's is
+/// written by its parent's split before the child's replica exists).
+pub fn has_state<K: GroupKind>(db: &sled::Db, group: GroupId) -> bool {
+    db.open_tree("sm").is_ok_and(|sm| K::State::holds_state(&sm, group))
 }
 
-/// [`has_state`], given the `sm` tree.
+/// Whether the `sm` tree holds any key of `group`.
 pub fn has_state_in(sm: &sled::Tree, group: GroupId) -> bool {
     sm.scan_prefix(group_prefix(group)).next().is_some()
 }
@@ -772,6 +783,35 @@ mod tests {
         assert_eq!(
             sm.get(state_key(3, TAG_APPLIED, &[])).unwrap().as_deref(),
             Some(&b"meta"[..])
+        );
+    }
+
+    /// A split cut short by a crash is finished from its redo record, which holds the
+    /// child's records. Once made again, the record goes: the child may then move on,
+    /// and the start after must not write its records back.
+    #[test]
+    fn a_finished_redo_record_is_not_made_again_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let sm = db.open_tree("sm").unwrap();
+        let mut split = WriteBatch::default();
+        split.insert(state_key(9, 1, b"moved"), &b"from the split"[..]);
+        split.remove(state_key(3, 1, b"moved"));
+        split.insert_summary(state_key(3, TAG_APPLIED, &[]), &b"meta"[..]);
+        sm.insert(redo_key(3), split.encode_redo()).unwrap();
+        finish_interrupted_apply(&db, 3).unwrap();
+        assert_eq!(sm.get(redo_key(3)).unwrap(), None, "the record went");
+        assert_eq!(
+            sm.get(state_key(3, TAG_APPLIED, &[])).unwrap().as_deref(),
+            Some(&b"meta"[..]),
+            "its summaries are under their keys"
+        );
+        // The child, started on the split's state, writes its key again.
+        sm.insert(state_key(9, 1, b"moved"), &b"the child's"[..]).unwrap();
+        finish_interrupted_apply(&db, 3).unwrap();
+        assert_eq!(
+            sm.get(state_key(9, 1, b"moved")).unwrap().as_deref(),
+            Some(&b"the child's"[..])
         );
     }
 }

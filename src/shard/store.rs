@@ -4,8 +4,10 @@
 //! Layout in the `sm` tree under the group's prefix (tag 0 is the Raft store's applied
 //! meta): `0x01 ‖ key` one [`KeyRecord`] per key, `0x03` the [`ShardMeta`] (live counts and
 //! range). A write outside the applied range is refused with [`KvResult::WrongShard`] and
-//! changes nothing. A split moves the upper records to the child's prefix, writes the
-//! child's meta and shrinks this range, all in the batch of the split's own log entry.
+//! changes nothing. A split moves the upper records to the child's prefix, then writes the
+//! child's meta (last: a child's records without it are no state, see
+//! `holds_whole_state`) and shrinks this range, all in the apply call of the split's own
+//! log entry.
 
 // sled and openraft errors pass through unchanged (see `crate::raft`).
 #![allow(clippy::result_large_err)]
@@ -521,7 +523,7 @@ impl ShardState {
         // on it (every replica of the parent has to end in the same state), so the split
         // is done either way.
         let scan_started = std::time::Instant::now();
-        let child_has_state = crate::raft::state_machine::has_state_in(&self.sm, child);
+        let child_has_state = holds_whole_state(&self.sm, child).map_err(storage_io_error)?;
         let prefix = state_key(self.group, TAG_RECORD, &[]);
         let (mut keys, mut bytes) = (0u64, 0u64);
         for item in self.sm.scan_prefix(&prefix) {
@@ -568,6 +570,16 @@ impl ShardState {
         );
         Ok(SplitResult::Done { child })
     }
+}
+
+/// Whether `sm` holds a whole state of shard `group`: its meta is there. A split writes
+/// the child's meta after the child's records, one by one, so a crash (or the parent's
+/// removal) during the split can leave records without it; such a prefix is no state.
+/// Every other way to a shard's state writes its meta under its key too: a snapshot
+/// install, and the split that made the child (a child replica without the split's
+/// state waits for a snapshot, so it never builds one from its log alone).
+fn holds_whole_state(sm: &sled::Tree, group: GroupId) -> sled::Result<bool> {
+    sm.contains_key(state_key(group, TAG_SHARD_META, &[]))
 }
 
 impl GroupState<ShardKind> for ShardState {
@@ -632,6 +644,10 @@ impl GroupState<ShardKind> for ShardState {
 
     fn check_snapshot(data: &[u8]) -> Result<(), String> {
         decode_snapshot(data).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn holds_state(sm: &sled::Tree, group: GroupId) -> bool {
+        holds_whole_state(sm, group).unwrap_or(false)
     }
 
     fn install(&mut self, data: &[u8], batch: &mut WriteBatch) -> Result<(), StorageError> {
@@ -990,6 +1006,54 @@ mod tests {
                 "parent holds the lower half"
             );
         }
+    }
+
+    /// A split's writes are made one by one, the child's meta last, so a crash or the
+    /// parent's removal can leave part of the child's records: that is no state (the
+    /// child's replica must not start on it), and a replay of the split writes it whole.
+    #[tokio::test]
+    async fn part_of_a_splits_writes_is_no_state_and_a_replay_makes_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let keys: Vec<Vec<u8>> = (0..40u32).map(|i| format!("key-{i}").into_bytes()).collect();
+        let log: Vec<_> = keys.iter().enumerate().map(|(i, k)| put(i as u64 + 1, k)).collect();
+        let mut sm = store(&db, dir.path());
+        sm.apply(log.clone()).await.unwrap();
+        let at = sm.view().median_key_hash(1024).expect("a split point");
+        let plan = SplitPlan {
+            child: 9,
+            at,
+            start: 0,
+            end: None,
+        };
+        sm.apply(vec![entry(41, ShardCommand::Split(plan))]).await.unwrap();
+        drop(sm);
+        let tree = db.open_tree("sm").unwrap();
+        assert!(ShardState::holds_state(&tree, 9));
+        // Keep only the first of the child's records, as a cut-short split would.
+        let moved: Vec<_> = keys.iter().filter(|k| key_hash(k) >= at).collect();
+        for key in &moved[1..] {
+            tree.remove(state_key(9, TAG_RECORD, key)).unwrap();
+        }
+        tree.remove(state_key(9, TAG_SHARD_META, &[])).unwrap();
+        assert!(
+            !ShardState::holds_state(&tree, 9),
+            "records without the meta are no state"
+        );
+        // The parent's replica is made again here and replays its log, split included.
+        crate::raft::state_machine::destroy_state(&db, 7).unwrap();
+        let mut sm = store(&db, dir.path());
+        sm.apply(log).await.unwrap();
+        sm.apply(vec![entry(41, ShardCommand::Split(plan))]).await.unwrap();
+        assert!(ShardState::holds_state(&tree, 9));
+        let child = ShardState::open(&db, 9, false).unwrap();
+        for key in &moved {
+            assert!(
+                child.view.get(key).unwrap().is_some(),
+                "the child holds every moved key"
+            );
+        }
+        assert_eq!(child.view.live_keys(), moved.len() as u64);
     }
 
     /// A parent replica made again replays its log, split included, while the child's
