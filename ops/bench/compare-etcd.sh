@@ -28,8 +28,10 @@
 # Every process started is stopped by PID on exit (also on Ctrl-C); temp dirs are removed.
 #
 # Usage: compare-etcd.sh BINARY [--duration-secs 15] [--repeats 2] [--keys 100000]
-#                        [--out FILE] [--install-only]
+#                        [--out FILE] [--keep-logs DIR] [--install-only]
 # --out writes the raw results (every run, the machine, versions) as JSON.
+# --keep-logs copies the servers' logs to DIR before the temp dir goes (a split's timings,
+# leader changes and their reasons are in midasflow's).
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -37,13 +39,14 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit "
 [[ $# -ge 1 ]] || usage 2
 case "$1" in -h|--help) usage 0 ;; esac
 BINARY=$1; shift
-DURATION=15 REPEATS=2 KEYS=100000 OUT="" INSTALL_ONLY=0
+DURATION=15 REPEATS=2 KEYS=100000 OUT="" KEEP_LOGS="" INSTALL_ONLY=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --duration-secs) DURATION=$2; shift 2 ;;
     --repeats) REPEATS=$2; shift 2 ;;
     --keys) KEYS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --keep-logs) KEEP_LOGS=$(realpath -m "$2"); shift 2 ;;
     --install-only) INSTALL_ONLY=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage 2 ;;
@@ -115,6 +118,9 @@ cleanup() {
   if [[ $rc -ne 0 && $rc -ne 130 && $rc -ne 143 && -d $TMP ]]; then
     log "failed (exit $rc); last lines of the server logs:"
     for f in "$TMP"/*.log; do [[ -f $f ]] && { echo "== $f" >&2; tail -n 5 "$f" >&2; }; done
+  fi
+  if [[ -n $KEEP_LOGS && -d $TMP ]]; then
+    mkdir -p "$KEEP_LOGS" && cp "$TMP"/*.log "$KEEP_LOGS"/ 2>/dev/null || true
   fi
   rm -rf "$TMP"
   exit "$rc"
