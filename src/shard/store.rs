@@ -706,6 +706,44 @@ mod tests {
         )
     }
 
+    /// Forty keys put by entries 1 to 40 of shard 7, then split at their median hash into
+    /// child 9 by entry 41: the keys, their puts and the split's plan.
+    async fn forty_keys_split(
+        db: &sled::Db,
+        dir: &std::path::Path,
+    ) -> (Vec<Vec<u8>>, Vec<Entry<ShardKind>>, SplitPlan) {
+        let keys: Vec<Vec<u8>> = (0..40u32).map(|i| format!("key-{i}").into_bytes()).collect();
+        let log: Vec<_> = keys.iter().enumerate().map(|(i, k)| put(i as u64 + 1, k)).collect();
+        let mut sm = store(db, dir);
+        sm.apply(log.clone()).await.unwrap();
+        let at = sm.view().median_key_hash(1024).expect("a split point");
+        let plan = SplitPlan {
+            child: 9,
+            at,
+            start: 0,
+            end: None,
+        };
+        sm.apply(vec![entry(41, ShardCommand::Split(plan))]).await.unwrap();
+        (keys, log, plan)
+    }
+
+    /// The child moves on: a newer version of the first of `keys` it holds, written into
+    /// its state. Returns the key and its record.
+    fn child_writes_newer(db: &sled::Db, keys: &[Vec<u8>], at: u64) -> (Vec<u8>, KeyRecord) {
+        let upper = keys.iter().find(|k| key_hash(k) >= at).unwrap().clone();
+        let newer = KeyRecord {
+            versions: vec![VersionEntry {
+                version: 99,
+                deleted: false,
+                value: b"newer".to_vec(),
+            }],
+        };
+        let tree = db.open_tree("sm").unwrap();
+        tree.insert(state_key(9, TAG_RECORD, &upper), codec::encode(&newer).unwrap())
+            .unwrap();
+        (upper, newer)
+    }
+
     /// A batched proposal is one entry: its writes apply in order (each sees the ones
     /// before it), each gets its own result, and they are written with the entry's applied
     /// index after the apply call's redo record. A crash right after the redo record (here:
@@ -952,46 +990,17 @@ mod tests {
         assert_eq!(again, vec![ShardReply::Split(SplitResult::Done { child: 9 })]);
     }
 
-    /// A split's writes go one by one behind a redo record (one sled batch would hold
-    /// sled's process-wide lock for the whole move), and that record is then cut back to
-    /// the parent's summaries: a later start must not write the moved records again over
+    /// A split's writes go behind a redo record (one sled batch would hold sled's
+    /// process-wide lock for the whole move), and that record is then cut back to the
+    /// parent's summaries: a later start must not write the moved records again over
     /// what the child has written since, and still finds the parent's applied index and
     /// range.
     #[tokio::test]
     async fn a_restart_after_a_split_leaves_the_childs_later_writes_alone() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let keys: Vec<Vec<u8>> = (0..40u32).map(|i| format!("key-{i}").into_bytes()).collect();
-        let mut sm = store(&db, dir.path());
-        sm.apply(
-            keys.iter()
-                .enumerate()
-                .map(|(i, k)| put(i as u64 + 1, k))
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
-        let at = sm.view().median_key_hash(1024).expect("a split point");
-        let plan = SplitPlan {
-            child: 9,
-            at,
-            start: 0,
-            end: None,
-        };
-        sm.apply(vec![entry(41, ShardCommand::Split(plan))]).await.unwrap();
-        drop(sm);
-        // The child writes a newer version of one of its keys.
-        let upper = keys.iter().find(|k| key_hash(k) >= at).unwrap().clone();
-        let newer = KeyRecord {
-            versions: vec![VersionEntry {
-                version: 99,
-                deleted: false,
-                value: b"newer".to_vec(),
-            }],
-        };
-        let tree = db.open_tree("sm").unwrap();
-        tree.insert(state_key(9, TAG_RECORD, &upper), codec::encode(&newer).unwrap())
-            .unwrap();
+        let (keys, _, SplitPlan { at, .. }) = forty_keys_split(&db, dir.path()).await;
+        let (upper, newer) = child_writes_newer(&db, &keys, at);
         // The node restarts: `store` finishes the parent's last apply call first.
         let mut sm = store(&db, dir.path());
         let child = ShardState::open(&db, 9, false).unwrap();
@@ -1008,26 +1017,15 @@ mod tests {
         }
     }
 
-    /// A split's writes are made one by one, the child's meta last, so a crash or the
+    /// A split's writes are made in order, the child's meta last, so a crash or the
     /// parent's removal can leave part of the child's records: that is no state (the
     /// child's replica must not start on it), and a replay of the split writes it whole.
     #[tokio::test]
     async fn part_of_a_splits_writes_is_no_state_and_a_replay_makes_it_whole() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let keys: Vec<Vec<u8>> = (0..40u32).map(|i| format!("key-{i}").into_bytes()).collect();
-        let log: Vec<_> = keys.iter().enumerate().map(|(i, k)| put(i as u64 + 1, k)).collect();
-        let mut sm = store(&db, dir.path());
-        sm.apply(log.clone()).await.unwrap();
-        let at = sm.view().median_key_hash(1024).expect("a split point");
-        let plan = SplitPlan {
-            child: 9,
-            at,
-            start: 0,
-            end: None,
-        };
-        sm.apply(vec![entry(41, ShardCommand::Split(plan))]).await.unwrap();
-        drop(sm);
+        let (keys, log, plan) = forty_keys_split(&db, dir.path()).await;
+        let at = plan.at;
         let tree = db.open_tree("sm").unwrap();
         assert!(ShardState::holds_state(&tree, 9));
         // Keep only the first of the child's records, as a cut-short split would.
@@ -1065,31 +1063,9 @@ mod tests {
     async fn a_replayed_split_is_done_and_leaves_the_childs_state_alone() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let keys: Vec<Vec<u8>> = (0..40u32).map(|i| format!("key-{i}").into_bytes()).collect();
-        let log: Vec<_> = keys.iter().enumerate().map(|(i, k)| put(i as u64 + 1, k)).collect();
-        let mut sm = store(&db, dir.path());
-        sm.apply(log.clone()).await.unwrap();
-        let at = sm.view().median_key_hash(1024).expect("a split point");
-        let plan = SplitPlan {
-            child: 9,
-            at,
-            start: 0,
-            end: None,
-        };
-        sm.apply(vec![entry(41, ShardCommand::Split(plan))]).await.unwrap();
-        drop(sm);
-        // The child moves on: a newer version of one of its keys.
-        let upper = keys.iter().find(|k| key_hash(k) >= at).unwrap().clone();
-        let newer = KeyRecord {
-            versions: vec![VersionEntry {
-                version: 99,
-                deleted: false,
-                value: b"newer".to_vec(),
-            }],
-        };
-        let tree = db.open_tree("sm").unwrap();
-        tree.insert(state_key(9, TAG_RECORD, &upper), codec::encode(&newer).unwrap())
-            .unwrap();
+        let (keys, log, plan) = forty_keys_split(&db, dir.path()).await;
+        let at = plan.at;
+        let (upper, newer) = child_writes_newer(&db, &keys, at);
         // The parent's replica leaves this node and comes back empty, then replays.
         crate::raft::state_machine::destroy_state(&db, 7).unwrap();
         let mut sm = store(&db, dir.path());
