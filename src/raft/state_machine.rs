@@ -281,7 +281,7 @@ pub trait GroupState<K: GroupKind<State = Self>>: Sized + Send + Sync + 'static 
     /// Checks a peer's snapshot data whole, before anything local changes.
     fn check_snapshot(data: &[u8]) -> Result<(), String>;
     /// Whether `sm` holds a whole state of `group`, not part of one (a split's writes are
-    /// made one by one, so a crash or a removal can leave a prefix of them).
+    /// not one sled batch, so a crash or a removal can leave a prefix of them).
     fn holds_state(sm: &sled::Tree, group: GroupId) -> bool {
         has_state_in(sm, group)
     }
