@@ -366,6 +366,13 @@ pub fn has_state<K: GroupKind>(db: &sled::Db, group: GroupId) -> bool {
     db.open_tree("sm").is_ok_and(|sm| K::State::holds_state(&sm, group))
 }
 
+/// Whether `group`'s replica here has committed anything of its own: an apply call's redo
+/// record, or its applied meta under its key (a snapshot install, a start). A parent's
+/// split writes neither for its child.
+pub fn has_applied_here(sm: &sled::Tree, group: GroupId) -> sled::Result<bool> {
+    Ok(sm.contains_key(state_key(group, TAG_REDO, &[]))? || sm.contains_key(state_key(group, TAG_APPLIED, &[]))?)
+}
+
 /// Whether the `sm` tree holds any key of `group`.
 pub fn has_state_in(sm: &sled::Tree, group: GroupId) -> bool {
     sm.scan_prefix(group_prefix(group)).next().is_some()
@@ -490,8 +497,14 @@ impl<K: GroupKind> StateMachineStore<K> {
             Ok(())
         };
         // A write this large makes sled blob files, each written synchronously (see
-        // `make_blob_writes_synchronous`): it must not hold a tokio worker meanwhile.
-        if large { run_blocking(write) } else { write() }.map_err(storage_io_error)
+        // `make_blob_writes_synchronous`), and a split's batches wait for sled's
+        // process-wide lock: neither may hold a tokio worker meanwhile.
+        if large || commit == Commit::Barrier {
+            run_blocking(write)
+        } else {
+            write()
+        }
+        .map_err(storage_io_error)
     }
 
     /// Commits an apply call's writes (or those before its next barrier) and publishes

@@ -523,7 +523,10 @@ impl ShardState {
         // on it (every replica of the parent has to end in the same state), so the split
         // is done either way.
         let scan_started = std::time::Instant::now();
-        let child_has_state = holds_whole_state(&self.sm, child).map_err(storage_io_error)?;
+        // A child whose replica here applied anything of its own keeps it, even without its
+        // meta under its key; only a split's leftover prefix is written again.
+        let child_has_state = holds_whole_state(&self.sm, child).map_err(storage_io_error)?
+            || crate::raft::state_machine::has_applied_here(&self.sm, child).map_err(storage_io_error)?;
         let prefix = state_key(self.group, TAG_RECORD, &[]);
         let (mut keys, mut bytes) = (0u64, 0u64);
         for item in self.sm.scan_prefix(&prefix) {
@@ -575,9 +578,10 @@ impl ShardState {
 /// Whether `sm` holds a whole state of shard `group`: its meta is there. A split writes
 /// the child's meta after the child's records, one by one, so a crash (or the parent's
 /// removal) during the split can leave records without it; such a prefix is no state.
-/// Every other way to a shard's state writes its meta under its key too: a snapshot
-/// install, and the split that made the child (a child replica without the split's
-/// state waits for a snapshot, so it never builds one from its log alone).
+/// The ways to a child's state write its meta under its key: the split that made it and
+/// a snapshot install (a child replica without the split's state waits for a snapshot).
+/// A split's replay also spares a child that applied anything here itself
+/// (`has_applied_here`), so it never writes over a state with its meta elsewhere.
 fn holds_whole_state(sm: &sled::Tree, group: GroupId) -> sled::Result<bool> {
     sm.contains_key(state_key(group, TAG_SHARD_META, &[]))
 }
@@ -1066,6 +1070,12 @@ mod tests {
         let (keys, log, plan) = forty_keys_split(&db, dir.path()).await;
         let at = plan.at;
         let (upper, newer) = child_writes_newer(&db, &keys, at);
+        // Its meta lives in its apply calls' redo records, not under its key: an empty
+        // redo record (the format byte alone) stands for them.
+        let tree = db.open_tree("sm").unwrap();
+        tree.remove(state_key(9, TAG_SHARD_META, &[])).unwrap();
+        tree.insert(crate::raft::state_machine::redo_key(9), &[1u8][..])
+            .unwrap();
         // The parent's replica leaves this node and comes back empty, then replays.
         crate::raft::state_machine::destroy_state(&db, 7).unwrap();
         let mut sm = store(&db, dir.path());
