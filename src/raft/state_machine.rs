@@ -374,7 +374,7 @@ pub fn has_applied_here(sm: &sled::Tree, group: GroupId) -> sled::Result<bool> {
 }
 
 /// Whether the `sm` tree holds any key of `group`.
-pub fn has_state_in(sm: &sled::Tree, group: GroupId) -> bool {
+fn has_state_in(sm: &sled::Tree, group: GroupId) -> bool {
     sm.scan_prefix(group_prefix(group)).next().is_some()
 }
 

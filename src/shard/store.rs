@@ -576,8 +576,9 @@ impl ShardState {
 }
 
 /// Whether `sm` holds a whole state of shard `group`: its meta is there. A split writes
-/// the child's meta after the child's records, one by one, so a crash (or the parent's
-/// removal) during the split can leave records without it; such a prefix is no state.
+/// the child's meta after the child's records, not in one sled batch, so a crash (or the
+/// parent's removal) during the split can leave records without it; such a prefix is no
+/// state.
 /// The ways to a child's state write its meta under its key: the split that made it and
 /// a snapshot install (a child replica without the split's state waits for a snapshot).
 /// A split's replay also spares a child that applied anything here itself
